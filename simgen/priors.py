@@ -1,0 +1,125 @@
+"""Priors: :class:`BoxUniform` and the checks that let any torch distribution serve as a prior.
+
+A prior is any object with ``sample(sample_shape)`` and ``log_prob(theta)`` whose event shape
+is ``(D,)``: a :class:`torch.distributions.Distribution` (``MultivariateNormal``,
+``Independent(Normal)``, ...), a :class:`BoxUniform`, or one of sbi's priors (``BoxUniform``,
+``MultipleIndependent``), all accepted unchanged.
+
+The prior's ``support`` decides how simgen keeps samples inside it: estimators are trained on
+:math:`u = T^{-1}(\\theta)` where :math:`T` = ``torch.distributions.biject_to(prior.support)``
+maps :math:`\\mathbb{R}^D` onto the support, so every sample :math:`T(u)` lies in the support
+and densities carry the exact change-of-variables term, with no rejection and no leakage.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Transform, Uniform, constraints
+from torch.distributions import biject_to as _biject_to
+
+from .errors import PriorError, SupportError
+
+__all__ = ["BoxUniform", "prior_dim", "check_prior", "support_transform", "in_support", "check_in_support"]
+
+
+class BoxUniform(Independent):
+    r"""Uniform distribution on the box :math:`\prod_i [\text{low}_i, \text{high}_i)`.
+
+    Args:
+        low: Lower bounds, shape ``(D,)`` (a scalar is broadcast against ``high``).
+        high: Upper bounds, shape ``(D,)``; must exceed ``low`` everywhere.
+
+    Example:
+        >>> prior = BoxUniform(low=-torch.ones(2), high=torch.ones(2))
+        >>> prior.sample((5,)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, low: Tensor | float, high: Tensor | float, device: str | None = None):
+        low_t = torch.as_tensor(low, dtype=torch.float32, device=device)
+        high_t = torch.as_tensor(high, dtype=torch.float32, device=device)
+        low_t, high_t = torch.broadcast_tensors(low_t, high_t)
+        if low_t.ndim != 1:
+            raise PriorError(
+                f"BoxUniform needs 1-D bounds of shape (D,), got shape {tuple(low_t.shape)}; "
+                "pass e.g. low=torch.zeros(3), high=torch.ones(3)."
+            )
+        if not bool((high_t > low_t).all()):
+            raise PriorError("BoxUniform needs high > low in every dimension.")
+        super().__init__(Uniform(low_t, high_t, validate_args=False), 1, validate_args=False)
+        self.low, self.high = low_t, high_t
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density; ``-inf`` outside the box (no error is raised)."""
+        inside = ((value >= self.low) & (value < self.high)).all(-1)
+        logp = -torch.log(self.high - self.low).sum()
+        return torch.where(inside, logp, torch.full_like(inside, -torch.inf, dtype=value.dtype))
+
+
+def prior_dim(prior: Distribution) -> int:
+    """Number of parameters :math:`D` of a prior whose event shape is ``(D,)``."""
+    check_prior(prior)
+    probe = prior.sample((1,))
+    return int(probe.shape[-1])
+
+
+def check_prior(prior: object) -> None:
+    """Raise :class:`PriorError` unless ``prior`` samples ``(N, D)`` tensors and has ``log_prob``."""
+    if not (hasattr(prior, "sample") and hasattr(prior, "log_prob")):
+        raise PriorError(
+            f"The prior must have sample() and log_prob(); got {type(prior).__name__}. Use "
+            "simgen.BoxUniform or a torch.distributions.Distribution with event shape (D,)."
+        )
+    probe = prior.sample((2,))
+    if not isinstance(probe, Tensor) or probe.ndim != 2:
+        shape = tuple(probe.shape) if isinstance(probe, Tensor) else type(probe).__name__
+        raise PriorError(
+            f"prior.sample((2,)) must return a tensor of shape (2, D); got {shape}. Wrap a "
+            "univariate prior with torch.distributions.Independent(..., 1) over a (D,) batch."
+        )
+
+
+def support_transform(prior: Distribution) -> Transform:
+    """The bijection :math:`T: \\mathbb{R}^D \\to \\operatorname{supp}(p)` of the prior.
+
+    Falls back to the identity when the prior does not declare a support.
+    """
+    try:
+        support = prior.support
+    except (NotImplementedError, AttributeError):
+        support = constraints.real_vector
+    if support is constraints.real or support is constraints.real_vector:
+        return _biject_to(constraints.real_vector)
+    try:
+        return _biject_to(support)
+    except NotImplementedError:
+        return _biject_to(constraints.real_vector)
+
+
+def in_support(prior: Distribution, theta: Tensor) -> Tensor:
+    """Boolean mask, shape ``theta.shape[:-1]``: which rows have non-zero prior density."""
+    try:
+        inside = prior.support.check(theta)
+        if inside.ndim == theta.ndim:
+            inside = inside.all(-1)
+        return inside
+    except (NotImplementedError, AttributeError):
+        pass
+    with torch.no_grad():
+        try:
+            return torch.isfinite(prior.log_prob(theta))
+        except ValueError:  # torch distributions that validate their arguments
+            return torch.zeros(theta.shape[:-1], dtype=torch.bool, device=theta.device)
+
+
+def check_in_support(prior: Distribution, theta: Tensor, what: str = "theta") -> None:
+    """Raise :class:`SupportError` if any row of ``theta`` (``(N, D)``) is outside the support."""
+    bad = ~in_support(prior, theta)
+    if bool(bad.any()):
+        n = int(bad.sum())
+        first = theta[bad.nonzero()[0, 0]].tolist()
+        raise SupportError(
+            f"{n} of {len(bad)} rows of {what} lie outside the prior's support (first: "
+            f"{first}). Simulate θ from this prior, or widen the prior to cover them."
+        )
