@@ -12,7 +12,9 @@ Two ways in:
   wraps it for you);
 * a subclass of :class:`Simulator`, which may also offer ``trace(theta, seed=...)`` returning
   the latent variables, the joint log-density :math:`\\log p(x, z \\mid \\theta)` and the
-  joint score :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)`.
+  joint score :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)`;
+* a pyro program, wrapped by :func:`from_pyro` into a :class:`PyroSimulator`, whose
+  ``trace`` gets all of that from pyro's effect handlers and autograd.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["Simulator", "FunctionSimulator", "Trace", "as_simulator", "accepts_generator"]
+__all__ = [
+    "Simulator",
+    "FunctionSimulator",
+    "PyroSimulator",
+    "Trace",
+    "as_simulator",
+    "accepts_generator",
+    "from_pyro",
+]
 
 
 @dataclass
@@ -103,3 +113,236 @@ def as_simulator(obj: Callable | Simulator) -> Simulator:
             f"A simulator must be callable as simulator(theta) -> x; got {type(obj).__name__}."
         )
     return FunctionSimulator(obj)
+
+
+def _seed_from(generator: torch.Generator | None) -> int | None:
+    if generator is None:
+        return None
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+class PyroSimulator(Simulator):
+    r"""A pyro program as a simulator, with its latent structure exposed.
+
+    The program is written the ordinary pyro way, ``model(num_simulations)``, with the
+    parameters drawn at a sample site (``theta_site``, event shape ``(D,)``), every latent
+    variable at a sample site, and the observables at ``x_site``, all inside
+    ``pyro.plate(plate_name, num_simulations)``. simgen never edits it; it wraps it in effect
+    handlers:
+
+    * ``poutine.condition`` fixes :math:`\theta` to the given rows;
+    * ``poutine.trace`` records every site, so the latents :math:`z` come back by name;
+    * replaying the recorded values with ``poutine.condition`` and a ``theta`` that requires
+      grad gives, per simulation,
+
+      .. math::
+          \log p(x, z \mid \theta) = \sum_{s \ne \theta} \log p_s(v_s \mid
+          \mathrm{pa}(s)), \qquad t(x, z \mid \theta) = \nabla_\theta \log p(x, z \mid \theta),
+
+      the second by autograd (one backward pass for the whole batch: the simulations are
+      independent, so the gradient of the sum holds every row's gradient).
+
+    Sample values are detached before the replay, so the score holds :math:`(x, z)` fixed
+    (no path-wise term from reparameterised samplers). Variable-size latents (a random number
+    of splittings) are written with a fixed maximal size and masked log-densities
+    (``dist.mask(...)`` or ``poutine.mask``); record the mask as
+    ``pyro.deterministic("<name>_mask", mask)`` and it is returned beside the latent.
+    ``pyro.deterministic`` sites are returned as latents but add nothing to the density.
+
+    Args:
+        model: The pyro program, called as ``model(num_simulations)``.
+        theta_site: Name of the parameter site.
+        x_site: Name of the observable site.
+        plate_name: Name of the plate over simulations.
+
+    Example:
+        >>> def model(n):
+        ...     with pyro.plate("sims", n):
+        ...         theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+        ...         z = pyro.sample("z", dist.Normal(theta[:, 0], 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 0.1))
+        >>> sim = from_pyro(model)
+        >>> tr = sim.trace(torch.zeros(5, 1), seed=0)
+        >>> tr.joint_score.shape
+        torch.Size([5, 1])
+    """
+
+    def __init__(
+        self,
+        model: Callable[[int], object],
+        theta_site: str = "theta",
+        x_site: str = "x",
+        plate_name: str = "sims",
+    ):
+        self.model = model
+        self.theta_site = theta_site
+        self.x_site = x_site
+        self.plate_name = plate_name
+
+    def __repr__(self) -> str:
+        return f"PyroSimulator({getattr(self.model, '__name__', self.model)!r})"
+
+    # -- running the program -------------------------------------------------------------
+    def _run(self, data: dict[str, Tensor], n: int):
+        import pyro.poutine as poutine
+
+        conditioned = poutine.condition(self.model, data=data)
+        tr = poutine.trace(conditioned).get_trace(n)
+        if self.theta_site not in tr.nodes or self.x_site not in tr.nodes:
+            from .errors import SimulationError
+
+            missing = [s for s in (self.theta_site, self.x_site) if s not in tr.nodes]
+            raise SimulationError(
+                f"The pyro model has no sample site named {missing}; its sites are "
+                f"{[k for k, v in tr.nodes.items() if v['type'] == 'sample']}. Pass "
+                "theta_site=/x_site= to from_pyro() with the names your model uses."
+            )
+        return tr
+
+    def _forward(self, theta: Tensor, seed: int | None):
+        """Sample every latent and x with θ fixed; returns the pyro trace (no grad)."""
+        theta = self._check_theta(theta)
+        with torch.no_grad():
+            if seed is None:
+                return self._run({self.theta_site: theta}, theta.shape[0])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._run({self.theta_site: theta}, theta.shape[0])
+
+    def _check_theta(self, theta: Tensor) -> Tensor:
+        theta = torch.as_tensor(theta)
+        if not theta.is_floating_point():
+            theta = theta.float()
+        if theta.ndim != 2:
+            from .errors import ShapeError
+
+            raise ShapeError(f"theta must have shape (N, D); got {tuple(theta.shape)}.")
+        return theta
+
+    def _is_random(self, name: str, site: dict) -> bool:
+        return (
+            self._is_value(name, site)
+            and name != self.theta_site
+            and not site["infer"].get("_deterministic", False)
+        )
+
+    @staticmethod
+    def _is_value(name: str, site: dict) -> bool:
+        """A sample site holding a value (plates also appear as sample sites; skip them)."""
+        return site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
+
+    def _per_simulation(self, name: str, site: dict, n: int) -> Tensor:
+        """``site['log_prob']`` summed down to shape ``(N,)`` over everything but the plate."""
+        lp = site["log_prob"]
+        dim = next((f.dim for f in site["cond_indep_stack"] if f.name == self.plate_name), None)
+        if dim is None or lp.ndim == 0:
+            from .errors import SimulationError
+
+            raise SimulationError(
+                f"Site {name!r} is not inside pyro.plate({self.plate_name!r}, N); put every "
+                "latent and observable site inside the plate over simulations so that each "
+                "simulation has its own log-density."
+            )
+        lp = lp.movedim(dim, 0)
+        return lp.reshape(n, -1).sum(-1) if lp.ndim > 1 else lp
+
+    # -- public ------------------------------------------------------------------------------
+    def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate ``x`` (``(N, *x_shape)``) for ``theta`` (``(N, D)``)."""
+        return self._forward(theta, _seed_from(generator)).nodes[self.x_site]["value"]
+
+    def log_prob(self, theta: Tensor, latents: dict[str, Tensor], x: Tensor) -> Tensor:
+        r"""Joint log-density :math:`\log p(x, z \mid \theta)`, shape ``(N,)``.
+
+        ``latents`` maps every random latent site to its value (as in :attr:`Trace.latents`;
+        masks and deterministic sites are ignored). Differentiable in ``theta``.
+        """
+        theta = self._check_theta(theta)
+        data = {k: v for k, v in latents.items()}
+        data[self.theta_site] = theta
+        data[self.x_site] = x
+        tr = self._run(data, theta.shape[0])
+        missing = [k for k, s in tr.nodes.items() if self._is_random(k, s) and k not in data]
+        if missing:
+            from .errors import SimulationError
+
+            raise SimulationError(
+                f"log_prob needs a value for every latent site; missing {missing}. Pass the "
+                "latents of a Trace from this simulator's trace()."
+            )
+        tr.compute_log_prob()
+        n = theta.shape[0]
+        terms = [
+            self._per_simulation(k, s, n) for k, s in tr.nodes.items() if self._is_random(k, s)
+        ]
+        return torch.stack(terms).sum(0)
+
+    def trace(
+        self, theta: Tensor, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> Trace:
+        """Simulate and return latents, ``x``, joint log-prob ``(N,)`` and joint score ``(N, D)``.
+
+        Args:
+            theta: Parameters, ``(N, D)``; float64 gives float64 log-probs and scores.
+            seed: Makes the draw reproducible (the global RNG is left as it was).
+            generator: Alternatively, a generator from which the seed is drawn.
+        """
+        if seed is None:
+            seed = _seed_from(generator)
+        tr = self._forward(theta, seed)
+        theta = self._check_theta(theta)
+        latents: dict[str, Tensor] = {}
+        for name, site in tr.nodes.items():
+            if self._is_value(name, site) and name not in (self.theta_site, self.x_site):
+                latents[name] = site["value"].detach()
+        x = tr.nodes[self.x_site]["value"].detach()
+        random = {k: v for k, v in latents.items() if self._is_random(k, tr.nodes[k])}
+        with torch.enable_grad():
+            theta_g = theta.detach().clone().requires_grad_(True)
+            joint = self.log_prob(theta_g, random, x)
+            (score,) = torch.autograd.grad(joint.sum(), theta_g, allow_unused=True)
+        if score is None:
+            score = torch.zeros_like(theta)
+        return Trace(theta, x, latents, joint.detach(), score.detach())
+
+    def marginal_log_prob(
+        self, theta: Tensor, x: Tensor, num_particles: int = 1000, seed: int = 0
+    ) -> Tensor:
+        r"""Importance-sampling estimate of :math:`\log p(x \mid \theta)`, shape ``(N,)``.
+
+        Latents are drawn from the program itself with :math:`\theta` and :math:`x`
+        conditioned, so the weight of particle :math:`k` is the density of the observed
+        site, :math:`\log p(x \mid z^{(k)})`, and
+
+        .. math::
+            \log \hat p(x \mid \theta) = \operatorname{logsumexp}_k \log p(x \mid z^{(k)},
+            \theta) - \log K,
+
+        unbiased in :math:`\hat p` (not in its log). Good when :math:`x` is not too
+        informative about :math:`z`; needs more particles otherwise.
+        """
+        import pyro.poutine as poutine
+
+        theta = self._check_theta(theta)
+        x = torch.as_tensor(x, dtype=theta.dtype)
+        n, k = theta.shape[0], int(num_particles)
+        theta_k = theta.repeat(k, 1)
+        x_k = x.repeat(k, *([1] * (x.ndim - 1)))
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            tr = poutine.trace(
+                poutine.condition(self.model, data={self.theta_site: theta_k, self.x_site: x_k})
+            ).get_trace(n * k)
+            tr.compute_log_prob(site_filter=lambda name, _: name == self.x_site)
+            log_w = self._per_simulation(self.x_site, tr.nodes[self.x_site], n * k)
+        return torch.logsumexp(log_w.reshape(k, n), 0) - torch.log(torch.tensor(float(k)))
+
+
+def from_pyro(
+    model: Callable[[int], object],
+    theta_site: str = "theta",
+    x_site: str = "x",
+    plate_name: str = "sims",
+) -> PyroSimulator:
+    """Wrap a pyro program as a :class:`PyroSimulator` (see there for the conventions)."""
+    return PyroSimulator(model, theta_site=theta_site, x_site=x_site, plate_name=plate_name)
