@@ -1,0 +1,95 @@
+"""Shared sampling helpers for the diagnostics: seeding, batched posterior draws, simulation.
+
+Posterior interfaces (simgen's and sbi's) take no generator, so the diagnostics seed torch's
+global generator inside :func:`torch.random.fork_rng`, which restores it afterwards: a call is
+deterministic under its ``seed`` and leaves the caller's random state untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ShapeError
+
+__all__ = ["seeded", "quiet_kwargs", "sample_posterior", "simulate_pairs"]
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global generator seeded, restoring it on exit."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def quiet_kwargs(method: Callable[..., Any]) -> dict[str, Any]:
+    """``show_progress_bars=False`` if ``method`` accepts it (sbi posteriors do)."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"show_progress_bars": False} if "show_progress_bars" in params else {}
+
+
+def sample_posterior(
+    posterior: Any, xs: Tensor, num_samples: int, chunk_size: int | None = None
+) -> Tensor:
+    """Draw ``num_samples`` posterior samples for each of ``B`` observations.
+
+    Uses ``posterior.sample_batched`` over chunks of observations when the object has it, so
+    that at most ``num_samples * chunk_size`` samples live in memory at once, and falls back to
+    a loop over ``posterior.sample`` only when it has not.
+
+    Args:
+        posterior: Object with ``sample`` (and ideally ``sample_batched``).
+        xs: Observations, shape ``(B, *x_shape)``.
+        num_samples: Samples per observation.
+        chunk_size: Observations per ``sample_batched`` call; default keeps about 2e6 samples.
+
+    Returns:
+        Samples of shape ``(num_samples, B, D)``.
+    """
+    num_obs = xs.shape[0]
+    if chunk_size is None:
+        chunk_size = max(1, 2_000_000 // max(num_samples, 1))
+    batched = getattr(posterior, "sample_batched", None)
+    parts = []
+    with torch.no_grad():
+        if batched is not None:
+            kwargs = quiet_kwargs(batched)
+            for start in range(0, num_obs, chunk_size):
+                chunk = xs[start : start + chunk_size]
+                parts.append(batched((num_samples,), x=chunk, **kwargs))
+        else:
+            kwargs = quiet_kwargs(posterior.sample)
+            for i in range(num_obs):
+                parts.append(posterior.sample((num_samples,), x=xs[i], **kwargs)[:, None])
+    samples = torch.cat(parts, dim=1)
+    if samples.ndim != 3 or samples.shape[:2] != (num_samples, num_obs):
+        raise ShapeError(
+            f"posterior returned samples of shape {tuple(samples.shape)}, expected "
+            f"({num_samples}, {num_obs}, D); sample_batched must return "
+            "(*sample_shape, B, D) and sample (*sample_shape, D)."
+        )
+    return samples
+
+
+def simulate_pairs(
+    prior: Any, simulator: Callable[..., Tensor], num_simulations: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """Draw ``theta ~ prior`` and ``x ~ simulator(theta)``, deterministic under ``seed``."""
+    with seeded(seed):
+        theta = prior.sample((num_simulations,))
+    generator = torch.Generator().manual_seed(seed + 1)
+    try:
+        x = simulator(theta, generator=generator)
+    except TypeError:
+        with seeded(seed + 1):
+            x = simulator(theta)
+    return theta, x
