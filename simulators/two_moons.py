@@ -4,7 +4,8 @@ r"""Two moons: a bimodal, crescent-shaped posterior (sbibm's ``two_moons``).
     \theta \sim \mathcal U([-1, 1]^2), \quad a \sim \mathcal U(-\tfrac\pi2, \tfrac\pi2), \quad
     r \sim \mathcal N(0.1, 0.01^2), \quad p = (r\cos a + 0.25,\ r \sin a),
 
-    x = p + \Big(-\tfrac{|\theta_1 + \theta_2|}{\sqrt 2},\ \tfrac{-\theta_1 + \theta_2}{\sqrt 2}\Big).
+    x = p + \Big(-\tfrac{|\theta_1 + \theta_2|}{\sqrt 2},\
+    \tfrac{-\theta_1 + \theta_2}{\sqrt 2}\Big).
 
 The map :math:`\theta \mapsto x - p` is piecewise a rotation (|det J| = 1), so the posterior is
 sampled exactly: draw :math:`(a, r)` from their prior, invert both branches of the absolute
