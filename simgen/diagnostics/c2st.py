@@ -183,7 +183,7 @@ def c2st_posterior(
         A :class:`C2STResult`.
     """
     ref = _as_2d(reference_samples, "reference_samples")
-    from ._sampling import seeded
+    from .sampling import seeded
 
     with seeded(seed), torch.no_grad():
         samples = posterior.sample((len(ref),), x=torch.as_tensor(x_o))

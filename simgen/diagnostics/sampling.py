@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 
-__all__ = ["seeded", "quiet_kwargs", "sample_posterior", "simulate_pairs"]
+__all__ = ["Draws", "draw", "seeded", "quiet_kwargs", "sample_posterior", "simulate_pairs"]
 
 
 @contextlib.contextmanager
@@ -93,3 +94,43 @@ def simulate_pairs(
         with seeded(seed + 1):
             x = simulator(theta)
     return theta, x
+
+
+@dataclass
+class Draws:
+    """Simulated pairs and posterior samples, shared by SBC, TARP, coverage and z-scores.
+
+    Attributes:
+        theta: True parameters, shape ``(B, D)``.
+        x: Their simulated observations, shape ``(B, *x_shape)``.
+        samples: Posterior samples for each observation, shape ``(L, B, D)``.
+    """
+
+    theta: Tensor
+    x: Tensor
+    samples: Tensor
+
+
+def draw(
+    posterior: Any,
+    prior: Any,
+    simulator: Callable[..., Tensor],
+    num_simulations: int = 1000,
+    num_samples: int = 1000,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> Draws:
+    r"""Simulate :math:`\theta_i \sim p(\theta)`, :math:`x_i \sim p(x \mid \theta_i)` and draw
+    :math:`\theta_{ij} \sim q(\theta \mid x_i)`, deterministically under ``seed``.
+
+    Compute this once and pass it as ``draws=`` to several diagnostics to share the cost.
+    """
+    if num_simulations < 1 or num_samples < 1:
+        raise ConfigError(
+            "num_simulations and num_samples must be positive integers, got "
+            f"{num_simulations} and {num_samples}."
+        )
+    theta, x = simulate_pairs(prior, simulator, num_simulations, seed)
+    with seeded(seed + 2):
+        samples = sample_posterior(posterior, x, num_samples, chunk_size)
+    return Draws(theta=theta.to(samples.dtype), x=x, samples=samples)
