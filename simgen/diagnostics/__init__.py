@@ -1,5 +1,35 @@
-"""Calibration diagnostics: pure functions returning result dataclasses with ``.passed``."""
+"""Calibration diagnostics: pure functions returning result dataclasses.
+
+Every result has ``.passed``, ``.to_dict()`` and ``.plot(path=None)``. The functions take any
+object with the posterior interface (``sample``, ``sample_batched``, ``log_prob``): simgen's,
+sbi's, or a closed-form one. Pass one :func:`draw` to several of them to share simulations.
+"""
 
 from .c2st import C2STResult, c2st, c2st_posterior
+from .coverage import CoverageResult, coverage
+from .predictive import PredictiveResult, predictive_check
+from .report import DiagnosisReport, diagnose
+from .sampling import Draws, draw
+from .sbc import SBCResult, sbc
+from .tarp import TARPResult, tarp
+from .zscore import ZScoreResult, zscore_contraction
 
-__all__ = ["C2STResult", "c2st", "c2st_posterior"]
+__all__ = [
+    "c2st",
+    "c2st_posterior",
+    "coverage",
+    "diagnose",
+    "draw",
+    "predictive_check",
+    "sbc",
+    "tarp",
+    "zscore_contraction",
+    "C2STResult",
+    "CoverageResult",
+    "DiagnosisReport",
+    "Draws",
+    "PredictiveResult",
+    "SBCResult",
+    "TARPResult",
+    "ZScoreResult",
+]
