@@ -35,6 +35,13 @@ def sir_init(
     return prior_samples[idx], torch.linalg.cholesky(cov)
 
 
+def _chain_tril(theta: Tensor, fallback: Tensor) -> Tensor:
+    cov = torch.cov(theta.T)
+    cov = cov + 1e-9 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
+    tril, info = torch.linalg.cholesky_ex(cov)
+    return fallback if int(info) != 0 else tril
+
+
 def metropolis(
     log_prob: Callable[[Tensor], Tensor],
     init: Tensor,
@@ -48,7 +55,9 @@ def metropolis(
 
     The chains (``init``, ``(C, D)``) first run ``burn_in`` steps, during the first half of
     which the step :math:`s` (from :math:`2.38/\sqrt D`) is tuned towards an acceptance rate
-    of about 0.3; :math:`s` is then frozen, so what follows is a valid Markov chain. Every
+    of about 0.3 and :math:`L` is twice replaced by the Cholesky factor of the chains'
+    current covariance (so a poor start, e.g. few distinct resampled particles, is
+    forgotten); both are then frozen, so what follows is a valid Markov chain. Every
     ``thin``-th state of every chain is kept until ``num_samples`` are collected.
 
     Returns:
@@ -71,6 +80,8 @@ def metropolis(
         step += 1
         if step < burn_in // 2 and step % 10 == 0:
             s *= float(torch.exp(accept.to(theta.dtype).mean() - 0.3))
+        if step in (burn_in // 4, burn_in // 2) and c > 4 * d:
+            scale_tril = _chain_tril(theta, scale_tril)
         if step > burn_in and (step - burn_in) % thin == 0:
             kept.append(theta)
     return torch.cat(kept)[:num_samples]
