@@ -1,10 +1,33 @@
-"""simgen: simulation-based inference with calibrated posteriors."""
+"""simgen: simulation-based inference with calibrated posteriors.
+
+>>> import simgen
+>>> theta, x = simgen.simulate(simulator, prior, 10_000, seed=0)
+>>> posterior = simgen.NPE(prior, estimator="nsf").fit(theta, x)
+>>> samples = posterior.sample((10_000,), x=x_o)
+"""
 
 from .errors import SimgenError
+from .inference import NPE
+from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
+from .serialization import load
 from .simulate import simulate
 from .simulator import FunctionSimulator, Simulator, Trace
+from .training import History, TrainConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["SimgenError", "BoxUniform", "simulate", "Simulator", "FunctionSimulator", "Trace"]
+__all__ = [
+    "SimgenError",
+    "BoxUniform",
+    "simulate",
+    "Simulator",
+    "FunctionSimulator",
+    "Trace",
+    "NPE",
+    "TrainConfig",
+    "History",
+    "Posterior",
+    "DirectPosterior",
+    "load",
+]

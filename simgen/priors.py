@@ -20,7 +20,14 @@ from torch.distributions import biject_to as _biject_to
 
 from .errors import PriorError, SupportError
 
-__all__ = ["BoxUniform", "prior_dim", "check_prior", "support_transform", "in_support", "check_in_support"]
+__all__ = [
+    "BoxUniform",
+    "prior_dim",
+    "check_prior",
+    "support_transform",
+    "in_support",
+    "check_in_support",
+]
 
 
 class BoxUniform(Independent):

@@ -104,8 +104,10 @@ def _call_isolating_failures(
     template = next((x for x, _ in parts if x is not None), None)
     if template is None:
         return None, torch.zeros(n, dtype=torch.bool)
-    xs = [x if x is not None else template.new_zeros((len(ok), *template.shape[1:])) for x, ok
-          in parts]
+    xs = [
+        x if x is not None else template.new_zeros((len(ok), *template.shape[1:]))
+        for x, ok in parts
+    ]
     return torch.cat(xs), torch.cat([ok for _, ok in parts])
 
 
@@ -150,8 +152,10 @@ def run_simulator(
             f"All {n} simulations raised an exception; first errors: {errors}. Check the "
             "simulator on a single theta, e.g. simulator(prior.sample((1,)))."
         )
-    xs = [x if x is not None else template.new_zeros((len(ok), *template.shape[1:]))
-          for x, ok in zip(xs, oks)]
+    xs = [
+        x if x is not None else template.new_zeros((len(ok), *template.shape[1:]))
+        for x, ok in zip(xs, oks)
+    ]
     x_all, ok_all = torch.cat(xs), torch.cat(oks)
     num_nonfinite = int((~ok_all).sum()) - num_raised
     if not bool(ok_all.any()):

@@ -1,0 +1,145 @@
+r"""What every conditional estimator shares: z-scoring, the embedding of the context, a spec.
+
+A conditional estimator models a distribution over a *target* (``(D,)`` vectors) given a
+*context* (``(*x_shape)`` arrays): :math:`q_\phi(\theta \mid x)` for NPE, :math:`q_\phi(x \mid
+\theta)` for NLE. ``estimator(context)`` returns a :class:`torch.distributions.Distribution`
+with batch shape ``context.shape[:-len(x_shape)]`` and event shape ``(D,)``.
+
+z-scoring is learned from the training data and stored in buffers (so it is saved with the
+weights): the context is standardised elementwise, :math:`\tilde x = (x - \mu_x)/\sigma_x`,
+and each family models the standardised target :math:`\tilde\theta = (\theta -
+\mu_\theta)/\sigma_\theta`, mapping back with the exact affine Jacobian
+:math:`-\sum_i \log\sigma_{\theta,i}` in the density.
+
+Two kinds, told apart by type: :class:`DensityEstimator` (``log_prob`` exact or a stated
+estimate) and :class:`SampleOnlyEstimator` (GANs: ``log_prob`` raises
+:class:`~simgen.errors.NoDensityError`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..nets import Identity, build_embedding, embedding_spec
+
+__all__ = ["Standardizer", "ConditionalEstimator", "DensityEstimator", "SampleOnlyEstimator"]
+
+_MIN_SCALE = 1e-6
+
+
+class Standardizer(nn.Module):
+    """Elementwise z-scoring with statistics stored as buffers."""
+
+    def __init__(self, shape: Sequence[int]):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(tuple(shape)))
+        self.register_buffer("scale", torch.ones(tuple(shape)))
+
+    @torch.no_grad()
+    def fit(self, data: Tensor) -> None:
+        """Set the statistics from ``data`` of shape ``(N, *shape)``."""
+        self.loc.copy_(data.mean(0))
+        scale = data.std(0) if len(data) > 1 else torch.ones_like(self.scale)
+        self.scale.copy_(torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale)))
+
+    def forward(self, data: Tensor) -> Tensor:
+        return (data - self.loc) / self.scale
+
+    def inverse(self, data: Tensor) -> Tensor:
+        return data * self.scale + self.loc
+
+
+class ConditionalEstimator(nn.Module, abc.ABC):
+    """Base of every estimator: standardises and embeds the context; knows its spec.
+
+    Args:
+        target_dim: ``D``, the size of the modelled vector.
+        context_shape: Shape of one context (``x_shape`` for NPE).
+        embedding_net: Maps standardised contexts ``(*batch, *context_shape)`` to
+            ``(*batch, F)``; needs an ``out_features`` attribute, else it is probed.
+            Defaults to flattening.
+    """
+
+    #: The registry name (``"nsf"``, ``"flow_matching"``, ...), set by each family.
+    name: str = ""
+
+    def __init__(
+        self, target_dim: int, context_shape: Sequence[int], embedding_net: nn.Module | None = None
+    ):
+        super().__init__()
+        self.target_dim = int(target_dim)
+        self.context_shape = tuple(int(s) for s in context_shape)
+        self.embedding = (
+            embedding_net if embedding_net is not None else Identity(self.context_shape)
+        )
+        self.context_features = _out_features(self.embedding, self.context_shape)
+        self.target_standardizer = Standardizer((self.target_dim,))
+        self.context_standardizer = Standardizer(self.context_shape)
+        self.options: dict[str, Any] = {}
+
+    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
+        """Learn the z-scoring from the training data (called once, before training)."""
+        self.target_standardizer.fit(target)
+        self.context_standardizer.fit(context)
+
+    def embed(self, context: Tensor) -> Tensor:
+        """Standardise and embed: ``(*batch, *context_shape) -> (*batch, F)``."""
+        nd = len(self.context_shape)
+        batch = context.shape[: context.ndim - nd]
+        flat = self.context_standardizer(context).reshape(-1, *self.context_shape)
+        return self.embedding(flat).reshape(*batch, -1)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description from which :func:`~simgen.estimators.from_spec` rebuilds it."""
+        return {
+            "name": self.name,
+            "target_dim": self.target_dim,
+            "context_shape": list(self.context_shape),
+            "embedding": embedding_spec(self.embedding),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_spec(
+        cls, spec: dict[str, Any], embedding_net: nn.Module | None = None
+    ) -> ConditionalEstimator:
+        embedding = build_embedding(spec["embedding"], custom=embedding_net)
+        return cls(spec["target_dim"], spec["context_shape"], embedding, **spec["options"])
+
+    @abc.abstractmethod
+    def forward(self, context: Tensor) -> Distribution:
+        """The distribution over the target given ``context`` (``(*batch, *context_shape)``)."""
+
+    def loss(self, target: Tensor, context: Tensor) -> Tensor:
+        """Per-sample training loss, shape ``(N,)``; by default the negative log-density.
+
+        Families trained otherwise (score matching, flow matching, ELBO, adversarial)
+        override it; the losses in :mod:`simgen.losses` average it.
+        """
+        return -self(context).log_prob(target)
+
+
+class DensityEstimator(ConditionalEstimator):
+    """An estimator whose distribution has ``log_prob`` (exact, or an estimate it documents)."""
+
+    #: True when ``log_prob`` is exact; False when it is an estimate or bound (VAE).
+    exact_density: bool = True
+
+
+class SampleOnlyEstimator(ConditionalEstimator):
+    """An estimator that can sample but has no density (``log_prob`` raises)."""
+
+
+def _out_features(net: nn.Module, context_shape: tuple[int, ...]) -> int:
+    out = getattr(net, "out_features", None)
+    if isinstance(out, int):
+        return out
+    with torch.no_grad():
+        return int(net(torch.zeros(2, *context_shape)).reshape(2, -1).shape[1])

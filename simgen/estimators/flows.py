@@ -1,0 +1,126 @@
+r"""Conditional normalizing flows: ``"nsf"``, ``"maf"``, ``"realnvp"`` (zuko backend).
+
+A flow is a bijection :math:`f_\phi(\cdot\,; c)` from the standardised target to a standard
+normal base, so its density is exact by the change of variables
+
+.. math::
+    \log q_\phi(\theta \mid x) = \log \mathcal N\big(f_\phi(\tilde\theta; c); 0, I\big)
+      + \log\Big|\det \frac{\partial f_\phi(\tilde\theta; c)}{\partial \tilde\theta}\Big|
+      - \sum_i \log \sigma_{\theta, i},
+
+with :math:`\tilde\theta = (\theta - \mu_\theta)/\sigma_\theta` and :math:`c` the embedded,
+standardised context. Sampling inverts :math:`f_\phi`.
+
+Why zuko rather than nflows: zuko builds the distribution lazily from the context (the
+``forward(context) -> Distribution`` shape simgen uses everywhere) and its autoregressive
+spline flows train faster per step on CPU (see ``benchmarks/RESULTS.md``, where sbi's
+``"nsf"`` runs on nflows).
+
+Families:
+
+* ``"nsf"``: rational-quadratic neural spline flow, autoregressive (Durkan et al., 2019).
+* ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
+* ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import zuko
+from torch import Tensor, nn
+from torch.distributions import AffineTransform, Distribution
+from zuko.distributions import NormalizingFlow
+from zuko.transforms import ComposedTransform
+
+from .base import DensityEstimator
+
+__all__ = ["Flow", "NSF", "MAF", "RealNVP"]
+
+
+class Flow(DensityEstimator):
+    r"""A conditional flow :math:`q_\phi(\theta \mid x)`; see the module docstring.
+
+    Args:
+        target_dim: ``D``.
+        context_shape: Shape of one context.
+        embedding_net: Optional embedding of the standardised context.
+        transforms: Number of flow transforms.
+        hidden_features: Widths of each conditioner's hidden layers.
+        bins: Spline bins (``"nsf"`` only).
+
+    Example:
+        >>> flow = NSF(2, (3,))
+        >>> flow(torch.randn(3)).sample((10,)).shape
+        torch.Size([10, 2])
+    """
+
+    def __init__(
+        self,
+        target_dim: int,
+        context_shape: Sequence[int],
+        embedding_net: nn.Module | None = None,
+        transforms: int = 5,
+        hidden_features: Sequence[int] = (64, 64),
+        bins: int = 8,
+    ):
+        super().__init__(target_dim, context_shape, embedding_net)
+        self.options = {"transforms": transforms, "hidden_features": list(hidden_features)}
+        if self.name == "nsf":
+            self.options["bins"] = bins
+        self.flow = self._build(**self.options)
+
+    @abc.abstractmethod
+    def _build(self, **options: object) -> zuko.flows.Flow:
+        """The zuko flow over the standardised target, conditioned on the embedding."""
+
+    def forward(self, context: Tensor) -> Distribution:
+        inner = self.flow(self.embed(context))
+        s = self.target_standardizer
+        # data -> base: first standardise (θ - μ)/σ, then the flow's own transform.
+        standardise = AffineTransform(-s.loc / s.scale, 1 / s.scale, event_dim=1)
+        return NormalizingFlow(ComposedTransform(standardise, inner.transform), inner.base)
+
+
+class NSF(Flow):
+    """Autoregressive rational-quadratic spline flow."""
+
+    name = "nsf"
+
+    def _build(self, transforms: int, hidden_features: list[int], bins: int = 8) -> zuko.flows.Flow:
+        return zuko.flows.NSF(
+            self.target_dim,
+            self.context_features,
+            bins=bins,
+            transforms=transforms,
+            hidden_features=hidden_features,
+        )
+
+
+class MAF(Flow):
+    """Masked autoregressive flow with monotonic affine transforms."""
+
+    name = "maf"
+
+    def _build(self, transforms: int, hidden_features: list[int]) -> zuko.flows.Flow:
+        return zuko.flows.MAF(
+            self.target_dim,
+            self.context_features,
+            transforms=transforms,
+            hidden_features=hidden_features,
+        )
+
+
+class RealNVP(Flow):
+    """Affine coupling flow (RealNVP)."""
+
+    name = "realnvp"
+
+    def _build(self, transforms: int, hidden_features: list[int]) -> zuko.flows.Flow:
+        return zuko.flows.RealNVP(
+            self.target_dim,
+            self.context_features,
+            transforms=transforms,
+            hidden_features=hidden_features,
+        )

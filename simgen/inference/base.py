@@ -1,0 +1,65 @@
+"""What every front door (NPE, NLE, NRE) shares: checking the prior and the simulations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..errors import ShapeError, SimulationError
+from ..posterior import as_tensor
+from ..priors import check_in_support, check_prior, prior_dim
+from ..training import TrainConfig, make_config
+
+__all__ = ["Method", "check_simulations"]
+
+
+def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, Tensor]:
+    """Validate ``(theta, x)`` against the prior: shapes, counts, finiteness, support.
+
+    Returns float32 tensors ``theta (N, D)`` and ``x (N, *x_shape)``.
+    """
+    theta, x = as_tensor(theta, "theta"), as_tensor(x, "x")
+    d = prior_dim(prior)
+    if theta.ndim != 2 or theta.shape[1] != d:
+        raise ShapeError(
+            f"theta has shape {tuple(theta.shape)}; it must be (N, {d}) for this "
+            f"{d}-parameter prior."
+        )
+    if x.ndim < 1:
+        raise ShapeError("x must have a leading batch dimension: shape (N, ...).")
+    if x.ndim == 1:
+        x = x[:, None]
+    if len(theta) != len(x):
+        raise ShapeError(
+            f"theta has {len(theta)} rows but x has {len(x)}; they must be pairs "
+            "from the same simulations (theta[i] produced x[i])."
+        )
+    if len(theta) < 2:
+        raise ShapeError("At least 2 simulations are needed to train (one to validate).")
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(-1)
+    if bool(bad.any()):
+        raise SimulationError(
+            f"{int(bad.sum())} of {len(x)} rows of x contain NaN or inf. Drop them first, e.g. "
+            "keep = torch.isfinite(x).flatten(1).all(1); theta, x = theta[keep], x[keep] "
+            "(simgen.simulate does this for you)."
+        )
+    if not bool(torch.isfinite(theta).all()):
+        raise SimulationError("theta contains NaN or inf.")
+    check_in_support(prior, theta)
+    return theta, x
+
+
+class Method:
+    """Base of NPE/NLE/NRE: holds the prior and the training configuration."""
+
+    def __init__(self, prior: Distribution):
+        check_prior(prior)
+        self.prior = prior
+        self.theta_dim = prior_dim(prior)
+
+    @staticmethod
+    def _config(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+        return make_config(config, **overrides)

@@ -1,0 +1,358 @@
+r"""Posteriors: one interface for every method (sbi's posterior interface).
+
+``sample(sample_shape, x=...)``, ``sample_batched(sample_shape, x=xs)``, ``log_prob(theta,
+x=...)``, ``map(x=...)``, ``to_arviz(x=...)``, ``save(path)``; ``simgen.load(path)`` reads it
+back. :class:`Posterior` holds what every method shares (the prior, the observation's shape,
+checks of x and θ, MAP, export); :class:`DirectPosterior` is NPE's, which samples and evaluates
+its estimator directly.
+
+**Support.** The estimator models :math:`u = T^{-1}(\theta)` with :math:`T` =
+``biject_to(prior.support)`` (the identity for unbounded priors), so
+
+.. math:: q(\theta \mid x) = q_u\big(T^{-1}(\theta) \mid x\big)\,
+          \Big|\det \frac{\partial T^{-1}(\theta)}{\partial\theta}\Big|,
+
+every sample :math:`T(u)` lies in the prior's support, and there is no leakage to correct.
+``log_prob`` is ``-inf`` outside the support.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, TransformedDistribution
+
+from .errors import NoDensityError, NotFittedError, ShapeError, SimulationError
+from .estimators.base import ConditionalEstimator, SampleOnlyEstimator
+from .estimators.registry import from_spec
+from .prior_specs import prior_from_spec, prior_to_spec
+from .priors import in_support, support_transform
+from .serialization import save_model
+
+__all__ = ["Posterior", "DirectPosterior", "as_tensor"]
+
+_CHUNK = 100_000
+
+
+def as_tensor(value: Any, name: str) -> Tensor:
+    """``value`` (tensor, numpy array or nested list) as a float32 tensor."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    try:
+        value = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeError(
+            f"{name} must be a tensor or numpy array; got {type(value).__name__}."
+        ) from exc
+    return value.float() if value.is_floating_point() or value.dtype != torch.bool else value
+
+
+class Posterior(abc.ABC):
+    """Shared machinery of every posterior over ``D`` parameters given ``x`` of ``x_shape``."""
+
+    def __init__(self, prior: Distribution, x_shape: Sequence[int], theta_dim: int):
+        self.prior = prior
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.theta_dim = int(theta_dim)
+        self._default_x: Tensor | None = None
+        self._transform = support_transform(prior)
+
+    # -- observations -------------------------------------------------------------------
+    def set_default_x(self, x: Any) -> Posterior:
+        """Remember ``x`` as the observation used when ``x=`` is not given."""
+        self._default_x = self._single_x(x)
+        return self
+
+    @property
+    def default_x(self) -> Tensor | None:
+        return self._default_x
+
+    def _single_x(self, x: Any) -> Tensor:
+        """One observation as ``(1, *x_shape)``, validated."""
+        if x is None:
+            if self._default_x is None:
+                raise NotFittedError(
+                    "No observation: pass x=x_o, or call posterior.set_default_x(x_o) once."
+                )
+            return self._default_x
+        x = as_tensor(x, "x")
+        if tuple(x.shape) == self.x_shape:
+            x = x[None]
+        if tuple(x.shape) != (1, *self.x_shape):
+            raise ShapeError(
+                f"x has shape {tuple(x.shape)}, but this posterior was trained on x of shape "
+                f"{self.x_shape}. Pass one observation of shape {self.x_shape}; for many "
+                "observations at once use sample_batched / log_prob_batched."
+            )
+        _check_finite(x, "x")
+        return x
+
+    def _batch_x(self, x: Any) -> Tensor:
+        """Several observations as ``(B, *x_shape)``, validated."""
+        x = as_tensor(x, "x")
+        if tuple(x.shape) == self.x_shape:
+            x = x[None]
+        if tuple(x.shape[1:]) != self.x_shape:
+            raise ShapeError(
+                f"x has shape {tuple(x.shape)}; sample_batched needs (B, *{self.x_shape})."
+            )
+        _check_finite(x, "x")
+        return x
+
+    def _theta(self, theta: Any) -> Tensor:
+        theta = as_tensor(theta, "theta")
+        if theta.ndim == 0 or theta.shape[-1] != self.theta_dim:
+            raise ShapeError(
+                f"theta has shape {tuple(theta.shape)}; its last dimension must "
+                f"be the number of parameters, {self.theta_dim}."
+            )
+        return theta
+
+    # -- the interface ------------------------------------------------------------------
+    @abc.abstractmethod
+    def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **kwargs: Any) -> Tensor:
+        """Draw ``(*sample_shape, D)`` samples from :math:`q(\\theta \\mid x)`."""
+
+    @abc.abstractmethod
+    def log_prob(self, theta: Any, x: Any = None, **kwargs: Any) -> Tensor:
+        """:math:`\\log q(\\theta \\mid x)` for ``theta`` of shape ``(*, D)`` → ``(*)``."""
+
+    def sample_batched(self, sample_shape: Sequence[int], x: Any, **kwargs: Any) -> Tensor:
+        """``(*sample_shape, B, D)`` samples for ``B`` observations ``x`` (``(B, *x_shape)``)."""
+        xs = self._batch_x(x)
+        draws = [self.sample(sample_shape, x=xi, **kwargs) for xi in xs]
+        return torch.stack(draws, dim=len(tuple(sample_shape)))
+
+    def map(
+        self,
+        x: Any = None,
+        num_init: int = 1000,
+        num_iter: int = 200,
+        learning_rate: float = 0.05,
+        show_progress_bars: bool = False,
+    ) -> Tensor:
+        """Maximum a posteriori estimate, ``(D,)``.
+
+        Starts from the best of ``num_init`` posterior samples and follows gradient ascent
+        on :math:`\\log q(\\theta \\mid x)` in the unconstrained space :math:`u = T^{-1}
+        (\\theta)` (so the iterate never leaves the support), keeping the best point found.
+        """
+        xo = self._single_x(x)
+        with torch.no_grad():
+            init = self.sample((num_init,), x=xo)
+            logp = self.log_prob(init, x=xo)
+            top = init[torch.topk(logp, k=min(10, num_init)).indices]
+        u = self._transform.inv(top).detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([u], lr=learning_rate)
+        best, best_val = top[0].detach(), float(logp.max())
+        for _ in range(num_iter):
+            theta = self._transform(u)
+            value = self.log_prob(theta, x=xo)
+            i = int(torch.argmax(value))
+            if float(value[i]) > best_val:
+                best, best_val = theta[i].detach().clone(), float(value[i])
+            optimizer.zero_grad()
+            (-value[torch.isfinite(value)].sum()).backward()
+            optimizer.step()
+        return best
+
+    def to_arviz(self, x: Any = None, num_samples: int = 1000, **kwargs: Any) -> Any:
+        """``arviz.InferenceData`` with posterior draws and the observed data."""
+        from .arviz_export import to_inference_data
+
+        xo = self._single_x(x)
+        samples = self.sample((num_samples,), x=xo)
+        return to_inference_data(samples.detach().cpu(), x_o=xo[0].cpu(), **kwargs)
+
+    def _mask_support(self, theta: Tensor, logp: Tensor) -> Tensor:
+        inside = in_support(self.prior, theta.to(self._prior_device()))
+        logp = torch.where(torch.isnan(logp), torch.full_like(logp, -torch.inf), logp)
+        return torch.where(inside.to(logp.device), logp, torch.full_like(logp, -torch.inf))
+
+    def _prior_device(self) -> torch.device:
+        try:
+            return self.prior.sample((1,)).device
+        except Exception:  # noqa: BLE001
+            return torch.device("cpu")
+
+    # -- files ----------------------------------------------------------------------------
+    def _base_spec(self) -> dict[str, Any]:
+        return {
+            "x_shape": list(self.x_shape),
+            "theta_dim": self.theta_dim,
+            "prior": prior_to_spec(self.prior),
+            "default_x": None if self._default_x is None else self._default_x.cpu().tolist(),
+        }
+
+    @staticmethod
+    def _prior_from(spec: dict[str, Any], prior: Distribution | None) -> Distribution:
+        if prior is not None:
+            return prior
+        if spec.get("prior") is None:
+            raise NotFittedError(
+                "This model's prior could not be stored in the file; pass it: "
+                "simgen.load(path, prior=prior)."
+            )
+        return prior_from_spec(spec["prior"])
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise SimulationError(f"{name} contains NaN or inf; an observation must be finite.")
+
+
+class DirectPosterior(Posterior):
+    """NPE's posterior: samples and densities straight from :math:`q_\\phi(\\theta\\mid x)`.
+
+    Args:
+        estimator: Trained estimator over :math:`u = T^{-1}(\\theta)` given x.
+        prior: The prior the simulations were drawn from.
+        history: The training :class:`~simgen.training.History` (kept for reports).
+    """
+
+    def __init__(
+        self,
+        estimator: ConditionalEstimator,
+        prior: Distribution,
+        history: Any = None,
+        method: str = "npe",
+    ):
+        super().__init__(prior, estimator.context_shape, estimator.target_dim)
+        self.estimator = estimator.eval()
+        self.history = history
+        self.method = method
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.estimator.buffers()).device
+
+    def distribution(self, x: Any = None) -> Distribution:
+        """:math:`q(\\theta \\mid x)` as a torch distribution (batch shape ``(1,)``)."""
+        xo = self._single_x(x).to(self.device)
+        return self._dist(xo)
+
+    def _dist(self, x: Tensor) -> Distribution:
+        transform = support_transform(self.prior)
+        return TransformedDistribution(self.estimator(x), [transform], validate_args=False)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        sample_shape: Sequence[int] = (),
+        x: Any = None,
+        seed: int | None = None,
+        show_progress_bars: bool = False,
+        **_: Any,
+    ) -> Tensor:
+        """``(*sample_shape, D)`` samples for one observation, all inside the prior's support."""
+        xo = self._single_x(x).to(self.device)
+        return self._draw(tuple(sample_shape), xo, seed)[..., 0, :]
+
+    @torch.no_grad()
+    def sample_batched(
+        self,
+        sample_shape: Sequence[int],
+        x: Any,
+        seed: int | None = None,
+        show_progress_bars: bool = False,
+        **_: Any,
+    ) -> Tensor:
+        """``(*sample_shape, B, D)`` samples for ``B`` observations in one vectorised pass."""
+        xs = self._batch_x(x).to(self.device)
+        n = int(np.prod(tuple(sample_shape))) if len(tuple(sample_shape)) else 1
+        per_chunk = max(1, _CHUNK // max(len(xs), 1))
+        if n <= per_chunk:
+            return self._draw(tuple(sample_shape), xs, seed)
+        out = []
+        for i, start in enumerate(range(0, n, per_chunk)):
+            size = min(per_chunk, n - start)
+            out.append(self._draw((size,), xs, None if seed is None else seed + i))
+        return torch.cat(out).reshape(*sample_shape, len(xs), self.theta_dim)
+
+    def _draw(self, sample_shape: tuple[int, ...], x: Tensor, seed: int | None) -> Tensor:
+        dist = self._dist(x)
+        if seed is None:
+            theta = dist.sample(sample_shape)
+        else:
+            with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
+                torch.manual_seed(seed)
+                theta = dist.sample(sample_shape)
+        return self._clamp_into_support(theta)
+
+    def _clamp_into_support(self, theta: Tensor) -> Tensor:
+        # A sigmoid saturating in float32 can land exactly on a bound; nudge it inside.
+        low, high = _box_bounds(self.prior)
+        if low is None:
+            return theta
+        low, high = low.to(theta), high.to(theta)
+        eps = 1e-6 * (high - low)
+        return torch.minimum(torch.maximum(theta, low + eps), high - eps)
+
+    def log_prob(self, theta: Any, x: Any = None, **_: Any) -> Tensor:
+        """:math:`\\log q(\\theta \\mid x)`, normalised over the support; ``-inf`` outside it."""
+        if isinstance(self.estimator, SampleOnlyEstimator):
+            raise NoDensityError(
+                f"The {self.estimator.name!r} estimator is sample-only and has no density. "
+                "Use a family with one: 'nsf', 'maf', 'realnvp', 'flow_matching', "
+                "'diffusion' (or 'vae' for an estimate)."
+            )
+        theta = self._theta(theta).to(self.device)
+        xo = self._single_x(x).to(self.device)
+        logp = self._dist(xo).log_prob(theta[..., None, :])[..., 0]
+        return self._mask_support(theta, logp)
+
+    def log_prob_batched(self, theta: Any, x: Any) -> Tensor:
+        """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``."""
+        theta = self._theta(theta).to(self.device)
+        xs = self._batch_x(x).to(self.device)
+        return self._mask_support(theta, self._dist(xs).log_prob(theta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write weights and a JSON spec (see :mod:`simgen.serialization`)."""
+        spec = {
+            "posterior": "direct",
+            "method": self.method,
+            "estimator": self.estimator.spec,
+            "history": None if self.history is None else self.history.to_dict(),
+            **self._base_spec(),
+        }
+        save_model(path, spec, self.estimator.state_dict())
+
+    @classmethod
+    def _from_file(
+        cls,
+        spec: dict[str, Any],
+        state: dict[str, Tensor],
+        prior: Any = None,
+        embedding_net: Any = None,
+        device: str = "cpu",
+    ) -> DirectPosterior:
+        estimator = from_spec(spec["estimator"], embedding_net)
+        estimator.load_state_dict(state)
+        posterior = cls(
+            estimator.to(device), cls._prior_from(spec, prior), method=spec.get("method", "npe")
+        )
+        if spec.get("default_x") is not None:
+            posterior.set_default_x(torch.tensor(spec["default_x"]))
+        return posterior
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectPosterior(method={self.method!r}, estimator={self.estimator.name!r}, "
+            f"theta_dim={self.theta_dim}, x_shape={self.x_shape})"
+        )
+
+
+def _box_bounds(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:
+    low, high = getattr(prior, "low", None), getattr(prior, "high", None)
+    if low is None and hasattr(prior, "base_dist"):
+        low, high = getattr(prior.base_dist, "low", None), getattr(prior.base_dist, "high", None)
+    if isinstance(low, Tensor) and isinstance(high, Tensor) and low.ndim == 1:
+        return low, high
+    return None, None

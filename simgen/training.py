@@ -1,0 +1,264 @@
+"""One training loop for every estimator: ``fit(loss, theta, x, config) -> History``.
+
+The loop knows nothing but ``loss(theta_batch, x_batch) -> scalar``. It holds out a seeded
+validation split, runs Adam over shuffled in-memory minibatches (plain tensor slicing: no
+DataLoader, whose per-batch collation dominates small-model training on CPU), clips the
+gradient norm, evaluates the validation loss in large chunks without gradients, stops when
+it has not improved for ``patience`` epochs and restores the best weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ConvergenceWarning
+
+__all__ = ["TrainConfig", "History", "fit", "make_config"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Validated training options (also accepted as keyword arguments by every ``fit``).
+
+    Attributes:
+        batch_size: Minibatch size.
+        learning_rate: Adam's step size.
+        max_epochs: Upper bound on passes over the training set.
+        patience: Epochs without validation improvement before stopping.
+        validation_fraction: Share of simulations held out for early stopping, in (0, 0.5].
+        clip_grad_norm: Gradient-norm clipping threshold (``None`` disables).
+        weight_decay: Adam's L2 penalty.
+        lr_decay: Multiply the learning rate by this factor whenever validation stalls for
+            ``patience // 2`` epochs (1.0 disables).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
+        seed: Seeds the initialisation, the split and the shuffling (``None``: random).
+        progress: Show a progress bar over epochs.
+        min_epochs: Epochs always run before early stopping may trigger.
+    """
+
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    max_epochs: int = 1000
+    patience: int = 20
+    validation_fraction: float = 0.1
+    clip_grad_norm: float | None = 5.0
+    weight_decay: float = 0.0
+    lr_decay: float = 0.5
+    device: str = "cpu"
+    seed: int | None = 0
+    progress: bool = True
+    min_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"TrainConfig: {what}")
+
+        need(
+            _is_int(self.batch_size) and self.batch_size >= 1,
+            f"batch_size must be a positive integer, got {self.batch_size!r}.",
+        )
+        need(
+            isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1,
+            f"learning_rate must be in (0, 1), got {self.learning_rate!r}.",
+        )
+        need(
+            _is_int(self.max_epochs) and self.max_epochs >= 1,
+            f"max_epochs must be a positive integer, got {self.max_epochs!r}.",
+        )
+        need(
+            _is_int(self.min_epochs) and 1 <= self.min_epochs <= self.max_epochs,
+            f"min_epochs must be in [1, max_epochs], got {self.min_epochs!r}.",
+        )
+        need(
+            _is_int(self.patience) and self.patience >= 1,
+            f"patience must be a positive integer, got {self.patience!r}.",
+        )
+        need(
+            isinstance(self.validation_fraction, (int, float))
+            and 0 < self.validation_fraction <= 0.5,
+            f"validation_fraction must be in (0, 0.5], got {self.validation_fraction!r}.",
+        )
+        need(
+            self.clip_grad_norm is None
+            or (isinstance(self.clip_grad_norm, (int, float)) and self.clip_grad_norm > 0),
+            f"clip_grad_norm must be positive or None, got {self.clip_grad_norm!r}.",
+        )
+        need(
+            isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
+            f"weight_decay must be >= 0, got {self.weight_decay!r}.",
+        )
+        need(
+            isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1,
+            f"lr_decay must be in (0, 1], got {self.lr_decay!r}.",
+        )
+        need(
+            self.seed is None or _is_int(self.seed),
+            f"seed must be an int or None, got {self.seed!r}.",
+        )
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(
+                f"TrainConfig: device {self.device!r} is not a torch device "
+                "name; use 'cpu' or 'cuda'."
+            ) from exc
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                "TrainConfig: device='cuda' but torch sees no GPU here; use device='cpu'."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def make_config(config: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from an optional base plus keyword overrides, validated."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ConfigError(
+            f"Unknown training option(s) {unknown}; valid options are {sorted(names)}."
+        )
+    base = asdict(config) if config is not None else {}
+    return TrainConfig(**{**base, **overrides})
+
+
+@dataclass
+class History:
+    """What happened in training: per-epoch losses, the best epoch, the time taken."""
+
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    best_validation_loss: float = math.inf
+    epochs: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+    num_train: int = 0
+    num_validation: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _split(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    perm = torch.randperm(n, generator=generator)
+    n_val = max(1, int(round(fraction * n)))
+    if n - n_val < 1:
+        raise ConfigError(
+            f"Too few simulations ({n}) to hold out a validation set; simulate "
+            "more or lower validation_fraction."
+        )
+    return perm[n_val:], perm[:n_val]
+
+
+@torch.no_grad()
+def _mean_loss(loss: nn.Module, theta: Tensor, x: Tensor, chunk: int) -> float:
+    total = 0.0
+    for start in range(0, len(theta), chunk):
+        part = slice(start, start + chunk)
+        total += float(loss(theta[part], x[part])) * len(theta[part])
+    return total / len(theta)
+
+
+def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = None) -> History:
+    """Train the parameters of ``loss`` (which owns the estimator) on ``(theta, x)``.
+
+    Args:
+        loss: Module with ``loss(theta, x) -> scalar``; all its parameters are trained.
+        theta: ``(N, D)`` on any device.
+        x: ``(N, *x_shape)``.
+        config: Training options; defaults to ``TrainConfig()``.
+
+    Returns:
+        The :class:`History`; ``loss`` holds the weights of the best validation epoch.
+    """
+    config = config or TrainConfig()
+    device = torch.device(config.device)
+    g = torch.Generator().manual_seed(
+        config.seed if config.seed is not None else int(torch.seed() % 2**62)
+    )
+    train_idx, val_idx = _split(len(theta), config.validation_fraction, g)
+    theta_tr, x_tr = theta[train_idx].to(device), x[train_idx].to(device)
+    theta_va, x_va = theta[val_idx].to(device), x[val_idx].to(device)
+    loss.to(device)
+    params = [p for p in loss.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    history = History(num_train=len(train_idx), num_validation=len(val_idx))
+    best_state = copy.deepcopy(loss.state_dict())
+    since_best = 0
+    n, bs = len(theta_tr), min(config.batch_size, len(theta_tr))
+    chunk = max(bs, 4096)
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_epochs, desc="training", unit="epoch", leave=False)
+    start = time.perf_counter()
+    try:
+        for epoch in range(config.max_epochs):
+            loss.train()
+            perm = torch.randperm(n, generator=g).to(device)
+            running, steps = 0.0, 0
+            for i in range(0, n - bs + 1, bs):  # drop the ragged last batch
+                idx = perm[i : i + bs]
+                value = loss(theta_tr[idx], x_tr[idx])
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                if config.clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                optimizer.step()
+                running += value.detach()
+                steps += 1
+            loss.eval()
+            val = _mean_loss(loss, theta_va, x_va, chunk)
+            history.train_loss.append(float(running) / max(steps, 1))
+            history.validation_loss.append(val)
+            history.epochs = epoch + 1
+            if val < history.best_validation_loss:
+                history.best_validation_loss, history.best_epoch = val, epoch
+                best_state = copy.deepcopy(loss.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+                if config.lr_decay < 1 and since_best % max(config.patience // 2, 1) == 0:
+                    for group in optimizer.param_groups:
+                        group["lr"] *= config.lr_decay
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(val_loss=f"{val:.4f}", best=history.best_epoch)
+            if since_best >= config.patience and epoch + 1 >= config.min_epochs:
+                history.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    loss.load_state_dict(best_state)
+    loss.eval()
+    history.seconds = time.perf_counter() - start
+    if not math.isfinite(history.best_validation_loss):
+        raise ConfigError(
+            "Training diverged: the validation loss was never finite. Lower "
+            "learning_rate, or check x for extreme values."
+        )
+    if not history.stopped_early:
+        warnings.warn(
+            f"Training stopped at max_epochs={config.max_epochs} while the validation "
+            "loss was still improving; raise max_epochs for a better fit.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return history
