@@ -21,9 +21,7 @@ __all__ = ["get", "list"]
 
 def list() -> list[str]:  # noqa: A001 - the public name the design asks for
     """Names of every simulator module, sorted."""
-    return sorted(
-        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
-    )
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def get(name: str) -> ModuleType:

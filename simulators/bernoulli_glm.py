@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.distributions import MultivariateNormal
 
-from ._mcmc import metropolis
+from ._mcmc import metropolis, single_thread
 
 __all__ = [
     "prior",
@@ -79,6 +79,11 @@ def log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
 
 def reference_posterior(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """Posterior samples ``(num_samples, 10)``: Laplace-started, preconditioned Metropolis."""
+    with single_thread():
+        return _sample_posterior(x_o, num_samples, seed)
+
+
+def _sample_posterior(x_o: Tensor, num_samples: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(x_o, dtype=torch.float64).reshape(DIM)
     v = design(torch.float64)

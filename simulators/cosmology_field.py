@@ -34,6 +34,8 @@ from torch import Tensor
 
 from simgen.priors import BoxUniform
 
+from ._mcmc import single_thread
+
 __all__ = [
     "prior",
     "simulator",
@@ -118,14 +120,19 @@ def _grid(x: Tensor, low: Tensor, high: Tensor, m: int) -> tuple[Tensor, Tensor,
 
 def reference_posterior(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """Posterior samples ``(num_samples, 2)`` from the exact likelihood on a refined grid."""
+    with single_thread():
+        return _sample_posterior(x_o, num_samples, seed)
+
+
+def _sample_posterior(x_o: Tensor, num_samples: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(x_o, dtype=torch.float64).reshape(SIZE, SIZE)
     low, high = prior.low.double(), prior.high.double()
-    theta, w, _ = _grid(x, low, high, 64)
+    theta, w, _ = _grid(x, low, high, 48)
     mean = (w[:, None] * theta).sum(0)
-    std = ((w[:, None] * (theta - mean) ** 2).sum(0)).sqrt().clamp(min=(high - low).min() / 64)
+    std = ((w[:, None] * (theta - mean) ** 2).sum(0)).sqrt().clamp(min=(high - low).min() / 48)
     low, high = torch.maximum(low, mean - 8 * std), torch.minimum(high, mean + 8 * std)
-    theta, w, cell = _grid(x, low, high, 160)
+    theta, w, cell = _grid(x, low, high, 100)
     idx = torch.multinomial(w, num_samples, replacement=True, generator=g)
     jitter = torch.rand((num_samples, 2), generator=g, dtype=torch.float64) - 0.5
     return (theta[idx] + jitter * cell).float()

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from simgen.priors import BoxUniform
 
-from ._mcmc import metropolis, sir_init
+from ._mcmc import metropolis, single_thread, sir_init
 
 __all__ = ["prior", "simulator", "log_likelihood", "theta_o", "x_o", "reference_posterior"]
 
@@ -64,6 +64,11 @@ def log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
 
 def reference_posterior(x_o: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """Posterior samples ``(num_samples, 5)`` by folded many-chain Metropolis (float64)."""
+    with single_thread():
+        return _sample_posterior(x_o, num_samples, seed)
+
+
+def _sample_posterior(x_o: Tensor, num_samples: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.as_tensor(x_o, dtype=torch.float64).reshape(2 * NUM_DRAWS)
 
