@@ -154,9 +154,9 @@ class Posterior(abc.ABC):
         for _ in range(num_iter):
             theta = self._transform(u)
             value = self.log_prob(theta, x=xo)
-            i = int(torch.argmax(value))
-            if float(value[i]) > best_val:
-                best, best_val = theta[i].detach().clone(), float(value[i])
+            i = int(torch.argmax(value.detach()))
+            if float(value[i].detach()) > best_val:
+                best, best_val = theta[i].detach().clone(), float(value[i].detach())
             optimizer.zero_grad()
             (-value[torch.isfinite(value)].sum()).backward()
             optimizer.step()
