@@ -77,10 +77,10 @@ def _sample_posterior(x_o: Tensor, num_samples: int, seed: int) -> Tensor:
         ll = log_likelihood(theta, x)
         return torch.where(inside, ll, torch.full_like(ll, -torch.inf))
 
-    draws = 6 * torch.rand((50_000, 5), generator=g, dtype=torch.float64) - 3
+    draws = 6 * torch.rand((200_000, 5), generator=g, dtype=torch.float64) - 3
     draws[:, 2:4] = draws[:, 2:4].abs()
     init, tril = sir_init(log_post, draws, min(num_samples, 1000), g)
-    theta = metropolis(log_post, init, tril, num_samples, g, burn_in=300, thin=5)
+    theta = metropolis(log_post, init, tril, num_samples, g, burn_in=1500, thin=10)
     flips = torch.where(torch.rand((num_samples, 2), generator=g) < 0.5, -1.0, 1.0)
     theta[:, 2:4] = theta[:, 2:4] * flips.to(theta.dtype)
     return theta.float()
