@@ -1,0 +1,98 @@
+r"""Neural likelihood estimation: learn :math:`q_\phi(x \mid \theta)`, sample the posterior by MCMC.
+
+Training minimises :math:`-\mathbb E_{p(\theta)p(x\mid\theta)} \log q_\phi(x \mid \theta)`
+(:class:`~simgen.losses.NLELoss`), minimised at the true likelihood for every θ in the prior's
+support (Papamakarios et al., 2019). The posterior is then
+
+.. math:: p(\theta \mid x_o) \propto q_\phi(x_o \mid \theta)\, p(\theta),
+
+sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior`. The trained flow is also a
+**surrogate simulator**: :class:`SurrogateSimulator` draws :math:`x \sim q_\phi(x \mid \theta)`
+in one batched network pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributions import Distribution
+
+from ..errors import ShapeError
+from ..estimators.registry import build_estimator, estimator_class
+from ..losses import NLELoss
+from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
+from ..training import TrainConfig, fit
+from .base import Method, check_simulations
+
+__all__ = ["NLE", "SurrogateSimulator"]
+
+
+class NLE(Method):
+    """Neural likelihood estimation.
+
+    Args:
+        prior: The prior θ was drawn from.
+        estimator: Density-estimator family for x given θ (``"nsf"``, ``"maf"``,
+            ``"realnvp"``).
+        num_chains, warmup, thin, mcmc_method: Default MCMC settings of the posterior.
+        **estimator_options: Passed to the family (e.g. ``transforms=5``).
+
+    Example:
+        >>> posterior = NLE(prior).fit(theta, x, max_epochs=100)
+        >>> samples = posterior.sample((1000,), x=x_o)
+        >>> x_fast = posterior.likelihood(theta)  # the surrogate simulator
+    """
+
+    def __init__(
+        self,
+        prior: Distribution,
+        estimator: str = "nsf",
+        num_chains: int = 50,
+        warmup: int = 100,
+        thin: int = 5,
+        mcmc_method: str = "rwm",
+        **estimator_options: Any,
+    ):
+        super().__init__(prior)
+        estimator_class(estimator)
+        self.estimator_name = estimator
+        self.estimator_options = estimator_options
+        self.mcmc = {"num_chains": num_chains, "warmup": warmup, "thin": thin}
+        self.mcmc_method = mcmc_method
+        self.history = None
+
+    def fit(
+        self, theta: Any, x: Any, config: TrainConfig | None = None, **config_options: Any
+    ) -> MCMCPosterior:
+        """Train :math:`q_\\phi(x\\mid\\theta)` and return the MCMC posterior.
+
+        The posterior's ``likelihood`` attribute is the :class:`SurrogateSimulator`.
+        """
+        config = self._config(config, config_options)
+        theta, x = check_simulations(self.prior, theta, x)
+        if x.ndim != 2:
+            raise ShapeError(
+                f"NLE models x as a flat vector, but x has shape {tuple(x.shape[1:])} per "
+                "simulation. Flatten it (x.flatten(1)) if its entries are a vector of "
+                "statistics, or use NPE with an embedding net (simgen.nets) for images or "
+                "sequences."
+            )
+        with torch.random.fork_rng(devices=[]):
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            estimator = build_estimator(
+                self.estimator_name, x.shape[1], (self.theta_dim,), **self.estimator_options
+            )
+            estimator.fit_standardization(x, theta)
+            self.history = fit(NLELoss(estimator), theta, x, config)
+        estimator = estimator.cpu() if config.device == "cpu" else estimator
+        return MCMCPosterior(
+            estimator,
+            self.prior,
+            "nle",
+            x.shape[1:],
+            history=self.history,
+            mcmc_method=self.mcmc_method,
+            **self.mcmc,
+        )
