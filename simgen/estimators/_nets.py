@@ -126,7 +126,9 @@ class GenerativeDistribution(Distribution, abc.ABC):
 
     def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
-        c = self.features.expand(shape + self.features.shape[-1:]).reshape(-1, self.features.shape[-1])
+        c = self.features.expand(shape + self.features.shape[-1:]).reshape(
+            -1, self.features.shape[-1]
+        )
         with torch.no_grad():
             y = self.sample_standard(c)
         return (y * self.scale + self.loc).reshape(shape + self.event_shape)

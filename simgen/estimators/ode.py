@@ -91,9 +91,7 @@ def odeint(f: Field, y: Tensor, ts: Tensor, solver: str = "heun") -> Tensor:
     return y
 
 
-def sdeint(
-    drift: Field, diffusion: Callable[[Tensor], Tensor], y: Tensor, ts: Tensor
-) -> Tensor:
+def sdeint(drift: Field, diffusion: Callable[[Tensor], Tensor], y: Tensor, ts: Tensor) -> Tensor:
     """Euler–Maruyama for :math:`dy = a(y,t)\\,dt + g(t)\\,dW` on the grid ``ts``."""
     for t0, t1 in zip(ts[:-1], ts[1:]):
         h = t1 - t0
@@ -108,9 +106,7 @@ def divergence(f: Tensor, y: Tensor, noise: Tensor | None, create_graph: bool) -
         return (g * noise).sum(-1)
     div = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
     for i in range(y.shape[-1]):
-        (g,) = torch.autograd.grad(
-            f[..., i].sum(), y, create_graph=create_graph, retain_graph=True
-        )
+        (g,) = torch.autograd.grad(f[..., i].sum(), y, create_graph=create_graph, retain_graph=True)
         div = div + g[..., i]
     return div
 
