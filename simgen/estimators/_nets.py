@@ -124,7 +124,7 @@ class GenerativeDistribution(Distribution, abc.ABC):
         """Log-density ``(M,)`` of standardised rows ``y`` ``(M, D)`` given ``c``."""
         raise NotImplementedError(f"{type(self).__name__} has no density.")
 
-    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         c = self.features.expand(shape + self.features.shape[-1:]).reshape(
             -1, self.features.shape[-1]

@@ -1,4 +1,4 @@
-r"""Conditional flow matching for posterior estimation (FMPE; Dax et al., 2023): ``"flow_matching"``.
+r"""Conditional flow matching (FMPE, Dax et al. 2023): ``"flow_matching"``.
 
 A time-dependent velocity field :math:`v_\phi(y, t; c)` transports the standard normal at
 :math:`t = 0` to the standardised posterior at :math:`t = 1`. Training regresses it onto the
@@ -136,7 +136,7 @@ class FlowMatching(DensityEstimator):
 
 
 class FlowMatchingDistribution(GenerativeDistribution):
-    """:math:`q_\\phi(\\theta\\mid x)` of a :class:`FlowMatching` estimator (ODE sampler/density)."""
+    """:math:`q_\\phi(\\theta\\mid x)` of a :class:`FlowMatching` (ODE sampling, density)."""
 
     def __init__(self, estimator: FlowMatching, features: Tensor):
         self.estimator = estimator
