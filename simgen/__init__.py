@@ -12,7 +12,7 @@ from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
 from .serialization import load
 from .simulate import simulate
-from .simulator import FunctionSimulator, Simulator, Trace
+from .simulator import FunctionSimulator, PyroSimulator, Simulator, Trace, from_pyro
 from .training import History, TrainConfig
 
 __version__ = "0.1.0"
@@ -24,6 +24,8 @@ __all__ = [
     "Simulator",
     "FunctionSimulator",
     "Trace",
+    "PyroSimulator",
+    "from_pyro",
     "NPE",
     "TrainConfig",
     "History",

@@ -24,6 +24,11 @@ def linear2_posterior(linear2):
     )
 
 
+# Small models gain nothing from intra-op threads, and on a shared 2-core machine extra
+# threads make torch many times slower.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

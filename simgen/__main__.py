@@ -1,0 +1,5 @@
+"""``python -m simgen`` runs the command line (see :mod:`simgen.cli`)."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""Command line: ``simgen demo | simulate | train | sample | diagnose``.
+
+Data files hold plain tensors (``torch.save({"theta": ..., "x": ...})``) and are read with
+``weights_only=True``; models are ``.simgen`` files (see :mod:`simgen.serialization`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="simgen: simulation-based inference with calibrated posteriors.",
+)
+
+
+def _task(name: str):
+    import simulators
+
+    return simulators.get(name)
+
+
+def _read_data(path: Path) -> tuple:
+    import torch
+
+    from .errors import ModelFileError
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        return data["theta"], data["x"]
+    except Exception as exc:  # noqa: BLE001
+        raise ModelFileError(
+            f"{path} is not a simgen data file with 'theta' and 'x' "
+            f"({type(exc).__name__}); write one with `simgen simulate`."
+        ) from exc
+
+
+@app.command()
+def demo(
+    task: str = typer.Option("two_moons", help="Built-in simulator (simulators.list())."),
+    num_simulations: int = typer.Option(5000, help="Training simulations."),
+    estimator: str = typer.Option("nsf", help="NPE estimator family."),
+    out: Path = typer.Option(Path("demo_output"), help="Folder for plots and the model."),
+    seed: int = 0,
+    progress: bool = True,
+) -> None:
+    """Simulate, train NPE, print a calibrated posterior and write a corner plot."""
+    from .demo import run_demo
+
+    run_demo(task, num_simulations, estimator, out, seed, progress)
+
+
+@app.command()
+def simulate(
+    task: str, num_simulations: int, out: Path, seed: int = 0, batch_size: int = 1000
+) -> None:
+    """Simulate a built-in task and save {'theta', 'x'} to OUT."""
+    import torch
+
+    from .simulate import simulate as run
+
+    t = _task(task)
+    theta, x = run(
+        t.simulator, t.prior, num_simulations, seed=seed, batch_size=batch_size, progress=True
+    )
+    torch.save({"theta": theta, "x": x}, out)
+    typer.echo(f"wrote {len(theta)} simulations to {out}")
+
+
+@app.command()
+def train(
+    task: str,
+    data: Path,
+    out: Path,
+    estimator: str = "nsf",
+    seed: int = 0,
+    max_epochs: int = 1000,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> None:
+    """Train NPE on a data file written by `simgen simulate` and save the model to OUT."""
+    from .inference import NPE
+
+    theta, x = _read_data(data)
+    posterior = NPE(_task(task).prior, estimator=estimator).fit(
+        theta, x, seed=seed, max_epochs=max_epochs, batch_size=batch_size, device=device
+    )
+    posterior.save(out)
+    h = posterior.history
+    typer.echo(f"trained {h.epochs} epochs in {h.seconds:.1f} s; saved {out}")
+
+
+@app.command()
+def sample(
+    model: Path, task: str, num_samples: int = 10_000, out: Path | None = None, seed: int = 0
+) -> None:
+    """Sample MODEL at the task's example observation x_o; print mean/std, save if OUT."""
+    import torch
+
+    from .serialization import load
+
+    t = _task(task)
+    posterior = load(model)
+    samples = posterior.sample((num_samples,), x=t.x_o, seed=seed)
+    for i, (m, s) in enumerate(zip(samples.mean(0).tolist(), samples.std(0).tolist())):
+        typer.echo(f"theta_{i}: mean {m:.4f} std {s:.4f} (true {float(t.theta_o[i]):.4f})")
+    if out is not None:
+        torch.save({"samples": samples}, out)
+
+
+@app.command()
+def diagnose(
+    model: Path,
+    task: str,
+    report: Path = Path("report.md"),
+    num_simulations: int = 500,
+    num_samples: int = 500,
+    seed: int = 0,
+) -> None:
+    """Run SBC, TARP, coverage, z-scores and a predictive check; write a report."""
+    from .diagnostics import diagnose as run
+    from .serialization import load
+
+    t = _task(task)
+    reference = None
+    if hasattr(t, "reference_posterior"):
+        reference = t.reference_posterior(t.x_o, 2000, seed=seed)
+    result = run(
+        load(model),
+        t.prior,
+        t.simulator,
+        x_o=t.x_o,
+        theta_o=t.theta_o,
+        reference_samples=reference,
+        num_simulations=num_simulations,
+        num_samples=num_samples,
+        seed=seed,
+        path=report,
+    )
+    typer.echo(f"passed: {result.passed}; report written to {report}")
+
+
+def main() -> None:
+    app()
