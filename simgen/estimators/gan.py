@@ -91,7 +91,7 @@ class GAN(SampleOnlyEstimator):
         noise_features: int | None = None,
         hidden_features: Sequence[int] = (128, 128, 128),
         gradient_penalty: float = 10.0,
-        energy_weight: float = 1.0,
+        energy_weight: float = 10.0,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
         noise_features = noise_features or max(2 * target_dim, 4)
