@@ -124,13 +124,12 @@ class MCMCPosterior(Posterior):
     # -- the potential ------------------------------------------------------------------
     def potential(self, theta: Tensor, x: Tensor) -> Tensor:
         """Unnormalised log-posterior of ``theta`` ``(*, B, D)`` given ``x`` ``(B, *x_shape)``."""
-        with torch.no_grad():
-            if self.method == "nle":
-                est: ConditionalEstimator = self.estimator  # type: ignore[assignment]
-                loglik = est(theta).log_prob(x)
-            else:
-                loglik = self.estimator(theta, x)
-            logp = loglik + self.prior.log_prob(theta)
+        if self.method == "nle":
+            est: ConditionalEstimator = self.estimator  # type: ignore[assignment]
+            loglik = est(theta).log_prob(x)
+        else:
+            loglik = self.estimator(theta, x)
+        logp = loglik + self.prior.log_prob(theta)
         return self._mask_support(theta, logp)
 
     def _potential_u(self, x: Tensor) -> Any:
@@ -161,7 +160,7 @@ class MCMCPosterior(Posterior):
 
     def _init_chains(self, x: Tensor, num_chains: int, seed: int | None) -> Tensor:
         """Sampling–importance–resampling from the prior: ``(num_chains, B, D)`` in u-space."""
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
             candidates = self.prior.sample((num_chains * 20, len(x))).to(x.device)

@@ -1,0 +1,109 @@
+"""NLE on gaussian_linear against the closed-form posterior; the surrogate simulator; errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import simgen
+from simgen.diagnostics.c2st import c2st
+from simgen.errors import ConfigError, ShapeError
+from simgen.inference import NLE
+from simgen.mcmc_posterior import MCMCPosterior
+from simulators import gaussian_linear
+
+
+def _train(num_simulations: int, max_epochs: int, seed: int = 0) -> tuple:
+    task = gaussian_linear.make(dim=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        theta = task.prior.sample((num_simulations,))
+        x = task.simulator(theta)
+    posterior = NLE(task.prior, transforms=3).fit(
+        theta, x, max_epochs=max_epochs, progress=False, seed=seed
+    )
+    x_o = task.simulator(torch.tensor([[0.5, -0.5]]), generator=torch.Generator().manual_seed(1))
+    return task, posterior, x_o[0]
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    return _train(1000, 40)
+
+
+def test_posterior_close_to_closed_form(trained: tuple) -> None:
+    task, posterior, x_o = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample((1000,), x=x_o, seed=0)
+    reference = task.posterior(x_o).sample((1000,)).reshape(-1, 2)
+    assert samples.shape == (1000, 2)
+    # 1,000 simulations, 40 epochs: a wrong posterior (e.g. the prior, or a shifted one) scores
+    # > 0.9 here; tolerance 0.1 leaves room for the short training (the slow test asks 0.55).
+    assert c2st(samples, reference) < 0.6
+    info = posterior.mcmc_info
+    assert info["chains"] == 50 and info["rhat"] < 1.2 and 0.1 < info["acceptance_rate"] < 0.7
+
+
+def test_log_prob_is_unnormalised_posterior(trained: tuple) -> None:
+    task, posterior, x_o = trained
+    exact = task.posterior(x_o)
+    theta = exact.sample((200,)).reshape(-1, 2)
+    ours, truth = posterior.log_prob(theta, x=x_o), exact.log_prob(theta).reshape(-1)
+    # Equal up to a constant in θ: differences from the mean agree.
+    err = (ours - ours.mean()) - (truth - truth.mean())
+    assert float(err.abs().median()) < 0.3
+    assert torch.corrcoef(torch.stack([ours, truth]))[0, 1] > 0.95
+    assert torch.isfinite(posterior.map(x=x_o, num_init=200, num_iter=50)).all()
+
+
+def test_surrogate_simulator(trained: tuple) -> None:
+    task, posterior, _ = trained
+    theta = torch.tensor([[0.5, -0.5]]).expand(1000, 2)
+    fast = posterior.likelihood(theta, generator=torch.Generator().manual_seed(0))
+    real = task.simulator(theta, generator=torch.Generator().manual_seed(0))
+    assert fast.shape == real.shape
+    assert c2st(fast, real) < 0.6
+    with pytest.raises(ShapeError):
+        posterior.likelihood(torch.zeros(3))
+
+
+def test_batched_save_load_and_arviz(trained: tuple, tmp_path) -> None:
+    task, posterior, x_o = trained
+    xs = task.simulator(task.prior.sample((3,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batched = posterior.sample_batched((40,), x=xs, num_chains=10, warmup=20, seed=0)
+        assert batched.shape == (40, 3, 2)
+        idata = posterior.to_arviz(x=x_o, num_samples=100)
+    assert "sample_stats" in idata.groups() and idata.posterior["theta_0"].shape[0] == 50
+    posterior.save(tmp_path / "nle.pt")
+    loaded = simgen.load(tmp_path / "nle.pt")
+    assert isinstance(loaded, MCMCPosterior) and loaded.method == "nle"
+    theta = task.prior.sample((10,))
+    torch.testing.assert_close(loaded.log_prob(theta, x=x_o), posterior.log_prob(theta, x=x_o))
+
+
+def test_errors(trained: tuple) -> None:
+    task, posterior, x_o = trained
+    with pytest.raises(ShapeError, match="shape"):
+        posterior.sample((10,), x=torch.zeros(3))
+    with pytest.raises(ConfigError):
+        posterior.sample((10,), x=x_o, num_chains=1)
+    with pytest.raises(ConfigError):
+        posterior.sample((10,), x=x_o, method="gibbs")
+    with pytest.raises(ConfigError, match="Unknown MCMC"):
+        posterior.sample((10,), x=x_o, chains=4)
+    theta = task.prior.sample((20,))
+    with pytest.raises(ShapeError, match="NPE with an embedding net"):
+        NLE(task.prior).fit(theta, torch.randn(20, 2, 3), max_epochs=1, progress=False)
+
+
+@pytest.mark.slow
+def test_posterior_c2st_thorough() -> None:
+    task, posterior, x_o = _train(5000, 200)
+    samples = posterior.sample((2000,), x=x_o, seed=0, num_chains=100, warmup=300)
+    reference = task.posterior(x_o).sample((2000,)).reshape(-1, 2)
+    assert c2st(samples, reference) < 0.55
