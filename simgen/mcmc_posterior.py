@@ -32,6 +32,7 @@ from .estimators.base import ConditionalEstimator
 from .estimators.registry import from_spec
 from .mcmc import METHODS, MCMCResult, run_mcmc
 from .posterior import Posterior, as_tensor
+from .priors import in_support
 from .serialization import save_model
 
 __all__ = ["MCMCPosterior", "SurrogateSimulator"]
@@ -116,6 +117,7 @@ class MCMCPosterior(Posterior):
             "method": mcmc_method,
         }
         self.last_mcmc: MCMCResult | None = None
+        self._inner = self._transform(torch.zeros(self.theta_dim))  # a point inside the support
 
     @property
     def device(self) -> torch.device:
@@ -129,8 +131,11 @@ class MCMCPosterior(Posterior):
             loglik = est(theta).log_prob(x)
         else:
             loglik = self.estimator(theta, x)
-        logp = loglik + self.prior.log_prob(theta)
-        return self._mask_support(theta, logp)
+        inside = in_support(self.prior, theta)
+        safe = torch.where(inside[..., None], theta, self._inner.to(theta))
+        logp = loglik + self.prior.log_prob(safe)
+        # -inf outside the support; a NaN inside it is kept, so MCMC reports it (MCMCError).
+        return torch.where(inside, logp, torch.full_like(logp, -math.inf))
 
     def _potential_u(self, x: Tensor) -> Any:
         transform = self._transform

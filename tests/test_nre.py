@@ -10,10 +10,11 @@ import torch
 import simgen
 from simgen.diagnostics.c2st import c2st
 from simgen.diagnostics.coverage import coverage
-from simgen.errors import ConfigError, ShapeError
+from simgen.errors import ConfigError, MCMCError, ShapeError
 from simgen.estimators.classifier import RatioClassifier
 from simgen.inference import NRE
 from simgen.losses.ratio import BNRELoss, NRECLoss
+from simgen.mcmc_posterior import MCMCPosterior
 from simulators import gaussian_linear
 
 TASK = gaussian_linear.make(dim=2)
@@ -100,6 +101,15 @@ def test_save_load_and_errors(nre, tmp_path) -> None:
         NRE(TASK.prior, num_atoms=1)
     with pytest.raises(simgen.errors.NoDensityError):
         _ = nre.likelihood
+
+
+def test_nan_potential_raises_mcmc_error() -> None:
+    clf = RatioClassifier(2, (2,))
+    with torch.no_grad():
+        clf.net[-1].bias.fill_(torch.nan)
+    posterior = MCMCPosterior(clf, TASK.prior, "nre", (2,))
+    with pytest.raises(MCMCError, match="NaN"):
+        posterior.sample((10,), x=_x_o(), num_chains=4, warmup=2)
 
 
 @pytest.mark.slow
