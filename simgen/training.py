@@ -149,6 +149,7 @@ class History:
     stopped_early: bool = False
     num_train: int = 0
     num_validation: int = 0
+    interrupted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -243,6 +244,14 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             if since_best >= config.patience and epoch + 1 >= config.min_epochs:
                 history.stopped_early = True
                 break
+    except KeyboardInterrupt:
+        # Keep what was learned: stop cleanly with the best weights so far.
+        history.interrupted = True
+        warnings.warn(
+            f"Training interrupted after {history.epochs} epochs; keeping the best weights so far.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -254,7 +263,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             "Training diverged: the validation loss was never finite. Lower "
             "learning_rate, or check x for extreme values."
         )
-    if not history.stopped_early:
+    if not (history.stopped_early or history.interrupted):
         warnings.warn(
             f"Training stopped at max_epochs={config.max_epochs} while the validation "
             "loss was still improving; raise max_epochs for a better fit.",
