@@ -258,7 +258,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
     loss.load_state_dict(best_state)
     loss.eval()
     history.seconds = time.perf_counter() - start
-    if not math.isfinite(history.best_validation_loss):
+    if not math.isfinite(history.best_validation_loss) and not history.interrupted:
         raise ConfigError(
             "Training diverged: the validation loss was never finite. Lower "
             "learning_rate, or check x for extreme values."
