@@ -1,7 +1,7 @@
 """SBC benchmark: simgen.diagnostics.sbc next to sbi's run_sbc on the same flow posterior.
 
-Run with ``.venv/bin/python -m benchmarks.bench_sbc``. Trains sbi's NPE (MAF) briefly on the
-10-d Gaussian linear task (until simgen's NPE lands, this is the flow posterior), then runs SBC
+Run with ``.venv/bin/python -m benchmarks.bench_sbc``. Trains simgen's NPE (NSF) briefly on the
+10-d Gaussian linear task (sbi's run_sbc runs on simgen's posterior unchanged), then runs SBC
 with 1,000 observations x 1,000 posterior samples through both libraries on the *same*
 posterior object and the same (theta, x) pairs, and writes ``benchmarks/results_sbc.md``.
 """
@@ -27,14 +27,13 @@ RESULTS = Path(__file__).with_name("results_sbc.md")
 
 
 def train_flow(seed: int = 0) -> object:
-    """A few epochs of sbi's NPE (MAF) on the 10-d Gaussian linear task."""
-    from sbi.inference import NPE
+    """simgen's NPE (coupling NSF, 3 transforms), at most 10 epochs on the 10-d Gaussian task."""
+    import simgen
 
     theta, x = simulate_pairs(gaussian_linear.prior, gaussian_linear.simulator, NUM_TRAIN, seed)
-    with seeded(seed):
-        inference = NPE(prior=gaussian_linear.prior, density_estimator="maf")
-        inference.append_simulations(theta, x).train(max_num_epochs=10, show_train_summary=False)
-    return inference.build_posterior()
+    return simgen.NPE(gaussian_linear.prior, estimator="nsf", transforms=3).fit(
+        theta, x, max_epochs=10, progress=False, seed=seed
+    )
 
 
 def main() -> None:
@@ -76,7 +75,7 @@ def main() -> None:
     lines = [
         "# SBC benchmark: simgen vs sbi",
         "",
-        f"Flow NPE (sbi NPE, MAF, {NUM_TRAIN} simulations, <=10 epochs, trained in "
+        f"Flow NPE (simgen NPE, coupling NSF, {NUM_TRAIN} simulations, <=10 epochs, trained in "
         f"{t_train:.1f} s) on gaussian_linear (D=10); SBC with {NUM_SBC} observations x "
         f"{NUM_SAMPLES} posterior samples, same posterior object. CPU: {cpu}, "
         f"torch threads: {torch.get_num_threads()}.",

@@ -6,6 +6,8 @@
 >>> samples = posterior.sample((10_000,), x=x_o)
 """
 
+from . import diagnostics, plots
+from .diagnostics import diagnose
 from .errors import SimgenError
 from .inference import NPE
 from .posterior import DirectPosterior, Posterior
@@ -32,4 +34,7 @@ __all__ = [
     "Posterior",
     "DirectPosterior",
     "load",
+    "diagnostics",
+    "plots",
+    "diagnose",
 ]

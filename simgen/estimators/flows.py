@@ -18,7 +18,9 @@ spline flows train faster per step on CPU (see ``benchmarks/RESULTS.md``, where 
 
 Families:
 
-* ``"nsf"``: rational-quadratic neural spline flow, autoregressive (Durkan et al., 2019).
+* ``"nsf"``: rational-quadratic neural spline flow (Durkan et al., 2019); coupling layers by
+  default (``passes=2``, as sbi's ``"nsf"``), so sampling costs 2 network passes per transform
+  instead of D; ``passes=None`` makes it fully autoregressive.
 * ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
 * ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
 """
@@ -49,6 +51,7 @@ class Flow(DensityEstimator):
         transforms: Number of flow transforms.
         hidden_features: Widths of each conditioner's hidden layers.
         bins: Spline bins (``"nsf"`` only).
+        passes: ``"nsf"`` only: 2 for coupling layers, ``None`` for autoregressive ones.
 
     Example:
         >>> flow = NSF(2, (3,))
