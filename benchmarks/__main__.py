@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["bench_npe", "bench_simulators", "bench_sbc", "bench_families", "bench_nle_nre"]
+MODULES = [
+    "bench_step",
+    "bench_npe",
+    "bench_simulators",
+    "bench_sbc",
+    "bench_families",
+    "bench_nle_nre",
+]
 
 
 def main() -> None:
