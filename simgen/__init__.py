@@ -9,7 +9,7 @@
 from . import diagnostics, plots
 from .diagnostics import diagnose
 from .errors import SimgenError
-from .inference import NPE
+from .inference import NLE, NPE, NRE
 from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
 from .serialization import load
@@ -29,6 +29,8 @@ __all__ = [
     "PyroSimulator",
     "from_pyro",
     "NPE",
+    "NLE",
+    "NRE",
     "TrainConfig",
     "History",
     "Posterior",
