@@ -128,7 +128,8 @@ class MCMCPosterior(Posterior):
         """Unnormalised log-posterior of ``theta`` ``(*, B, D)`` given ``x`` ``(B, *x_shape)``."""
         if self.method == "nle":
             est: ConditionalEstimator = self.estimator  # type: ignore[assignment]
-            loglik = est(theta).log_prob(x)
+            batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[: x.ndim - len(self.x_shape)])
+            loglik = est(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *self.x_shape))
         else:
             loglik = self.estimator(theta, x)
         inside = in_support(self.prior, theta)
