@@ -101,6 +101,18 @@ def test_errors(trained: tuple) -> None:
         NLE(task.prior).fit(theta, torch.randn(20, 2, 3), max_epochs=1, progress=False)
 
 
+def test_maf_likelihood_broadcasts_over_chains() -> None:
+    task = gaussian_linear.make(dim=2)
+    theta = task.prior.sample((200,))
+    posterior = NLE(task.prior, estimator="maf", transforms=1).fit(
+        theta, task.simulator(theta), max_epochs=2, progress=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample((20,), x=task.simulator(theta[:1])[0], num_chains=4, warmup=5)
+    assert samples.shape == (20, 2) and torch.isfinite(samples).all()
+
+
 @pytest.mark.slow
 def test_posterior_c2st_thorough() -> None:
     task, posterior, x_o = _train(5000, 200)
