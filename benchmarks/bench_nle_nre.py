@@ -9,7 +9,7 @@ against 1,000 simulator draws, and the time of each for 10,000 draws.
 sbi runs with its defaults (NLE: ``density_estimator="maf"``; NRE_C: ``"resnet"`` classifier,
 ``num_classes=5``; MCMC: ``slice_np_vectorized``, 20 chains, 200 warm-up steps). simgen: NLE
 ``"nsf"``; NRE-C, K=10; MCMC adaptive random-walk Metropolis, 50 chains, 100 warm-up steps,
-thin 5.
+thin max(5, 2D) (the 1,000/3,000-simulation rows in the results were run with thin 5).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_nle_nre [--quick] [--tasks two_moons,slcp]
 """

@@ -100,7 +100,7 @@ class MCMCPosterior(Posterior):
         history: Any = None,
         num_chains: int = 50,
         warmup: int = 100,
-        thin: int = 5,
+        thin: int | None = None,
         mcmc_method: str = "rwm",
     ):
         if method not in ("nle", "nre"):
@@ -157,6 +157,9 @@ class MCMCPosterior(Posterior):
             )
         settings = {**self.mcmc_defaults, **kwargs}
         settings.pop("show_progress_bars", None)
+        if settings["thin"] is None:
+            # Random-walk draws decorrelate in O(D) steps: thin by 2D (at least 5).
+            settings["thin"] = max(5, 2 * self.theta_dim) if settings["method"] == "rwm" else 1
         n = settings["num_chains"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 2:
             raise ConfigError(f"num_chains must be an integer >= 2, got {n!r}.")
@@ -204,7 +207,8 @@ class MCMCPosterior(Posterior):
 
         Keyword options override the defaults: ``num_chains`` (run at once), ``warmup``
         (adaptation steps per chain, discarded), ``thin`` (keep every k-th step),
-        ``method`` (``"rwm"`` or ``"slice"``), ``seed``. Diagnostics land in
+        ``method`` (``"rwm"`` or ``"slice"``), ``seed``. ``thin=None`` (default) thins
+        random-walk chains by :math:`\\max(5, 2D)` and slice chains by 1. Diagnostics land in
         :attr:`last_mcmc`; a :class:`~simgen.errors.ConvergenceWarning` says when R-hat > 1.1.
         """
         xo = self._single_x(x).to(self.device)
@@ -296,7 +300,7 @@ class MCMCPosterior(Posterior):
             spec["x_shape"],
             num_chains=m.get("num_chains", 50),
             warmup=m.get("warmup", 100),
-            thin=m.get("thin", 5),
+            thin=m.get("thin"),
             mcmc_method=m.get("method", "rwm"),
         )
         if spec.get("default_x") is not None:

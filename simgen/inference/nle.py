@@ -50,7 +50,7 @@ class NLE(Method):
         estimator: str = "nsf",
         num_chains: int = 50,
         warmup: int = 100,
-        thin: int = 5,
+        thin: int | None = None,
         mcmc_method: str = "rwm",
         **estimator_options: Any,
     ):

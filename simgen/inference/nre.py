@@ -57,7 +57,7 @@ class NRE(Method):
         regularization: float = 100.0,
         num_chains: int = 50,
         warmup: int = 100,
-        thin: int = 5,
+        thin: int | None = None,
         mcmc_method: str = "rwm",
     ):
         super().__init__(prior)
