@@ -67,11 +67,12 @@ class Flow(DensityEstimator):
         transforms: int = 5,
         hidden_features: Sequence[int] = (64, 64),
         bins: int = 8,
+        passes: int | None = 2,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
         self.options = {"transforms": transforms, "hidden_features": list(hidden_features)}
         if self.name == "nsf":
-            self.options["bins"] = bins
+            self.options.update(bins=bins, passes=passes)
         self.flow = self._build(**self.options)
 
     @abc.abstractmethod
@@ -87,17 +88,20 @@ class Flow(DensityEstimator):
 
 
 class NSF(Flow):
-    """Autoregressive rational-quadratic spline flow."""
+    """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``)."""
 
     name = "nsf"
 
-    def _build(self, transforms: int, hidden_features: list[int], bins: int = 8) -> zuko.flows.Flow:
+    def _build(
+        self, transforms: int, hidden_features: list[int], bins: int = 8, passes: int | None = 2
+    ) -> zuko.flows.Flow:
         return zuko.flows.NSF(
             self.target_dim,
             self.context_features,
             bins=bins,
             transforms=transforms,
             hidden_features=hidden_features,
+            passes=passes,
         )
 
 
