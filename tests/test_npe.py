@@ -239,3 +239,58 @@ def test_model_file_refuses_pickled_code(tmp_path):
     torch.save({"format": "simgen-model", "version": 1, "spec": "{}", "x": Evil()}, path)
     with pytest.raises(ModelFileError):
         simgen.load(path)
+
+
+def test_sbi_prior_accepted_unchanged():
+    from sbi.utils import BoxUniform as SbiBoxUniform
+
+    prior = SbiBoxUniform(low=-torch.ones(2), high=torch.ones(2))
+    theta, x = simgen.simulate(two_moons.simulator, prior, 300, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = simgen.NPE(prior, transforms=2).fit(theta, x, max_epochs=2, progress=False)
+    samples = posterior.sample((2000,), x=two_moons.x_o)
+    assert bool(((samples > -1) & (samples < 1)).all())
+
+
+def test_embedding_net_is_used_and_saved(tmp_path):
+    """A built-in embedding net trains with the flow and is rebuilt from the model file."""
+    from simgen.nets import MLP
+
+    theta, x = simgen.simulate(two_moons.simulator, two_moons.prior, 300, seed=0)
+    net = MLP(in_features=2, out_features=8, hidden_features=(16,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = simgen.NPE(two_moons.prior, embedding_net=net, transforms=2).fit(
+            theta, x, max_epochs=2, progress=False
+        )
+    assert posterior.estimator.embedding is net
+    assert posterior.estimator.context_features == 8
+    path = tmp_path / "embedded.simgen"
+    posterior.save(path)
+    loaded = simgen.load(path)
+    probe = torch.zeros(4, 2)
+    torch.testing.assert_close(
+        loaded.log_prob(probe, x=two_moons.x_o), posterior.log_prob(probe, x=two_moons.x_o)
+    )
+
+
+def test_custom_embedding_net_must_be_passed_again(tmp_path):
+    theta, x = simgen.simulate(two_moons.simulator, two_moons.prior, 300, seed=0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = simgen.NPE(two_moons.prior, embedding_net=net, transforms=2).fit(
+            theta, x, max_epochs=1, progress=False
+        )
+    path = tmp_path / "custom.simgen"
+    posterior.save(path)
+    with pytest.raises(UnknownEstimatorError, match="custom embedding net"):
+        simgen.load(path)
+    loaded = simgen.load(
+        path, embedding_net=torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh())
+    )
+    probe = torch.zeros(3, 2)
+    torch.testing.assert_close(
+        loaded.log_prob(probe, x=two_moons.x_o), posterior.log_prob(probe, x=two_moons.x_o)
+    )
