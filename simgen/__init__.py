@@ -10,6 +10,8 @@ from . import diagnostics, plots
 from .diagnostics import diagnose
 from .errors import SimgenError
 from .inference import NLE, NPE, NRE
+from .mcmc import MCMCResult, run_mcmc
+from .mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
 from .serialization import load
@@ -35,6 +37,10 @@ __all__ = [
     "History",
     "Posterior",
     "DirectPosterior",
+    "MCMCPosterior",
+    "SurrogateSimulator",
+    "run_mcmc",
+    "MCMCResult",
     "load",
     "diagnostics",
     "plots",

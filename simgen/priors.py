@@ -72,7 +72,7 @@ def prior_dim(prior: Distribution) -> int:
 
 
 def check_prior(prior: object) -> None:
-    """Raise :class:`PriorError` unless ``prior`` samples ``(N, D)`` tensors and has ``log_prob``."""
+    """Raise :class:`PriorError` unless ``prior`` samples ``(N, D)`` and has ``log_prob``."""
     if not (hasattr(prior, "sample") and hasattr(prior, "log_prob")):
         raise PriorError(
             f"The prior must have sample() and log_prob(); got {type(prior).__name__}. Use "

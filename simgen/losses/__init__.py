@@ -5,5 +5,6 @@ family, NPE, NLE and NRE share one loop.
 """
 
 from .likelihood import NLELoss, NPELoss
+from .ratio import BNRELoss, NRECLoss
 
-__all__ = ["NPELoss", "NLELoss"]
+__all__ = ["NPELoss", "NLELoss", "NRECLoss", "BNRELoss"]
