@@ -68,8 +68,12 @@ def main() -> None:
     parser.add_argument("--tasks", default="two_moons,gaussian_linear")
     parser.add_argument("--sizes", default="1000,10000")
     parser.add_argument("--observations", type=int, default=1)
-    parser.add_argument("--c2st-samples", type=int, default=5000,
-                        help="samples per set in C2ST (sbibm uses 10,000; slower)")
+    parser.add_argument(
+        "--c2st-samples",
+        type=int,
+        default=5000,
+        help="samples per set in C2ST (sbibm uses 10,000; slower)",
+    )
     args = parser.parse_args()
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     n_obs = 1 if args.quick else args.observations
@@ -109,7 +113,7 @@ def main() -> None:
         fh.write(
             f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.bench_npe "
             f"--sizes {','.join(map(str, sizes))} --observations {n_obs} "
-                 f"--c2st-samples {args.c2st_samples}`; C2ST is the "
+            f"--c2st-samples {args.c2st_samples}`; C2ST is the "
             f"mean over {n_obs} observation(s), {args.c2st_samples} samples per set.\n\n{table}\n"
         )
 
