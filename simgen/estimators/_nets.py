@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from ..errors import NoDensityError
 from .base import Standardizer
 
 __all__ = ["mlp", "TimeEmbedding", "ConditionalNet", "GenerativeDistribution"]
@@ -122,7 +123,10 @@ class GenerativeDistribution(Distribution, abc.ABC):
 
     def log_prob_standard(self, y: Tensor, c: Tensor) -> Tensor:
         """Log-density ``(M,)`` of standardised rows ``y`` ``(M, D)`` given ``c``."""
-        raise NotImplementedError(f"{type(self).__name__} has no density.")
+        raise NoDensityError(
+            f"{type(self).__name__} is sample-only and has no density; use a family with one "
+            "('nsf', 'maf', 'realnvp', 'flow_matching', 'diffusion', or 'vae' for an estimate)."
+        )
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
