@@ -19,7 +19,6 @@ ESS, acceptance) are kept in :attr:`MCMCPosterior.last_mcmc` and exported by ``t
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +32,6 @@ from .estimators.registry import from_spec
 from .mcmc import METHODS, MCMCResult, run_mcmc
 from .posterior import Posterior, as_tensor
 from .priors import in_support
-from .serialization import save_model
 
 __all__ = ["MCMCPosterior", "SurrogateSimulator"]
 
@@ -264,17 +262,10 @@ class MCMCPosterior(Posterior):
         return self.last_mcmc.to_dict()
 
     # -- files ----------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write weights and a JSON spec (see :mod:`simgen.serialization`)."""
-        spec = {
-            "posterior": "mcmc",
-            "method": self.method,
-            "estimator": self.estimator.spec,
-            "mcmc": dict(self.mcmc_defaults),
-            "history": None if self.history is None else self.history.to_dict(),
-            **self._base_spec(),
-        }
-        save_model(path, spec, self.estimator.state_dict())
+    kind = "mcmc"
+
+    def _extra_spec(self) -> dict[str, Any]:
+        return {"mcmc": dict(self.mcmc_defaults)}
 
     @classmethod
     def _from_file(

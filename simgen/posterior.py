@@ -182,6 +182,29 @@ class Posterior(abc.ABC):
             return torch.device("cpu")
 
     # -- files ----------------------------------------------------------------------------
+    #: The ``"posterior"`` field of saved specs (see ``serialization.POSTERIOR_KINDS``).
+    kind: str = ""
+    #: Set by every subclass: the trained network and the method name ("npe", "nle", ...).
+    estimator: torch.nn.Module
+    method: str
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the estimator's weights and a JSON spec (see :mod:`simgen.serialization`)."""
+        history = getattr(self, "history", None)
+        spec = {
+            "posterior": self.kind,
+            "method": self.method,
+            "estimator": self.estimator.spec,
+            "history": None if history is None else history.to_dict(),
+            **self._extra_spec(),
+            **self._base_spec(),
+        }
+        save_model(path, spec, self.estimator.state_dict())
+
+    def _extra_spec(self) -> dict[str, Any]:
+        """Fields a subclass adds to the saved spec (e.g. MCMC settings)."""
+        return {}
+
     def _base_spec(self) -> dict[str, Any]:
         return {
             "x_shape": list(self.x_shape),
@@ -215,6 +238,8 @@ class DirectPosterior(Posterior):
         prior: The prior the simulations were drawn from.
         history: The training :class:`~simgen.training.History` (kept for reports).
     """
+
+    kind = "direct"
 
     def __init__(
         self,
@@ -312,17 +337,6 @@ class DirectPosterior(Posterior):
         theta = self._theta(theta).to(self.device)
         xs = self._batch_x(x).to(self.device)
         return self._mask_support(theta, self._dist(xs).log_prob(theta))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write weights and a JSON spec (see :mod:`simgen.serialization`)."""
-        spec = {
-            "posterior": "direct",
-            "method": self.method,
-            "estimator": self.estimator.spec,
-            "history": None if self.history is None else self.history.to_dict(),
-            **self._base_spec(),
-        }
-        save_model(path, spec, self.estimator.state_dict())
 
     @classmethod
     def _from_file(
