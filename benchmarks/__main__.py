@@ -28,6 +28,9 @@ def main() -> None:
         print(f"== {name}", flush=True)
         sys.argv = [name, *args]
         module.main()
+    from benchmarks import collect
+
+    collect.main()
 
 
 if __name__ == "__main__":
