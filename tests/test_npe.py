@@ -294,3 +294,25 @@ def test_custom_embedding_net_must_be_passed_again(tmp_path):
     torch.testing.assert_close(
         loaded.log_prob(probe, x=two_moons.x_o), posterior.log_prob(probe, x=two_moons.x_o)
     )
+
+
+def test_cnn_embeddings_on_maps_and_series(tmp_path):
+    """CNN2d on 32x32 cosmology maps trains, saves and loads; CNN1d handles (N, L) series."""
+    from simgen.nets import CNN1d, CNN2d
+    from simulators import cosmology_field
+
+    assert CNN1d(64, out_features=5)(torch.randn(3, 64)).shape == (3, 5)
+    assert CNN2d(32, 32, channels=2, out_features=6)(torch.randn(3, 2, 32, 32)).shape == (3, 6)
+    theta, x = simgen.simulate(cosmology_field.simulator, cosmology_field.prior, 200, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = simgen.NPE(
+            cosmology_field.prior, embedding_net=CNN2d(32, 32, out_features=8), transforms=2
+        ).fit(theta, x, max_epochs=1, progress=False)
+    path = tmp_path / "cnn.simgen"
+    posterior.save(path)
+    loaded = simgen.load(path)
+    torch.testing.assert_close(
+        loaded.log_prob(theta[:3], x=cosmology_field.x_o),
+        posterior.log_prob(theta[:3], x=cosmology_field.x_o),
+    )

@@ -22,6 +22,20 @@ def _mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.GELU) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+def _conv_stack(
+    conv: type[nn.Module],
+    pool: type[nn.Module],
+    channels: int,
+    conv_channels: Sequence[int],
+    kernel_size: int,
+) -> nn.Sequential:
+    """Blocks of same-padded convolution, GELU and 2x max-pooling (1-D or 2-D by ``conv``)."""
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip([channels, *conv_channels[:-1]], conv_channels):
+        layers += [conv(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GELU(), pool(2)]
+    return nn.Sequential(*layers)
+
+
 class _Spec(nn.Module):
     """Mixin: remembers constructor keyword arguments as a JSON-able ``spec``."""
 
@@ -93,17 +107,8 @@ class CNN1d(_Spec):
             conv_channels=list(conv_channels),
             kernel_size=kernel_size,
         )
-        layers: list[nn.Module] = []
-        c = channels
-        for c_out in conv_channels:
-            layers += [
-                nn.Conv1d(c, c_out, kernel_size, padding=kernel_size // 2),
-                nn.GELU(),
-                nn.MaxPool1d(2),
-            ]
-            c = c_out
-        self.conv = nn.Sequential(*layers)
-        flat = c * (length // 2 ** len(conv_channels))
+        self.conv = _conv_stack(nn.Conv1d, nn.MaxPool1d, channels, conv_channels, kernel_size)
+        flat = conv_channels[-1] * (length // 2 ** len(conv_channels))
         self.head = _mlp([flat, 64, out_features])
         self.out_features = out_features
 
@@ -136,17 +141,9 @@ class CNN2d(_Spec):
             conv_channels=list(conv_channels),
             kernel_size=kernel_size,
         )
-        layers: list[nn.Module] = []
-        c = channels
-        for c_out in conv_channels:
-            layers += [
-                nn.Conv2d(c, c_out, kernel_size, padding=kernel_size // 2),
-                nn.GELU(),
-                nn.MaxPool2d(2),
-            ]
-            c = c_out
+        self.conv = _conv_stack(nn.Conv2d, nn.MaxPool2d, channels, conv_channels, kernel_size)
         shrink = 2 ** len(conv_channels)
-        flat = c * (height // shrink) * (width // shrink)
+        flat = conv_channels[-1] * (height // shrink) * (width // shrink)
         self.head = _mlp([flat, 128, out_features])
         self.out_features = out_features
 
