@@ -21,6 +21,25 @@ independent with variance :math:`M \Lambda_k`, :math:`\Lambda_k = P_k + \sigma_n
     \log p(x \mid \theta) = -\tfrac12 \sum_k \Big(\frac{|\hat x_k|^2}{M \Lambda_k}
     + \log 2\pi \Lambda_k\Big).
 
+**Simulation without FFTs.** Let :math:`Q` be the real orthonormal Fourier basis of
+:math:`\mathbb R^{32}` (columns :math:`1/\sqrt{32}`, :math:`\sqrt{2/32}\cos(2\pi j a/32)`,
+:math:`\sqrt{2/32}\sin(2\pi j a/32)` for :math:`j = 1..15`, and :math:`\cos(\pi a)/\sqrt{32}`),
+and :math:`f_i \in \{0..16\}` the frequency of column :math:`i`. The product basis function
+:math:`q_i(a) q_j(b)` lies in the span of the four modes :math:`(\pm f_i, \pm f_j)`, all of
+length :math:`k_{ij} = (f_i^2 + f_j^2)^{1/2}` and hence in one eigenspace of the (circulant,
+isotropic) covariance, with eigenvalue :math:`\Lambda(k_{ij})`. :math:`Q \otimes Q` is
+orthogonal, so with :math:`A_{ij} = \Lambda(k_{ij})^{1/2}` and :math:`\Xi` a ``32×32`` white
+noise,
+
+.. math::
+    x = Q\,(A \odot \Xi)\,Q^\top \quad\text{has covariance}\quad
+    (Q \otimes Q)\,\mathrm{diag}(A^2)\,(Q \otimes Q)^\top = U^\dagger \mathrm{diag}(\Lambda)\, U,
+
+exactly the law above: one white noise, a spectrum on the 17×17 grid of distinct
+:math:`(f_i, f_j)`, and two ``32×32`` matrix products per map (one GEMM over the whole batch
+each); 2.7× faster than the rfft2/irfft2 pair it replaced (same process, see
+``benchmarks/results_simulators.md``).
+
 The reference posterior evaluates it on a grid (coarse over the prior, then fine around the
 mass) and samples cells with uniform jitter. ``summary`` gives the binned power spectrum.
 """
@@ -71,13 +90,51 @@ def power_spectrum(theta: Tensor) -> Tensor:
     return theta[:, 1, None, None] ** 2 * SIZE**2 * shape / shape.sum((-2, -1), keepdim=True)
 
 
+@functools.lru_cache(maxsize=4)
+def _basis(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Precomputed pieces: ``Qᵀ``, the 17×17 grid's k and k² (flattened), its multiplicities
+    in the full 32×32 grid, and the index of each basis pair ``(i, j)`` into that grid."""
+    a = torch.arange(SIZE, dtype=torch.float64)
+    cols, freq = [torch.full((SIZE,), SIZE**-0.5, dtype=torch.float64)], [0]
+    for j in range(1, SIZE // 2):
+        w = 2 * torch.pi * j * a / SIZE
+        cols += [(2 / SIZE) ** 0.5 * torch.cos(w), (2 / SIZE) ** 0.5 * torch.sin(w)]
+        freq += [j, j]
+    cols.append(torch.cos(torch.pi * a) * SIZE**-0.5)
+    freq.append(SIZE // 2)
+    q_t = torch.stack(cols, 1).T.contiguous()
+    f = torch.arange(SIZE // 2 + 1, dtype=torch.float64)
+    k2 = (f[:, None] ** 2 + f[None, :] ** 2).reshape(-1)
+    mult = torch.where((f == 0) | (f == SIZE // 2), 1.0, 2.0)
+    weight = (mult[:, None] * mult[None, :]).reshape(-1)
+    fr = torch.tensor(freq)
+    index = (fr[:, None] * (SIZE // 2 + 1) + fr[None, :]).reshape(-1)
+    return q_t.to(dtype), k2.sqrt().to(dtype), k2.to(dtype), weight.to(dtype), index
+
+
+def _amplitude(theta: Tensor) -> Tensor:
+    r""":math:`\Lambda^{1/2}` on the 17×17 grid of distinct :math:`(|k_y|, |k_x|)`, ``(N, 289)``.
+
+    :math:`S(k) \propto k / (k_\mathrm{eq}^2 + k^2)^2` (the :math:`k_\mathrm{eq}^4` cancels in
+    the normalisation, a weighted sum with each grid point's multiplicity in the full grid).
+    """
+    _, k, k2, weight, _ = _basis(theta.dtype)
+    shape = k / (torch.square(10 * theta[:, :1]) + k2).square_()
+    scale = theta[:, 1] ** 2 * SIZE**2 / (shape @ weight)
+    return shape.mul_(scale[:, None]).add_(NOISE**2).sqrt_()
+
+
 def simulator(theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Simulate maps ``(N, 32, 32)`` for ``theta = (Ωm, σ8)`` of shape ``(N, 2)``."""
     # f + σ_n η is itself circulant Gaussian with mode variances Λ = P + σ_n², so one white
-    # noise and one pair of FFTs draw it exactly.
-    eps = torch.randn((theta.shape[0], SIZE, SIZE), generator=generator, dtype=theta.dtype)
-    amp = (power_spectrum(theta)[..., : SIZE // 2 + 1] + NOISE**2).sqrt()
-    return torch.fft.irfft2(amp * torch.fft.rfft2(eps), s=(SIZE, SIZE))
+    # noise in the real Fourier basis draws it exactly: x = Q (A ⊙ Ξ) Q^T (module docstring).
+    # The second product computes (m Q^T)^T Q^T = Q m^T Q^T; A is symmetric, so m^T is again
+    # A ⊙ (white noise).
+    n = theta.shape[0]
+    q_t, *_, index = _basis(theta.dtype)
+    m = torch.randn((n, SIZE * SIZE), generator=generator, dtype=theta.dtype)
+    m.mul_(_amplitude(theta)[:, index])
+    return (m.view(n * SIZE, SIZE) @ q_t).view(n, SIZE, SIZE).transpose(-1, -2) @ q_t
 
 
 @functools.lru_cache(maxsize=4)

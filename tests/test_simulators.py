@@ -166,6 +166,33 @@ def test_cosmology_likelihood_is_the_exact_gaussian_density():
     assert mod.summary(sims[:3]).shape == (3, mod.NUM_BINS)
 
 
+def test_cosmology_simulator_covariance_is_exactly_the_likelihoods():
+    """x = Q (A ⊙ Ξ) Qᵀ has covariance (Q⊗Q) diag(A²) (Q⊗Q)ᵀ: build it and compare it with
+    the circulant covariance U† diag(Λ) U that ``log_likelihood`` uses (to rounding)."""
+    mod = simulators.get("cosmology_field")
+    theta = torch.tensor([[0.25, 0.9], [0.12, 0.65]], dtype=torch.float64)
+    q_t, *_, index = mod._basis(torch.float64)
+    kron = torch.kron(q_t.T, q_t.T)  # vec(Q M Qᵀ) = (Q ⊗ Q) vec(M), row-major
+    for t, a in zip(theta, mod._amplitude(theta)):
+        cov = kron @ torch.diag(a[index] ** 2) @ kron.T
+        lam = mod.power_spectrum(t[None])[0] + mod.NOISE**2
+        circ = torch.fft.ifft2(lam).real
+        idx = torch.arange(mod.SIZE)
+        di = (idx[:, None, None, None] - idx[None, None, :, None]) % mod.SIZE
+        dj = (idx[None, :, None, None] - idx[None, None, None, :]) % mod.SIZE
+        expected = circ[di, dj].reshape(mod.SIZE**2, mod.SIZE**2)
+        torch.testing.assert_close(cov, expected, rtol=0, atol=1e-12)
+        # A wrong spectrum (Ωm off by 2 %) is far outside that tolerance.
+        lam_off = mod.power_spectrum((t * torch.tensor([1.02, 1.0], dtype=t.dtype))[None])[0]
+        assert (torch.fft.ifft2(lam_off + mod.NOISE**2).real - circ).abs().max() > 1e-4
+    # float32 maps (the default) follow the same law: lag-(0, 1) autocovariance within 3 %.
+    x = mod.simulator(theta[:1].float().repeat(4000, 1), generator=torch.Generator().manual_seed(5))
+    assert x.dtype == torch.float32
+    lag1 = (x * torch.roll(x, 1, -1)).mean().double()
+    lam = mod.power_spectrum(theta[:1])[0] + mod.NOISE**2
+    assert abs(lag1 / torch.fft.ifft2(lam).real[0, 1] - 1) < 0.03
+
+
 def test_cosmology_reference_posterior_covers_truth_and_is_tight():
     mod = simulators.get("cosmology_field")
     s = mod.reference_posterior(mod.x_o, 5000, seed=0)
