@@ -301,14 +301,16 @@ class DirectPosterior(Posterior):
         return torch.cat(out).reshape(*sample_shape, len(xs), self.theta_dim)
 
     def _draw(self, sample_shape: tuple[int, ...], x: Tensor, seed: int | None) -> Tensor:
-        dist = self._dist(x)
+        """``(*sample_shape, B, D)`` draws of θ for the ``B`` observations ``x``."""
+        num = int(np.prod(sample_shape)) if sample_shape else 1
         if seed is None:
-            theta = dist.sample(sample_shape)
+            u = self.estimator.draw(num, x)
         else:
             with torch.random.fork_rng(devices=[] if x.device.type == "cpu" else [x.device]):
                 torch.manual_seed(seed)
-                theta = dist.sample(sample_shape)
-        return self._clamp_into_support(theta)
+                u = self.estimator.draw(num, x)
+        theta = support_transform(self.prior)(u)
+        return self._clamp_into_support(theta).reshape(*sample_shape, *theta.shape[1:])
 
     def _clamp_into_support(self, theta: Tensor) -> Tensor:
         # A sigmoid saturating in float32 can land exactly on a bound; nudge it inside.

@@ -117,6 +117,13 @@ class ConditionalEstimator(nn.Module, abc.ABC):
     def forward(self, context: Tensor) -> Distribution:
         """The distribution over the target given ``context`` (``(*batch, *context_shape)``)."""
 
+    def draw(self, num: int, context: Tensor) -> Tensor:
+        """``num`` samples for each of ``B`` contexts (``(B, *context_shape)``): ``(num, B, D)``.
+
+        The generic path samples ``self(context)``; families with a faster sampler override it.
+        """
+        return self(context).sample((num,))
+
     def loss(self, target: Tensor, context: Tensor) -> Tensor:
         """Per-sample training loss, shape ``(N,)``; by default the negative log-density.
 
