@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["single_thread", "sir_init", "metropolis"]
+__all__ = [
+    "single_thread",
+    "sir_init",
+    "metropolis",
+    "tempered_fit",
+    "independence_metropolis",
+    "split_rhat",
+]
 
 
 @contextlib.contextmanager
@@ -102,3 +109,153 @@ def metropolis(
         if step > burn_in and (step - burn_in) % thin == 0:
             kept.append(theta)
     return torch.cat(kept)[:num_samples]
+
+
+def _student_t(loc: Tensor, tril: Tensor, df: int, n: int, generator: torch.Generator) -> Tensor:
+    r"""``n`` draws of :math:`\mu + L z \sqrt{\nu / \chi^2_\nu}` (integer ``df`` = ν)."""
+    z = torch.randn((n, len(loc) + df), generator=generator, dtype=loc.dtype)
+    chi2 = (z[:, len(loc) :] ** 2).sum(-1)
+    return loc + (z[:, : len(loc)] @ tril.T) * (df / chi2)[:, None].sqrt()
+
+
+def _student_t_log_prob(theta: Tensor, loc: Tensor, tril: Tensor, df: int) -> Tensor:
+    """Unnormalised multivariate-t log-density (the constant cancels in MH ratios)."""
+    z = torch.linalg.solve_triangular(tril, (theta - loc).T, upper=False).T
+    return -0.5 * (df + len(loc)) * torch.log1p((z**2).sum(-1) / df)
+
+
+def _ess(log_w: Tensor) -> Tensor:
+    w = torch.softmax(log_w, 0)
+    return 1 / (w**2).sum()
+
+
+def tempered_fit(
+    log_prob: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    scale_tril: Tensor,
+    num_particles: int,
+    generator: torch.Generator,
+    df: int = 5,
+    max_iter: int = 30,
+) -> tuple[Tensor, Tensor]:
+    r"""Move a multivariate-t fit from a broad start (e.g. the prior) onto :math:`p`.
+
+    Adaptive importance sampling with tempering: draw ``num_particles`` from
+    :math:`q = t_\nu(\mu, LL^\top)`, weight by :math:`(p/q)^\beta` with the largest
+    :math:`\beta \le 1` whose effective sample size is at least a quarter of the draws
+    (bisection), and refit :math:`\mu, LL^\top` to the weighted mean and covariance. Each
+    round moves :math:`q` towards :math:`q^{1-\beta} p^\beta`; it stops once
+    :math:`\beta = 1` with an effective sample size above half the draws, i.e. once :math:`q`
+    covers :math:`p` well. Only a proposal is fitted: the samplers that use it are exact
+    whatever it is.
+
+    Returns:
+        ``(loc, scale_tril)`` of the final fit.
+    """
+    n = num_particles
+    for _ in range(max_iter):
+        theta = _student_t(loc, scale_tril, df, n, generator)
+        log_w = log_prob(theta) - _student_t_log_prob(theta, loc, scale_tril, df)
+        log_w = torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -torch.inf))
+        if float(_ess(log_w)) >= n / 4:
+            beta = 1.0
+        else:
+            lo, hi = 0.0, 1.0
+            for _ in range(30):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if float(_ess(mid * log_w)) >= n / 4 else (lo, mid)
+            beta = lo
+        w = torch.softmax(beta * log_w, 0)
+        loc = (w[:, None] * theta).sum(0)
+        centred = theta - loc
+        cov = (w[:, None] * centred).T @ centred
+        scale_tril = torch.linalg.cholesky(cov)
+        if beta == 1.0 and float(_ess(log_w)) >= n / 2:
+            break
+    return loc, scale_tril
+
+
+def independence_metropolis(
+    log_prob: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    scale_tril: Tensor,
+    num_chains: int,
+    num_draws: int,
+    generator: torch.Generator,
+    burn_in: int = 100,
+    thin: int = 2,
+    df: int = 5,
+    widen: float = 1.5,
+    info: dict | None = None,
+) -> Tensor:
+    r"""Many chains alternating two Metropolis–Hastings kernels around a known mode.
+
+    Kernel 1 is an independence sampler: propose :math:`\theta' \sim t_\nu(\mu, w^2\Sigma)`
+    (:math:`\nu` = ``df``, :math:`w` = ``widen``; :math:`\mu, \Sigma = LL^\top` e.g. the mode
+    and Laplace covariance) and accept with probability
+    :math:`\min\big(1, \frac{p(\theta') q(\theta)}{p(\theta) q(\theta')}\big)`; heavy-tailed
+    and wider than the posterior, it moves a chain anywhere in the bulk in one step. Kernel 2
+    is a random walk :math:`\theta' = \theta + (2.38/\sqrt D) L\epsilon`, which explores
+    locally where :math:`q` is a poor fit. Each leaves :math:`p` invariant, so their
+    alternation does. Chains start from :math:`q` (over-dispersed for split-:math:`\hat R`);
+    half-way through ``burn_in``, :math:`\mu, \Sigma` are replaced by the chains' mean and
+    covariance and frozen.
+
+    Returns:
+        ``(num_draws, num_chains, D)``: every ``thin``-th state after ``burn_in`` iterations.
+        If ``info`` is a dict, the two kernels' acceptance rates after warm-up are stored in it
+        (``"accept_independence"``, ``"accept_walk"``).
+    """
+    d = len(loc)
+    accepted = [0.0, 0.0]
+    tril = scale_tril * widen
+    theta = _student_t(loc, tril, df, num_chains, generator)
+    lp = log_prob(theta)
+    kept: list[Tensor] = []
+    step = 0
+    while len(kept) < num_draws:
+        prop = _student_t(loc, tril, df, num_chains, generator)
+        lp_prop = log_prob(prop)
+        log_ratio = (
+            lp_prop
+            - lp
+            + _student_t_log_prob(theta, loc, tril, df)
+            - _student_t_log_prob(prop, loc, tril, df)
+        )
+        u = torch.rand(num_chains, generator=generator, dtype=theta.dtype)
+        accept = torch.log(u) < log_ratio
+        theta = torch.where(accept[:, None], prop, theta)
+        lp = torch.where(accept, lp_prop, lp)
+        accepted[0] += float(accept.double().mean()) if step >= burn_in else 0.0
+        eps = torch.randn((num_chains, d), generator=generator, dtype=theta.dtype)
+        prop = theta + (2.38 / d**0.5) * eps @ (tril / widen).T
+        lp_prop = log_prob(prop)
+        u = torch.rand(num_chains, generator=generator, dtype=theta.dtype)
+        accept = torch.log(u) < lp_prop - lp
+        theta = torch.where(accept[:, None], prop, theta)
+        lp = torch.where(accept, lp_prop, lp)
+        accepted[1] += float(accept.double().mean()) if step >= burn_in else 0.0
+        step += 1
+        if step == burn_in // 2 and num_chains > 4 * d:
+            loc = theta.mean(0)
+            tril = _chain_tril(theta, tril / widen) * widen
+        if step > burn_in and (step - burn_in) % thin == 0:
+            kept.append(theta)
+    if info is not None:
+        info["accept_independence"] = accepted[0] / (step - burn_in)
+        info["accept_walk"] = accepted[1] / (step - burn_in)
+    return torch.stack(kept)
+
+
+def split_rhat(chains: Tensor) -> Tensor:
+    r"""Split-:math:`\hat R` (Gelman et al., BDA3) per coordinate of ``chains`` ``(S, C, D)``.
+
+    Each chain is cut in two halves (2C chains of length :math:`n = \lfloor S/2 \rfloor`);
+    with :math:`W` the mean within-chain variance and :math:`B/n` the variance of the chain
+    means, :math:`\hat R = \sqrt{((n-1)/n\, W + B/n) / W}`.
+    """
+    n = chains.shape[0] // 2
+    halves = torch.cat([chains[:n], chains[n : 2 * n]], 1)
+    w = halves.var(0).mean(0)
+    b_over_n = halves.mean(0).var(0)
+    return (((n - 1) / n * w + b_over_n) / w).sqrt()
