@@ -18,6 +18,23 @@ Samplers (``method=``):
   \tfrac{2.38^2}{D}\,\hat\Sigma)`, accepted with probability
   :math:`\min(1, \pi(u')/\pi(u))`; :math:`\hat\Sigma` is re-estimated from the chains during
   warm-up (Haario et al., 2001) and then frozen, so the sampling phase is a valid Markov chain.
+* ``"hmc"``: Hamiltonian Monte Carlo (Neal, 2011), vectorised over chains. In whitened
+  coordinates :math:`u = Lz` (:math:`LL^\top = \hat\Sigma`, the dense mass matrix estimated
+  in warm-up), draw :math:`p \sim \mathcal N(0, I)`, run ``num_steps`` leapfrog steps
+
+  .. math:: p \leftarrow p + \tfrac{\epsilon}{2} L^\top \nabla \log\pi(u),\quad
+            u \leftarrow u + \epsilon L p,\quad
+            p \leftarrow p + \tfrac{\epsilon}{2} L^\top \nabla \log\pi(u)
+
+  and accept with probability :math:`\min(1, e^{-H' + H})`,
+  :math:`H = -\log\pi(u) + \tfrac12 |p|^2`. The step size is tuned in warm-up by dual
+  averaging (Hoffman & Gelman, 2014) to a mean acceptance probability of 0.8, per observation,
+  then frozen; it is jittered by ±20 % per step to avoid periodic trajectories. Needs a
+  differentiable potential.
+* ``"nuts"``: the No-U-Turn sampler of pyro (``pyro.infer.NUTS`` with a ``potential_fn`` over
+  the same unconstrained space; step size and diagonal mass matrix adapted by pyro in
+  warm-up). Pyro runs one chain at a time, so this is the reference sampler rather than the
+  fast one: use few chains (e.g. ``num_chains=4``).
 
 **Support.** Given a prior with support bijection :math:`T` (:func:`simgen.priors.support_
 transform`), :class:`~simgen.mcmc_posterior.MCMCPosterior` samples
@@ -44,10 +61,17 @@ from torch import Tensor
 
 from .errors import ConfigError, ConvergenceWarning, MCMCError
 
-__all__ = ["MCMCResult", "SliceSampler", "RandomWalkMetropolis", "run_mcmc", "diagnose"]
+__all__ = [
+    "MCMCResult",
+    "SliceSampler",
+    "RandomWalkMetropolis",
+    "HamiltonianMonteCarlo",
+    "run_mcmc",
+    "diagnose",
+]
 
 Potential = Callable[[Tensor], Tensor]
-METHODS = ("slice", "rwm")
+METHODS = ("slice", "rwm", "hmc", "nuts")
 
 
 def _evaluate(potential: Potential, u: Tensor) -> Tensor:
@@ -63,6 +87,55 @@ def _evaluate(potential: Potential, u: Tensor) -> Tensor:
     return value
 
 
+def _nan_error(value: Tensor, u: Tensor) -> MCMCError:
+    bad = torch.isnan(value)
+    return MCMCError(
+        f"The potential returned NaN for {int(bad.sum())} of {value.numel()} chains (first "
+        f"bad point: {u[bad][0].tolist()}). Return -inf outside the density's support, and "
+        "check the estimator was trained on finite data."
+    )
+
+
+def _evaluate_with_grad(potential: Potential, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Potential and its gradient at finite ``u``; the gradient is 0 where the value is ±inf."""
+    with torch.enable_grad():
+        v = u.detach().requires_grad_(True)
+        value = potential(v)
+        if not value.requires_grad:
+            raise ConfigError(
+                "method='hmc'/'nuts' needs a potential differentiable by torch (no torch.no_grad,"
+                " numpy or .detach() inside it); use method='rwm' or 'slice' otherwise."
+            )
+        (grad,) = torch.autograd.grad(value.sum(), v)
+    value = value.detach()
+    if bool(torch.isnan(value).any()):
+        raise _nan_error(value, u)
+    grad = torch.where(torch.isfinite(value)[..., None], grad, torch.zeros_like(grad))
+    return value, torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _batched_cov(positions: Tensor) -> Tensor:
+    """Regularised covariance per batch element: ``(chains, T, *batch, D) -> (*batch, D, D)``.
+
+    :math:`\\hat\\Sigma = \\frac{n}{n+5} S + 10^{-3}\\frac{5}{n+5} I` (Stan's shrinkage), with
+    :math:`S` the sample covariance of the :math:`n` pooled chain states.
+    """
+    d = positions.shape[-1]
+    batch = positions.shape[2:-1]
+    flat = positions.reshape(-1, math.prod(batch), d).double()
+    n = flat.shape[0]
+    centred = flat - flat.mean(0)
+    cov = torch.einsum("nbi,nbj->bij", centred, centred) / max(n - 1, 1)
+    eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+    cov = n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * eye
+    return cov.reshape(*batch, d, d)
+
+
+def _mv(matrix: Tensor, vector: Tensor) -> Tensor:
+    """``matrix (*batch, D, D) @ vector (chains, *batch, D)`` → ``(chains, *batch, D)``."""
+    return (matrix @ vector[..., None])[..., 0]
+
+
 def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
 
@@ -71,6 +144,7 @@ def _uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | 
 class _State:
     position: Tensor  # (*batch, D)
     log_density: Tensor  # (*batch)
+    grad: Tensor | None = None  # (*batch, D), HMC only
 
 
 class SliceSampler:
@@ -162,23 +236,140 @@ class RandomWalkMetropolis:
         return _State(position, _evaluate(self.potential, position))
 
     def adapt(self, positions: Tensor) -> None:
-        """Warm-up: proposal covariance :math:`2.38^2/D\\,\\hat\\Sigma` from ``positions``."""
-        flat = positions.reshape(-1, positions.shape[-1]).double()
-        d = flat.shape[-1]
-        cov = torch.cov(flat.T).reshape(d, d) + 1e-6 * torch.eye(d, dtype=flat.dtype)
-        chol = torch.linalg.cholesky(cov * 2.38**2 / d)
+        """Warm-up: proposal covariance :math:`2.38^2/D\\,\\hat\\Sigma` per observation.
+
+        ``positions`` is ``(chains, T, *batch, D)``; each batch element (observation) gets the
+        covariance of its own chains.
+        """
+        d = positions.shape[-1]
+        chol = torch.linalg.cholesky(_batched_cov(positions) * 2.38**2 / d)
         self.chol = chol.to(positions.dtype)
 
     def step(self, state: _State, generator: torch.Generator | None) -> tuple[_State, dict]:
         u, lp = state.position, state.log_density
         noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
-        proposal = u + noise @ self.chol.T
+        proposal = u + _mv(self.chol, noise)
         prop_lp = _evaluate(self.potential, proposal)
         log_ratio = torch.nan_to_num(prop_lp - lp, nan=-math.inf)
         accept = torch.log(_uniform(lp.shape, lp, generator)) < log_ratio
         u = torch.where(accept[..., None], proposal, u)
         lp = torch.where(accept, prop_lp, lp)
         return _State(u, lp), {"acceptance_rate": accept.float(), "evaluations": 1}
+
+
+class HamiltonianMonteCarlo:
+    """Vectorised HMC with a dense mass matrix and dual-averaging step size (module docstring).
+
+    Args:
+        potential: ``(*batch, D) -> (*batch)`` log-density, differentiable by torch.
+        step_size: Initial leapfrog step in whitened coordinates (tuned in warm-up).
+        num_steps: Leapfrog steps per transition.
+        target_accept: Mean acceptance probability the warm-up tunes the step size to.
+    """
+
+    def __init__(
+        self,
+        potential: Potential,
+        step_size: float = 0.5,
+        num_steps: int = 8,
+        target_accept: float = 0.8,
+    ):
+        self.potential = potential
+        self.step_size = step_size
+        self.num_steps = num_steps
+        self.target_accept = target_accept
+        self.chol: Tensor | None = None
+        self.log_eps: Tensor | None = None  # (*batch): one step size per observation
+        self._dual: dict[str, Any] = {}
+
+    def init(self, position: Tensor) -> _State:
+        d = position.shape[-1]
+        # Start from the chains' own spread (they are usually drawn near the posterior).
+        spread = position.std(0) if position.shape[0] > 1 else torch.ones_like(position[0])
+        spread = torch.nan_to_num(spread, nan=1.0).clamp(min=1e-3, max=1e3)
+        self.chol = torch.diag_embed(spread)
+        self.log_eps = torch.full(position.shape[1:-1], math.log(self.step_size / d**0.25))
+        self.log_eps = self.log_eps.to(position)
+        self._restart_dual_averaging()
+        value, grad = _evaluate_with_grad(self.potential, position)
+        return _State(position, value, grad)
+
+    def _restart_dual_averaging(self) -> None:
+        assert self.log_eps is not None
+        self._dual = {
+            "mu": self.log_eps + math.log(10.0),
+            "hbar": torch.zeros_like(self.log_eps),
+            "log_eps_bar": self.log_eps.clone(),
+            "t": 0,
+        }
+
+    def adapt(self, positions: Tensor) -> None:
+        """Warm-up: mass matrix :math:`\\hat\\Sigma` per observation; restart step-size tuning."""
+        self.chol = torch.linalg.cholesky(_batched_cov(positions)).to(positions.dtype)
+        self._restart_dual_averaging()
+
+    def tune(self, info: dict) -> None:
+        """Warm-up: one dual-averaging update from the chains' mean acceptance probability.
+
+        :math:`\\bar H_t = (1 - \\tfrac{1}{t+t_0})\\bar H_{t-1} + \\tfrac{\\delta - a_t}{t+t_0}`,
+        :math:`\\log\\epsilon_t = \\mu - \\tfrac{\\sqrt t}{\\gamma}\\bar H_t`, and the averaged
+        :math:`\\log\\bar\\epsilon_t = t^{-\\kappa}\\log\\epsilon_t +
+        (1 - t^{-\\kappa})\\log\\bar\\epsilon_{t-1}`, with :math:`\\gamma = 0.05, t_0 = 10,
+        \\kappa = 0.75` (Hoffman & Gelman, 2014).
+        """
+        dual = self._dual
+        dual["t"] += 1
+        t = dual["t"]
+        accept = info["accept_prob"].mean(0)  # over chains → (*batch)
+        dual["hbar"] = (1 - 1 / (t + 10)) * dual["hbar"] + (self.target_accept - accept) / (t + 10)
+        self.log_eps = dual["mu"] - math.sqrt(t) / 0.05 * dual["hbar"]
+        w = t**-0.75
+        dual["log_eps_bar"] = w * self.log_eps + (1 - w) * dual["log_eps_bar"]
+
+    def end_warmup(self) -> None:
+        """Freeze the step size at its dual-averaged value."""
+        if self._dual.get("t", 0) > 0:
+            self.log_eps = self._dual["log_eps_bar"]
+
+    def step(self, state: _State, generator: torch.Generator | None) -> tuple[_State, dict]:
+        assert self.chol is not None and self.log_eps is not None and state.grad is not None
+        u0, lp0, g0 = state.position, state.log_density, state.grad
+        chol_t = self.chol.transpose(-1, -2)
+        jitter = 0.8 + 0.4 * _uniform(lp0.shape, lp0, generator)
+        eps = (self.log_eps.exp() * jitter)[..., None]  # (chains, *batch, 1)
+        p0 = torch.randn(u0.shape, generator=generator, dtype=u0.dtype, device=u0.device)
+        u, g = u0, g0
+        p = p0 + 0.5 * eps * _mv(chol_t, g)
+        ok = torch.ones(lp0.shape, dtype=torch.bool, device=u0.device)
+        lp = lp0
+        h0 = -lp0 + 0.5 * (p0**2).sum(-1)
+        for i in range(self.num_steps):
+            u = u + eps * _mv(self.chol, p)
+            ok &= torch.isfinite(u).all(-1)
+            # A diverged chain is frozen at its start (and rejected below), so the potential is
+            # never asked for points far out of the typical set.
+            u = torch.where(ok[..., None], u, u0)
+            lp, g = _evaluate_with_grad(self.potential, u)
+            scale = 1.0 if i + 1 < self.num_steps else 0.5
+            p = p + scale * eps * _mv(chol_t, g)
+            # Divergence: energy error above 1000 (Stan's rule), or left the support.
+            ok &= torch.isfinite(lp) & ((-lp + 0.5 * (p**2).sum(-1) - h0) < 1000.0)
+        h1 = -lp + 0.5 * (p**2).sum(-1)
+        log_ratio = torch.where(ok, h0 - h1, torch.full_like(h0, -math.inf))
+        log_ratio = torch.nan_to_num(log_ratio, nan=-math.inf)
+        accept = torch.log(_uniform(lp0.shape, lp0, generator)) < log_ratio
+        new = _State(
+            torch.where(accept[..., None], u, u0),
+            torch.where(accept, lp, lp0),
+            torch.where(accept[..., None], g, g0),
+        )
+        info = {
+            "acceptance_rate": accept.float(),
+            "accept_prob": log_ratio.clamp(max=0.0).exp(),
+            "divergent": ~ok,
+            "evaluations": self.num_steps,
+        }
+        return new, info
 
 
 @dataclass
@@ -221,6 +412,7 @@ class MCMCResult:
             "rhat": self.rhat,
             "ess": self.ess,
             "seconds": self.seconds,
+            **({"divergences": self.extra["divergences"]} if "divergences" in self.extra else {}),
         }
 
     def sample_stats(self) -> dict[str, np.ndarray]:
@@ -263,6 +455,7 @@ def run_mcmc(
     seed: int | None = None,
     rhat_threshold: float = 1.1,
     warn: bool = True,
+    sampler_options: dict[str, Any] | None = None,
 ) -> MCMCResult:
     """Run ``init.shape[0]`` chains (per batch element) on ``potential``.
 
@@ -273,10 +466,12 @@ def run_mcmc(
         num_draws: Draws kept per chain (after thinning).
         warmup: Adaptation steps, discarded.
         thin: Keep every ``thin``-th step.
-        method: ``"slice"`` or ``"rwm"``.
+        method: ``"slice"``, ``"rwm"``, ``"hmc"`` or ``"nuts"`` (see the module docstring).
         seed: Seeds a private generator (``None``: torch's global one).
         rhat_threshold: Above it, a :class:`~simgen.errors.ConvergenceWarning` is issued.
         warn: Issue that warning (the result records ``rhat`` either way).
+        sampler_options: Passed to the sampler, e.g. ``{"num_steps": 16}`` for ``"hmc"``,
+            ``{"max_tree_depth": 8}`` for ``"nuts"`` (any ``pyro.infer.NUTS`` option).
 
     Returns:
         An :class:`MCMCResult`.
@@ -295,47 +490,157 @@ def run_mcmc(
     if seed is not None:
         generator = torch.Generator(device=init.device).manual_seed(seed)
     start = time.perf_counter()
-    sampler = (SliceSampler if method == "slice" else RandomWalkMetropolis)(potential)
-    state = sampler.init(init)
-    if not bool(torch.isfinite(state.log_density).all()):
+    options = dict(sampler_options or {})
+    start_value = _evaluate(potential, init)  # NaN raises MCMCError here
+    if not bool(torch.isfinite(start_value).all()):
         raise MCMCError(
             "Some chains start where the potential is -inf or inf; start them inside the "
             "support, where the density is positive."
         )
-    history: list[Tensor] = []
-    for i in range(warmup):
-        state, _ = sampler.step(state, generator)
-        history.append(state.position)
-        if (i + 1) % max(warmup // 10, 1) == 0 or i + 1 == warmup:
-            # Adapt on the recent half of warm-up, pooled over chains.
-            sampler.adapt(torch.stack(history[len(history) // 2 :]).transpose(0, 1))
-    draws, lps, accept = [], [], []
-    for i in range(num_draws * thin):
-        state, info = sampler.step(state, generator)
-        accept.append(info["acceptance_rate"].float().mean())
-        if (i + 1) % thin == 0:
-            draws.append(state.position)
-            lps.append(state.log_density)
-    samples, log_density = torch.stack(draws, 1), torch.stack(lps, 1)
+    extra: dict[str, Any] = {"rhat_threshold": rhat_threshold}
+    if method == "nuts":
+        samples, log_density, acceptance, divergences = _run_nuts(
+            potential, init, num_draws, warmup, thin, seed, options
+        )
+        extra["divergences"] = divergences
+    else:
+        samples, log_density, acceptance, extra_run = _run_vectorised(
+            potential, init, num_draws, warmup, thin, method, generator, options
+        )
+        extra.update(extra_run)
     rhat, ess = diagnose(samples)
     result = MCMCResult(
         samples=samples,
         log_density=log_density,
-        acceptance_rate=float(torch.stack(accept).mean()),
+        acceptance_rate=acceptance,
         rhat=rhat,
         ess=ess,
         method=method,
         warmup=warmup,
         thin=thin,
         seconds=time.perf_counter() - start,
-        extra={"rhat_threshold": rhat_threshold},
+        extra=extra,
     )
     if warn and not math.isnan(rhat) and rhat > rhat_threshold:
         warnings.warn(
             f"MCMC chains have not converged: R-hat = {rhat:.3f} > {rhat_threshold} (bulk "
             f"ESS {ess:.0f}). Increase warmup= or num_chains=, use thin=, or try method="
-            f"{'rwm' if method == 'slice' else 'slice'!r}.",
+            f"{'slice' if method == 'rwm' else 'rwm'!r}.",
             ConvergenceWarning,
             stacklevel=2,
         )
     return result
+
+
+_SAMPLERS: dict[str, Any] = {
+    "slice": SliceSampler,
+    "rwm": RandomWalkMetropolis,
+    "hmc": HamiltonianMonteCarlo,
+}
+
+
+def _run_vectorised(
+    potential: Potential,
+    init: Tensor,
+    num_draws: int,
+    warmup: int,
+    thin: int,
+    method: str,
+    generator: torch.Generator | None,
+    options: dict[str, Any],
+) -> tuple[Tensor, Tensor, float, dict[str, Any]]:
+    """Warm-up (adaptation), then ``num_draws * thin`` steps of all chains at once."""
+    try:
+        sampler = _SAMPLERS[method](potential, **options)
+    except TypeError as exc:
+        raise ConfigError(f"MCMC: invalid sampler_options for {method!r}: {exc}.") from exc
+    state = sampler.init(init)
+    tunes = hasattr(sampler, "tune")
+    history: list[Tensor] = []
+    for i in range(warmup):
+        state, info = sampler.step(state, generator)
+        history.append(state.position)
+        if tunes:
+            sampler.tune(info)
+        # Samplers with a tuned step size get the last 20 % of warm-up for that alone.
+        last_adapt = 0.8 * warmup if tunes else warmup
+        if ((i + 1) % max(warmup // 10, 1) == 0 or i + 1 == warmup) and i + 1 <= last_adapt:
+            # Adapt on the recent half of warm-up, pooled over chains.
+            sampler.adapt(torch.stack(history[len(history) // 2 :]).transpose(0, 1))
+    if tunes:
+        sampler.end_warmup()
+    draws, lps, accept, divergent = [], [], [], 0
+    for i in range(num_draws * thin):
+        state, info = sampler.step(state, generator)
+        accept.append(info["acceptance_rate"].float().mean())
+        divergent += int(info.get("divergent", torch.zeros(())).sum())
+        if (i + 1) % thin == 0:
+            draws.append(state.position)
+            lps.append(state.log_density)
+    extra: dict[str, Any] = {}
+    if method == "hmc":
+        extra = {"divergences": divergent, "step_size": sampler.log_eps.exp().tolist()}
+    acceptance = float(torch.stack(accept).mean())
+    return torch.stack(draws, 1), torch.stack(lps, 1), acceptance, extra
+
+
+def _run_nuts(
+    potential: Potential,
+    init: Tensor,
+    num_draws: int,
+    warmup: int,
+    thin: int,
+    seed: int | None,
+    options: dict[str, Any],
+) -> tuple[Tensor, Tensor, float, int]:
+    """pyro's NUTS, one chain per (chain, observation) pair, in turn.
+
+    pyro's ``potential_fn`` is the potential *energy* :math:`-\\log\\pi(u)` of a dict of
+    sites; the single site ``"u"`` is one chain's ``(D,)`` position. Other observations of the
+    batch are held at their starting points (the potential is evaluated batch-wise).
+    """
+    from pyro.infer import MCMC, NUTS
+
+    chains, batch, d = init.shape[0], init.shape[1:-1], init.shape[-1]
+    nb = math.prod(batch)
+    flat_init = init.reshape(chains, nb, d).detach()
+    out = torch.empty(chains, num_draws, nb, d, dtype=init.dtype, device=init.device)
+    accept, divergences = [], 0
+    for c in range(chains):
+        for b in range(nb):
+
+            def energy(params: dict[str, Tensor], c: int = c, b: int = b) -> Tensor:
+                full = flat_init[c : c + 1].clone()
+                full[0, b] = params["u"]
+                value = potential(full.reshape(1, *batch, d)).reshape(nb)[b]
+                if bool(torch.isnan(value)):
+                    raise _nan_error(value[None], params["u"][None].detach())
+                return -value
+
+            kernel = NUTS(potential_fn=energy, **{"target_accept_prob": 0.8, **options})
+            last: list[dict[str, Any]] = [{}]
+
+            def hook(kernel: Any, _params: Any, stage: str, _i: int, last: list = last) -> None:
+                if stage == "Sample":  # the kernel's counters over the sampling phase
+                    last[0] = dict(kernel.diagnostics())
+
+            mcmc = MCMC(
+                kernel,
+                num_samples=num_draws * thin,
+                warmup_steps=warmup,
+                initial_params={"u": flat_init[c, b].clone()},
+                disable_progbar=True,
+                hook_fn=hook,
+            )
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed * 100_003 + c * nb + b)
+                mcmc.run()
+            out[c, :, b] = mcmc.get_samples()["u"][thin - 1 :: thin].detach()
+            diag = last[0]
+            accept.append(float(diag["acceptance rate"]))
+            divergences += len(diag["divergences"])
+    samples = out.reshape(chains, num_draws, *batch, d)
+    with torch.no_grad():
+        log_density = torch.stack([potential(samples[:, j]) for j in range(num_draws)], 1)
+    return samples, log_density, sum(accept) / len(accept), divergences

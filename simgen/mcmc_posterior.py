@@ -148,13 +148,17 @@ class MCMCPosterior(Posterior):
 
     # -- sampling -----------------------------------------------------------------------
     def _settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(kwargs) - {*self.mcmc_defaults, "seed", "show_progress_bars"})
+        valid = {*self.mcmc_defaults, "seed", "show_progress_bars", "sampler_options"}
+        unknown = sorted(set(kwargs) - valid)
         if unknown:
             raise ConfigError(
-                f"Unknown MCMC option(s) {unknown}; valid: num_chains, warmup, thin, method, seed."
+                f"Unknown MCMC option(s) {unknown}; valid: num_chains, warmup, thin, method, "
+                "seed, sampler_options."
             )
         settings = {**self.mcmc_defaults, **kwargs}
         settings.pop("show_progress_bars", None)
+        if settings["method"] == "nuts" and "num_chains" not in kwargs:
+            settings["num_chains"] = 4  # pyro runs chains one after another
         if settings["thin"] is None:
             # Random-walk draws decorrelate in O(D) steps: thin by 2D (at least 5).
             settings["thin"] = max(5, 2 * self.theta_dim) if settings["method"] == "rwm" else 1
@@ -193,6 +197,7 @@ class MCMCPosterior(Posterior):
             thin=settings["thin"],
             method=settings["method"],
             seed=seed,
+            sampler_options=settings.get("sampler_options"),
         )
         result.samples = self._transform(result.samples)
         self.last_mcmc = result
@@ -205,9 +210,12 @@ class MCMCPosterior(Posterior):
 
         Keyword options override the defaults: ``num_chains`` (run at once), ``warmup``
         (adaptation steps per chain, discarded), ``thin`` (keep every k-th step),
-        ``method`` (``"rwm"`` or ``"slice"``), ``seed``. ``thin=None`` (default) thins
-        random-walk chains by :math:`\\max(5, 2D)` and slice chains by 1. Diagnostics land in
-        :attr:`last_mcmc`; a :class:`~simgen.errors.ConvergenceWarning` says when R-hat > 1.1.
+        ``method`` (``"rwm"``, ``"slice"``, ``"hmc"`` or pyro's ``"nuts"``; see
+        :mod:`simgen.mcmc`), ``seed``, ``sampler_options`` (e.g. ``{"num_steps": 16}`` for
+        HMC). ``thin=None`` (default) thins random-walk chains by :math:`\\max(5, 2D)` and
+        the others by 1; ``"nuts"`` runs 4 chains unless ``num_chains`` is given (pyro runs
+        them one after another). Diagnostics land in :attr:`last_mcmc`; a
+        :class:`~simgen.errors.ConvergenceWarning` says when R-hat > 1.1.
         """
         xo = self._single_x(x).to(self.device)
         return self._run(sample_shape, xo, kwargs)[..., 0, :]

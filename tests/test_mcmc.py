@@ -89,7 +89,7 @@ def test_non_converged_chains_warn_with_rhat() -> None:
 
 def test_invalid_settings_and_start() -> None:
     with pytest.raises(ConfigError):
-        run_mcmc(banana, torch.zeros(4, 2), 10, method="hmc")
+        run_mcmc(banana, torch.zeros(4, 2), 10, method="gibbs")
     with pytest.raises(ConfigError):
         run_mcmc(banana, torch.zeros(4, 2), 10, thin=0)
     with pytest.raises(MCMCError, match="start"):
@@ -97,3 +97,80 @@ def test_invalid_settings_and_start() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_mcmc(correlated_gaussian, torch.randn(4, 2), 50, 50, method="rwm", seed=0, warn=False)
+
+
+def _moments_ok(samples: torch.Tensor, tol: float) -> bool:
+    s = samples.reshape(-1, 2)
+    return bool((s.mean(0) - MEAN).abs().max() < tol and (torch.cov(s.T) - COV).abs().max() < tol)
+
+
+def test_hmc_correlated_gaussian_moments_and_wrong_target() -> None:
+    init = torch.randn(16, 2) * 3
+    result = run_mcmc(correlated_gaussian, init, 100, 80, method="hmc", seed=1)
+    assert result.samples.shape == (16, 100, 2)
+    # ESS > 1000 ⇒ s.e. of the mean < 0.035 and of a (co)variance < 0.05: tolerance 0.15 is
+    # > 3 s.e.; the dense mass matrix makes the 0.8-correlated target easy (acceptance ≈ 0.8).
+    assert result.ess > 1000 and result.rhat < 1.05 and result.extra["divergences"] == 0
+    assert 0.6 < result.acceptance_rate < 0.97
+    assert _moments_ok(result.samples, 0.15)
+    # The same check rejects a sampler aimed at a wrong target (correlation 0.5, mean +0.3).
+    wrong_prec = torch.linalg.inv(torch.tensor([[1.0, 0.5], [0.5, 1.0]]))
+
+    def wrong(u: torch.Tensor) -> torch.Tensor:
+        d = u - MEAN - 0.3
+        return -0.5 * ((d @ wrong_prec) * d).sum(-1)
+
+    bad = run_mcmc(wrong, init, 100, 80, method="hmc", seed=1)
+    assert not _moments_ok(bad.samples, 0.15)
+
+
+def test_hmc_adapts_per_observation() -> None:
+    # Two targets of very different scales in one batch: each gets its own mass matrix and
+    # step size, so both are sampled well (a shared scale would fail the narrow or the wide).
+    scale = torch.tensor([[1.0], [0.01]])
+
+    def potential(u: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((u / scale) ** 2).sum(-1)
+
+    init = torch.randn(8, 2, 3) * scale
+    for method in ("hmc", "rwm"):
+        result = run_mcmc(potential, init, 200, 100, method=method, seed=0, thin=1)
+        std = result.samples.reshape(-1, 2, 3).std(0)
+        torch.testing.assert_close(std, scale.expand(2, 3), rtol=0.25, atol=0)
+
+
+def test_hmc_needs_a_differentiable_potential() -> None:
+    def detached(u: torch.Tensor) -> torch.Tensor:
+        return correlated_gaussian(u).detach()
+
+    with pytest.raises(ConfigError, match="differentiable"):
+        run_mcmc(detached, torch.zeros(4, 2), 10, 10, method="hmc")
+    with pytest.raises(ConfigError, match="sampler_options"):
+        run_mcmc(correlated_gaussian, torch.zeros(4, 2), 10, 10, method="hmc",
+                 sampler_options={"leapfrogs": 3})  # fmt: skip
+
+
+def test_hmc_nan_potential_raises() -> None:
+    def bad(u: torch.Tensor) -> torch.Tensor:
+        return torch.where(u[..., 0] > 0.5, torch.nan, -0.5 * (u**2).sum(-1))
+
+    with pytest.raises(MCMCError, match="NaN"):
+        run_mcmc(bad, torch.zeros(4, 2), 200, 50, method="hmc", seed=0)
+
+
+def test_pyro_nuts_runs_and_reports() -> None:
+    result = run_mcmc(correlated_gaussian, torch.zeros(2, 2), 40, 40, method="nuts", seed=0,
+                      warn=False)  # fmt: skip
+    assert result.samples.shape == (2, 40, 2) and torch.isfinite(result.samples).all()
+    assert result.log_density.shape == (2, 40)
+    info = result.to_dict()
+    assert info["method"] == "nuts" and "divergences" in info and 0 < info["acceptance_rate"] <= 1
+    assert math.isfinite(result.rhat) and result.ess > 0
+
+
+@pytest.mark.slow
+def test_pyro_nuts_correlated_gaussian_moments() -> None:
+    result = run_mcmc(correlated_gaussian, torch.randn(4, 2), 500, 200, method="nuts", seed=0)
+    # ESS > 800 ⇒ 3 s.e. < 0.15 on means and (co)variances.
+    assert result.ess > 800 and result.rhat < 1.05
+    assert _moments_ok(result.samples, 0.15)

@@ -47,6 +47,26 @@ def test_posterior_close_to_closed_form(trained: tuple) -> None:
     assert info["chains"] == 50 and info["rhat"] < 1.2 and 0.1 < info["acceptance_rate"] < 0.7
 
 
+def test_gradient_samplers(trained: tuple) -> None:
+    task, posterior, x_o = trained
+    reference = task.posterior(x_o).sample((500,)).reshape(-1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hmc = posterior.sample(
+            (500,), x=x_o, method="hmc", num_chains=25, warmup=40, seed=0,
+            sampler_options={"num_steps": 4},
+        )  # fmt: skip
+    info = posterior.mcmc_info
+    assert info["method"] == "hmc" and info["thin"] == 1 and "divergences" in info
+    # Same tolerance as the random-walk test above (a wrong posterior scores > 0.9).
+    assert c2st(hmc, reference) < 0.6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nuts = posterior.sample((8,), x=x_o, method="nuts", warmup=10, seed=0)
+    assert nuts.shape == (8, 2) and posterior.mcmc_info["chains"] == 4
+    assert bool(task.prior.support.check(nuts).all())
+
+
 def test_log_prob_is_unnormalised_posterior(trained: tuple) -> None:
     task, posterior, x_o = trained
     exact = task.posterior(x_o)
