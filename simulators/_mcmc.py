@@ -18,6 +18,7 @@ __all__ = [
     "metropolis",
     "tempered_fit",
     "independence_metropolis",
+    "pseudo_marginal_independence",
     "split_rhat",
 ]
 
@@ -137,6 +138,7 @@ def tempered_fit(
     generator: torch.Generator,
     df: int = 5,
     max_iter: int = 30,
+    stop_ess: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
     r"""Move a multivariate-t fit from a broad start (e.g. the prior) onto :math:`p`.
 
@@ -145,9 +147,10 @@ def tempered_fit(
     :math:`\beta \le 1` whose effective sample size is at least a quarter of the draws
     (bisection), and refit :math:`\mu, LL^\top` to the weighted mean and covariance. Each
     round moves :math:`q` towards :math:`q^{1-\beta} p^\beta`; it stops once
-    :math:`\beta = 1` with an effective sample size above half the draws, i.e. once :math:`q`
-    covers :math:`p` well. Only a proposal is fitted: the samplers that use it are exact
-    whatever it is.
+    :math:`\beta = 1` with an effective sample size above ``stop_ess`` of the draws, i.e. once
+    :math:`q` covers :math:`p` well, or after ``max_iter`` rounds. ``log_prob`` may be a noisy
+    (e.g. particle-filter) estimate. Only a proposal is fitted: the samplers that use it are
+    exact whatever it is.
 
     Returns:
         ``(loc, scale_tril)`` of the final fit.
@@ -170,7 +173,7 @@ def tempered_fit(
         centred = theta - loc
         cov = (w[:, None] * centred).T @ centred
         scale_tril = torch.linalg.cholesky(cov)
-        if beta == 1.0 and float(_ess(log_w)) >= n / 2:
+        if beta == 1.0 and float(_ess(log_w)) >= stop_ess * n:
             break
     return loc, scale_tril
 
@@ -244,6 +247,66 @@ def independence_metropolis(
     if info is not None:
         info["accept_independence"] = accepted[0] / (step - burn_in)
         info["accept_walk"] = accepted[1] / (step - burn_in)
+    return torch.stack(kept)
+
+
+def pseudo_marginal_independence(
+    log_prob_estimate: Callable[[Tensor], Tensor],
+    loc: Tensor,
+    scale_tril: Tensor,
+    num_chains: int,
+    num_draws: int,
+    generator: torch.Generator,
+    burn_in: int = 10,
+    thin: int = 2,
+    df: int = 5,
+    widen: float = 1.3,
+    batch_size: int = 4096,
+    info: dict | None = None,
+) -> Tensor:
+    r"""Pseudo-marginal independence Metropolis–Hastings, many chains at once.
+
+    ``log_prob_estimate(theta)`` returns :math:`\log \hat p(\theta)` with
+    :math:`\hat p` a non-negative *unbiased* estimate of the unnormalised target (e.g. prior
+    × a particle filter's likelihood estimate). Each chain proposes
+    :math:`\theta' \sim q = t_\nu(\mu, w^2\Sigma)` and accepts with probability
+    :math:`\min\big(1, \frac{\hat p(\theta') q(\theta)}{\hat p(\theta) q(\theta')}\big)`,
+    keeping the estimate of the current state (never re-estimating it). This is an exact
+    Metropolis–Hastings chain on the extended space of :math:`\theta` and the estimator's
+    randomness whose :math:`\theta`-marginal is :math:`p` (Andrieu & Roberts, 2009).
+
+    Because the proposals do not depend on the chain, all of them are drawn and estimated
+    first, in large vectorised batches; only the accept/reject scan runs in sequence. Each
+    chain starts at its first proposal; every ``thin``-th state after ``burn_in`` proposals
+    is kept.
+
+    Returns:
+        ``(num_draws, num_chains, D)``. If ``info`` is a dict, the acceptance rate after
+        warm-up is stored in it (``"accept"``).
+    """
+    d = len(loc)
+    tril = scale_tril * widen
+    steps = burn_in + num_draws * thin
+    props = _student_t(loc, tril, df, (steps + 1) * num_chains, generator)
+    log_q = _student_t_log_prob(props, loc, tril, df)
+    log_p = torch.cat([log_prob_estimate(b) for b in props.split(batch_size)])
+    log_w = torch.where(torch.isnan(log_p), torch.full_like(log_p, -torch.inf), log_p) - log_q
+    props = props.view(steps + 1, num_chains, d)
+    log_w = log_w.view(steps + 1, num_chains)
+    u = torch.rand((steps, num_chains), generator=generator, dtype=props.dtype)
+    theta, current = props[0], log_w[0]
+    kept: list[Tensor] = []
+    accepted = 0.0
+    for k in range(1, steps + 1):
+        accept = torch.log(u[k - 1]) < log_w[k] - current
+        theta = torch.where(accept[:, None], props[k], theta)
+        current = torch.where(accept, log_w[k], current)
+        if k > burn_in:
+            accepted += float(accept.double().mean())
+            if (k - burn_in) % thin == 0:
+                kept.append(theta)
+    if info is not None:
+        info["accept"] = accepted / (steps - burn_in)
     return torch.stack(kept)
 
 

@@ -18,8 +18,23 @@ Latent structure: the path :math:`z = (y_1, \dots, y_K)`. Each Euler–Maruyama 
 
 and :math:`x = s(z)` is a deterministic function of it, so ``simulator.trace`` returns the
 path, :math:`\log p(z \mid \theta)` as the joint log-density and its gradient (by autograd) as
-the joint score. The marginal likelihood of the summaries has no closed form, so there is no
-reference posterior.
+the joint score.
+
+**No reference posterior, and why.** :math:`p(x \mid \theta)` is the density of the
+push-forward of the 500-dimensional path law through :math:`s`, a many-to-one map with no
+noise added, two of whose outputs (the fraction of time in the right well, in steps of
+1/501, and the crossing count) are discrete. It has no closed form, and — unlike
+``sir`` or ``particle_shower``, where :math:`x` given the latents has a proper density — it
+has no unbiased simulation estimate either: a simulated path reproduces a continuous
+:math:`x_o` with probability zero, so :math:`p(x_o \mid z)` is a point mass and neither
+importance sampling over paths nor a pseudo-marginal sampler applies. (The path likelihood
+:math:`p(z \mid \theta)` is exact, but conditioning a path on all eight summaries at once is
+a constrained-diffusion problem with no practical exact sampler.) Any reference would be ABC
+with a tolerance :math:`\epsilon`, which is the posterior of a different model
+(:math:`x` plus :math:`\epsilon`-kernel noise), so none is shipped. To get one: run a long
+ABC-SMC on standardised summaries and shrink :math:`\epsilon` until the posterior stops
+changing, state the final :math:`\epsilon` with any comparison; or judge estimators on this
+task by calibration (SBC, coverage; ``simgen.diagnostics``), which needs no reference.
 """
 
 from __future__ import annotations
