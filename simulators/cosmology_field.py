@@ -37,7 +37,7 @@ noise,
 
 exactly the law above: one white noise, a spectrum on the 17×17 grid of distinct
 :math:`(f_i, f_j)`, and two ``32×32`` matrix products per map (one GEMM over the whole batch
-each); 2.7× faster than the rfft2/irfft2 pair it replaced (same process, see
+each); 2.4–2.7× faster than the rfft2/irfft2 pair it replaced (same process, see
 ``benchmarks/results_simulators.md``).
 
 The reference posterior evaluates it on a grid (coarse over the prior, then fine around the
