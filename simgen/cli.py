@@ -6,15 +6,37 @@ Data files hold plain tensors (``torch.save({"theta": ..., "x": ...})``) and are
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from .errors import SimgenError
+
+#: References slower than this (a task's ``REFERENCE_SECONDS``) need ``--reference``.
+REFERENCE_BUDGET_S = 60.0
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="simgen: simulation-based inference with calibrated posteriors.",
 )
+
+
+def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a :class:`SimgenError` as one line (it says how to fix it) and exit with 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SimgenError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+    return wrapper
 
 
 def _task(name: str):
@@ -28,6 +50,8 @@ def _read_data(path: Path) -> tuple:
 
     from .errors import ModelFileError
 
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist; write one with `simgen simulate`.")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         return data["theta"], data["x"]
@@ -39,6 +63,7 @@ def _read_data(path: Path) -> tuple:
 
 
 @app.command()
+@_friendly
 def demo(
     task: str = typer.Option("two_moons", help="Built-in simulator (simulators.list())."),
     num_simulations: int = typer.Option(5000, help="Training simulations."),
@@ -54,6 +79,7 @@ def demo(
 
 
 @app.command()
+@_friendly
 def simulate(
     task: str, num_simulations: int, out: Path, seed: int = 0, batch_size: int = 1000
 ) -> None:
@@ -70,22 +96,35 @@ def simulate(
     typer.echo(f"wrote {len(theta)} simulations to {out}")
 
 
+def _method(name: str, prior: Any, estimator: str) -> Any:
+    from .errors import ConfigError
+    from .inference import NLE, NPE, NRE
+
+    if name == "npe":
+        return NPE(prior, estimator=estimator)
+    if name == "nle":
+        return NLE(prior, estimator=estimator)
+    if name in ("nre", "bnre"):
+        return NRE(prior, balanced=name == "bnre")
+    raise ConfigError(f"Unknown method {name!r}; use one of npe, nle, nre, bnre.")
+
+
 @app.command()
+@_friendly
 def train(
     task: str,
     data: Path,
     out: Path,
-    estimator: str = "nsf",
+    method: str = typer.Option("npe", help="npe, nle, nre or bnre (balanced NRE)."),
+    estimator: str = typer.Option("nsf", help="Estimator family for npe/nle."),
     seed: int = 0,
     max_epochs: int = 1000,
     batch_size: int = 256,
     device: str = "cpu",
 ) -> None:
-    """Train NPE on a data file written by `simgen simulate` and save the model to OUT."""
-    from .inference import NPE
-
+    """Train on a data file written by `simgen simulate` and save the posterior to OUT."""
     theta, x = _read_data(data)
-    posterior = NPE(_task(task).prior, estimator=estimator).fit(
+    posterior = _method(method, _task(task).prior, estimator).fit(
         theta, x, seed=seed, max_epochs=max_epochs, batch_size=batch_size, device=device
     )
     posterior.save(out)
@@ -94,6 +133,7 @@ def train(
 
 
 @app.command()
+@_friendly
 def sample(
     model: Path, task: str, num_samples: int = 10_000, out: Path | None = None, seed: int = 0
 ) -> None:
@@ -112,6 +152,7 @@ def sample(
 
 
 @app.command()
+@_friendly
 def diagnose(
     model: Path,
     task: str,
@@ -119,22 +160,34 @@ def diagnose(
     num_simulations: int = 500,
     num_samples: int = 500,
     seed: int = 0,
+    reference: bool = typer.Option(
+        None,
+        help="C2ST against the task's reference posterior; by default only when it takes "
+        f"under {REFERENCE_BUDGET_S:.0f} s (the task's REFERENCE_SECONDS).",
+    ),
 ) -> None:
     """Run SBC, TARP, coverage, z-scores and a predictive check; write a report."""
     from .diagnostics import diagnose as run
     from .serialization import load
 
     t = _task(task)
-    reference = None
-    if hasattr(t, "reference_posterior"):
-        reference = t.reference_posterior(t.x_o, 2000, seed=seed)
+    if reference is None:
+        reference = getattr(t, "REFERENCE_SECONDS", 0.0) <= REFERENCE_BUDGET_S
+        if not reference and hasattr(t, "reference_posterior"):
+            typer.echo(
+                f"skipping the reference posterior of {task!r} (about "
+                f"{t.REFERENCE_SECONDS:.0f} s); pass --reference to compute it"
+            )
+    reference_samples = None
+    if reference and hasattr(t, "reference_posterior"):
+        reference_samples = t.reference_posterior(t.x_o, 2000, seed=seed)
     result = run(
         load(model),
         t.prior,
         t.simulator,
         x_o=t.x_o,
         theta_o=t.theta_o,
-        reference_samples=reference,
+        reference_samples=reference_samples,
         num_simulations=num_simulations,
         num_samples=num_samples,
         seed=seed,

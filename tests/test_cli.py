@@ -1,0 +1,56 @@
+"""The command line, run as a user would: simulate -> train -> sample -> diagnose."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from simgen.cli import app
+
+runner = CliRunner()
+
+
+def _ok(args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "data.pt"
+    out = _ok(["simulate", "two_moons", 600, path, "--seed", "1"])
+    assert "wrote 600 simulations" in out
+    stored = torch.load(path, weights_only=True)
+    assert stored["theta"].shape == (600, 2) and stored["x"].shape == (600, 2)
+    return path
+
+
+@pytest.mark.parametrize("method", ["npe", "nle", "nre"])
+def test_train_sample_diagnose(method, data, tmp_path):
+    model = tmp_path / f"{method}.simgen"
+    _ok(["train", "two_moons", data, model, "--method", method, "--max-epochs", 3])
+    assert model.stat().st_size > 0
+    samples_path = tmp_path / "samples.pt"
+    out = _ok(["sample", model, "two_moons", "--num-samples", 200, "--out", samples_path])
+    assert out.count("theta_") == 2
+    assert torch.load(samples_path, weights_only=True)["samples"].shape == (200, 2)
+    if method == "npe":
+        report = tmp_path / "report.md"
+        out = _ok(
+            ["diagnose", model, "two_moons", "--report", report]
+            + ["--num-simulations", 40, "--num-samples", 30, "--no-reference"]
+        )
+        assert "report written" in out and report.read_text().strip()
+
+
+def test_errors_are_one_line_with_exit_code_2(data, tmp_path):
+    cases = [
+        ["train", "two_moons", tmp_path / "missing.pt", tmp_path / "m.simgen"],
+        ["train", "no_such_task", data, tmp_path / "m.simgen"],
+        ["train", "two_moons", data, tmp_path / "m.simgen", "--method", "abc"],
+        ["sample", data, "two_moons"],  # a data file is not a model file
+    ]
+    for args in cases:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert "error:" in result.output and "Traceback" not in result.output
