@@ -15,7 +15,7 @@ from .mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
 from .serialization import load
-from .simulate import simulate
+from .simulate import read_bank, simulate
 from .simulator import FunctionSimulator, PyroSimulator, Simulator, Trace, from_pyro
 from .training import History, TrainConfig
 
@@ -25,6 +25,7 @@ __all__ = [
     "SimgenError",
     "BoxUniform",
     "simulate",
+    "read_bank",
     "Simulator",
     "FunctionSimulator",
     "Trace",

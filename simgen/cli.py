@@ -81,7 +81,14 @@ def demo(
 @app.command()
 @_friendly
 def simulate(
-    task: str, num_simulations: int, out: Path, seed: int = 0, batch_size: int = 1000
+    task: str,
+    num_simulations: int,
+    out: Path,
+    seed: int = 0,
+    batch_size: int = 1000,
+    bank: Path | None = typer.Option(
+        None, help="zarr bank that keeps every finished batch; rerun to resume after Ctrl-C."
+    ),
 ) -> None:
     """Simulate a built-in task and save {'theta', 'x'} to OUT."""
     import torch
@@ -90,7 +97,13 @@ def simulate(
 
     t = _task(task)
     theta, x = run(
-        t.simulator, t.prior, num_simulations, seed=seed, batch_size=batch_size, progress=True
+        t.simulator,
+        t.prior,
+        num_simulations,
+        seed=seed,
+        batch_size=batch_size,
+        progress=True,
+        bank=bank,
     )
     torch.save({"theta": theta, "x": x}, out)
     typer.echo(f"wrote {len(theta)} simulations to {out}")

@@ -11,6 +11,7 @@ __all__ = [
     "SimgenError",
     "ShapeError",
     "SimulationError",
+    "SimulationInterrupted",
     "PriorError",
     "SupportError",
     "UnknownEstimatorError",
@@ -34,6 +35,17 @@ class ShapeError(SimgenError):
 
 class SimulationError(SimgenError):
     """A simulator failed, or produced NaN/inf values, beyond what can be excluded."""
+
+
+class SimulationInterrupted(SimgenError, KeyboardInterrupt):
+    """A simulation run was interrupted (Ctrl-C); ``partial`` holds what had finished.
+
+    It is a ``KeyboardInterrupt`` too, so code that stops on Ctrl-C still stops.
+    """
+
+    def __init__(self, message: str, partial: object = None):
+        super().__init__(message)
+        self.partial = partial
 
 
 class PriorError(SimgenError):

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .errors import ShapeError, SimulationError, SimulationWarning
+from .bank import NONFINITE, NOT_RUN, OK, RAISED, Bank
+from .errors import ShapeError, SimulationError, SimulationInterrupted, SimulationWarning
 from .priors import check_prior
 from .simulator import Simulator, as_simulator
 
-__all__ = ["simulate", "run_simulator", "Simulations"]
+__all__ = ["simulate", "run_simulator", "read_bank", "Simulations"]
 
 
 class Simulations(tuple):
@@ -111,12 +113,77 @@ def _call_isolating_failures(
     return torch.cat(xs), torch.cat([ok for _, ok in parts])
 
 
+def _simulate_batch(
+    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str]
+) -> tuple[Tensor | None, np.ndarray]:
+    """``(x or None, status)`` for one batch; status codes as in :mod:`simgen.bank`."""
+    x, ok = _call_isolating_failures(sim, theta, generator, errors)
+    status = np.where(ok.numpy(), OK, RAISED).astype(np.int8)
+    if x is not None:
+        finite = torch.isfinite(x.reshape(len(x), -1).float()).all(-1).numpy()
+        status[(status == OK) & ~finite] = NONFINITE
+    return x, status
+
+
+def _assemble(
+    n: int, batch_size: int, xs: dict[int, Tensor | None], statuses: dict[int, np.ndarray]
+) -> tuple[Tensor | None, np.ndarray]:
+    """In-memory counterpart of a bank: ``(x, status)`` over all ``n`` rows."""
+    status = np.full(n, NOT_RUN, dtype=np.int8)
+    template = next((x for x in xs.values() if x is not None), None)
+    x_all = None if template is None else template.new_zeros((n, *template.shape[1:]))
+    for b, batch_status in statuses.items():
+        rows = slice(b * batch_size, b * batch_size + len(batch_status))
+        status[rows] = batch_status
+        if xs[b] is not None:
+            x_all[rows] = xs[b]
+    return x_all, status
+
+
+def _collect(
+    theta: Tensor, x: Tensor | None, status: np.ndarray, errors: list[str], warn: bool = True
+) -> Simulations:
+    """The successful rows as :class:`Simulations`, with the failures counted and kept."""
+    ran = status != NOT_RUN
+    ok, failed = status == OK, (status == RAISED) | (status == NONFINITE)
+    num_raised, num_nonfinite = int((status == RAISED).sum()), int((status == NONFINITE).sum())
+    n = int(ran.sum())
+    if x is None or not ok.any():
+        if num_raised == n:
+            raise SimulationError(
+                f"All {n} simulations raised an exception; first errors: {errors}. Check the "
+                "simulator on a single theta, e.g. simulator(prior.sample((1,)))."
+            )
+        raise SimulationError(
+            f"All {n} simulations failed ({num_raised} raised, {num_nonfinite} returned NaN or "
+            f"inf). First errors: {errors or 'none'}. Fix the simulator for this prior range."
+        )
+    if failed.any() and warn:
+        warnings.warn(
+            f"{int(failed.sum())} of {n} simulations failed and were excluded "
+            f"({num_raised} raised, {num_nonfinite} returned NaN or inf). Their parameters "
+            f"are in result.failed_theta. First errors: {errors or 'none'}.",
+            SimulationWarning,
+            stacklevel=4,
+        )
+    ok_t, failed_t = torch.from_numpy(ok), torch.from_numpy(failed)
+    return Simulations(
+        theta[ok_t],
+        x[ok_t],
+        failed_theta=theta[failed_t],
+        errors=errors,
+        num_raised=num_raised,
+        num_nonfinite=num_nonfinite,
+    )
+
+
 def run_simulator(
     simulator: Callable | Simulator,
     theta: Tensor,
     seed: int = 0,
     batch_size: int = 1000,
     progress: bool = False,
+    bank: str | Path | None = None,
 ) -> Simulations:
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`."""
     sim = as_simulator(simulator)
@@ -126,59 +193,74 @@ def run_simulator(
     if batch_size < 1:
         raise SimulationError(f"batch_size must be a positive integer, got {batch_size}.")
     n = theta.shape[0]
-    xs: list[Tensor] = []
-    oks: list[Tensor] = []
+    store = None if bank is None else Bank.open(bank, theta, seed, batch_size)
+    done = store.done_batches() if store is not None else set()
+    todo = [b for b in range(-(-n // batch_size)) if b not in done]
+    xs: dict[int, Tensor | None] = {}
+    statuses: dict[int, np.ndarray] = {}
     errors: list[str] = []
-    num_raised = 0
-    starts = range(0, n, batch_size)
+    batches = todo
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="simulating", unit="batch")
-    for b, start in enumerate(starts):
-        chunk = theta[start : start + batch_size]
-        x, ok = _call_isolating_failures(sim, chunk, _batch_generator(seed, b), errors)
-        num_raised += int((~ok).sum())
-        if x is None:
-            oks.append(ok)
-            xs.append(None)  # type: ignore[arg-type]
-            continue
-        finite = torch.isfinite(x.reshape(len(x), -1).float()).all(-1)
-        xs.append(x)
-        oks.append(ok & finite)
-    template = next((x for x in xs if x is not None), None)
-    if template is None:
-        raise SimulationError(
-            f"All {n} simulations raised an exception; first errors: {errors}. Check the "
-            "simulator on a single theta, e.g. simulator(prior.sample((1,)))."
+        batches = tqdm(todo, desc="simulating", unit="batch", initial=len(done))
+    try:
+        for b in batches:
+            chunk = theta[b * batch_size : (b + 1) * batch_size]
+            x, status = _simulate_batch(sim, chunk, _batch_generator(seed, b), errors)
+            if store is not None:
+                store.write(b, x, status, errors)
+            else:
+                xs[b], statuses[b] = x, status
+    except KeyboardInterrupt as exc:
+        raise _interrupted(theta, batch_size, store, xs, statuses, errors) from exc
+    if store is not None:
+        _, x_all, status, errors = store.read()
+    else:
+        x_all, status = _assemble(n, batch_size, xs, statuses)
+    return _collect(theta, x_all, status, errors)
+
+
+def _interrupted(
+    theta: Tensor,
+    batch_size: int,
+    store: Bank | None,
+    xs: dict[int, Tensor | None],
+    statuses: dict[int, np.ndarray],
+    errors: list[str],
+) -> SimulationInterrupted:
+    if store is not None:
+        done = len(store.done_batches())
+        total = -(-len(theta) // batch_size)
+        return SimulationInterrupted(
+            f"Interrupted: {done} of {total} batches are saved in {store.path}. Call simulate "
+            "again with the same arguments and bank= to resume where it stopped.",
+            partial=None,
         )
-    xs = [
-        x if x is not None else template.new_zeros((len(ok), *template.shape[1:]))
-        for x, ok in zip(xs, oks)
-    ]
-    x_all, ok_all = torch.cat(xs), torch.cat(oks)
-    num_nonfinite = int((~ok_all).sum()) - num_raised
-    if not bool(ok_all.any()):
-        raise SimulationError(
-            f"All {n} simulations failed ({num_raised} raised, {num_nonfinite} returned NaN or "
-            f"inf). First errors: {errors or 'none'}. Fix the simulator for this prior range."
-        )
-    if not bool(ok_all.all()):
-        warnings.warn(
-            f"{n - int(ok_all.sum())} of {n} simulations failed and were excluded "
-            f"({num_raised} raised, {num_nonfinite} returned NaN or inf). Their parameters "
-            f"are in result.failed_theta. First errors: {errors or 'none'}.",
-            SimulationWarning,
-            stacklevel=3,
-        )
-    return Simulations(
-        theta[ok_all],
-        x_all[ok_all],
-        failed_theta=theta[~ok_all],
-        errors=errors,
-        num_raised=num_raised,
-        num_nonfinite=num_nonfinite,
+    x_all, status = _assemble(len(theta), batch_size, xs, statuses)
+    try:
+        partial = _collect(theta, x_all, status, errors, warn=False)
+    except SimulationError:
+        partial = None
+    kept = 0 if partial is None else len(partial.theta)
+    return SimulationInterrupted(
+        f"Interrupted after {len(statuses)} batches; the {kept} finished simulations are in "
+        "exc.partial (theta, x = exc.partial). Pass bank='run.zarr' to save every batch to "
+        "disk and resume after an interruption.",
+        partial=partial,
     )
+
+
+def read_bank(path: str | Path) -> Simulations:
+    """The simulations saved so far in the bank at ``path`` (see :mod:`simgen.bank`)."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise SimulationError(f"No simulation bank at {path}; create one with simulate(bank=).")
+    group = zarr.open_group(str(path), mode="r")
+    theta, x, status, errors = Bank(group, path).read()
+    return _collect(theta, x, status, errors)
 
 
 def sample_prior(prior: Distribution, num_samples: int, seed: int) -> Tensor:
@@ -195,6 +277,7 @@ def simulate(
     seed: int | None = None,
     batch_size: int = 1000,
     progress: bool = False,
+    bank: str | Path | None = None,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -205,6 +288,13 @@ def simulate(
         seed: Makes the result reproducible; ``None`` draws a fresh seed.
         batch_size: Rows per simulator call.
         progress: Show a progress bar.
+        bank: Path of a zarr store (:mod:`simgen.bank`) that receives every finished batch.
+            Calling again with the same arguments resumes an interrupted run (and, once it
+            is complete, just reads it back); the result is identical to an uninterrupted run.
+
+    Raises:
+        SimulationInterrupted: On Ctrl-C. Nothing finished is lost: it is in the bank, or,
+            without one, in the exception's ``partial`` result.
 
     Returns:
         A :class:`Simulations` ``(theta, x)``, unpackable as ``theta, x = simulate(...)``.
@@ -219,4 +309,6 @@ def simulate(
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()))
     theta = sample_prior(prior, int(num_simulations), seed)
-    return run_simulator(simulator, theta, seed=seed, batch_size=batch_size, progress=progress)
+    return run_simulator(
+        simulator, theta, seed=seed, batch_size=batch_size, progress=progress, bank=bank
+    )

@@ -18,8 +18,9 @@ def _ok(args):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "data.pt"
-    out = _ok(["simulate", "two_moons", 600, path, "--seed", "1"])
-    assert "wrote 600 simulations" in out
+    bank = path.parent / "bank.zarr"
+    out = _ok(["simulate", "two_moons", 600, path, "--seed", "1", "--bank", bank])
+    assert "wrote 600 simulations" in out and bank.exists()
     stored = torch.load(path, weights_only=True)
     assert stored["theta"].shape == (600, 2) and stored["x"].shape == (600, 2)
     return path
