@@ -14,9 +14,11 @@ isolated; rows whose output holds NaN or ±inf are dropped. Both are counted, re
 
 from __future__ import annotations
 
+import collections
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +179,61 @@ def _collect(
     )
 
 
+def _batch_job(
+    sim: Simulator, theta: Tensor, seed: int, batch: int
+) -> tuple[Tensor | None, np.ndarray, list[str]]:
+    """One batch, self-contained so that an executor can run it in another process."""
+    errors: list[str] = []
+    x, status = _simulate_batch(sim, theta, _batch_generator(seed, batch), errors)
+    return x, status, errors
+
+
+def _run_batches(
+    sim: Simulator,
+    theta: Tensor,
+    seed: int,
+    batch_size: int,
+    batches: Iterable[int],
+    executor: Any,
+) -> Iterator[tuple[int, tuple[Tensor | None, np.ndarray, list[str]]]]:
+    """Yield ``(b, result)`` in batch order, computed here or on ``executor``.
+
+    With an executor (anything with ``submit(fn, *args) -> future`` and ``future.result()``:
+    a ``concurrent.futures`` pool or a ``dask.distributed.Client``), a window of
+    ``max(8, 2 * workers)`` batches is in flight; results are taken in order so each one is
+    saved as soon as every batch before it is.
+    """
+    chunks = ((b, theta[b * batch_size : (b + 1) * batch_size]) for b in batches)
+    if executor is None:
+        for b, chunk in chunks:
+            yield b, _batch_job(sim, chunk, seed, b)
+        return
+    window = max(8, 2 * _num_workers(executor))
+    pending: collections.deque = collections.deque()
+    try:
+        for b, chunk in chunks:
+            pending.append((b, executor.submit(_batch_job, sim, chunk, seed, b)))
+            if len(pending) >= window:
+                b0, future = pending.popleft()
+                yield b0, future.result()
+        while pending:
+            b0, future = pending.popleft()
+            yield b0, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+
+
+def _num_workers(executor: Any) -> int:
+    workers = getattr(executor, "_max_workers", None)  # concurrent.futures pools
+    if workers is None and hasattr(executor, "nthreads"):  # dask.distributed.Client
+        try:
+            workers = sum(executor.nthreads().values())
+        except Exception:  # noqa: BLE001 - a sizing hint only
+            workers = None
+    return int(workers or 4)
+
+
 def run_simulator(
     simulator: Callable | Simulator,
     theta: Tensor,
@@ -184,6 +241,7 @@ def run_simulator(
     batch_size: int = 1000,
     progress: bool = False,
     bank: str | Path | None = None,
+    executor: Any = None,
 ) -> Simulations:
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`."""
     sim = as_simulator(simulator)
@@ -199,15 +257,15 @@ def run_simulator(
     xs: dict[int, Tensor | None] = {}
     statuses: dict[int, np.ndarray] = {}
     errors: list[str] = []
-    batches = todo
+    results = _run_batches(sim, theta, seed, batch_size, todo, executor)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(todo, desc="simulating", unit="batch", initial=len(done))
+        total = len(todo) + len(done)
+        results = tqdm(results, desc="simulating", unit="batch", initial=len(done), total=total)
     try:
-        for b in batches:
-            chunk = theta[b * batch_size : (b + 1) * batch_size]
-            x, status = _simulate_batch(sim, chunk, _batch_generator(seed, b), errors)
+        for b, (x, status, batch_errors) in results:
+            errors.extend(e for e in batch_errors if e not in errors and len(errors) < 5)
             if store is not None:
                 store.write(b, x, status, errors)
             else:
@@ -278,6 +336,7 @@ def simulate(
     batch_size: int = 1000,
     progress: bool = False,
     bank: str | Path | None = None,
+    executor: Any = None,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -291,6 +350,10 @@ def simulate(
         bank: Path of a zarr store (:mod:`simgen.bank`) that receives every finished batch.
             Calling again with the same arguments resumes an interrupted run (and, once it
             is complete, just reads it back); the result is identical to an uninterrupted run.
+        executor: Run batches in parallel: a ``concurrent.futures`` pool (e.g.
+            ``ProcessPoolExecutor`` for local processes) or a ``dask.distributed.Client`` for
+            a cluster. Batches are seeded by their index, so the result is the same as a
+            serial run; the simulator must be picklable for other processes.
 
     Raises:
         SimulationInterrupted: On Ctrl-C. Nothing finished is lost: it is in the bank, or,
@@ -310,5 +373,11 @@ def simulate(
         seed = int(torch.randint(0, 2**31 - 1, ()))
     theta = sample_prior(prior, int(num_simulations), seed)
     return run_simulator(
-        simulator, theta, seed=seed, batch_size=batch_size, progress=progress, bank=bank
+        simulator,
+        theta,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        bank=bank,
+        executor=executor,
     )

@@ -99,3 +99,36 @@ def test_resuming_another_run_or_a_foreign_path_is_refused(tmp_path):
         simgen.simulate(noisy, PRIOR, 100, seed=0, bank=foreign)
     with pytest.raises(SimulationError, match="No simulation bank"):
         read_bank(tmp_path / "missing.zarr")
+
+
+def test_executors_give_the_serial_result(tmp_path):
+    """A thread pool and a Dask cluster run the batches; seeding makes them agree exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.distributed import Client, LocalCluster
+
+    expected = simgen.simulate(noisy, PRIOR, 450, seed=5, batch_size=40)
+    with ThreadPoolExecutor(3) as pool:
+        pooled = simgen.simulate(noisy, PRIOR, 450, seed=5, batch_size=40, executor=pool)
+    assert torch.equal(pooled.theta, expected.theta) and torch.equal(pooled.x, expected.x)
+    with (
+        LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        dasked = simgen.simulate(
+            noisy, PRIOR, 450, seed=5, batch_size=40, executor=client, bank=tmp_path / "d.zarr"
+        )
+    assert torch.equal(dasked.theta, expected.theta) and torch.equal(dasked.x, expected.x)
+
+
+def test_local_processes_give_the_serial_result():
+    from concurrent.futures import ProcessPoolExecutor
+
+    from simulators import two_moons
+
+    expected = simgen.simulate(two_moons.simulator, two_moons.prior, 300, seed=4, batch_size=50)
+    with ProcessPoolExecutor(2) as pool:
+        result = simgen.simulate(
+            two_moons.simulator, two_moons.prior, 300, seed=4, batch_size=50, executor=pool
+        )
+    assert torch.equal(result.x, expected.x)
