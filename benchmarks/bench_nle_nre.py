@@ -1,23 +1,31 @@
 """simgen NLE/NRE next to sbi's NLE/NRE_C on the same simulations, in one process.
 
-For each task: simulate once with ``simgen.simulate``, train both libraries on exactly those
-pairs (each to its own early-stopping rule), draw 1,000 posterior samples at the task's x_o by
-MCMC with each library's default sampler, and score them by C2ST against the task's reference
-posterior. Also measures NLE's surrogate simulator at θ_o: C2ST of 1,000 surrogate draws
-against 1,000 simulator draws, and the time of each for 10,000 draws.
+For each task and seed: simulate once with ``simgen.simulate``, train both libraries on exactly
+those pairs (each to its own early-stopping rule), draw 1,000 posterior samples at the task's
+x_o by MCMC with each library's default sampler, and score them by C2ST against the task's
+reference posterior. Also measures NLE's surrogate simulator at θ_o (seed 0): C2ST of 1,000
+surrogate draws against 1,000 simulator draws, and the time of each for 10,000 draws.
 
-sbi runs with its defaults (NLE: ``density_estimator="maf"``; NRE_C: ``"resnet"`` classifier,
-``num_classes=5``; MCMC: ``slice_np_vectorized``, 20 chains, 200 warm-up steps). simgen: NLE
-``"nsf"``; NRE-C, K=10; MCMC adaptive random-walk Metropolis, 50 chains, 100 warm-up steps,
-thin max(5, 2D) (the 1,000/3,000-simulation rows in the results were run with thin 5).
+sbi runs with its defaults (NLE: ``density_estimator="maf"``, 5 transforms, 50 hidden units,
+batch 200, learning rate 5e-4; NRE_C: ``"resnet"`` classifier, ``num_classes=5``; MCMC:
+``slice_np_vectorized``, 20 chains, 200 warm-up steps). simgen runs with its defaults too (see
+``simgen.NLE``/``simgen.NRE`` and ``results_nle_nre.md`` for how they were chosen).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_nle_nre [--quick] [--tasks two_moons,slcp]
+``--sweep CONFIGS`` instead compares NLE likelihood estimators on the same simulations: mean
+negative log-likelihood of 5,000 fresh test simulations under the trained q(x | θ) (the direct
+measure of the fit; lower is better) and the C2ST of the MCMC posterior. A config is
+``label=estimator[:key=value;...]``, e.g. ``maf10=maf:transforms=10``.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_nle_nre [--quick] [--seeds 0,1,2]
+        [--tasks two_moons,slcp] [--methods nle,nre] [--sweep "nsf=nsf,maf=maf"]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import time
 import warnings
 
@@ -40,11 +48,11 @@ def sbi_prior(prior):
     return prior
 
 
-def run_sbi(method: str, task, theta, x):
+def run_sbi(method: str, task, theta, x, seed: int):
     from sbi.inference import NLE as SbiNLE
     from sbi.inference import NRE_C
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     prior = sbi_prior(task.prior)
     start = time.perf_counter()
     if method == "nle":
@@ -59,13 +67,16 @@ def run_sbi(method: str, task, theta, x):
     return samples, train, time.perf_counter() - start
 
 
-def run_simgen(method: str, task, theta, x):
+def run_simgen(method: str, task, theta, x, seed: int, estimator: str | None = None, **opts):
     start = time.perf_counter()
-    front = NLE(task.prior) if method == "nle" else NRE(task.prior)
-    posterior = front.fit(theta, x, progress=False, seed=0)
+    if method == "nle":
+        front = NLE(task.prior, **({"estimator": estimator} if estimator else {}), **opts)
+    else:
+        front = NRE(task.prior)
+    posterior = front.fit(theta, x, progress=False, seed=seed)
     train = time.perf_counter() - start
     start = time.perf_counter()
-    samples = posterior.sample((N_SAMPLES,), x=task.x_o, seed=0)
+    samples = posterior.sample((N_SAMPLES,), x=task.x_o, seed=seed)
     return samples, train, time.perf_counter() - start, posterior
 
 
@@ -83,36 +94,96 @@ def surrogate_row(task, posterior) -> tuple[float, float, float]:
     return score, t_fast, time.perf_counter() - start
 
 
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def simulations(task, n: int, seed: int):
+    return simgen.simulate(task.simulator, task.prior, n, seed=n + 1000 * seed)
+
+
+def parse_config(text: str) -> tuple[str, str, dict]:
+    label, _, rest = text.partition("=")
+    estimator, _, opts = rest.partition(":")
+    options = {}
+    for item in filter(None, opts.split(";")):
+        key, value = item.split("=")
+        options[key] = json.loads(value)
+    return label, estimator, options
+
+
+def sweep(args, n: int) -> list[str]:
+    configs = [parse_config(c) for c in args.sweep.split(",")]
+    lines = [
+        f"## NLE estimator sweep ({n} simulations, seeds {args.seeds}; load {load()})",
+        "",
+        "| task | seed | estimator | test NLL | C2ST | train s | sample s | epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for task_name in args.tasks.split(","):
+        task = simulators.get(task_name)
+        reference = task.reference_posterior(task.x_o, N_SAMPLES, seed=1)
+        theta_test, x_test = simgen.simulate(task.simulator, task.prior, 5000, seed=99)
+        for seed in map(int, args.seeds.split(",")):
+            theta, x = simulations(task, n, seed)
+            for label, estimator, options in configs:
+                s, t, ts, post = run_simgen("nle", task, theta, x, seed, estimator, **options)
+                nll = -float(post.likelihood.log_prob(x_test, theta_test).mean())
+                row = (
+                    f"| {task_name} | {seed} | {label} | {nll:.3f} | {c2st(s, reference):.3f} "
+                    f"| {t:.1f} | {ts:.1f} | {post.history.epochs} |"
+                )
+                print(row, flush=True)
+                lines.append(row)
+    lines.append(f"\nLoad at the end: {load()}.")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1,000 simulations")
     parser.add_argument("--tasks", default="two_moons,slcp,gaussian_linear")
-    parser.add_argument("--simulations", type=int, default=5000)
+    parser.add_argument("--methods", default="nle,nre")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--simulations", type=int, default=3000)
+    parser.add_argument("--sweep", default=None, help="NLE estimator configs to compare")
+    parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
     n = 1000 if args.quick else args.simulations
     warnings.filterwarnings("ignore")
+    command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_nle_nre " + " ".join(
+        f"--{k} {v}" if not isinstance(v, bool) else f"--{k}"
+        for k, v in vars(args).items()
+        if v and k != "out"
+    )
+    if args.sweep:
+        lines = sweep(args, n)
+        with open(args.out, "a") as fh:
+            fh.write(f"\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n")
+        return
+    start_load = load()
     rows, surrogate = [], []
     for task_name in args.tasks.split(","):
         task = simulators.get(task_name)
         reference = task.reference_posterior(task.x_o, N_SAMPLES, seed=1)
-        theta, x = simgen.simulate(task.simulator, task.prior, n, seed=n)
-        for method in ("nle", "nre"):
-            s_sbi, t_sbi, ts_sbi = run_sbi(method, task, theta, x)
-            s_sg, t_sg, ts_sg, posterior = run_simgen(method, task, theta, x)
-            c_sg, c_sbi = c2st(s_sg, reference), c2st(s_sbi, reference)
-            ratio = (t_sg + ts_sg) / (t_sbi + ts_sbi)
-            row = (task_name, method, n, c_sg, c_sbi, t_sg, t_sbi, ts_sg, ts_sbi, ratio)
-            rows.append(row)
-            print(
-                "{} {} n={} c2st simgen={:.3f} sbi={:.3f} train {:.1f}s/{:.1f}s "
-                "sample {:.1f}s/{:.1f}s total ratio={:.2f}".format(*row),
-                flush=True,
-            )
-            if method == "nle":
-                surrogate.append((task_name, *surrogate_row(task, posterior)))
-                print("surrogate", surrogate[-1], flush=True)
+        for seed in map(int, args.seeds.split(",")):
+            theta, x = simulations(task, n, seed)
+            for method in args.methods.split(","):
+                s_sbi, t_sbi, ts_sbi = run_sbi(method, task, theta, x, seed)
+                s_sg, t_sg, ts_sg, posterior = run_simgen(method, task, theta, x, seed)
+                c_sg, c_sbi = c2st(s_sg, reference), c2st(s_sbi, reference)
+                ratio = (t_sg + ts_sg) / (t_sbi + ts_sbi)
+                row = (task_name, method, seed, c_sg, c_sbi, t_sg, t_sbi, ts_sg, ts_sbi, ratio)
+                rows.append(row)
+                print(
+                    "{} {} seed={} c2st simgen={:.3f} sbi={:.3f} train {:.1f}s/{:.1f}s "
+                    "sample {:.1f}s/{:.1f}s total ratio={:.2f}".format(*row),
+                    flush=True,
+                )
+                if method == "nle" and seed == int(args.seeds.split(",")[0]):
+                    surrogate.append((task_name, *surrogate_row(task, posterior)))
     lines = [
-        "| task | method | sims | C2ST simgen | C2ST sbi | train s simgen | train s sbi | "
+        "| task | method | seed | C2ST simgen | C2ST sbi | train s simgen | train s sbi | "
         "sample s simgen | sample s sbi | total time simgen/sbi |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -123,22 +194,40 @@ def main() -> None:
         )
     lines += [
         "",
-        "NLE surrogate simulator at θ_o (C2ST of 1,000 surrogate vs 1,000 simulator draws; "
-        "seconds for 10,000 draws):",
+        "Mean over seeds (target: C2ST simgen <= sbi, total time ratio <= 0.5):",
         "",
-        "| task | C2ST x | surrogate s | simulator s | speed-up |",
-        "|---|---|---|---|---|",
+        "| task | method | seeds | C2ST simgen | C2ST sbi | total time simgen/sbi |",
+        "|---|---|---|---|---|---|",
     ]
-    for t, c, tf, ts in surrogate:
-        lines.append(f"| {t} | {c:.3f} | {tf:.3f} | {ts:.3f} | {ts / tf:.1f}x |")
+    for task_name in args.tasks.split(","):
+        for method in args.methods.split(","):
+            sel = [r for r in rows if r[0] == task_name and r[1] == method]
+            lines.append(
+                f"| {task_name} | {method.upper()} | {len(sel)} | "
+                f"{statistics.mean(r[3] for r in sel):.3f} | "
+                f"{statistics.mean(r[4] for r in sel):.3f} | "
+                f"{statistics.mean(r[9] for r in sel):.2f} |"
+            )
+    if surrogate:
+        lines += [
+            "",
+            "NLE surrogate simulator at θ_o (C2ST of 1,000 surrogate vs 1,000 simulator draws; "
+            "seconds for 10,000 draws):",
+            "",
+            "| task | C2ST x | surrogate s | simulator s | speed-up |",
+            "|---|---|---|---|---|",
+        ]
+        for t, c, tf, ts in surrogate:
+            lines.append(f"| {t} | {c:.3f} | {tf:.3f} | {ts:.3f} | {ts / tf:.2f}x |")
     table = "\n".join(lines)
     print(table)
-    with open(OUT, "w") as fh:
+    with open(args.out, "w") as fh:
         fh.write(
-            "Command: `OMP_NUM_THREADS=1 python -m benchmarks.bench_nle_nre "
-            f"{'--quick' if args.quick else f'--simulations {n}'} --tasks {args.tasks}` on a "
-            "shared 2-core CPU machine (absolute seconds are noisy; compare ratios). "
-            f"C2ST at the task's x_o, {N_SAMPLES} samples, against the reference posterior.\n\n"
+            f"Command: `{command}` on a shared 2-core CPU machine, load average (1/5/15 min) "
+            f"{start_load} at the start and {load()} at the end: absolute seconds are noisy, "
+            "compare the same-process ratios. "
+            f"{n} simulations; C2ST at the task's x_o, {N_SAMPLES} samples, against the "
+            "reference posterior.\n\n"
             f"{table}\n"
         )
 
