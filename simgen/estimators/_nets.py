@@ -18,10 +18,58 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from ..errors import NoDensityError
+from ..errors import ConfigError, NoDensityError
 from .base import Standardizer
 
-__all__ = ["mlp", "TimeEmbedding", "ConditionalNet", "GenerativeDistribution"]
+__all__ = [
+    "mlp",
+    "TimeEmbedding",
+    "ConditionalNet",
+    "GenerativeDistribution",
+    "LossNoise",
+]
+
+#: Rows (data rows x repeats) over which an evaluation-mode loss averages its fixed noise.
+VALIDATION_ROWS = 4096
+
+
+class LossNoise:
+    r"""Source of the random times and noises in a family's Monte-Carlo loss.
+
+    In training mode it is the global RNG with ``repeats`` draws per row (averaged by
+    :meth:`reduce`: a lower-variance gradient for the same data). In evaluation mode (the
+    training loop's validation pass) it repeats each row :math:`K = \lceil 4096 / N\rceil`
+    times and draws from a generator seeded afresh at every call, and :meth:`reduce` averages
+    the :math:`K` copies. The validation loss is then a deterministic function of the weights
+    with a standard error about :math:`\sqrt K` times smaller, so early stopping compares
+    weights, not noise draws: with 100 validation rows a one-draw denoising or flow-matching
+    loss fluctuates by more than the improvement between epochs, stops training after too few
+    steps and keeps a noise-favoured epoch.
+    """
+
+    def __init__(self, training: bool, rows: int, device: torch.device, repeats: int = 1):
+        self.k = repeats if training else max(repeats, -(-VALIDATION_ROWS // max(rows, 1)))
+        self.generator = None
+        if not training:
+            self.generator = torch.Generator(device=device).manual_seed(0)
+        self.device = device
+
+    def repeat(self, tensor: Tensor) -> Tensor:
+        """``tensor`` ``(N, ...)`` stacked ``K`` times along the first axis."""
+        return tensor if self.k == 1 else tensor.repeat(self.k, *[1] * (tensor.ndim - 1))
+
+    def randn(self, *shape: int) -> Tensor:
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def rand(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.device)
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        return torch.randint(0, high, shape, generator=self.generator, device=self.device)
+
+    def reduce(self, per_row: Tensor) -> Tensor:
+        """Average a ``(K N,)`` loss back to ``(N,)``."""
+        return per_row if self.k == 1 else per_row.reshape(self.k, -1).mean(0)
 
 
 def mlp(in_features: int, out_features: int, hidden_features: Sequence[int]) -> nn.Sequential:
@@ -63,6 +111,12 @@ class ConditionalNet(nn.Module):
         time_features: Size of the sinusoidal time embedding.
         context_dropout: Training probability of replacing ``c`` by a learned null vector, so
             the same network also learns the unconditional field (needed for guidance).
+        residual: Residual blocks instead of a plain MLP: after the input layer
+            :math:`h_0 = W[y, \mathrm{emb}(t), c] + b`, each further width :math:`H` adds
+            :math:`h_{k+1} = h_k + \mathrm{SiLU}(A_k\,\mathrm{SiLU}(h_k) + U_k\,\mathrm{emb}(t))`
+            (the time re-enters every block), and a zero-initialised output layer reads
+            :math:`\mathrm{SiLU}(h_K)`, so training starts from the zero field. All hidden
+            widths must then be equal.
     """
 
     def __init__(
@@ -73,12 +127,28 @@ class ConditionalNet(nn.Module):
         hidden_features: Sequence[int] = (128, 128, 128),
         time_features: int = 16,
         context_dropout: float = 0.0,
+        residual: bool = False,
     ):
         super().__init__()
         self.time = TimeEmbedding(time_features)
-        self.net = mlp(
-            in_features + self.time.features + context_features, out_features, hidden_features
-        )
+        self.residual = bool(residual)
+        total_in = in_features + self.time.features + context_features
+        if not self.residual:
+            self.net = mlp(total_in, out_features, hidden_features)
+        else:
+            width, blocks = hidden_features[0], len(hidden_features) - 1
+            if any(h != width for h in hidden_features):
+                raise ConfigError(
+                    f"residual=True needs equal hidden widths, got {list(hidden_features)}."
+                )
+            self.net = nn.ModuleList(
+                [nn.Linear(total_in, width)]
+                + [nn.Linear(width, width) for _ in range(blocks)]
+                + [nn.Linear(width, out_features)]
+            )
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+            self.time_proj = nn.Linear(self.time.features, width * max(blocks, 1))
         self.context_dropout = float(context_dropout)
         self.null = nn.Parameter(torch.zeros(context_features)) if context_dropout > 0 else None
 
@@ -90,7 +160,53 @@ class ConditionalNet(nn.Module):
                 drop = torch.rand(c.shape[:-1] + (1,), device=c.device) < self.context_dropout
                 c = torch.where(drop, self.null.expand_as(c), c)
         t = t.expand(y.shape[:-1]) if t.ndim == 0 else t
-        return self.net(torch.cat([y, self.time(t), c], dim=-1))
+        emb = self.time(t)
+        if not self.residual:
+            return self.net(torch.cat([y, emb, c], dim=-1))
+        return self._trunk(self.net[0](torch.cat([y, emb, c], dim=-1)), emb)
+
+    def _trunk(self, hidden: Tensor, emb: Tensor) -> Tensor:
+        """Everything after the first linear layer."""
+        if not self.residual:
+            for layer in self.net[1:]:
+                hidden = layer(hidden)
+            return hidden
+        act = nn.functional.silu
+        shifts = self.time_proj(emb).chunk(max(len(self.net) - 2, 1), dim=-1)
+        for layer, shift in zip(self.net[1:-1], shifts):
+            hidden = hidden + act(layer(act(hidden)) + shift)
+        return self.net[-1](act(hidden))
+
+    def condition(self, c: Tensor, unconditional: bool = False) -> Tensor:
+        r"""The context's share :math:`W_c c + b` of the first layer, ``(M, H)``.
+
+        The first layer is affine in :math:`[y, \mathrm{emb}(t), c]`, so it splits as
+        :math:`W_y y + W_t\,\mathrm{emb}(t) + (W_c c + b)`; a sampler that calls the network
+        many times on the same contexts computes the last term once (:meth:`forward_conditioned`).
+        """
+        if unconditional and self.null is not None:
+            c = self.null.expand_as(c)
+        first = self.net[0]
+        start = first.in_features - c.shape[-1]
+        return nn.functional.linear(c, first.weight[:, start:], first.bias)
+
+    def forward_conditioned(self, y: Tensor, t: Tensor, h: Tensor) -> Tensor:
+        """:meth:`forward` in evaluation mode at one time ``t`` given ``h = condition(c)``.
+
+        Args:
+            y: ``(S, B, D)`` points (or ``(B, D)``).
+            t: A scalar time, embedded once for all rows.
+            h: ``(B, H)`` context terms, broadcast over ``S``; with ``B = 1`` (one
+                observation) the whole first layer is a single fused ``addmm``.
+        """
+        first = self.net[0]
+        d, w, emb = y.shape[-1], first.weight, self.time(t)
+        shift = h + nn.functional.linear(emb, w[:, d : d + self.time.features])
+        if shift.shape[0] == 1:
+            hidden = nn.functional.linear(y, w[:, :d], shift[0])
+        else:
+            hidden = nn.functional.linear(y, w[:, :d]) + shift
+        return self._trunk(hidden, emb)
 
 
 class GenerativeDistribution(Distribution, abc.ABC):
