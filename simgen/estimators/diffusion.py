@@ -11,11 +11,16 @@ standardised posterior into (nearly) a Gaussian, with the marginal
   :math:`g^2 = d\sigma_t^2/dt`, :math:`\alpha_t = 1`.
 
 **Objective.** A network :math:`\hat\varepsilon_\phi(y_t, t; c)` predicts the noise; the score
-is :math:`s_\phi = -\hat\varepsilon_\phi/\sigma_t`. Denoising score matching with weighting
+is :math:`s_\phi = -\hat\varepsilon_\phi/\sigma_t`. Training times are drawn so that the
+log noise-to-signal ratio :math:`\log r_t = \log(\sigma_t/\alpha_t)` is uniform between
+:math:`\log r_\epsilon` and :math:`\log r_1` (:math:`p(t) \propto d\log r_t/dt`; for the VE
+SDE this is uniform :math:`t`). A posterior much narrower than the prior lives at small
+:math:`r`; uniform :math:`t` under the VP schedule spends only a few per cent of the training
+(and of a uniform solver grid) there. Denoising score matching with weighting
 :math:`\lambda(t) = \sigma_t^2` is
 
 .. math::
-    \mathcal L(\phi) = \mathbb E_{t\sim U[\epsilon,1],\,(\theta,x),\,\varepsilon}
+    \mathcal L(\phi) = \mathbb E_{t\sim p(t),\,(\theta,x),\,\varepsilon}
       \lambda(t)\,\big\|s_\phi(y_t, t; c) + \varepsilon/\sigma_t\big\|^2
     = \mathbb E\,\big\|\hat\varepsilon_\phi(y_t, t; c) - \varepsilon\big\|^2,
 
@@ -25,7 +30,13 @@ scaled by :math:`1/\sqrt{1+\sigma_t^2}` so the network sees unit-scale inputs.
 **Sampling** runs either the reverse SDE :math:`dy = [f - g^2 s_\phi]dt + g\,d\bar W`
 (Euler–Maruyama, ``sampler="sde"``) or the probability-flow ODE
 :math:`\dot y = f - \tfrac12 g^2 s_\phi` (``sampler="ode"``, the default), from
-:math:`\mathcal N(0, (\alpha_1^2 + \sigma_1^2) I)` at :math:`t = 1` down to :math:`\epsilon`.
+:math:`\mathcal N(0, (\alpha_1^2 + \sigma_1^2) I)` at :math:`t = 1` down to :math:`\epsilon`, on
+the grid of times whose :math:`\log r_t` is evenly spaced (:meth:`Diffusion.times`).
+
+**Defaults, by measurement** (3-D gaussian_linear, 1,000 simulations, C2ST on 2,000 samples,
+one seed): VP with uniform training times and a uniform grid 0.595; VP with the log-ratio
+times and grid 0.573 / 0.559 / 0.586 at 50 / 20 / 10 Heun steps; VE 0.550 / 0.575 / 0.650;
+sbi's NPSE (VE) 0.550. Hence VE with 50 Heun steps.
 
 **log_prob** integrates the probability-flow ODE from :math:`\theta` up to :math:`t=1` with
 the instantaneous change of variables (:func:`~simgen.estimators.ode.ode_log_prob`): the
@@ -43,7 +54,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ._nets import ConditionalNet, GenerativeDistribution, standard_normal_log_prob
+from ._nets import ConditionalNet, GenerativeDistribution, LossNoise, standard_normal_log_prob
 from .base import DensityEstimator
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
@@ -57,7 +68,7 @@ class Diffusion(DensityEstimator):
         target_dim: ``D``.
         context_shape: Shape of one context.
         embedding_net: Optional embedding of the standardised context.
-        sde: ``"vp"`` or ``"ve"``.
+        sde: ``"ve"`` (default; as sbi's NPSE) or ``"vp"``.
         sampler: ``"ode"`` (probability flow) or ``"sde"`` (reverse SDE).
         hidden_features: Hidden widths of the noise-prediction MLP.
         time_features: Size of the sinusoidal time embedding.
@@ -76,7 +87,7 @@ class Diffusion(DensityEstimator):
         target_dim: int,
         context_shape: Sequence[int],
         embedding_net: nn.Module | None = None,
-        sde: str = "vp",
+        sde: str = "ve",
         sampler: str = "ode",
         hidden_features: Sequence[int] = (128, 128, 128),
         time_features: int = 16,
@@ -140,6 +151,36 @@ class Diffusion(DensityEstimator):
         s0, s1 = self.sigma_range
         return torch.ones_like(t), s0 * (s1 / s0) ** t
 
+    def ratio(self, t: Tensor) -> Tensor:
+        """Noise-to-signal ratio :math:`r_t = \\sigma_t/\\alpha_t` (increasing in :math:`t`)."""
+        alpha, sigma = self.marginal(t)
+        return sigma / alpha
+
+    def time_of_ratio(self, r: Tensor) -> Tensor:
+        """Inverse of :meth:`ratio`: the time whose noise-to-signal ratio is ``r``.
+
+        VP: :math:`r^2 = e^{2B(t)} - 1` with :math:`B(t) = \\tfrac14 t^2(\\beta_{\\max} -
+        \\beta_{\\min}) + \\tfrac12 t\\beta_{\\min}`, a quadratic in :math:`t`; VE:
+        :math:`t = \\log(r/\\sigma_{\\min}) / \\log(\\sigma_{\\max}/\\sigma_{\\min})`.
+        """
+        if self.sde == "vp":
+            b0, b1 = self.beta
+            a, b = 0.25 * (b1 - b0), 0.5 * b0
+            big_b = 0.5 * torch.log1p(r.square())
+            return 2 * big_b / (b + (b * b + 4 * a * big_b).sqrt())
+        s0, s1 = self.sigma_range
+        return (r / s0).log() / math.log(s1 / s0)
+
+    def times(self, u: Tensor) -> Tensor:
+        """Map ``u`` in [0, 1] to times whose :math:`\\log r_t` is linear in ``u``.
+
+        ``u = 0`` is :math:`t = \\epsilon`, ``u = 1`` is :math:`t = 1`. Used for the training
+        times (``u`` uniform) and for the solver grids (``u`` evenly spaced).
+        """
+        lo, hi = self.ratio(torch.tensor([self.eps, 1.0])).log().tolist()
+        t = self.time_of_ratio((lo + u * (hi - lo)).exp())
+        return t.clamp(self.eps, 1.0)
+
     def drift_and_g2(self, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Forward drift :math:`f(y, t)` and :math:`g(t)^2`."""
         if self.sde == "vp":
@@ -164,11 +205,13 @@ class Diffusion(DensityEstimator):
     def loss(self, target: Tensor, context: Tensor) -> Tensor:
         y = self.target_standardizer(target)
         c = self.embed(context)
-        t = self.eps + (1 - self.eps) * torch.rand(y.shape[:-1], device=y.device)
+        draw = LossNoise(self.training, len(y), y.device)
+        y, c = draw.repeat(y), draw.repeat(c)
+        t = self.times(draw.rand(len(y)))
         alpha, sigma = self.marginal(t)
-        e = torch.randn_like(y)
+        e = draw.randn(*y.shape)
         yt = alpha[..., None] * y + sigma[..., None] * e
-        return (self.noise(yt, t, c, guided=False) - e).square().sum(-1)
+        return draw.reduce((self.noise(yt, t, c, guided=False) - e).square().sum(-1))
 
     def terminal_scale(self) -> float:
         """Standard deviation of the Gaussian used at :math:`t = 1`."""
@@ -197,7 +240,7 @@ class DiffusionDistribution(GenerativeDistribution):
 
     def sample_standard(self, c: Tensor) -> Tensor:
         est, cfg = self.estimator, self.estimator.solver
-        ts = torch.linspace(1, est.eps, cfg.steps + 1, device=c.device)
+        ts = est.times(torch.linspace(1, 0, cfg.steps + 1, device=c.device))
         y = est.terminal_scale() * torch.randn(c.shape[0], self.event_shape[0], device=c.device)
         if est.sampler == "ode":
             return odeint(self._pf_field(c), y, ts, cfg.solver)
@@ -213,7 +256,7 @@ class DiffusionDistribution(GenerativeDistribution):
 
     def log_prob_standard(self, y: Tensor, c: Tensor) -> Tensor:
         est, cfg = self.estimator, self.estimator.solver
-        ts = torch.linspace(est.eps, 1, cfg.steps + 1, device=c.device)
+        ts = est.times(torch.linspace(0, 1, cfg.steps + 1, device=c.device))
         y1, ell = ode_log_prob(self._pf_field(c), y, ts, cfg.solver, cfg.exact_trace_max_dim)
         s = est.terminal_scale()
         return standard_normal_log_prob(y1 / s) - y.shape[-1] * math.log(s) + ell
