@@ -75,7 +75,7 @@ def demo(
     """Simulate, train NPE, print a calibrated posterior and write a corner plot."""
     from .demo import run_demo
 
-    run_demo(task, num_simulations, estimator, out, seed, progress)
+    run_demo(task, num_simulations, estimator, out, seed, progress, REFERENCE_BUDGET_S)
 
 
 @app.command()

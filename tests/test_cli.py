@@ -55,3 +55,13 @@ def test_errors_are_one_line_with_exit_code_2(data, tmp_path):
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow  # about a minute on a quiet machine (training, C2ST, SBC)
+def test_demo_prints_a_calibrated_posterior_and_writes_plots(tmp_path):
+    """`simgen demo` (what `./run demo` runs), on fewer simulations."""
+    out = _ok(["demo", "--num-simulations", 1500, "--out", tmp_path, "--no-progress"])
+    assert "posterior at x_o" in out and "C2ST against the reference posterior" in out
+    assert "SBC over 300 simulated observations" in out
+    for name in ("two_moons_corner.png", "two_moons_sbc.png", "two_moons.simgen"):
+        assert (tmp_path / name).stat().st_size > 0, name
