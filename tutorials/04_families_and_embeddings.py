@@ -53,8 +53,8 @@ reference = task.reference_posterior(task.x_o, NUM_C2ST, seed=0)
 # |---|---|---|---|
 # | `nsf`, `maf`, `realnvp` | maximum likelihood | one inverse pass | exact |
 # | `flow_matching` | regressing a velocity field | ODE (8 Heun steps) | ODE + trace |
-# | `diffusion` | denoising score matching | probability-flow ODE | ODE + trace |
-# | `consistency` | consistency training | one step | none |
+# | `diffusion` | denoising score matching | reverse-time solver (50 steps) | ODE + trace |
+# | `consistency` | consistency training | 1 step (up to 8) | none (sample-only) |
 # | `vae` | ELBO | decoder pass | importance-sampled estimate |
 # | `gan` | adversarial + energy score | generator pass | none (sample-only) |
 #
@@ -98,7 +98,7 @@ print(f"(log p(theta_o | x_o) exact: {true_logp:.2f}; sampling time for {NUM_C2S
 # numbers) is trained jointly with the flow and learns the summary.
 
 # %%
-NUM_IMAGES = 500 if FAST else 20_000
+NUM_IMAGES = 500 if FAST else 10_000
 theta_img, x_img = simgen.simulate(
     cosmology_field.simulator, cosmology_field.prior, NUM_IMAGES, seed=1
 )
@@ -107,7 +107,7 @@ embedding = simgen.nets.CNN2d(
     height=32, width=32, conv_channels=(8, 16, 32) if FAST else (16, 32, 64), out_features=16
 )
 cnn_posterior = simgen.NPE(cosmology_field.prior, estimator="nsf", embedding_net=embedding).fit(
-    theta_img, x_img, seed=0, max_epochs=5 if FAST else 300, progress=False
+    theta_img, x_img, seed=0, max_epochs=5 if FAST else 200, progress=False
 )
 h = cnn_posterior.history
 print(f"NPE + CNN2d: {h.epochs} epochs in {h.seconds:.1f}s")
