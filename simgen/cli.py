@@ -16,7 +16,7 @@ import typer
 from .errors import SimgenError
 
 #: References slower than this (a task's ``REFERENCE_SECONDS``) need ``--reference``.
-REFERENCE_BUDGET_S = 60.0
+REFERENCE_BUDGET_S = 30.0
 
 app = typer.Typer(
     add_completion=False,
