@@ -18,6 +18,7 @@ def _zuko_samples(flow, c, num, seed):
         lambda: zuko.flows.NSF(5, 3, transforms=3, passes=2),  # coupling spline (simgen's nsf)
         lambda: zuko.flows.NSF(4, 3, transforms=2),  # fully autoregressive spline
         lambda: zuko.flows.MAF(3, 3, transforms=2),  # affine autoregressive
+        lambda: zuko.flows.MAF(3, 3, transforms=2, activation=torch.nn.Tanh),
         lambda: zuko.flows.NSF(2, 3, transforms=2, passes=2),  # one feature per group
     ],
 )

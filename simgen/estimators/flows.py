@@ -36,10 +36,19 @@ from torch.distributions import AffineTransform, Distribution
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import ComposedTransform
 
+from ..errors import ConfigError
 from .base import DensityEstimator
 from .fast_inverse import sample_flow, supports_fast_inverse
 
-__all__ = ["Flow", "NSF", "MAF", "RealNVP"]
+__all__ = ["Flow", "NSF", "MAF", "RealNVP", "ACTIVATIONS"]
+
+#: Conditioner nonlinearities by name (stored by name in model files).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+}
 
 
 class Flow(DensityEstimator):
@@ -53,6 +62,8 @@ class Flow(DensityEstimator):
         hidden_features: Widths of each conditioner's hidden layers.
         bins: Spline bins (``"nsf"`` only).
         passes: ``"nsf"`` only: 2 for coupling layers, ``None`` for autoregressive ones.
+        activation: Hidden-layer nonlinearity of the conditioners: ``"relu"`` (default),
+            ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
 
     Example:
         >>> flow = NSF(2, (3,))
@@ -69,12 +80,22 @@ class Flow(DensityEstimator):
         hidden_features: Sequence[int] = (64, 64),
         bins: int = 8,
         passes: int | None = 2,
+        activation: str = "relu",
     ):
         super().__init__(target_dim, context_shape, embedding_net)
-        self.options = {"transforms": transforms, "hidden_features": list(hidden_features)}
+        if activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
+            )
+        self.options = {
+            "transforms": transforms,
+            "hidden_features": list(hidden_features),
+            "activation": activation,
+        }
         if self.name == "nsf":
             self.options.update(bins=bins, passes=passes)
-        self.flow = self._build(**self.options)
+        options = dict(self.options, activation=ACTIVATIONS[activation])
+        self.flow = self._build(**options)
 
     @abc.abstractmethod
     def _build(self, **options: object) -> zuko.flows.Flow:
@@ -105,7 +126,12 @@ class NSF(Flow):
     name = "nsf"
 
     def _build(
-        self, transforms: int, hidden_features: list[int], bins: int = 8, passes: int | None = 2
+        self,
+        transforms: int,
+        hidden_features: list[int],
+        activation: type[nn.Module],
+        bins: int = 8,
+        passes: int | None = 2,
     ) -> zuko.flows.Flow:
         return zuko.flows.NSF(
             self.target_dim,
@@ -114,6 +140,7 @@ class NSF(Flow):
             transforms=transforms,
             hidden_features=hidden_features,
             passes=passes,
+            activation=activation,
         )
 
 
@@ -122,12 +149,15 @@ class MAF(Flow):
 
     name = "maf"
 
-    def _build(self, transforms: int, hidden_features: list[int]) -> zuko.flows.Flow:
+    def _build(
+        self, transforms: int, hidden_features: list[int], activation: type[nn.Module]
+    ) -> zuko.flows.Flow:
         return zuko.flows.MAF(
             self.target_dim,
             self.context_features,
             transforms=transforms,
             hidden_features=hidden_features,
+            activation=activation,
         )
 
 
@@ -136,10 +166,13 @@ class RealNVP(Flow):
 
     name = "realnvp"
 
-    def _build(self, transforms: int, hidden_features: list[int]) -> zuko.flows.Flow:
+    def _build(
+        self, transforms: int, hidden_features: list[int], activation: type[nn.Module]
+    ) -> zuko.flows.Flow:
         return zuko.flows.RealNVP(
             self.target_dim,
             self.context_features,
             transforms=transforms,
             hidden_features=hidden_features,
+            activation=activation,
         )
