@@ -133,6 +133,16 @@ def test_maf_likelihood_broadcasts_over_chains() -> None:
     assert samples.shape == (20, 2) and torch.isfinite(samples).all()
 
 
+def test_default_maf_has_ten_transforms() -> None:
+    prior = gaussian_linear.make(dim=2).prior
+    assert NLE(prior).estimator_options == {"transforms": 10}
+    assert NLE(prior, transforms=3, activation="tanh").estimator_options == {
+        "transforms": 3,
+        "activation": "tanh",
+    }
+    assert NLE(prior, estimator="nsf").estimator_options == {}
+
+
 @pytest.mark.slow
 def test_posterior_c2st_thorough() -> None:
     task, posterior, x_o = _train(5000, 200)
