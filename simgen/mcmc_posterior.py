@@ -57,10 +57,10 @@ class SurrogateSimulator:
         if theta.ndim != 2 or theta.shape[1] != d:
             raise ShapeError(f"theta has shape {tuple(theta.shape)}; expected (N, {d}).")
         if generator is None:
-            return self.estimator(theta).sample()
+            return self.estimator.draw(1, theta)[0]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-            return self.estimator(theta).sample()
+            return self.estimator.draw(1, theta)[0]
 
     def __call__(self, theta: Any, generator: torch.Generator | None = None) -> Tensor:
         return self.sample(theta, generator)
