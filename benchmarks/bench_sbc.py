@@ -146,8 +146,8 @@ def main() -> None:
         row("4. sbi `run_sbc` on sbi's own NPE posterior (ranks only)", t_sbi_own, *ks(ranks_own)),
         "",
         f"Rows 1 and 2 rank identical samples (same pairs, same sampling seed): their ranks "
-        f"agree on {agree:.1%} of (observation, dimension) entries. simgen's ranks, "
-        f"chi-square tests and simultaneous ECDF band add {t_stats:.2f} s (measured on 100 "
+        f"agree on {agree:.1%} of (observation, dimension) entries. simgen's ranks and "
+        f"chi-square tests add {t_stats:.2f} s (measured on 100 "
         f"observations x {NUM_SAMPLES} samples); the rest is drawing 10^6 flow samples. "
         "sbi's rows exclude its `check_sbc` (the KS column is computed after timing).",
         "",
