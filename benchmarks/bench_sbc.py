@@ -69,12 +69,40 @@ def _timed(fn):
     return out, (time.perf_counter() - w0, time.process_time() - c0)
 
 
+def _wall_times(simgen) -> None:
+    """Row 1's wall time with 1 and 2 torch threads (run on a quiet machine)."""
+    prior, simulator = gaussian_linear.prior, gaussian_linear.simulator
+    theta, x = simulate_pairs(prior, simulator, 2_000, seed=0)
+    posterior = simgen.NPE(prior, estimator="nsf").fit(
+        theta, x, progress=False, seed=0, max_epochs=30
+    )
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        sbc(posterior, prior, simulator, 10, 10, seed=9)  # warm-up
+        result, (wall, _) = _timed(
+            lambda: sbc(posterior, prior, simulator, NUM_SBC, NUM_SAMPLES, seed=0)
+        )
+        print(
+            f"{threads} torch thread(s): {wall:.1f} s wall, load {os.getloadavg()[0]:.1f}, "
+            f"passed {result.passed}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="train on 2,000 simulations")
+    parser.add_argument(
+        "--wall",
+        action="store_true",
+        help="only time simgen's sbc (row 1) in wall seconds with 1 and 2 torch threads",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import simgen
+
+    if args.wall:
+        _wall_times(simgen)
+        return
 
     prior, simulator = gaussian_linear.prior, gaussian_linear.simulator
     num_train = 2_000 if args.quick else 10_000
@@ -136,7 +164,9 @@ def main() -> None:
             f"chi-square min p = {ours.p_values.min():.3g}",
             ours.passed,
         ),
-        row("2. sbi `run_sbc` on the same simgen posterior (ranks only)", t_sbi_same, *ks(ranks_sbi)),
+        row(
+            "2. sbi `run_sbc` on the same simgen posterior (ranks only)", t_sbi_same, *ks(ranks_sbi)
+        ),
         row(
             "3. simgen `sbc`, same posterior, zuko's generic inverse",
             t_generic,
