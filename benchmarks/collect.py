@@ -28,10 +28,10 @@ SECTIONS = [
 
 HEADER = """# Benchmark results
 
-All runs: CPU only, `OMP_NUM_THREADS=1`, simgen and sbi in the same process on the same
-simulations. The machine is a shared 2-core box, so absolute seconds are noisy; compare the
-ratios. Each section names the command that produced it; `./run bench` reruns them all and
-`python -m benchmarks.collect` rebuilds this page.
+All runs: CPU only, `OMP_NUM_THREADS=1` unless a section says otherwise, simgen and sbi in
+the same process on the same simulations. The machine is a shared 2-core box, so absolute
+seconds are noisy; compare the ratios. Each section names the command that produced it;
+`./run bench` reruns them all and `python -m benchmarks.collect` rebuilds this page.
 
 """
 
