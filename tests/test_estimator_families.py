@@ -141,7 +141,7 @@ def test_ode_log_prob_matches_change_of_variables_for_linear_field():
     """With an exactly linear velocity the ODE density is Gaussian in closed form."""
     est = FlowMatching(2, (1,), steps=20, solver="rk4")
     a = torch.tensor([0.3, -0.5])
-    est.velocity = lambda y, t, c: a * y  # y(1) = e^a y(0)
+    est.velocity = lambda y, t, c, m: a * y  # y(1) = e^a y(0)
     theta = torch.randn(50, 2)
     logq = est(torch.zeros(50, 1)).log_prob(theta)
     exact = MultivariateNormal(torch.zeros(2), torch.diag((2 * a).exp())).log_prob(theta)
@@ -241,13 +241,13 @@ def test_c2st_thorough(name):
     assert score < (0.65 if name == "gan" else 0.6), f"{name}: {score:.3f}"
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_precomputed_context_matches_forward(residual):
+@pytest.mark.parametrize("architecture", ["mlp", "resnet"])
+def test_precomputed_context_matches_forward(architecture):
     """The sampler's split first layer gives the network's own output (to float rounding)."""
     from simgen.estimators._nets import ConditionalNet
 
     torch.manual_seed(0)
-    net = ConditionalNet(3, 4, 3, (32, 32, 32), residual=residual).eval()
+    net = ConditionalNet(3, 4, 3, (32, 32, 32), architecture=architecture).eval()
     for p in net.parameters():  # the residual output layer starts at zero: perturb it
         torch.nn.init.normal_(p, std=0.3)
     y, t = torch.randn(6, 2, 3), torch.tensor(0.37)
@@ -297,14 +297,64 @@ def test_diffusion_time_grid_inverts_the_noise_ratio(sde):
 
 
 @pytest.mark.filterwarnings("ignore::simgen.errors.ConvergenceWarning")
-def test_residual_flow_matching_round_trip(tmp_path):
+def test_flow_matching_round_trip_keeps_net_and_baseline(tmp_path):
     task, theta, x = _data(300)
-    post = simgen.NPE(
-        task.prior, estimator="flow_matching", residual=True, hidden_features=[32, 32, 32]
-    ).fit(theta, x, max_epochs=2, progress=False)
+    post = simgen.NPE(task.prior, estimator="flow_matching", hidden_features=[32, 32]).fit(
+        theta, x, max_epochs=2, progress=False
+    )
     post.save(tmp_path / "fm.simgen")
     loaded = simgen.load(tmp_path / "fm.simgen")
     a = post.sample((20,), x=task.x_o, seed=5)
     torch.testing.assert_close(a, loaded.sample((20,), x=task.x_o, seed=5))
     with pytest.raises(ConfigError, match="equal hidden widths"):
-        FlowMatching(2, (2,), residual=True, hidden_features=[32, 16])
+        FlowMatching(2, (2,), hidden_features=[32, 16])
+    with pytest.raises(ConfigError, match="architecture"):
+        FlowMatching(2, (2,), architecture="transformer")
+    with pytest.raises(ConfigError, match="time_embedding"):
+        FlowMatching(2, (2,), time_embedding="learned")
+
+
+def test_gaussian_baseline_velocity_is_the_exact_gaussian_velocity():
+    """v0 equals E[u_t | y_t] of the linear path for a Gaussian target, by Monte Carlo.
+
+    Draw (y0, y1) with y1 ~ N(m, Sigma), bin on a thin slab around a point y*, and compare
+    the mean conditional velocity there with v0(y*): tolerance 0.05 (MC s.e. ~0.01). A
+    baseline with a wrong covariance (Sigma doubled) fails the same check.
+    """
+    from simgen.estimators.flow_matching import GaussianBaseline
+
+    torch.manual_seed(0)
+    d, sigma_min = 1, 1e-3
+    base = GaussianBaseline(1, d)
+    m = torch.tensor([[0.7]])
+    x = torch.randn(20_000, 1)
+    y = 0.7 + 0.0 * x + 0.5 * torch.randn(20_000, d)  # m = 0.7, Sigma = 0.25, no x-dependence
+    base.fit(y, x)
+    torch.testing.assert_close(base.eigvals, torch.tensor([0.25]), atol=0.01, rtol=0)
+    t, y_star = torch.tensor(0.6), torch.tensor([[0.3]])
+    n = 4_000_000
+    y0, y1 = torch.randn(n, d), 0.7 + 0.5 * torch.randn(n, d)
+    yt = (1 - (1 - sigma_min) * t) * y0 + t * y1
+    near = (yt - y_star).abs()[:, 0] < 0.01
+    u = (y1 - (1 - sigma_min) * y0)[near].mean()
+    v0 = base.velocity(y_star, t, m, sigma_min)[0, 0]
+    assert abs(float(v0 - u)) < 0.05, (float(v0), float(u))
+    base.eigvals.mul_(2.0)  # control: wrong covariance
+    assert abs(float(base.velocity(y_star, t, m, sigma_min)[0, 0] - u)) > 0.05
+
+
+def test_gaussian_baseline_regresses_on_x():
+    """The ridge fit recovers a linear posterior mean m(x) = A x + b and its residual spread."""
+    from simgen.estimators.flow_matching import GaussianBaseline
+
+    torch.manual_seed(0)
+    x = torch.randn(5000, 3)
+    a = torch.tensor([[1.0, -0.5], [0.0, 2.0], [0.3, 0.0]])
+    y = x @ a + 0.2 + 0.1 * torch.randn(5000, 2)
+    base = GaussianBaseline(3, 2)
+    base.fit(y, x)
+    torch.testing.assert_close(base.weight, a, atol=0.01, rtol=0)
+    torch.testing.assert_close(base.eigvals, torch.full((2,), 0.01), atol=0.002, rtol=0)
+    big = GaussianBaseline(5000, 2)  # too many context features: unconditional Gaussian
+    assert big.weight.numel() == 0
+    assert big.mean(torch.randn(4, 5000)).shape == (4, 2)

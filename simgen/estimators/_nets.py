@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 #: Rows (data rows x repeats) over which an evaluation-mode loss averages its fixed noise.
-VALIDATION_ROWS = 4096
+VALIDATION_ROWS = 1024
 
 
 class LossNoise:
@@ -38,7 +38,7 @@ class LossNoise:
 
     In training mode it is the global RNG with ``repeats`` draws per row (averaged by
     :meth:`reduce`: a lower-variance gradient for the same data). In evaluation mode (the
-    training loop's validation pass) it repeats each row :math:`K = \lceil 4096 / N\rceil`
+    training loop's validation pass) it repeats each row :math:`K = \lceil 1024 / N\rceil`
     times and draws from a generator seeded afresh at every call, and :meth:`reduce` averages
     the :math:`K` copies. The validation loss is then a deterministic function of the weights
     with a standard error about :math:`\sqrt K` times smaller, so early stopping compares
@@ -83,40 +83,67 @@ def mlp(in_features: int, out_features: int, hidden_features: Sequence[int]) -> 
 
 
 class TimeEmbedding(nn.Module):
-    r"""Sinusoidal features :math:`[\sin(2\pi\omega_k t), \cos(2\pi\omega_k t)]_k` of a time.
+    r"""Fourier features :math:`[\sin(2\pi\omega_k t), \cos(2\pi\omega_k t)]_k` of a time.
 
-    The frequencies are fixed and log-spaced in :math:`[1, 2^{K-1}]`, enough to resolve
-    :math:`t \in [0, 1]` (callers rescale other ranges, e.g. :math:`\log\sigma/4`).
+    ``kind="sinusoidal"``: fixed frequencies :math:`\omega_k = 2^{k-1}`, log-spaced in
+    :math:`[1/2, 2^{K-2}]`, enough to resolve :math:`t \in [0, 1]` (callers rescale other
+    ranges, e.g. :math:`\log\sigma/4`). ``kind="fourier"``: Gaussian random features
+    :math:`\omega_k \sim \mathcal N(0, s^2)` with ``scale`` :math:`s` (Tancik et al. 2020),
+    trained with the network; they are drawn at construction and saved with the weights.
     """
 
-    def __init__(self, features: int = 16):
+    def __init__(self, features: int = 16, kind: str = "sinusoidal", scale: float = 30.0):
         super().__init__()
         half = max(features // 2, 1)
-        self.register_buffer("freqs", 2.0 ** torch.arange(half) * math.pi, persistent=False)
         self.features = 2 * half
+        if kind == "sinusoidal":
+            self.register_buffer("freqs", 2.0 ** torch.arange(half) * math.pi, persistent=False)
+        elif kind == "fourier":
+            self.freqs = nn.Parameter(torch.randn(half) * (2 * math.pi * scale))
+        else:
+            raise ConfigError(f"time_embedding must be 'sinusoidal' or 'fourier', got {kind!r}.")
 
     def forward(self, t: Tensor) -> Tensor:
         arg = t[..., None] * self.freqs
         return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
+ARCHITECTURES = ("resnet", "mlp")
+
+
 class ConditionalNet(nn.Module):
-    r"""MLP on :math:`[y, \mathrm{emb}(t), c]` → ``out_features`` (velocity, noise, denoiser).
+    r"""Network :math:`f(y, t, c)` → ``out_features`` (a velocity, noise or denoiser).
+
+    ``architecture="resnet"`` (the default): :math:`y` and :math:`c` are embedded apart and
+    merged, the time enters every block, and each block is residual with a layer norm:
+
+    .. math::
+        h_0 &= \phi\big(M_y\,\phi(W_y y + b_y) + M_c\,\phi(W_c c + b_c) + b_0\big), \qquad
+        e = W_t\,\mathrm{emb}(t) + b_t, \\
+        h_{k+1} &= \mathrm{LN}_k\big(h_k + \phi(A_k h_k + a_k) + e\big), \qquad
+        f = W_o h_K + b_o,
+
+    with :math:`\phi` = SiLU and a zero-initialised output layer (training starts from the
+    zero field). ``hidden_features`` lists the block widths, which must be equal. This is the
+    shape of sbi's vector-field MLP; on two_moons the layer norm and the separate input
+    embeddings are what make flow matching accurate (``benchmarks/results_families.md``).
+
+    ``architecture="mlp"``: a plain MLP on :math:`[y, \mathrm{emb}(t), c]`.
+
+    Both split off the context's contribution (:meth:`condition`), so a sampler that calls
+    the network many times on the same contexts computes it once
+    (:meth:`forward_conditioned`).
 
     Args:
         in_features: Size of ``y``.
         context_features: Size of the context features ``c``.
         out_features: Output size.
         hidden_features: Hidden widths.
-        time_features: Size of the sinusoidal time embedding.
+        time_features: Size of the time embedding.
         context_dropout: Training probability of replacing ``c`` by a learned null vector, so
             the same network also learns the unconditional field (needed for guidance).
-        residual: Residual blocks instead of a plain MLP: after the input layer
-            :math:`h_0 = W[y, \mathrm{emb}(t), c] + b`, each further width :math:`H` adds
-            :math:`h_{k+1} = h_k + \mathrm{SiLU}(A_k\,\mathrm{SiLU}(h_k) + U_k\,\mathrm{emb}(t))`
-            (the time re-enters every block), and a zero-initialised output layer reads
-            :math:`\mathrm{SiLU}(h_K)`, so training starts from the zero field. All hidden
-            widths must then be equal.
+        architecture: ``"resnet"`` or ``"mlp"``.
+        time_embedding: ``"sinusoidal"`` or ``"fourier"`` (see :class:`TimeEmbedding`).
     """
 
     def __init__(
@@ -127,28 +154,35 @@ class ConditionalNet(nn.Module):
         hidden_features: Sequence[int] = (128, 128, 128),
         time_features: int = 16,
         context_dropout: float = 0.0,
-        residual: bool = False,
+        architecture: str = "resnet",
+        time_embedding: str = "sinusoidal",
     ):
         super().__init__()
-        self.time = TimeEmbedding(time_features)
-        self.residual = bool(residual)
-        total_in = in_features + self.time.features + context_features
-        if not self.residual:
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
+        if not hidden_features:
+            raise ConfigError("hidden_features must list at least one width.")
+        self.architecture = architecture
+        self.time = TimeEmbedding(time_features, time_embedding)
+        if architecture == "mlp":
+            total_in = in_features + self.time.features + context_features
             self.net = mlp(total_in, out_features, hidden_features)
         else:
-            width, blocks = hidden_features[0], len(hidden_features) - 1
+            width = hidden_features[0]
             if any(h != width for h in hidden_features):
                 raise ConfigError(
-                    f"residual=True needs equal hidden widths, got {list(hidden_features)}."
+                    f"architecture='resnet' needs equal hidden widths, got {list(hidden_features)}."
                 )
-            self.net = nn.ModuleList(
-                [nn.Linear(total_in, width)]
-                + [nn.Linear(width, width) for _ in range(blocks)]
-                + [nn.Linear(width, out_features)]
-            )
-            nn.init.zeros_(self.net[-1].weight)
-            nn.init.zeros_(self.net[-1].bias)
-            self.time_proj = nn.Linear(self.time.features, width * max(blocks, 1))
+            self.embed_y = nn.Linear(in_features, width)
+            self.embed_c = nn.Linear(context_features, width)
+            self.merge = nn.Linear(2 * width, width)
+            self.embed_t = nn.Linear(self.time.features, width)
+            self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in hidden_features)
+            self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in hidden_features)
+            self.out = nn.Linear(width, out_features)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
         self.context_dropout = float(context_dropout)
         self.null = nn.Parameter(torch.zeros(context_features)) if context_dropout > 0 else None
 
@@ -160,53 +194,53 @@ class ConditionalNet(nn.Module):
                 drop = torch.rand(c.shape[:-1] + (1,), device=c.device) < self.context_dropout
                 c = torch.where(drop, self.null.expand_as(c), c)
         t = t.expand(y.shape[:-1]) if t.ndim == 0 else t
-        emb = self.time(t)
-        if not self.residual:
-            return self.net(torch.cat([y, emb, c], dim=-1))
-        return self._trunk(self.net[0](torch.cat([y, emb, c], dim=-1)), emb)
-
-    def _trunk(self, hidden: Tensor, emb: Tensor) -> Tensor:
-        """Everything after the first linear layer."""
-        if not self.residual:
-            for layer in self.net[1:]:
-                hidden = layer(hidden)
-            return hidden
-        act = nn.functional.silu
-        shifts = self.time_proj(emb).chunk(max(len(self.net) - 2, 1), dim=-1)
-        for layer, shift in zip(self.net[1:-1], shifts):
-            hidden = hidden + act(layer(act(hidden)) + shift)
-        return self.net[-1](act(hidden))
+        if self.architecture == "mlp":
+            return self.net(torch.cat([y, self.time(t), c], dim=-1))
+        return self.forward_conditioned(y, t, self.condition(c))
 
     def condition(self, c: Tensor, unconditional: bool = False) -> Tensor:
-        r"""The context's share :math:`W_c c + b` of the first layer, ``(M, H)``.
+        r"""The context's share of the first layer, ``(M, H)``.
 
-        The first layer is affine in :math:`[y, \mathrm{emb}(t), c]`, so it splits as
-        :math:`W_y y + W_t\,\mathrm{emb}(t) + (W_c c + b)`; a sampler that calls the network
-        many times on the same contexts computes the last term once (:meth:`forward_conditioned`).
+        ``"resnet"``: :math:`M_c\,\phi(W_c c + b_c) + b_0`. ``"mlp"``: the first layer is
+        affine in :math:`[y, \mathrm{emb}(t), c]`, so it splits as
+        :math:`W_y y + W_t\,\mathrm{emb}(t) + (W_c c + b)` and this is the last term.
         """
         if unconditional and self.null is not None:
             c = self.null.expand_as(c)
-        first = self.net[0]
-        start = first.in_features - c.shape[-1]
-        return nn.functional.linear(c, first.weight[:, start:], first.bias)
+        if self.architecture == "mlp":
+            first = self.net[0]
+            start = first.in_features - c.shape[-1]
+            return nn.functional.linear(c, first.weight[:, start:], first.bias)
+        width = self.embed_c.out_features
+        act = nn.functional.silu(self.embed_c(c))
+        return nn.functional.linear(act, self.merge.weight[:, width:], self.merge.bias)
 
     def forward_conditioned(self, y: Tensor, t: Tensor, h: Tensor) -> Tensor:
-        """:meth:`forward` in evaluation mode at one time ``t`` given ``h = condition(c)``.
+        """The network given ``h = condition(c)``.
 
         Args:
-            y: ``(S, B, D)`` points (or ``(B, D)``).
-            t: A scalar time, embedded once for all rows.
-            h: ``(B, H)`` context terms, broadcast over ``S``; with ``B = 1`` (one
-                observation) the whole first layer is a single fused ``addmm``.
+            y: ``(S, B, D)`` points (or ``(B, D)``, or rows ``(M, D)`` with ``h`` ``(M, H)``).
+            t: A scalar time (embedded once for all rows) or one time per row of ``y``.
+            h: ``(B, H)`` context terms, broadcast over ``S``.
         """
-        first = self.net[0]
-        d, w, emb = y.shape[-1], first.weight, self.time(t)
-        shift = h + nn.functional.linear(emb, w[:, d : d + self.time.features])
-        if shift.shape[0] == 1:
-            hidden = nn.functional.linear(y, w[:, :d], shift[0])
-        else:
-            hidden = nn.functional.linear(y, w[:, :d]) + shift
-        return self._trunk(hidden, emb)
+        act = nn.functional.silu
+        if self.architecture == "mlp":
+            first = self.net[0]
+            d, w, emb = y.shape[-1], first.weight, self.time(t)
+            shift = h + nn.functional.linear(emb, w[:, d : d + self.time.features])
+            if shift.ndim == 2 and shift.shape[0] == 1:  # one context: a fused addmm
+                hidden = nn.functional.linear(y, w[:, :d], shift[0])
+            else:
+                hidden = nn.functional.linear(y, w[:, :d]) + shift
+            for layer in self.net[1:]:
+                hidden = layer(hidden)
+            return hidden
+        width = self.embed_y.out_features
+        hidden = act(nn.functional.linear(act(self.embed_y(y)), self.merge.weight[:, :width]) + h)
+        e = self.embed_t(self.time(t))
+        for block, norm in zip(self.blocks, self.norms):
+            hidden = norm(hidden + act(block(hidden)) + e)
+        return self.out(hidden)
 
 
 class GenerativeDistribution(Distribution, abc.ABC):

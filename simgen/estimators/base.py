@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,9 @@ class ConditionalEstimator(nn.Module, abc.ABC):
 
     #: The registry name (``"nsf"``, ``"flow_matching"``, ...), set by each family.
     name: str = ""
+    #: Training options this family trains best with (measured), used where the caller
+    #: passes neither a ``TrainConfig`` nor the option itself.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self, target_dim: int, context_shape: Sequence[int], embedding_net: nn.Module | None = None

@@ -101,8 +101,9 @@ class Consistency(SampleOnlyEstimator):
         lo, hi = self.sigma_min ** (1 / rho), self.sigma_max ** (1 / rho)
         self.register_buffer("grid", (lo + i * (hi - lo)) ** rho, persistent=False)
         f = self.context_features
-        self.teacher = ConditionalNet(target_dim, f, target_dim, hidden_features)
-        self.student = ConditionalNet(target_dim, f, target_dim, hidden_features)
+        arch = {"architecture": "mlp"}
+        self.teacher = ConditionalNet(target_dim, f, target_dim, hidden_features, **arch)
+        self.student = ConditionalNet(target_dim, f, target_dim, hidden_features, **arch)
 
     @staticmethod
     def _noise_cond(sigma: Tensor) -> Tensor:

@@ -97,6 +97,8 @@ class Diffusion(DensityEstimator):
         sigma_max: float = 10.0,
         eps: float = 1e-3,
         context_dropout: float = 0.0,
+        architecture: str = "mlp",
+        time_embedding: str = "sinusoidal",
         steps: int = 50,
         solver: str = "heun",
         guidance: float = 1.0,
@@ -128,6 +130,8 @@ class Diffusion(DensityEstimator):
             "sigma_max": sigma_max,
             "eps": eps,
             "context_dropout": context_dropout,
+            "architecture": architecture,
+            "time_embedding": time_embedding,
             **self.solver.to_dict(),
         }
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
@@ -140,6 +144,8 @@ class Diffusion(DensityEstimator):
             hidden_features,
             time_features,
             context_dropout,
+            architecture,
+            time_embedding,
         )
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:

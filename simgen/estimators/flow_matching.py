@@ -18,6 +18,23 @@ field generates the posterior (Lipman et al., 2023). :math:`t` is drawn with den
 :math:`\propto t^{a}` (``time_power`` :math:`a`; ``0`` is uniform, :math:`a > 0` emphasises
 the data end as FMPE does).
 
+**Linear-Gaussian baseline** (``gaussian_baseline=True``, the default). Before training, a
+ridge regression of :math:`\tilde\theta` on the standardised, flattened :math:`\tilde x`
+fits :math:`q_0(\tilde\theta\mid x) = \mathcal N(m(x), \Sigma)` with
+:math:`m(x) = W^\top\tilde x + b` and :math:`\Sigma` the residual covariance. For a
+Gaussian target the marginal velocity of the path above is exact and affine: with
+:math:`a_t = 1 - (1-\sigma_{\min})t` and :math:`C_t = a_t^2 I + t^2\Sigma`,
+
+.. math::
+    v_0(y, t; x) = \mathbb E[u_t \mid y_t = y]
+      = m + \big(t\Sigma - (1-\sigma_{\min})a_t I\big) C_t^{-1} (y - t\,m),
+
+computed in the eigenbasis of :math:`\Sigma` (diagonal, so no solve per step). The network
+learns only the residual :math:`v_\phi = v_0 + r_\phi`. A linear-Gaussian posterior is then
+right from the first step, and the network's capacity (and layer norm, which discards the
+scale a linear map needs) goes to the non-Gaussian part. Contexts with more than
+``BASELINE_MAX_FEATURES`` entries use :math:`W = 0` (an unconditional Gaussian).
+
 **Sampling** integrates :math:`\dot y = v_\phi` from 0 to 1 with a fixed-step solver
 (:class:`~simgen.estimators.ode.SolverConfig`). **log_prob** integrates back from the sample
 to the base with the instantaneous change of variables (:func:`~simgen.estimators.ode.
@@ -28,6 +45,7 @@ estimate. The solver's discretisation error also enters the density.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -39,7 +57,61 @@ from ._nets import ConditionalNet, GenerativeDistribution, LossNoise, standard_n
 from .base import DensityEstimator
 from .ode import SolverConfig, ode_log_prob, odeint
 
-__all__ = ["FlowMatching", "FlowMatchingDistribution"]
+__all__ = ["FlowMatching", "FlowMatchingDistribution", "GaussianBaseline"]
+
+#: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
+BASELINE_MAX_FEATURES = 4096
+
+
+class GaussianBaseline(nn.Module):
+    r"""The linear-Gaussian :math:`q_0(\tilde\theta\mid x)` and its exact velocity :math:`v_0`.
+
+    See the module docstring. Its buffers are saved with the weights, so a loaded model
+    needs no refit.
+    """
+
+    def __init__(self, context_dim: int, target_dim: int):
+        super().__init__()
+        self.regress = context_dim <= BASELINE_MAX_FEATURES
+        rows = context_dim if self.regress else 0
+        self.register_buffer("weight", torch.zeros(rows, target_dim))
+        self.register_buffer("bias", torch.zeros(target_dim))
+        self.register_buffer("eigvecs", torch.eye(target_dim))
+        self.register_buffer("eigvals", torch.ones(target_dim))
+
+    @torch.no_grad()
+    def fit(self, y: Tensor, x: Tensor, ridge: float = 1e-3) -> None:
+        """Ridge regression of ``y`` ``(N, D)`` on ``x`` ``(N, F)`` (both standardised)."""
+        y, x = y.double(), x.double()
+        residual = y - y.mean(0)
+        if self.regress:
+            xc = x - x.mean(0)
+            gram = xc.T @ xc / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+            weight = torch.linalg.solve(gram, xc.T @ residual / len(x))
+            residual = residual - xc @ weight
+            self.weight.copy_(weight)
+            self.bias.copy_(y.mean(0) - x.mean(0) @ weight)
+        else:
+            self.bias.copy_(y.mean(0))
+        cov = residual.T @ residual / len(y) + 1e-6 * torch.eye(y.shape[1], dtype=y.dtype)
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        self.eigvals.copy_(eigvals.clamp_min(1e-6))
+        self.eigvecs.copy_(eigvecs)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """:math:`m(x)` for flattened standardised contexts ``(..., F)``."""
+        if not self.regress:
+            return self.bias.expand(*x.shape[:-1], -1)
+        return x @ self.weight + self.bias
+
+    def velocity(self, y: Tensor, t: Tensor, m: Tensor, sigma_min: float) -> Tensor:
+        """:math:`v_0(y, t)`; ``t`` is a scalar or one time per row of ``y``."""
+        tt = t[..., None] if t.ndim else t
+        a = 1 - (1 - sigma_min) * tt
+        lam = self.eigvals
+        gain = (tt * lam - (1 - sigma_min) * a) / (a * a + tt * tt * lam)
+        z = (y - tt * m) @ self.eigvecs
+        return m + (z * gain) @ self.eigvecs.T
 
 
 class FlowMatching(DensityEstimator):
@@ -54,6 +126,8 @@ class FlowMatching(DensityEstimator):
         sigma_min: Width of the path at the data end.
         time_power: Train times are drawn with density :math:`\propto t^{a}`.
         context_dropout: Probability of dropping the context in training (for guidance).
+        architecture, time_embedding: See :class:`~simgen.estimators._nets.ConditionalNet`.
+        gaussian_baseline: Learn the residual from a linear-Gaussian velocity (see above).
         steps, solver, guidance, exact_trace_max_dim: See
             :class:`~simgen.estimators.ode.SolverConfig`.
 
@@ -64,19 +138,24 @@ class FlowMatching(DensityEstimator):
     """
 
     name = "flow_matching"
+    #: Measured on two_moons (4 seeds, no baseline): 3e-3 reached C2ST 0.80 where 1e-3
+    #: stopped at 0.92 (the layer-normed net tolerates the larger step).
+    train_defaults = {"learning_rate": 3e-3}
 
     def __init__(
         self,
         target_dim: int,
         context_shape: Sequence[int],
         embedding_net: nn.Module | None = None,
-        hidden_features: Sequence[int] = (128, 128),
-        time_features: int = 16,
+        hidden_features: Sequence[int] = (64, 64, 64),
+        time_features: int = 32,
         sigma_min: float = 1e-3,
         time_power: float = 0.0,
         context_dropout: float = 0.0,
         repeats: int = 1,
-        residual: bool = False,
+        architecture: str = "resnet",
+        time_embedding: str = "fourier",
+        gaussian_baseline: bool = True,
         steps: int = 8,
         solver: str = "heun",
         guidance: float = 1.0,
@@ -102,7 +181,9 @@ class FlowMatching(DensityEstimator):
             "time_power": time_power,
             "context_dropout": context_dropout,
             "repeats": repeats,
-            "residual": residual,
+            "architecture": architecture,
+            "time_embedding": time_embedding,
+            "gaussian_baseline": bool(gaussian_baseline),
             **self.solver.to_dict(),
         }
         self.sigma_min = float(sigma_min)
@@ -115,32 +196,62 @@ class FlowMatching(DensityEstimator):
             hidden_features,
             time_features,
             context_dropout,
-            residual,
+            architecture,
+            time_embedding,
         )
+        context_dim = math.prod(self.context_shape)
+        self.baseline = GaussianBaseline(context_dim, target_dim) if gaussian_baseline else None
 
-    def velocity(self, y: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        """The (guided) velocity :math:`v_\\phi(y, t; c)` on rows ``(M, D)``."""
+    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
+        super().fit_standardization(target, context)
+        if self.baseline is not None:
+            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
+
+    def _flat_context(self, context: Tensor) -> Tensor:
+        nd = len(self.context_shape)
+        flat = self.context_standardizer(context)
+        return flat.reshape(*context.shape[: context.ndim - nd], -1)
+
+    def baseline_mean(self, context: Tensor) -> Tensor:
+        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
+        if self.baseline is None:
+            nd = len(self.context_shape)
+            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
+        return self.baseline.mean(self._flat_context(context))
+
+    def _base_velocity(self, y: Tensor, t: Tensor, m: Tensor) -> Tensor:
+        if self.baseline is None:
+            return torch.zeros_like(y)
+        return self.baseline.velocity(y, t, m, self.sigma_min)
+
+    def velocity(self, y: Tensor, t: Tensor, c: Tensor, m: Tensor) -> Tensor:
+        """The (guided) velocity :math:`v_\\phi(y, t; c)` on rows ``(M, D)``; ``m`` is the
+        baseline mean of each row."""
         v = self.net(y, t, c)
         w = self.solver.guidance
         if w != 1.0:
             v0 = self.net(y, t, c, unconditional=True)
             v = v0 + w * (v - v0)
-        return v
+        return v + self._base_velocity(y, t, m)
 
     def loss(self, target: Tensor, context: Tensor) -> Tensor:
         y1 = self.target_standardizer(target)
-        c = self.embed(context)
+        c, m = self.embed(context), self.baseline_mean(context)
         draw = LossNoise(self.training, len(y1), y1.device, self.repeats)
-        y1, c = draw.repeat(y1), draw.repeat(c)
+        y1, c, m = draw.repeat(y1), draw.repeat(c), draw.repeat(m)
         y0 = draw.randn(*y1.shape)
         t = draw.rand(len(y1)) ** (1 / (1 + self.time_power))
         tt = t[..., None]
         yt = (1 - (1 - self.sigma_min) * tt) * y0 + tt * y1
         u = y1 - (1 - self.sigma_min) * y0
-        return draw.reduce((self.net(yt, t, c) - u).square().sum(-1))
+        v = self.net(yt, t, c) + self._base_velocity(yt, t, m)
+        return draw.reduce((v - u).square().sum(-1))
 
     def forward(self, context: Tensor) -> Distribution:
-        return FlowMatchingDistribution(self, self.embed(context))
+        # The baseline mean rides along as the last D feature columns, so the
+        # distribution's broadcasting and flattening carry it with the context.
+        features = torch.cat([self.embed(context), self.baseline_mean(context)], dim=-1)
+        return FlowMatchingDistribution(self, features)
 
 
 class FlowMatchingDistribution(GenerativeDistribution):
@@ -150,24 +261,33 @@ class FlowMatchingDistribution(GenerativeDistribution):
         self.estimator = estimator
         super().__init__(features, estimator.target_standardizer)
 
-    def _field(self, c: Tensor):
-        return lambda y, t: self.estimator.velocity(y, t, c)
+    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Context features and baseline means from the joint feature rows."""
+        d = self.event_shape[0]
+        return features[..., :-d], features[..., -d:]
+
+    def _field(self, features: Tensor):
+        c, m = self._split(features)
+        return lambda y, t: self.estimator.velocity(y, t, c, m)
 
     def _fast_field(self, features: Tensor):
         """The sampling field with the context's first-layer term computed once per context.
 
-        ``features`` is ``(B, F)``, one row per distinct context; the field acts on
+        ``features`` is ``(B, F + D)``, one row per distinct context; the field acts on
         ``(S, B, D)`` so every sample of a context shares its ``(B, H)`` term.
         """
-        net, w = self.estimator.net, self.estimator.solver.guidance
+        est = self.estimator
+        net, w = est.net, est.solver.guidance
+        features, m = self._split(features)
         h = net.condition(features)
         if w == 1.0:
-            return lambda y, t: net.forward_conditioned(y, t, h)
+            return lambda y, t: net.forward_conditioned(y, t, h) + est._base_velocity(y, t, m)
         h0 = net.condition(features, unconditional=True)
 
         def field(y: Tensor, t: Tensor) -> Tensor:
             v0 = net.forward_conditioned(y, t, h0)
-            return v0 + w * (net.forward_conditioned(y, t, h) - v0)
+            v = v0 + w * (net.forward_conditioned(y, t, h) - v0)
+            return v + est._base_velocity(y, t, m)
 
         return field
 

@@ -61,5 +61,13 @@ class Method:
         self.theta_dim = prior_dim(prior)
 
     @staticmethod
-    def _config(config: TrainConfig | None, overrides: dict[str, Any]) -> TrainConfig:
+    def _config(
+        config: TrainConfig | None,
+        overrides: dict[str, Any],
+        defaults: dict[str, Any] | None = None,
+    ) -> TrainConfig:
+        """``config`` with ``overrides``; without a ``config``, the estimator family's
+        measured ``defaults`` (e.g. flow matching's learning rate) come first."""
+        if config is None and defaults:
+            overrides = {**defaults, **overrides}
         return make_config(config, **overrides)

@@ -66,7 +66,8 @@ class NPE(Method):
                 (``batch_size``, ``learning_rate``, ``max_epochs``, ``patience``,
                 ``validation_fraction``, ``device``, ``seed``, ``progress``, ...).
         """
-        config = self._config(config, config_options)
+        defaults = estimator_class(self.estimator_name).train_defaults
+        config = self._config(config, config_options, defaults)
         theta, x = check_simulations(self.prior, theta, x)
         u = support_transform(self.prior).inv(theta)
         with torch.random.fork_rng(devices=[]):
