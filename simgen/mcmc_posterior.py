@@ -247,12 +247,14 @@ class MCMCPosterior(Posterior):
         """
         theta = self._theta(theta).to(self.device)
         xo = self._single_x(x).to(self.device)
-        return self.potential(theta[..., None, :], xo)[..., 0]
+        with torch.set_grad_enabled(theta.requires_grad):
+            return self.potential(theta[..., None, :], xo)[..., 0]
 
     def log_prob_batched(self, theta: Any, x: Any) -> Tensor:
         """Unnormalised ``theta`` ``(*, B, D)`` against ``B`` observations → ``(*, B)``."""
         theta = self._theta(theta).to(self.device)
-        return self.potential(theta, self._batch_x(x).to(self.device))
+        with torch.set_grad_enabled(theta.requires_grad):
+            return self.potential(theta, self._batch_x(x).to(self.device))
 
     def to_arviz(self, x: Any = None, num_samples: int = 1000, **kwargs: Any) -> Any:
         """InferenceData with ``(chains, draws)`` posterior draws and the MCMC sample stats."""

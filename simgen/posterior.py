@@ -331,14 +331,18 @@ class DirectPosterior(Posterior):
             )
         theta = self._theta(theta).to(self.device)
         xo = self._single_x(x).to(self.device)
-        logp = self._dist(xo).log_prob(theta[..., None, :])[..., 0]
+        # Differentiable in theta when theta requires grad (MAP, HMC); otherwise no graph is
+        # built and the result never requires grad, whatever the family.
+        with torch.set_grad_enabled(theta.requires_grad):
+            logp = self._dist(xo).log_prob(theta[..., None, :])[..., 0]
         return self._mask_support(theta, logp)
 
     def log_prob_batched(self, theta: Any, x: Any) -> Tensor:
         """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``."""
         theta = self._theta(theta).to(self.device)
         xs = self._batch_x(x).to(self.device)
-        return self._mask_support(theta, self._dist(xs).log_prob(theta))
+        with torch.set_grad_enabled(theta.requires_grad):
+            return self._mask_support(theta, self._dist(xs).log_prob(theta))
 
     @classmethod
     def _from_file(

@@ -316,3 +316,22 @@ def test_cnn_embeddings_on_maps_and_series(tmp_path):
         loaded.log_prob(theta[:3], x=cosmology_field.x_o),
         posterior.log_prob(theta[:3], x=cosmology_field.x_o),
     )
+
+
+@pytest.mark.parametrize("estimator", ["nsf", "flow_matching"])
+def test_log_prob_requires_grad_only_when_theta_does(estimator):
+    """Flows and ODE families agree: plain θ gives a plain tensor; θ with grad is
+    differentiable (as MAP and HMC need)."""
+    from simulators import two_moons
+
+    torch.manual_seed(0)
+    theta = two_moons.prior.sample((200,))
+    x = two_moons.simulator(theta)
+    post = simgen.NPE(two_moons.prior, estimator=estimator).fit(
+        theta, x, max_epochs=2, progress=False
+    )
+    t = theta[:5].clone()
+    assert not post.log_prob(t, x=two_moons.x_o).requires_grad
+    t.requires_grad_(True)
+    post.log_prob(t, x=two_moons.x_o).sum().backward()
+    assert t.grad is not None and torch.isfinite(t.grad).all()
