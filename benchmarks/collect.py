@@ -17,7 +17,17 @@ SECTIONS = [
         "Estimator-family bake-off (issue 5)",
         "python -m benchmarks.bench_families",
     ),
+    (
+        "results_seeds.md",
+        "Flow matching vs sbi FMPE over seeds (issue 5)",
+        "python -m benchmarks.bench_seeds",
+    ),
     ("results_nle_nre.md", "NLE / NRE vs sbi (issue 6)", "python -m benchmarks.bench_nle_nre"),
+    (
+        "results_surrogate.md",
+        "NLE surrogate simulator vs the simulator (issue 6)",
+        "python -m benchmarks.bench_surrogate",
+    ),
     ("results_sbc.md", "SBC vs sbi's run_sbc (issue 7)", "python -m benchmarks.bench_sbc"),
     (
         "results_simulators.md",
