@@ -335,3 +335,16 @@ def test_log_prob_requires_grad_only_when_theta_does(estimator):
     t.requires_grad_(True)
     post.log_prob(t, x=two_moons.x_o).sum().backward()
     assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+def test_family_training_defaults_yield_to_the_caller():
+    """A family's measured training defaults apply only where the caller is silent."""
+    from simgen.estimators.flow_matching import FlowMatching
+    from simgen.inference.base import Method
+    from simgen.training import TrainConfig
+
+    defaults = FlowMatching.train_defaults
+    assert defaults == {"learning_rate": 3e-3}
+    assert Method._config(None, {}, defaults).learning_rate == 3e-3
+    assert Method._config(None, {"learning_rate": 1e-4}, defaults).learning_rate == 1e-4
+    assert Method._config(TrainConfig(), {}, defaults).learning_rate == 1e-3
