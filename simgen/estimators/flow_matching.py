@@ -219,10 +219,11 @@ class FlowMatching(DensityEstimator):
             return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
         return self.baseline.mean(self._flat_context(context))
 
-    def _base_velocity(self, y: Tensor, t: Tensor, m: Tensor) -> Tensor:
+    def _with_base(self, v: Tensor, y: Tensor, t: Tensor, m: Tensor) -> Tensor:
+        """The network's residual ``v`` plus the baseline velocity (``v`` itself without one)."""
         if self.baseline is None:
-            return torch.zeros_like(y)
-        return self.baseline.velocity(y, t, m, self.sigma_min)
+            return v
+        return v + self.baseline.velocity(y, t, m, self.sigma_min)
 
     def velocity(self, y: Tensor, t: Tensor, c: Tensor, m: Tensor) -> Tensor:
         """The (guided) velocity :math:`v_\\phi(y, t; c)` on rows ``(M, D)``; ``m`` is the
@@ -232,7 +233,7 @@ class FlowMatching(DensityEstimator):
         if w != 1.0:
             v0 = self.net(y, t, c, unconditional=True)
             v = v0 + w * (v - v0)
-        return v + self._base_velocity(y, t, m)
+        return self._with_base(v, y, t, m)
 
     def loss(self, target: Tensor, context: Tensor) -> Tensor:
         y1 = self.target_standardizer(target)
@@ -244,7 +245,7 @@ class FlowMatching(DensityEstimator):
         tt = t[..., None]
         yt = (1 - (1 - self.sigma_min) * tt) * y0 + tt * y1
         u = y1 - (1 - self.sigma_min) * y0
-        v = self.net(yt, t, c) + self._base_velocity(yt, t, m)
+        v = self._with_base(self.net(yt, t, c), yt, t, m)
         return draw.reduce((v - u).square().sum(-1))
 
     def forward(self, context: Tensor) -> Distribution:
@@ -281,13 +282,13 @@ class FlowMatchingDistribution(GenerativeDistribution):
         features, m = self._split(features)
         h = net.condition(features)
         if w == 1.0:
-            return lambda y, t: net.forward_conditioned(y, t, h) + est._base_velocity(y, t, m)
+            return lambda y, t: est._with_base(net.forward_conditioned(y, t, h), y, t, m)
         h0 = net.condition(features, unconditional=True)
 
         def field(y: Tensor, t: Tensor) -> Tensor:
             v0 = net.forward_conditioned(y, t, h0)
             v = v0 + w * (net.forward_conditioned(y, t, h) - v0)
-            return v + est._base_velocity(y, t, m)
+            return est._with_base(v, y, t, m)
 
         return field
 
