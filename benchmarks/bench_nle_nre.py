@@ -72,7 +72,7 @@ def run_simgen(method: str, task, theta, x, seed: int, estimator: str | None = N
     if method == "nle":
         front = NLE(task.prior, **({"estimator": estimator} if estimator else {}), **opts)
     else:
-        front = NRE(task.prior)
+        front = NRE(task.prior, **opts)
     posterior = front.fit(theta, x, progress=False, seed=seed)
     train = time.perf_counter() - start
     start = time.perf_counter()
@@ -147,6 +147,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--simulations", type=int, default=3000)
     parser.add_argument("--sweep", default=None, help="NLE estimator configs to compare")
+    parser.add_argument(
+        "--options", default="", help="simgen front options, 'key=json;key=json'"
+    )
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
     n = 1000 if args.quick else args.simulations
@@ -170,7 +173,9 @@ def main() -> None:
             theta, x = simulations(task, n, seed)
             for method in args.methods.split(","):
                 s_sbi, t_sbi, ts_sbi = run_sbi(method, task, theta, x, seed)
-                s_sg, t_sg, ts_sg, posterior = run_simgen(method, task, theta, x, seed)
+                s_sg, t_sg, ts_sg, posterior = run_simgen(
+                    method, task, theta, x, seed, **parse_config("_=_:" + args.options)[2]
+                )
                 c_sg, c_sbi = c2st(s_sg, reference), c2st(s_sbi, reference)
                 ratio = (t_sg + ts_sg) / (t_sbi + ts_sbi)
                 row = (task_name, method, seed, c_sg, c_sbi, t_sg, t_sbi, ts_sg, ts_sbi, ratio)
