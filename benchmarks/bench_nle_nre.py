@@ -147,9 +147,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--simulations", type=int, default=3000)
     parser.add_argument("--sweep", default=None, help="NLE estimator configs to compare")
-    parser.add_argument(
-        "--options", default="", help="simgen front options, 'key=json;key=json'"
-    )
+    parser.add_argument("--options", default="", help="simgen front options, 'key=json;key=json'")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
     n = 1000 if args.quick else args.simulations
