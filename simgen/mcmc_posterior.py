@@ -109,7 +109,7 @@ class MCMCPosterior(Posterior):
     ):
         if method not in ("nle", "nre"):
             raise ConfigError(f"method must be 'nle' or 'nre', got {method!r}.")
-        theta_dim = estimator.spec["context_shape"][0] if method == "nle" else estimator.theta_dim
+        theta_dim = estimator.context_shape[0] if method == "nle" else estimator.theta_dim
         super().__init__(prior, x_shape, theta_dim)
         self.estimator = estimator.eval()
         self.method = method
@@ -215,6 +215,20 @@ class MCMCPosterior(Posterior):
         # (chains, draws, B, D) -> (draws * chains, B, D): interleave chains.
         flat = result.samples.transpose(0, 1).reshape(draws * chains, len(x), self.theta_dim)
         return flat[:n].reshape(*sample_shape, len(x), self.theta_dim)
+
+    def _single_x(self, x: Any) -> Tensor:
+        return self._check_observation(super()._single_x(x))
+
+    def _batch_x(self, x: Any) -> Tensor:
+        return self._check_observation(super()._batch_x(x))
+
+    def _check_observation(self, x: Tensor) -> Tensor:
+        """Observations outside what the likelihood models (e.g. a non-positive value in a
+        log-scale column of NLE's ``log_x``) raise a clear error instead of an MCMC failure."""
+        check = getattr(self.estimator, "check_data", None)
+        if check is not None:
+            check(x, "x_o")
+        return x
 
     def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **kwargs: Any) -> Tensor:
         """``(*sample_shape, D)`` MCMC draws for one observation.

@@ -60,6 +60,14 @@ def build_estimator(
         ) from exc
 
 
+#: Wrappers around a family (not selectable by name; rebuilt from their specs only).
+WRAPPERS: dict[str, str] = {"transformed": "simgen.estimators.transformed:TransformedEstimator"}
+
+
 def from_spec(spec: dict[str, Any], embedding_net: nn.Module | None = None) -> ConditionalEstimator:
     """Rebuild an (untrained) estimator from its ``spec``; load the weights afterwards."""
+    if spec.get("name") in WRAPPERS:
+        module_name, cls_name = WRAPPERS[spec["name"]].split(":")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        return cls.from_spec(spec, embedding_net)
     return estimator_class(spec["name"]).from_spec(spec, embedding_net)
