@@ -27,6 +27,25 @@ SDE this is uniform :math:`t`). A posterior much narrower than the prior lives a
 minimised by :math:`s_\phi = \nabla_y \log p_t(y \mid x)` (Vincent, 2011). The VE input is
 scaled by :math:`1/\sqrt{1+\sigma_t^2}` so the network sees unit-scale inputs.
 
+**Linear-Gaussian baseline** (``gaussian_baseline``). As in flow matching
+(:class:`~simgen.estimators.flow_matching.GaussianBaseline`), a ridge fit of
+:math:`\tilde\theta` on :math:`\tilde x` gives :math:`q_0 = \mathcal N(m(x), \Sigma)`,
+:math:`\Sigma = V\Lambda V^\top`. Diffused along the SDE it stays Gaussian,
+:math:`y_t \sim \mathcal N(\alpha_t m, \alpha_t^2\Sigma + \sigma_t^2 I)`, so its score is
+affine and exact and its noise prediction
+:math:`\varepsilon_0 = -\sigma_t\nabla_y\log q_{0,t}` is
+
+.. math::
+    \varepsilon_0(y, t; x) = \sigma_t\,V\,(\alpha_t^2\Lambda + \sigma_t^2)^{-1}\,
+      V^\top (y - \alpha_t m(x)).
+
+The network learns the residual, :math:`\hat\varepsilon_\phi = \varepsilon_0 + r_\phi`
+(sbi's NPSE does the same with the unconditional Gaussian, :math:`m` = prior mean). With
+``precondition=True`` the network's input is :math:`y` whitened under that Gaussian,
+:math:`V(\alpha_t^2\Lambda + \sigma_t^2)^{-1/2}V^\top(y - \alpha_t m)`, instead of
+:math:`y/\sqrt{\alpha_t^2 + \sigma_t^2}`. ``"auto"`` keeps the baseline only when the ridge
+residual looks Gaussian (see ``GaussianBaseline``).
+
 **Sampling** runs either the reverse SDE :math:`dy = [f - g^2 s_\phi]dt + g\,d\bar W`
 (Euler–Maruyama, ``sampler="sde"``) or the probability-flow ODE
 :math:`\dot y = f - \tfrac12 g^2 s_\phi` (``sampler="ode"``, the default), from
@@ -56,6 +75,7 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import ConditionalNet, GenerativeDistribution, LossNoise, standard_normal_log_prob
 from .base import DensityEstimator
+from .flow_matching import GaussianBaseline
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
@@ -76,6 +96,11 @@ class Diffusion(DensityEstimator):
         sigma_min, sigma_max: VE noise schedule (in standardised units).
         eps: Smallest diffusion time.
         context_dropout: Probability of dropping the context in training (for guidance).
+        architecture, time_embedding: See :class:`~simgen.estimators._nets.ConditionalNet`.
+        gaussian_baseline: ``True``, ``False`` or ``"auto"``: learn the residual from the
+            linear-Gaussian noise prediction (see above).
+        precondition: Whiten the network's input under the baseline Gaussian.
+        repeats: Noise draws per training row and step (averaged).
         steps, solver, guidance, exact_trace_max_dim: See
             :class:`~simgen.estimators.ode.SolverConfig`.
     """
@@ -99,6 +124,9 @@ class Diffusion(DensityEstimator):
         context_dropout: float = 0.0,
         architecture: str = "mlp",
         time_embedding: str = "sinusoidal",
+        gaussian_baseline: bool = False,
+        precondition: bool = False,
+        repeats: int = 1,
         steps: int = 50,
         solver: str = "heun",
         guidance: float = 1.0,
@@ -114,6 +142,10 @@ class Diffusion(DensityEstimator):
             raise ConfigError(
                 "Need 0 < beta_min < beta_max, 0 < sigma_min < sigma_max and 0 < eps < 0.5; got "
                 f"{(beta_min, beta_max, sigma_min, sigma_max, eps)}."
+            )
+        if gaussian_baseline not in (True, False, "auto"):
+            raise ConfigError(
+                f"gaussian_baseline must be True, False or 'auto', got {gaussian_baseline!r}."
             )
         if guidance != 1.0 and not context_dropout > 0:
             raise ConfigError(
@@ -132,9 +164,14 @@ class Diffusion(DensityEstimator):
             "context_dropout": context_dropout,
             "architecture": architecture,
             "time_embedding": time_embedding,
+            "gaussian_baseline": gaussian_baseline,
+            "precondition": bool(precondition),
+            "repeats": int(repeats),
             **self.solver.to_dict(),
         }
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
+        self.repeats = int(repeats)
+        self.precondition = bool(precondition)
         self.beta = (float(beta_min), float(beta_max))
         self.sigma_range = (float(sigma_min), float(sigma_max))
         self.net = ConditionalNet(
@@ -147,6 +184,28 @@ class Diffusion(DensityEstimator):
             architecture,
             time_embedding,
         )
+        context_dim = math.prod(self.context_shape)
+        auto = gaussian_baseline == "auto"
+        use_baseline = bool(gaussian_baseline) or precondition
+        self.baseline = GaussianBaseline(context_dim, target_dim, auto) if use_baseline else None
+        self.use_baseline_noise = bool(gaussian_baseline)
+
+    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
+        super().fit_standardization(target, context)
+        if self.baseline is not None:
+            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
+
+    def _flat_context(self, context: Tensor) -> Tensor:
+        nd = len(self.context_shape)
+        flat = self.context_standardizer(context)
+        return flat.reshape(*context.shape[: context.ndim - nd], -1)
+
+    def baseline_mean(self, context: Tensor) -> Tensor:
+        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
+        if self.baseline is None:
+            nd = len(self.context_shape)
+            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
+        return self.baseline.mean(self._flat_context(context))
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)` of the forward process."""
@@ -196,28 +255,44 @@ class Diffusion(DensityEstimator):
         sigma = s0 * (s1 / s0) ** t
         return torch.zeros_like(y), 2 * sigma**2 * math.log(s1 / s0)
 
-    def noise(self, y: Tensor, t: Tensor, c: Tensor, guided: bool = True) -> Tensor:
-        """:math:`\\hat\\varepsilon_\\phi(y_t, t; c)` (guided when ``guidance != 1``)."""
+    def noise(
+        self, y: Tensor, t: Tensor, c: Tensor, m: Tensor | None = None, guided: bool = True
+    ) -> Tensor:
+        """:math:`\\hat\\varepsilon_\\phi(y_t, t; c)` (guided when ``guidance != 1``).
+
+        ``m`` is the baseline mean :math:`m(x)` of each row (needed with a baseline).
+        """
         alpha, sigma = self.marginal(t)
-        scale = (alpha**2 + sigma**2).rsqrt()
-        scale = scale[..., None] if scale.ndim else scale
-        e = self.net(y * scale, t, c)
+        a = alpha[..., None] if alpha.ndim else alpha
+        s = sigma[..., None] if sigma.ndim else sigma
+        base, inp = None, None
+        if self.baseline is not None and self.baseline.on:
+            lam, vecs = self.baseline.eigvals, self.baseline.eigvecs
+            z = (y - a * m) @ vecs
+            var = a * a * lam + s * s
+            if self.use_baseline_noise:
+                base = (z * (s / var)) @ vecs.T
+            if self.precondition:
+                inp = (z * var.rsqrt()) @ vecs.T
+        if inp is None:
+            inp = y * (a * a + s * s).rsqrt()
+        e = self.net(inp, t, c)
         w = self.solver.guidance
         if guided and w != 1.0:
-            e0 = self.net(y * scale, t, c, unconditional=True)
+            e0 = self.net(inp, t, c, unconditional=True)
             e = e0 + w * (e - e0)
-        return e
+        return e if base is None else e + base
 
     def loss(self, target: Tensor, context: Tensor) -> Tensor:
         y = self.target_standardizer(target)
-        c = self.embed(context)
-        draw = LossNoise(self.training, len(y), y.device)
-        y, c = draw.repeat(y), draw.repeat(c)
+        c, m = self.embed(context), self.baseline_mean(context)
+        draw = LossNoise(self.training, len(y), y.device, self.repeats)
+        y, c, m = draw.repeat(y), draw.repeat(c), draw.repeat(m)
         t = self.times(draw.rand(len(y)))
         alpha, sigma = self.marginal(t)
         e = draw.randn(*y.shape)
         yt = alpha[..., None] * y + sigma[..., None] * e
-        return draw.reduce((self.noise(yt, t, c, guided=False) - e).square().sum(-1))
+        return draw.reduce((self.noise(yt, t, c, m, guided=False) - e).square().sum(-1))
 
     def terminal_scale(self) -> float:
         """Standard deviation of the Gaussian used at :math:`t = 1`."""
@@ -225,7 +300,9 @@ class Diffusion(DensityEstimator):
         return float((alpha**2 + sigma**2).sqrt())
 
     def forward(self, context: Tensor) -> Distribution:
-        return DiffusionDistribution(self, self.embed(context))
+        # The baseline mean rides along as the last D feature columns (as in flow matching).
+        features = torch.cat([self.embed(context), self.baseline_mean(context)], dim=-1)
+        return DiffusionDistribution(self, features)
 
 
 class DiffusionDistribution(GenerativeDistribution):
@@ -235,25 +312,32 @@ class DiffusionDistribution(GenerativeDistribution):
         self.estimator = estimator
         super().__init__(features, estimator.target_standardizer)
 
-    def _pf_field(self, c: Tensor):
+    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Context features and baseline means from the joint feature rows."""
+        d = self.event_shape[0]
+        return features[..., :-d], features[..., -d:]
+
+    def _pf_field(self, features: Tensor):
         est = self.estimator
+        c, m = self._split(features)
 
         def field(y: Tensor, t: Tensor) -> Tensor:
             f, g2 = est.drift_and_g2(y, t)
-            return f + 0.5 * g2 * est.noise(y, t, c) / est.marginal(t)[1]
+            return f + 0.5 * g2 * est.noise(y, t, c, m) / est.marginal(t)[1]
 
         return field
 
-    def sample_standard(self, c: Tensor) -> Tensor:
+    def sample_standard(self, features: Tensor) -> Tensor:
         est, cfg = self.estimator, self.estimator.solver
+        c, m = self._split(features)
         ts = est.times(torch.linspace(1, 0, cfg.steps + 1, device=c.device))
         y = est.terminal_scale() * torch.randn(c.shape[0], self.event_shape[0], device=c.device)
         if est.sampler == "ode":
-            return odeint(self._pf_field(c), y, ts, cfg.solver)
+            return odeint(self._pf_field(features), y, ts, cfg.solver)
 
         def drift(y: Tensor, t: Tensor) -> Tensor:
             f, g2 = est.drift_and_g2(y, t)
-            return f + g2 * est.noise(y, t, c) / est.marginal(t)[1]
+            return f + g2 * est.noise(y, t, c, m) / est.marginal(t)[1]
 
         def diffusion(t: Tensor) -> Tensor:
             return est.drift_and_g2(torch.zeros(()), t)[1].sqrt()

@@ -35,6 +35,18 @@ right from the first step, and the network's capacity (and layer norm, which dis
 scale a linear map needs) goes to the non-Gaussian part. Contexts with more than
 ``BASELINE_MAX_FEATURES`` entries use :math:`W = 0` (an unconditional Gaussian).
 
+``gaussian_baseline="auto"`` decides from the data whether the baseline is right: with
+:math:`z` the ridge residual whitened by :math:`\Sigma` (in its eigenbasis), per-direction
+skewness :math:`S_d = \overline{z_d^3}` and excess kurtosis :math:`K_d = \overline{z_d^4} - 3`,
+the non-Gaussianity :math:`E = \frac1D\sum_d (S_d^2 + K_d^2/4)` (the Jarque-Bera statistic
+divided by :math:`N/6`, so :math:`N E/6 \sim \chi^2_2`-like per direction under a Gaussian
+residual) keeps the baseline iff :math:`E \le \max(0.1, 36/N)`. A linear-Gaussian posterior
+leaves a Gaussian, x-independent residual; a nonlinear or non-Gaussian one (two_moons'
+crescent, slcp's sign symmetry) leaves a skewed or heavy-tailed residual whose affine field the
+network would have to cancel. At 1,000 simulations (seeds 0-3): gaussian_linear
+:math:`E = 0.011`-:math:`0.021`, two_moons 4.1-18, slcp 0.33-2.0, bernoulli_glm 0.51-1.1,
+gaussian_mixture 40-98.
+
 **Sampling** integrates :math:`\dot y = v_\phi` from 0 to 1 with a fixed-step solver
 (:class:`~simgen.estimators.ode.SolverConfig`). **log_prob** integrates back from the sample
 to the base with the instantaneous change of variables (:func:`~simgen.estimators.ode.
@@ -61,6 +73,9 @@ __all__ = ["FlowMatching", "FlowMatchingDistribution", "GaussianBaseline"]
 
 #: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
 BASELINE_MAX_FEATURES = 4096
+#: ``gaussian_baseline="auto"`` drops the baseline when the ridge residual's non-Gaussianity
+#: :math:`E` exceeds this (and its null noise level :math:`36/N`); see the module docstring.
+NON_GAUSSIANITY_THRESHOLD = 0.1
 
 
 class GaussianBaseline(nn.Module):
@@ -70,8 +85,13 @@ class GaussianBaseline(nn.Module):
     needs no refit.
     """
 
-    def __init__(self, context_dim: int, target_dim: int):
+    def __init__(self, context_dim: int, target_dim: int, auto: bool = False):
         super().__init__()
+        self.auto = bool(auto)
+        #: :math:`E`, the residual's non-Gaussianity at the last :meth:`fit` (not saved).
+        self.non_gaussianity = float("nan")
+        if self.auto:  # only then, so models saved with a fixed baseline load unchanged
+            self.register_buffer("active", torch.ones(()))
         self.regress = context_dim <= BASELINE_MAX_FEATURES
         rows = context_dim if self.regress else 0
         self.register_buffer("weight", torch.zeros(rows, target_dim))
@@ -97,6 +117,17 @@ class GaussianBaseline(nn.Module):
         eigvals, eigvecs = torch.linalg.eigh(cov)
         self.eigvals.copy_(eigvals.clamp_min(1e-6))
         self.eigvecs.copy_(eigvecs)
+        z = residual @ eigvecs / eigvals.clamp_min(1e-12).sqrt()
+        skew, kurt = z.pow(3).mean(0), z.pow(4).mean(0) - 3
+        self.non_gaussianity = float((skew.square() + kurt.square() / 4).mean())
+        if self.auto:
+            threshold = max(NON_GAUSSIANITY_THRESHOLD, 36 / len(y))
+            self.active.fill_(float(self.non_gaussianity <= threshold))
+
+    @property
+    def on(self) -> bool:
+        """Whether the baseline velocity is used (always, unless ``auto`` switched it off)."""
+        return not self.auto or bool(self.active)
 
     def mean(self, x: Tensor) -> Tensor:
         """:math:`m(x)` for flattened standardised contexts ``(..., F)``."""
@@ -155,7 +186,7 @@ class FlowMatching(DensityEstimator):
         repeats: int = 1,
         architecture: str = "resnet",
         time_embedding: str = "fourier",
-        gaussian_baseline: bool = True,
+        gaussian_baseline: bool | str = True,
         steps: int = 8,
         solver: str = "heun",
         guidance: float = 1.0,
@@ -174,6 +205,10 @@ class FlowMatching(DensityEstimator):
                 "guidance != 1 needs an unconditional field; train with context_dropout > 0 "
                 "(e.g. 0.1) or leave guidance=1.0."
             )
+        if gaussian_baseline not in (True, False, "auto"):
+            raise ConfigError(
+                f"gaussian_baseline must be True, False or 'auto', got {gaussian_baseline!r}."
+            )
         self.options = {
             "hidden_features": list(hidden_features),
             "time_features": time_features,
@@ -183,7 +218,7 @@ class FlowMatching(DensityEstimator):
             "repeats": repeats,
             "architecture": architecture,
             "time_embedding": time_embedding,
-            "gaussian_baseline": bool(gaussian_baseline),
+            "gaussian_baseline": gaussian_baseline,
             **self.solver.to_dict(),
         }
         self.sigma_min = float(sigma_min)
@@ -200,7 +235,11 @@ class FlowMatching(DensityEstimator):
             time_embedding,
         )
         context_dim = math.prod(self.context_shape)
-        self.baseline = GaussianBaseline(context_dim, target_dim) if gaussian_baseline else None
+        self.baseline = (
+            GaussianBaseline(context_dim, target_dim, auto=gaussian_baseline == "auto")
+            if gaussian_baseline
+            else None
+        )
 
     def fit_standardization(self, target: Tensor, context: Tensor) -> None:
         super().fit_standardization(target, context)
@@ -221,7 +260,7 @@ class FlowMatching(DensityEstimator):
 
     def _with_base(self, v: Tensor, y: Tensor, t: Tensor, m: Tensor) -> Tensor:
         """The network's residual ``v`` plus the baseline velocity (``v`` itself without one)."""
-        if self.baseline is None:
+        if self.baseline is None or not self.baseline.on:
             return v
         return v + self.baseline.velocity(y, t, m, self.sigma_min)
 
