@@ -42,7 +42,7 @@ class RatioClassifier(nn.Module):
         theta_dim: int,
         x_shape: Sequence[int],
         embedding_net: nn.Module | None = None,
-        hidden_features: Sequence[int] = (128, 128, 128),
+        hidden_features: Sequence[int] = (64, 64, 64),
     ):
         super().__init__()
         self.theta_dim = int(theta_dim)
