@@ -10,6 +10,11 @@ Run (one thread, as in RESULTS.md)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_seeds --task two_moons --sims 1000 \\
         --seeds 0,1,2,3 --configs '{"fm": ["flow_matching", {}, {}]}' --sbi FMPE
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_seeds --task two_moons --sims 1000 \\
+        --seeds 0,1,2,3 --configs '{"diffusion": ["diffusion", {}, {}]}' --sbi NPSE
+
+sbi's methods train and sample with sbi's defaults (NPSE: VE SDE, its own sampler); only
+training is timed, for simgen and sbi alike. ``--configs '{}'`` runs sbi alone.
 
 ``--configs`` maps a label to ``[estimator, estimator_options, training_options]``.
 Rows are appended to ``--out`` (default ``results_seeds.md``).

@@ -417,7 +417,41 @@ def test_diffusion_gaussian_baseline_is_the_exact_noise_of_a_gaussian():
         s = est(x_o).sample((5000,))[:, 0]
         torch.testing.assert_close(s.mean(0), mean[0], atol=0.04, rtol=0)
         torch.testing.assert_close(torch.cov(s.T), cov, atol=0.04, rtol=0)
-    plain = Diffusion(2, (2,), architecture="resnet")
+    plain = Diffusion(2, (2,), architecture="resnet", gaussian_baseline=False)
     plain.fit_standardization(theta, x)
     plain.eval()
     assert (plain(x_o).sample((1000,))[:, 0].mean(0) - mean[0]).abs().max() > 0.3
+
+
+def test_diffusion_spec_from_before_the_baseline_still_loads():
+    """A session-3 diffusion spec (no baseline options, mlp net) rebuilds the same model."""
+    from simgen.estimators.registry import from_spec
+
+    old = Diffusion(
+        2, (2,), architecture="mlp", time_embedding="sinusoidal", gaussian_baseline=False
+    )
+    spec = old.spec
+    for key in ("gaussian_baseline", "precondition", "repeats"):
+        del spec["options"][key]
+    new = from_spec(spec)
+    new.load_state_dict(old.state_dict())
+    assert new.baseline is None and new.options["architecture"] == "mlp"
+    assert Diffusion(2, (2,)).baseline is not None  # today's default has one
+
+
+def test_diffusion_control_variate_has_zero_mean():
+    """The control variate changes the loss's noise, not its expectation (same weights)."""
+    torch.manual_seed(0)
+    theta, x = torch.randn(4000, 2), torch.randn(4000, 2)
+    with_cv = Diffusion(2, (2,), architecture="mlp", control_variate=10.0)
+    plain = Diffusion(2, (2,), architecture="mlp", control_variate=0.0)
+    plain.load_state_dict(with_cv.state_dict())
+    for est in (with_cv, plain):
+        est.fit_standardization(theta, x)
+    torch.manual_seed(1)
+    a = with_cv.loss(theta, x)
+    torch.manual_seed(1)
+    b = plain.loss(theta, x)
+    diff = a - b  # the control variate itself: zero mean, s.e. ~ 0.05 here
+    assert abs(float(diff.mean())) < 4 * float(diff.std()) / 4000**0.5
+    assert float(a.var()) < float(b.var())  # and it reduces the variance
