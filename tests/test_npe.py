@@ -344,7 +344,24 @@ def test_family_training_defaults_yield_to_the_caller():
     from simgen.training import TrainConfig
 
     defaults = FlowMatching.train_defaults
-    assert defaults == {"learning_rate": 3e-3}
+    assert defaults["learning_rate"] == 3e-3
     assert Method._config(None, {}, defaults).learning_rate == 3e-3
+    assert Method._config(None, {}, defaults).patience == defaults["patience"]
     assert Method._config(None, {"learning_rate": 1e-4}, defaults).learning_rate == 1e-4
     assert Method._config(TrainConfig(), {}, defaults).learning_rate == 1e-3
+    assert Method._config(TrainConfig(), {}, defaults).patience == TrainConfig.patience
+
+
+def test_family_min_epochs_is_capped_by_the_callers_max_epochs():
+    """Diffusion's default ``min_epochs`` (100) must not make ``max_epochs=5`` invalid."""
+    from simgen.estimators.diffusion import Diffusion
+    from simgen.inference.base import Method
+
+    defaults = Diffusion.train_defaults
+    assert defaults["min_epochs"] > 5
+    assert Method._config(None, {}, defaults).min_epochs == defaults["min_epochs"]
+    capped = Method._config(None, {"max_epochs": 5}, defaults)
+    assert (capped.min_epochs, capped.max_epochs) == (5, 5)
+    assert Method._config(None, {"max_epochs": 5, "min_epochs": 2}, defaults).min_epochs == 2
+    with pytest.raises(ConfigError, match="min_epochs"):
+        Method._config(None, {"max_epochs": 5, "min_epochs": 50}, defaults)

@@ -74,8 +74,7 @@ two_moons 0.774, 16.1 s (0.822, 19.9 s); gaussian_linear 0.553, 4.6 s (0.612, 14
 0.957, 8.8 s (0.949, 14.3 s). Early stopping matters as much as the network: with patience
 20 two_moons seed 3 stopped at epoch 20 on the baseline alone (C2ST 0.98; mean 0.855), with
 patience 30 the mean was 0.844, with 50 (the default) 0.774. ``min_epochs=100`` with
-patience 20 gave 0.803 in half the time, but a family default cannot set ``min_epochs``
-(it must not exceed a caller's ``max_epochs``).
+patience 20 gave 0.803 in half the time, and is the default.
 
 **Control variate** (``control_variate`` :math:`c_{\max}`, off by default). For rows with
 :math:`r_t < c_{\max}` the loss adds
@@ -135,11 +134,13 @@ class Diffusion(DensityEstimator):
     """
 
     name = "diffusion"
-    #: 3e-3 as for flow matching, and patience 50: the zero-initialised network starts at the
-    #: baseline, which the first noisy epochs often do not beat within 20 epochs (two_moons
-    #: seed 3 stopped at epoch 20 with the baseline alone, C2ST 0.98). two_moons over seeds
-    #: 0-3: patience 20 0.855, 30 0.844, 50 0.774 (``results_seeds.md``).
-    train_defaults = {"learning_rate": 3e-3, "patience": 50}
+    #: 3e-3 as for flow matching, and at least 100 epochs before early stopping (patience
+    #: 20): the zero-initialised network starts at the baseline, which the first noisy
+    #: epochs often do not beat within 20 epochs (two_moons seed 3 stopped at epoch 20 with
+    #: the baseline alone, C2ST 0.98). two_moons over seeds 0-3: patience 20 0.855, 30
+    #: 0.844, 50 0.774 (0.81 of NPSE's time), 20 after 100 epochs 0.803 (0.40 of it)
+    #: (``results_seeds.md``). A caller's smaller ``max_epochs`` caps ``min_epochs``.
+    train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 20}
     #: Values of options added since the first saved models, for specs that lack them.
     LEGACY_OPTIONS = {
         "hidden_features": [128, 128, 128],

@@ -67,7 +67,15 @@ class Method:
         defaults: dict[str, Any] | None = None,
     ) -> TrainConfig:
         """``config`` with ``overrides``; without a ``config``, the estimator family's
-        measured ``defaults`` (e.g. flow matching's learning rate) come first."""
+        measured ``defaults`` (e.g. flow matching's learning rate) come first.
+
+        A family's default ``min_epochs`` yields to a smaller ``max_epochs`` from the
+        caller (it is capped there), so that ``max_epochs=5`` still means five epochs.
+        """
         if config is None and defaults:
-            overrides = {**defaults, **overrides}
+            merged = {**defaults, **overrides}
+            if "min_epochs" in defaults and "min_epochs" not in overrides:
+                cap = merged.get("max_epochs", TrainConfig.max_epochs)
+                merged["min_epochs"] = min(defaults["min_epochs"], cap)
+            overrides = merged
         return make_config(config, **overrides)
