@@ -137,9 +137,9 @@ def test_maf_likelihood_broadcasts_over_chains() -> None:
     assert samples.shape == (20, 2) and torch.isfinite(samples).all()
 
 
-def test_default_maf_has_ten_transforms() -> None:
+def test_default_maf_has_seven_transforms() -> None:
     prior = gaussian_linear.make(dim=2).prior
-    assert NLE(prior).estimator_options == {"transforms": 10}
+    assert NLE(prior).estimator_options == {"transforms": 7}
     assert NLE(prior, transforms=3, activation="tanh").estimator_options == {
         "transforms": 3,
         "activation": "tanh",
