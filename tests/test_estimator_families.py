@@ -455,3 +455,22 @@ def test_diffusion_control_variate_has_zero_mean():
     diff = a - b  # the control variate itself: zero mean, s.e. ~ 0.05 here
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / 4000**0.5
     assert float(a.var()) < float(b.var())  # and it reduces the variance
+
+
+def test_flow_matching_time_grid_is_warped_toward_the_data_end():
+    """Default grid t_k = 1 - (1 - k/K)^2: shorter steps near t = 1; old specs stay uniform."""
+    from simgen.estimators.registry import from_spec
+
+    fm = FlowMatching(2, (2,))
+    ts = fm.time_grid()
+    assert len(ts) == fm.solver.steps + 1 and float(ts[0]) == 0 and float(ts[-1]) == 1
+    steps = ts.diff()
+    assert bool((steps > 0).all()) and float(steps[-1]) < float(steps[0]) / 10
+    uniform = FlowMatching(2, (2,), grid_power=1.0, steps=4).time_grid()
+    assert torch.equal(uniform, torch.linspace(0, 1, 5))
+    spec = FlowMatching(2, (2,), steps=8).spec
+    del spec["options"]["grid_power"]  # a model saved before the option existed
+    assert torch.equal(from_spec(spec).time_grid(), torch.linspace(0, 1, 9))
+    for bad in (0, -1.0, True, "2"):
+        with pytest.raises(ConfigError, match="grid_power"):
+            FlowMatching(2, (2,), grid_power=bad)

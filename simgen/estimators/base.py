@@ -71,6 +71,8 @@ class ConditionalEstimator(nn.Module, abc.ABC):
     #: Training options this family trains best with (measured), used where the caller
     #: passes neither a ``TrainConfig`` nor the option itself.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: Values of options added after a family's first saved models, for specs that lack them.
+    LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self, target_dim: int, context_shape: Sequence[int], embedding_net: nn.Module | None = None
@@ -113,8 +115,11 @@ class ConditionalEstimator(nn.Module, abc.ABC):
     def from_spec(
         cls, spec: dict[str, Any], embedding_net: nn.Module | None = None
     ) -> ConditionalEstimator:
+        """Rebuild from a spec; options missing from older specs take their old values
+        (:attr:`LEGACY_OPTIONS`), so a saved model behaves as it did when it was saved."""
         embedding = build_embedding(spec["embedding"], custom=embedding_net)
-        return cls(spec["target_dim"], spec["context_shape"], embedding, **spec["options"])
+        options = {**cls.LEGACY_OPTIONS, **spec["options"]}
+        return cls(spec["target_dim"], spec["context_shape"], embedding, **options)
 
     @abc.abstractmethod
     def forward(self, context: Tensor) -> Distribution:

@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +140,6 @@ class Diffusion(DensityEstimator):
     #: 0.844, 50 0.774 (0.81 of NPSE's time), 20 after 100 epochs 0.803 (0.40 of it)
     #: (``results_seeds.md``). A caller's smaller ``max_epochs`` caps ``min_epochs``.
     train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 20}
-    #: Values of options added since the first saved models, for specs that lack them.
     LEGACY_OPTIONS = {
         "hidden_features": [128, 128, 128],
         "time_features": 16,
@@ -255,12 +253,6 @@ class Diffusion(DensityEstimator):
             nd = len(self.context_shape)
             return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
         return self.baseline.mean(self._flat_context(context))
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any], embedding_net: nn.Module | None = None) -> Diffusion:
-        """Rebuild from a spec; options missing from older specs take their old values."""
-        options = {**cls.LEGACY_OPTIONS, **spec["options"]}
-        return super().from_spec({**spec, "options": options}, embedding_net)
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)` of the forward process."""

@@ -48,7 +48,14 @@ network would have to cancel. At 1,000 simulations (seeds 0-3): gaussian_linear
 gaussian_mixture 40-98.
 
 **Sampling** integrates :math:`\dot y = v_\phi` from 0 to 1 with a fixed-step solver
-(:class:`~simgen.estimators.ode.SolverConfig`). **log_prob** integrates back from the sample
+(:class:`~simgen.estimators.ode.SolverConfig`) on the grid :math:`t_k = 1 - (1 - k/K)^p`
+(``steps`` :math:`K = 16`, ``grid_power`` :math:`p = 2`), whose short steps sit at the data end,
+where the field of a concentrated posterior bends hardest. Measured on two_moons (C2ST of
+5,000 draws from one trained model, seed 0): at 10,000 simulations 8 uniform Heun steps
+gave 0.805, 16 uniform 0.696, 16 with :math:`p = 2` 0.648, 32 uniform 0.635 (sbi's FMPE on
+the same data: 0.752); at 1,000 simulations, where the learned field's own error dominates,
+the grid hardly matters (seeds 0-3 in ``benchmarks/results_seeds.md``), nor on slcp.
+10,000 draws cost ~0.4 CPU-s. **log_prob** integrates back from the sample
 to the base with the instantaneous change of variables (:func:`~simgen.estimators.ode.
 ode_log_prob`): exact divergence for :math:`D \le` ``exact_trace_max_dim`` (default 4),
 Hutchinson's unbiased single-probe estimate above it, so ``log_prob`` is then a stochastic
@@ -164,6 +171,8 @@ class FlowMatching(DensityEstimator):
             the baseline gives gaussian_linear 0.547 (0.758 without) but two_moons 0.918
             (0.802 without) and slcp 0.958 (0.950 without); ``"auto"`` picks the better one
             on all three.
+        grid_power: Exponent :math:`p` of the solver's time grid (see the module
+            docstring); 1 is uniform.
         steps, solver, guidance, exact_trace_max_dim: See
             :class:`~simgen.estimators.ode.SolverConfig`.
 
@@ -179,6 +188,8 @@ class FlowMatching(DensityEstimator):
     #: than the loop's 20 (seeds 0-3, ``results_seeds.md``): two_moons 0.788 vs 0.797,
     #: slcp 0.944 vs 0.950, gaussian_linear 0.545 vs 0.548, for ~1.5x the epochs.
     train_defaults = {"learning_rate": 3e-3, "patience": 35}
+    #: Models saved before the warped time grid integrate on a uniform one.
+    LEGACY_OPTIONS = {"grid_power": 1.0}
 
     def __init__(
         self,
@@ -194,7 +205,8 @@ class FlowMatching(DensityEstimator):
         architecture: str = "resnet",
         time_embedding: str = "fourier",
         gaussian_baseline: bool | str = "auto",
-        steps: int = 8,
+        grid_power: float = 2.0,
+        steps: int = 16,
         solver: str = "heun",
         guidance: float = 1.0,
         exact_trace_max_dim: int = 4,
@@ -205,6 +217,10 @@ class FlowMatching(DensityEstimator):
             raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min!r}.")
         if not time_power > -1:
             raise ConfigError(f"time_power must be > -1, got {time_power!r}.")
+        if isinstance(grid_power, bool) or not (
+            isinstance(grid_power, (int, float)) and grid_power > 0
+        ):
+            raise ConfigError(f"grid_power must be a number > 0, got {grid_power!r}.")
         if not 0 <= context_dropout < 1:
             raise ConfigError(f"context_dropout must be in [0, 1), got {context_dropout!r}.")
         if guidance != 1.0 and context_dropout == 0:
@@ -226,8 +242,10 @@ class FlowMatching(DensityEstimator):
             "architecture": architecture,
             "time_embedding": time_embedding,
             "gaussian_baseline": gaussian_baseline,
+            "grid_power": grid_power,
             **self.solver.to_dict(),
         }
+        self.grid_power = float(grid_power)
         self.sigma_min = float(sigma_min)
         self.time_power = float(time_power)
         self.repeats = int(repeats)
@@ -247,6 +265,13 @@ class FlowMatching(DensityEstimator):
             if gaussian_baseline
             else None
         )
+
+    def time_grid(self, device: torch.device | str | None = None) -> Tensor:
+        """The solver's times :math:`t_k = 1 - (1 - k/K)^p`, ``k = 0..K`` (``K = steps``,
+        ``p = grid_power``): from the base (0) to the data (1), with the short steps at
+        the data end when ``p > 1``."""
+        s = torch.linspace(0, 1, self.solver.steps + 1, device=device)
+        return s if self.grid_power == 1 else 1 - (1 - s) ** self.grid_power
 
     def fit_standardization(self, target: Tensor, context: Tensor) -> None:
         super().fit_standardization(target, context)
@@ -340,7 +365,7 @@ class FlowMatchingDistribution(GenerativeDistribution):
 
     def sample_standard(self, c: Tensor) -> Tensor:
         cfg = self.estimator.solver
-        ts = torch.linspace(0, 1, cfg.steps + 1, device=c.device)
+        ts = self.estimator.time_grid(c.device)
         y0 = torch.randn(c.shape[0], self.event_shape[0], device=c.device)
         return odeint(self._field(c), y0, ts, cfg.solver)
 
@@ -352,7 +377,7 @@ class FlowMatchingDistribution(GenerativeDistribution):
         cfg = self.estimator.solver
         features = self.features.reshape(-1, self.features.shape[-1])
         with torch.no_grad():
-            ts = torch.linspace(0, 1, cfg.steps + 1, device=features.device)
+            ts = self.estimator.time_grid(features.device)
             y0 = torch.randn(
                 shape.numel() // len(features),
                 len(features),
@@ -364,6 +389,6 @@ class FlowMatchingDistribution(GenerativeDistribution):
 
     def log_prob_standard(self, y: Tensor, c: Tensor) -> Tensor:
         cfg = self.estimator.solver
-        ts = torch.linspace(1, 0, cfg.steps + 1, device=c.device)
+        ts = self.estimator.time_grid(c.device).flip(0)
         y0, ell = ode_log_prob(self._field(c), y, ts, cfg.solver, cfg.exact_trace_max_dim)
         return standard_normal_log_prob(y0) + ell
