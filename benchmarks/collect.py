@@ -19,7 +19,7 @@ SECTIONS = [
     ),
     (
         "results_seeds.md",
-        "Flow matching vs sbi FMPE over seeds (issue 5)",
+        "Flow matching and diffusion vs sbi FMPE / NPSE over seeds (issue 5)",
         "python -m benchmarks.bench_seeds",
     ),
     ("results_nle_nre.md", "NLE / NRE vs sbi (issue 6)", "python -m benchmarks.bench_nle_nre"),
