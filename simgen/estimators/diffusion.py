@@ -101,14 +101,13 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ._nets import ConditionalNet, GenerativeDistribution, LossNoise, standard_normal_log_prob
-from .base import DensityEstimator
-from .flow_matching import GaussianBaseline
+from .flow_matching import BaselineEstimator, GaussianBaseline
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
 
 
-class Diffusion(DensityEstimator):
+class Diffusion(BaselineEstimator):
     r"""Score-based diffusion :math:`q_\phi(\theta\mid x)`; see the module docstring.
 
     Args:
@@ -236,23 +235,6 @@ class Diffusion(DensityEstimator):
         use_baseline = bool(gaussian_baseline) or precondition
         self.baseline = GaussianBaseline(context_dim, target_dim, auto) if use_baseline else None
         self.use_baseline_noise = bool(gaussian_baseline)
-
-    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
-        super().fit_standardization(target, context)
-        if self.baseline is not None:
-            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
-
-    def _flat_context(self, context: Tensor) -> Tensor:
-        nd = len(self.context_shape)
-        flat = self.context_standardizer(context)
-        return flat.reshape(*context.shape[: context.ndim - nd], -1)
-
-    def baseline_mean(self, context: Tensor) -> Tensor:
-        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
-        if self.baseline is None:
-            nd = len(self.context_shape)
-            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
-        return self.baseline.mean(self._flat_context(context))
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(\\alpha_t, \\sigma_t)` of the forward process."""

@@ -152,7 +152,32 @@ class GaussianBaseline(nn.Module):
         return m + (z * gain) @ self.eigvecs.T
 
 
-class FlowMatching(DensityEstimator):
+class BaselineEstimator(DensityEstimator):
+    """A density estimator that may learn its residual from a :class:`GaussianBaseline`
+    (``self.baseline``, or ``None``), fitted with the standardisation: the shared part of
+    flow matching and diffusion."""
+
+    baseline: GaussianBaseline | None
+
+    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
+        super().fit_standardization(target, context)
+        if self.baseline is not None:
+            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
+
+    def _flat_context(self, context: Tensor) -> Tensor:
+        nd = len(self.context_shape)
+        flat = self.context_standardizer(context)
+        return flat.reshape(*context.shape[: context.ndim - nd], -1)
+
+    def baseline_mean(self, context: Tensor) -> Tensor:
+        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
+        if self.baseline is None:
+            nd = len(self.context_shape)
+            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
+        return self.baseline.mean(self._flat_context(context))
+
+
+class FlowMatching(BaselineEstimator):
     r"""Conditional flow matching :math:`q_\phi(\theta\mid x)`; see the module docstring.
 
     Args:
@@ -272,23 +297,6 @@ class FlowMatching(DensityEstimator):
         the data end when ``p > 1``."""
         s = torch.linspace(0, 1, self.solver.steps + 1, device=device)
         return s if self.grid_power == 1 else 1 - (1 - s) ** self.grid_power
-
-    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
-        super().fit_standardization(target, context)
-        if self.baseline is not None:
-            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
-
-    def _flat_context(self, context: Tensor) -> Tensor:
-        nd = len(self.context_shape)
-        flat = self.context_standardizer(context)
-        return flat.reshape(*context.shape[: context.ndim - nd], -1)
-
-    def baseline_mean(self, context: Tensor) -> Tensor:
-        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
-        if self.baseline is None:
-            nd = len(self.context_shape)
-            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
-        return self.baseline.mean(self._flat_context(context))
 
     def _with_base(self, v: Tensor, y: Tensor, t: Tensor, m: Tensor) -> Tensor:
         """The network's residual ``v`` plus the baseline velocity (``v`` itself without one)."""
