@@ -20,6 +20,7 @@ Run: ``OMP_NUM_THREADS=1 python -m benchmarks.bench_surrogate [--tasks sir,lange
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
@@ -60,9 +61,14 @@ def _cpu_one_at_a_time(fn, theta: torch.Tensor, calls: int = 200) -> float:
 
 
 def _estimator(spec: str) -> tuple[str, dict]:
-    """``"nsf"`` or ``"nsf:log_x"``: the family and NLE options."""
-    family, _, flag = spec.partition(":")
-    return family, ({"log_x": True} if flag == "log_x" else {})
+    """The family and NLE options of ``"nsf"``, ``"nsf:log_x"`` or ``"maf:transforms=10"``
+    (options after ``:`` separated by ``;``, values as JSON; a bare name means ``True``)."""
+    family, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, sep, value = item.partition("=")
+        options[key] = json.loads(value) if sep else True
+    return family, options
 
 
 def run(tasks: list[str], estimators: list[str], n: int, out: Path) -> None:
