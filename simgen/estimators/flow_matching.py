@@ -57,7 +57,8 @@ where the field of a concentrated posterior bends hardest. Measured on two_moons
 5,000 draws from one trained model, seed 0): at 10,000 simulations 8 uniform Heun steps
 gave 0.805, 16 uniform 0.696, 16 with :math:`p = 2` 0.648, 32 uniform 0.635 (sbi's FMPE on
 the same data: 0.752); at 1,000 simulations, where the learned field's own error dominates,
-the grid hardly matters (seeds 0-3 in ``benchmarks/results_seeds.md``), nor on slcp.
+it moved the mean over seeds 0-3 by 0.02 (0.788 to 0.767, ``benchmarks/results_seeds.md``);
+on slcp no grid moved C2ST by more than 0.005.
 10,000 draws cost ~0.4 CPU-s. **log_prob** integrates back from the sample
 to the base with the instantaneous change of variables (:func:`~simgen.estimators.ode.
 ode_log_prob`): exact divergence for :math:`D \le` ``exact_trace_max_dim`` (default 4),
