@@ -365,3 +365,31 @@ def test_family_min_epochs_is_capped_by_the_callers_max_epochs():
     assert Method._config(None, {"max_epochs": 5, "min_epochs": 2}, defaults).min_epochs == 2
     with pytest.raises(ConfigError, match="min_epochs"):
         Method._config(None, {"max_epochs": 5, "min_epochs": 50}, defaults)
+
+
+def test_weight_average_still_stops_early():
+    """With ``ema > 0`` early stopping must still count epochs without improvement.
+
+    The loss ``(w - mean θ)²`` is minimised within a few epochs; after that the averaged
+    weight only jitters, so training must stop long before ``max_epochs``.
+    """
+    from torch import nn
+
+    from simgen.training import TrainConfig, fit
+
+    class Mean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, theta, x):
+            return (self.w - theta).square().mean()
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(500, 1, generator=g)
+    config = TrainConfig(
+        max_epochs=2000, patience=10, ema=0.9, learning_rate=0.05, progress=False, batch_size=50
+    )
+    history = fit(Mean(), theta, torch.zeros(500, 1), config)
+    assert history.stopped_early
+    assert history.epochs < 500
