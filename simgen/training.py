@@ -44,7 +44,12 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         seed: Seeds the initialisation, the split and the shuffling (``None``: random).
         progress: Show a progress bar over epochs.
-        min_epochs: Epochs always run before early stopping may trigger.
+        min_epochs: Epochs always run before early stopping (or learning-rate decay) may
+            trigger.
+        min_steps: Optimizer steps always run before early stopping (or learning-rate
+            decay) may trigger, whatever the epoch count; a floor that scales with the
+            data, where ``min_epochs`` scales with passes (1,000 simulations at batch 256
+            are 3 steps an epoch). ``max_epochs`` still ends training.
         ema: Decay ``b`` of an exponential moving average of the weights,
             ``w_avg <- b * w_avg + (1 - b) * w`` after every step (0 disables). Validation,
             early stopping and the returned weights then use ``w_avg``. (Before session 6
@@ -64,6 +69,7 @@ class TrainConfig:
     seed: int | None = 0
     progress: bool = True
     min_epochs: int = 1
+    min_steps: int = 0
     ema: float = 0.0
 
     def __post_init__(self) -> None:
@@ -86,6 +92,10 @@ class TrainConfig:
         need(
             _is_int(self.min_epochs) and 1 <= self.min_epochs <= self.max_epochs,
             f"min_epochs must be in [1, max_epochs], got {self.min_epochs!r}.",
+        )
+        need(
+            _is_int(self.min_steps) and self.min_steps >= 0,
+            f"min_steps must be a non-negative integer, got {self.min_steps!r}.",
         )
         need(
             _is_int(self.patience) and self.patience >= 1,
@@ -246,7 +256,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
     average = _WeightAverage(params, config.ema) if config.ema > 0 else None
     history = History(num_train=len(train_idx), num_validation=len(val_idx))
     best_state = copy.deepcopy(loss.state_dict())
-    since_best = 0
+    since_best, total_steps = 0, 0
     n, bs = len(theta_tr), min(config.batch_size, len(theta_tr))
     chunk = max(bs, 4096)
     bar = None
@@ -286,13 +296,17 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             if average is not None:
                 average.swap()  # back to the live weights to go on training
             since_best += 1
-            if config.lr_decay < 1 and since_best % max(config.patience // 2, 1) == 0:
+            total_steps += steps
+            # No decay (and no stop) in the warm-up: the loss may sit on a plateau there.
+            warm = epoch + 1 < config.min_epochs or total_steps < config.min_steps
+            decay_now = since_best % max(config.patience // 2, 1) == 0
+            if config.lr_decay < 1 and not warm and decay_now:
                 for group in optimizer.param_groups:
                     group["lr"] *= config.lr_decay
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(val_loss=f"{val:.4f}", best=history.best_epoch)
-            if since_best >= config.patience and epoch + 1 >= config.min_epochs:
+            if since_best >= config.patience and not warm:
                 history.stopped_early = True
                 break
     except KeyboardInterrupt:

@@ -375,7 +375,7 @@ def test_weight_average_still_stops_early():
     """
     from torch import nn
 
-    from simgen.training import TrainConfig, fit
+    from simgen.training import TrainConfig, fit, make_config
 
     class Mean(nn.Module):
         def __init__(self):
@@ -393,3 +393,8 @@ def test_weight_average_still_stops_early():
     history = fit(Mean(), theta, torch.zeros(500, 1), config)
     assert history.stopped_early
     assert history.epochs < 500
+    # min_steps holds early stopping off: 10 steps an epoch, so at least 60 epochs.
+    held = fit(Mean(), theta, torch.zeros(500, 1), make_config(config, min_steps=600))
+    assert held.stopped_early and held.epochs >= 60 > history.epochs
+    with pytest.raises(ConfigError, match="min_steps"):
+        make_config(config, min_steps=-1)

@@ -71,6 +71,9 @@ class ConditionalEstimator(nn.Module, abc.ABC):
     #: Training options this family trains best with (measured), used where the caller
     #: passes neither a ``TrainConfig`` nor the option itself.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: How NPE keeps a bounded prior's support with this family (``NPE(support=None)``):
+    #: ``"transform"`` or ``"reject"`` (see :mod:`simgen.posterior`).
+    npe_support: ClassVar[str] = "transform"
     #: Values of options added after a family's first saved models, for specs that lack them.
     LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {}
 

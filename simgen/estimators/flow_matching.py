@@ -212,6 +212,7 @@ class FlowMatching(BaselineEstimator):
     """
 
     name = "flow_matching"
+    npe_support = "reject"
     #: Measured on two_moons (4 seeds, no baseline): 3e-3 reached C2ST 0.80 where 1e-3
     #: stopped at 0.92 (the layer-normed net tolerates the larger step). Patience 35 rather
     #: than the loop's 20 (seeds 0-3, ``results_seeds.md``): two_moons 0.788 vs 0.797,

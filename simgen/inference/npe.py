@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from ..errors import ConfigError
 from ..estimators.registry import build_estimator, estimator_class
 from ..losses import NPELoss
-from ..posterior import DirectPosterior
+from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
 from ..training import TrainConfig, fit
 from .base import Method, check_simulations
@@ -32,6 +33,12 @@ class NPE(Method):
             ``"flow_matching"``, ``"diffusion"``, ``"consistency"``, ``"vae"``, ``"gan"``.
         embedding_net: Optional network compressing x to a summary vector (see
             :mod:`simgen.nets`).
+        support: How a bounded prior's support is kept: ``"transform"`` (model
+            :math:`T^{-1}(\\theta)`, samples inside by construction) or ``"reject"`` (model
+            :math:`\\theta`, reject draws outside, renormalise the density); see
+            :mod:`simgen.posterior`. ``None`` (default) takes the family's measured choice,
+            ``npe_support``: ``"reject"`` for flow matching and diffusion, ``"transform"``
+            for the others.
         **estimator_options: Passed to the family (e.g. ``transforms=5``,
             ``hidden_features=(64, 64)`` for flows).
 
@@ -45,10 +52,15 @@ class NPE(Method):
         prior: Distribution,
         estimator: str = "nsf",
         embedding_net: nn.Module | None = None,
+        support: str | None = None,
         **estimator_options: Any,
     ):
         super().__init__(prior)
-        estimator_class(estimator)  # fail fast on an unknown name
+        family = estimator_class(estimator)  # fail fast on an unknown name
+        support = family.npe_support if support is None else support
+        if support not in SUPPORT_MODES:
+            raise ConfigError(f"support must be one of {SUPPORT_MODES} or None, got {support!r}.")
+        self.support = support
         self.estimator_name = estimator
         self.embedding_net = embedding_net
         self.estimator_options = estimator_options
@@ -69,7 +81,7 @@ class NPE(Method):
         defaults = estimator_class(self.estimator_name).train_defaults
         config = self._config(config, config_options, defaults)
         theta, x = check_simulations(self.prior, theta, x)
-        u = support_transform(self.prior).inv(theta)
+        u = theta if self.support == "reject" else support_transform(self.prior).inv(theta)
         with torch.random.fork_rng(devices=[]):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
@@ -87,4 +99,5 @@ class NPE(Method):
             self.prior,
             history=self.history,
             method="npe",
+            support=self.support,
         )
