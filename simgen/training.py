@@ -44,10 +44,9 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         seed: Seeds the initialisation, the split and the shuffling (``None``: random).
         progress: Show a progress bar over epochs.
-        min_epochs: Epochs always run before early stopping (or learning-rate decay) may
-            trigger.
-        min_steps: Optimizer steps always run before early stopping (or learning-rate
-            decay) may trigger, whatever the epoch count; a floor that scales with the
+        min_epochs: Epochs always run before early stopping may trigger.
+        min_steps: Optimizer steps always run before early stopping may trigger, whatever
+            the epoch count; a floor that scales with the
             data, where ``min_epochs`` scales with passes (1,000 simulations at batch 256
             are 3 steps an epoch). ``max_epochs`` still ends training.
         ema: Decay ``b`` of an exponential moving average of the weights,
@@ -297,10 +296,11 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
                 average.swap()  # back to the live weights to go on training
             since_best += 1
             total_steps += steps
-            # No decay (and no stop) in the warm-up: the loss may sit on a plateau there.
+            # The learning rate decays on stalls even in the warm-up (as before min_steps
+            # existed: diffusion's two_moons mean over seeds 0-3 went from 0.807 to 0.876
+            # when the first 100 epochs ran undecayed); only stopping waits.
             warm = epoch + 1 < config.min_epochs or total_steps < config.min_steps
-            decay_now = since_best % max(config.patience // 2, 1) == 0
-            if config.lr_decay < 1 and not warm and decay_now:
+            if config.lr_decay < 1 and since_best % max(config.patience // 2, 1) == 0:
                 for group in optimizer.param_groups:
                     group["lr"] *= config.lr_decay
             if bar is not None:
