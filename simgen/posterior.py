@@ -366,7 +366,8 @@ class DirectPosterior(Posterior):
         while min(filled) < num:
             need = num - min(filled)
             rate = max(accepted / drawn, MIN_ACCEPTANCE) if drawn else 1.0
-            k = min(max(int(1.1 * need / rate) + 16, 64), _CHUNK)
+            # At most ~_CHUNK rows a round, whatever the number of observations.
+            k = min(max(int(1.1 * need / rate) + 16, 64), max(_CHUNK // len(x), 64))
             theta = self.estimator.draw(k, x)
             inside = in_support(self.prior, theta.to(self._prior_device())).to(theta.device)
             drawn, accepted = drawn + k * len(x), accepted + int(inside.sum())

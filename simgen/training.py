@@ -46,9 +46,9 @@ class TrainConfig:
         progress: Show a progress bar over epochs.
         min_epochs: Epochs always run before early stopping may trigger.
         min_steps: Optimizer steps always run before early stopping may trigger, whatever
-            the epoch count; a floor that scales with the
-            data, where ``min_epochs`` scales with passes (1,000 simulations at batch 256
-            are 3 steps an epoch). ``max_epochs`` still ends training.
+            the epoch count: a floor in steps, where ``min_epochs`` counts passes (1,000
+            simulations at batch 256 are 3 steps an epoch). ``max_epochs`` still ends
+            training.
         ema: Decay ``b`` of an exponential moving average of the weights,
             ``w_avg <- b * w_avg + (1 - b) * w`` after every step (0 disables). Validation,
             early stopping and the returned weights then use ``w_avg``. (Before session 6

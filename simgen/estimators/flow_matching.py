@@ -56,8 +56,8 @@ rather than modelling :math:`\mathrm{logit}`-type coordinates. Fitted on 1,000 s
 simulations in logit space the field stays broad there, and a broad law in logit space
 piles mass against the faces of the box (posterior std of :math:`\theta_1` 1.6 against the
 reference's 0.7): over seeds 0-7 slcp went from C2ST 0.952 to 0.932 (sbi's FMPE, which
-also rejects, 0.944), and at 10,000 simulations (seed 0) from 0.788 to 0.738 (FMPE 0.806).
-Unbounded priors (gaussian_linear) are unaffected.
+also rejects, 0.943 in the same run), and at 10,000 simulations (seed 0) from 0.788 to
+0.738 (FMPE 0.806). Unbounded priors (gaussian_linear) are unaffected.
 
 **Sampling** integrates :math:`\dot y = v_\phi` from 0 to 1 with a fixed-step solver
 (:class:`~simgen.estimators.ode.SolverConfig`) on the grid :math:`t_k = 1 - (1 - k/K)^p`
