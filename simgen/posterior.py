@@ -390,13 +390,16 @@ class DirectPosterior(Posterior):
         missing = [i for i, key in enumerate(keys) if key not in self._log_z]
         if missing:
             devices = [] if x.device.type == "cpu" else [x.device]
-            with torch.no_grad(), torch.random.fork_rng(devices=devices):
-                torch.manual_seed(0)
-                theta = self.estimator.draw(LEAKAGE_DRAWS, x[missing])
-                inside = in_support(self.prior, theta.to(self._prior_device()))
-                share = inside.float().mean(0).clamp_min(1.0 / LEAKAGE_DRAWS)
-            for i, value in zip(missing, share.log()):
-                self._log_z[keys[i]] = value.to(x.device)
+            per_round = max(1, 10 * _CHUNK // LEAKAGE_DRAWS)  # observations a round
+            for start in range(0, len(missing), per_round):
+                part = missing[start : start + per_round]
+                with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(0)
+                    theta = self.estimator.draw(LEAKAGE_DRAWS, x[part])
+                    inside = in_support(self.prior, theta.to(self._prior_device()))
+                    share = inside.float().mean(0).clamp_min(1.0 / LEAKAGE_DRAWS)
+                for i, value in zip(part, share.log()):
+                    self._log_z[keys[i]] = value.to(x.device)
         return torch.stack([self._log_z[key] for key in keys])
 
     def _clamp_into_support(self, theta: Tensor) -> Tensor:
@@ -408,8 +411,12 @@ class DirectPosterior(Posterior):
         eps = 1e-6 * (high - low)
         return torch.minimum(torch.maximum(theta, low + eps), high - eps)
 
-    def log_prob(self, theta: Any, x: Any = None, **_: Any) -> Tensor:
-        """:math:`\\log q(\\theta \\mid x)`, normalised over the support; ``-inf`` outside it."""
+    def log_prob(self, theta: Any, x: Any = None, norm_posterior: bool = True, **_: Any) -> Tensor:
+        """:math:`\\log q(\\theta \\mid x)`, normalised over the support; ``-inf`` outside it.
+
+        ``norm_posterior=False`` (sbi's name) skips the Monte-Carlo :math:`Z(x)` of
+        ``support="reject"``: a constant per x, irrelevant to ranking (coverage passes it).
+        """
         if isinstance(self.estimator, SampleOnlyEstimator):
             raise NoDensityError(
                 f"The {self.estimator.name!r} estimator is sample-only and has no density. "
@@ -422,17 +429,18 @@ class DirectPosterior(Posterior):
         # built and the result never requires grad, whatever the family.
         with torch.set_grad_enabled(theta.requires_grad):
             logp = self._dist(xo).log_prob(theta[..., None, :])[..., 0]
-        if self.support == "reject":
+        if self.support == "reject" and norm_posterior:
             logp = logp - self._log_acceptance(xo)[0]
         return self._mask_support(theta, logp)
 
-    def log_prob_batched(self, theta: Any, x: Any) -> Tensor:
-        """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``."""
+    def log_prob_batched(self, theta: Any, x: Any, norm_posterior: bool = True) -> Tensor:
+        """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``
+        (``norm_posterior`` as in :meth:`log_prob`)."""
         theta = self._theta(theta).to(self.device)
         xs = self._batch_x(x).to(self.device)
         with torch.set_grad_enabled(theta.requires_grad):
             logp = self._dist(xs).log_prob(theta)
-        if self.support == "reject":
+        if self.support == "reject" and norm_posterior:
             logp = logp - self._log_acceptance(xs)
         return self._mask_support(theta, logp)
 

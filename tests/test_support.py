@@ -80,3 +80,17 @@ def test_support_mode_survives_save_and_load(leaky_posterior, tmp_path):
     theta = torch.tensor([[0.2], [0.8]])
     x_o = torch.tensor([0.9])
     assert torch.allclose(loaded.log_prob(theta, x=x_o), leaky_posterior.log_prob(theta, x=x_o))
+
+
+def test_unnormalised_density_skips_the_acceptance(leaky_posterior):
+    """``norm_posterior=False`` (what coverage passes) differs by exactly log Z(x) and draws
+    nothing for Z."""
+    theta, x_o = torch.tensor([[0.2], [0.8]]), torch.tensor([0.7])
+    raw = leaky_posterior.log_prob(theta, x=x_o, norm_posterior=False)
+    assert x_o.numpy().tobytes() not in leaky_posterior._log_z
+    normed = leaky_posterior.log_prob(theta, x=x_o)
+    assert x_o.numpy().tobytes() in leaky_posterior._log_z
+    log_z = leaky_posterior._log_acceptance(x_o[None])[0]
+    assert log_z < 0 and torch.allclose(normed, raw - log_z)
+    batched = leaky_posterior.log_prob_batched(theta[:, None], x=[[0.7]], norm_posterior=False)
+    assert torch.allclose(batched[:, 0], raw, atol=1e-5)
