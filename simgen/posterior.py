@@ -23,7 +23,7 @@ outside the support are rejected, and the density is renormalised over the suppo
 
 with :math:`Z(x)` a Monte-Carlo estimate from ``LEAKAGE_DRAWS`` draws (cached per x), so
 ``log_prob`` is then an estimate up to that constant. Which is better depends on the family:
-a flow's tails map cleanly through a logit, while a flow-matching field fitted
+a flow's tails map cleanly through a logit, while a flow-matching or diffusion field fitted
 on 1,000 slcp simulations stays broad in logit space and piles mass against the box's faces
 (C2ST over 8 seeds 0.952 with the transform, 0.932 with rejection;
 ``benchmarks/results_seeds.md``).

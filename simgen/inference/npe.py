@@ -37,8 +37,8 @@ class NPE(Method):
             :math:`T^{-1}(\\theta)`, samples inside by construction) or ``"reject"`` (model
             :math:`\\theta`, reject draws outside, renormalise the density); see
             :mod:`simgen.posterior`. ``None`` (default) takes the family's measured choice,
-            ``npe_support``: ``"reject"`` for flow matching, ``"transform"`` for the
-            others.
+            ``npe_support``: ``"reject"`` for flow matching and diffusion,
+            ``"transform"`` for the others.
         **estimator_options: Passed to the family (e.g. ``transforms=5``,
             ``hidden_features=(64, 64)`` for flows).
 
