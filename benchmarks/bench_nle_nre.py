@@ -33,6 +33,7 @@ import torch
 
 import simgen
 import simulators
+from benchmarks import warm_up_torch
 from simgen.diagnostics.c2st import c2st
 from simgen.inference import NLE, NRE
 
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--out", default=OUT)
     args = parser.parse_args()
+    warm_up_torch()
     global clock
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     n = 1000 if args.quick else args.simulations

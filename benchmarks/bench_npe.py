@@ -20,6 +20,7 @@ import torch
 
 import simgen
 import simulators
+from benchmarks import warm_up_torch
 from simgen.diagnostics.c2st import c2st
 
 OUT = os.path.join(os.path.dirname(__file__), "results_npe.md")
@@ -75,6 +76,7 @@ def main() -> None:
         help="samples per set in C2ST (sbibm uses 10,000; slower)",
     )
     args = parser.parse_args()
+    warm_up_torch()
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     n_obs = 1 if args.quick else args.observations
     n_samples = 10_000

@@ -33,6 +33,7 @@ import torch
 
 import simgen
 import simulators
+from benchmarks import warm_up_torch
 from simgen.diagnostics.c2st import c2st
 
 __all__ = ["run"]
@@ -72,6 +73,7 @@ def _sbi(task, theta, x, seed, method):
 
 
 def run(task_name: str, n: int, seeds: list[int], configs: dict, sbi: list[str], out: Path):
+    warm_up_torch()
     task = simulators.get(task_name)
     ref = task.reference_posterior(task.x_o, 5000, seed=0)
     if not out.exists():

@@ -30,6 +30,7 @@ import torch
 
 import simgen
 import simulators
+from benchmarks import warm_up_torch
 from simgen.diagnostics.c2st import c2st
 
 __all__ = ["run"]
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--simulations", type=int, default=10_000)
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_surrogate.md")))
     args = parser.parse_args()
+    warm_up_torch()
     run(
         args.tasks.split(","),
         args.estimators.split(","),
