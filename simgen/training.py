@@ -212,6 +212,32 @@ class _WeightAverage:
             a.copy_(tmp)
 
 
+def _clip_grad_norm_(params: list[Tensor], max_norm: float) -> None:
+    r"""Scale the gradients by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`.
+
+    The same update as ``torch.nn.utils.clip_grad_norm_`` (one global 2-norm over all
+    gradients), in three foreach kernels without its per-call dispatch and grouping overhead:
+    0.37 ms a step for the diffusion net on CPU (7% of a 1,000-simulation fit, session 7).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
+
+
+def _snapshot(module: nn.Module) -> dict:
+    """A detached copy of ``module``'s state: tensor clones, not ``copy.deepcopy``.
+
+    Taken at every validation improvement. For the diffusion net deepcopy's per-object
+    reconstruction cost about 3 ms a time, 5% of a 1,000-simulation fit (session 7).
+    """
+    return {
+        k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+        for k, v in module.state_dict().items()
+    }
+
+
 @torch.no_grad()
 def _mean_loss(loss: nn.Module, theta: Tensor, x: Tensor, chunk: int) -> float:
     total = 0.0
@@ -254,7 +280,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
     )
     average = _WeightAverage(params, config.ema) if config.ema > 0 else None
     history = History(num_train=len(train_idx), num_validation=len(val_idx))
-    best_state = copy.deepcopy(loss.state_dict())
+    best_state = _snapshot(loss)
     since_best, total_steps = 0, 0
     n, bs = len(theta_tr), min(config.batch_size, len(theta_tr))
     chunk = max(bs, 4096)
@@ -272,10 +298,11 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             for i in range(0, n - bs + 1, bs):  # drop the ragged last batch
                 idx = perm[i : i + bs]
                 value = loss(theta_tr[idx], x_tr[idx])
-                optimizer.zero_grad(set_to_none=True)
+                for p in params:  # optimizer.zero_grad(set_to_none=True), minus its hooks
+                    p.grad = None
                 value.backward()
                 if config.clip_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+                    _clip_grad_norm_(params, config.clip_grad_norm)
                 optimizer.step()
                 if average is not None:
                     average.update()
@@ -290,7 +317,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             history.epochs = epoch + 1
             if val < history.best_validation_loss:
                 history.best_validation_loss, history.best_epoch = val, epoch
-                best_state = copy.deepcopy(loss.state_dict())
+                best_state = _snapshot(loss)
                 since_best = 0
             if average is not None:
                 average.swap()  # back to the live weights to go on training
