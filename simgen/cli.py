@@ -89,14 +89,20 @@ def simulate(
     bank: Path | None = typer.Option(
         None, help="zarr bank that keeps every finished batch; rerun to resume after Ctrl-C."
     ),
+    joint: bool = typer.Option(
+        False,
+        help="also save each simulation's joint log-density and joint score (simulators "
+        "with a trace: langevin, particle_shower).",
+    ),
 ) -> None:
-    """Simulate a built-in task and save {'theta', 'x'} to OUT."""
+    """Simulate a built-in task and save {'theta', 'x'} (with --joint also 'joint_log_prob'
+    and 'joint_score') to OUT."""
     import torch
 
     from .simulate import simulate as run
 
     t = _task(task)
-    theta, x = run(
+    result = run(
         t.simulator,
         t.prior,
         num_simulations,
@@ -104,9 +110,13 @@ def simulate(
         batch_size=batch_size,
         progress=True,
         bank=bank,
+        joint=joint,
     )
-    torch.save({"theta": theta, "x": x}, out)
-    typer.echo(f"wrote {len(theta)} simulations to {out}")
+    saved = {"theta": result.theta, "x": result.x}
+    if joint:
+        saved.update(joint_log_prob=result.joint_log_prob, joint_score=result.joint_score)
+    torch.save(saved, out)
+    typer.echo(f"wrote {len(result.theta)} simulations to {out}")
 
 
 def _method(name: str, prior: Any, estimator: str) -> Any:

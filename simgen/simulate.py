@@ -10,6 +10,14 @@ isolated; rows whose output holds NaN or ±inf are dropped. Both are counted, re
 :class:`~simgen.errors.SimulationWarning`, and kept on the result (``.failed_theta``,
 ``.errors``) so nothing is lost; if every simulation fails, a
 :class:`~simgen.errors.SimulationError` says why.
+
+With ``joint=True`` each batch runs the simulator's ``trace`` instead of its call, and the
+result also carries the joint log-density :math:`\\log p(x, z \\mid \\theta)` ``(N,)`` and the
+joint score :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` ``(N, D)`` of every simulation
+(``.joint_log_prob``, ``.joint_score``), banked like ``x``. ``x`` is the same as without
+``joint``: ``trace`` and the call draw from the same seeded generator. The latents
+themselves are not kept (their size may change from batch to batch); call
+``simulator.trace`` for them.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .bank import NONFINITE, NOT_RUN, OK, RAISED, Bank
+from .bank import JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, Bank
 from .errors import ShapeError, SimulationError, SimulationInterrupted, SimulationWarning
 from .priors import check_prior
 from .simulator import Simulator, as_simulator
@@ -43,6 +51,10 @@ class Simulations(tuple):
         errors: A few distinct error messages of the simulations that raised.
         num_raised: How many simulations raised.
         num_nonfinite: How many returned NaN or ±inf.
+        joint_log_prob: ``(N_ok,)`` :math:`\\log p(x, z \\mid \\theta)` with ``joint=True``,
+            else None.
+        joint_score: ``(N_ok, D)`` :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` with
+            ``joint=True``, else None.
     """
 
     theta: Tensor
@@ -51,6 +63,8 @@ class Simulations(tuple):
     errors: list[str]
     num_raised: int
     num_nonfinite: int
+    joint_log_prob: Tensor | None = None
+    joint_score: Tensor | None = None
 
     def __new__(cls, theta: Tensor, x: Tensor, **info: object) -> Simulations:
         self = super().__new__(cls, (theta, x))
@@ -82,17 +96,32 @@ def _as_tensor(x: object, n: int) -> Tensor:
     return x.float() if x.dtype == torch.float64 else x
 
 
+Outputs = dict[str, Tensor]
+
+
+def _call(sim: Simulator, theta: Tensor, generator: torch.Generator, joint: bool) -> Outputs:
+    """One simulator call as named outputs, each with a row per row of ``theta``."""
+    n = theta.shape[0]
+    if not joint:
+        return {"x": _as_tensor(sim(theta, generator=generator), n)}
+    trace = sim.trace(theta, generator=generator)
+    outputs = {"x": _as_tensor(trace.x, n)}
+    for name in JOINT_ARRAYS:
+        outputs[name] = _as_tensor(getattr(trace, name), n)
+    return outputs
+
+
 def _call_isolating_failures(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str]
-) -> tuple[Tensor | None, Tensor]:
+    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
+) -> tuple[Outputs | None, Tensor]:
     """Simulate ``theta``; on an exception, bisect to find the rows that raise.
 
-    Returns ``(x, ok)`` where ``x`` has a row for every row of ``theta`` (garbage where
-    ``ok`` is False) or is None when every row failed.
+    Returns ``(outputs, ok)`` where every output has a row for every row of ``theta``
+    (garbage where ``ok`` is False), or ``outputs`` is None when every row failed.
     """
     n = theta.shape[0]
     try:
-        return _as_tensor(sim(theta, generator=generator), n), torch.ones(n, dtype=torch.bool)
+        return _call(sim, theta, generator, joint), torch.ones(n, dtype=torch.bool)
     except ShapeError:
         raise
     except Exception as exc:  # noqa: BLE001 - any simulator failure is recorded, not fatal
@@ -102,54 +131,78 @@ def _call_isolating_failures(
             return None, torch.zeros(1, dtype=torch.bool)
     half = n // 2
     parts = [
-        _call_isolating_failures(sim, theta[:half], generator, errors),
-        _call_isolating_failures(sim, theta[half:], generator, errors),
+        _call_isolating_failures(sim, theta[:half], generator, errors, joint),
+        _call_isolating_failures(sim, theta[half:], generator, errors, joint),
     ]
-    template = next((x for x, _ in parts if x is not None), None)
+    template = next((out for out, _ in parts if out is not None), None)
     if template is None:
         return None, torch.zeros(n, dtype=torch.bool)
-    xs = [
-        x if x is not None else template.new_zeros((len(ok), *template.shape[1:]))
-        for x, ok in parts
-    ]
-    return torch.cat(xs), torch.cat([ok for _, ok in parts])
+    merged = {
+        name: torch.cat(
+            [
+                out[name] if out is not None else first.new_zeros((len(ok), *first.shape[1:]))
+                for out, ok in parts
+            ]
+        )
+        for name, first in template.items()
+    }
+    return merged, torch.cat([ok for _, ok in parts])
 
 
 def _simulate_batch(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str]
-) -> tuple[Tensor | None, np.ndarray]:
-    """``(x or None, status)`` for one batch; status codes as in :mod:`simgen.bank`."""
-    x, ok = _call_isolating_failures(sim, theta, generator, errors)
+    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
+) -> tuple[Outputs | None, np.ndarray]:
+    """``(outputs or None, status)`` for one batch; status codes as in :mod:`simgen.bank`.
+
+    A row is ``NONFINITE`` when any of its outputs (``x``, or with ``joint`` also the
+    log-density or score) holds NaN or ±inf.
+    """
+    outputs, ok = _call_isolating_failures(sim, theta, generator, errors, joint)
     status = np.where(ok.numpy(), OK, RAISED).astype(np.int8)
-    if x is not None:
-        finite = torch.isfinite(x.reshape(len(x), -1).float()).all(-1).numpy()
-        status[(status == OK) & ~finite] = NONFINITE
-    return x, status
+    if outputs is not None:
+        finite = torch.stack(
+            [torch.isfinite(v.reshape(len(v), -1).float()).all(-1) for v in outputs.values()]
+        ).all(0)
+        status[(status == OK) & ~finite.numpy()] = NONFINITE
+    return outputs, status
 
 
 def _assemble(
-    n: int, batch_size: int, xs: dict[int, Tensor | None], statuses: dict[int, np.ndarray]
-) -> tuple[Tensor | None, np.ndarray]:
-    """In-memory counterpart of a bank: ``(x, status)`` over all ``n`` rows."""
+    n: int,
+    batch_size: int,
+    outs: dict[int, Outputs | None],
+    statuses: dict[int, np.ndarray],
+) -> tuple[Outputs | None, np.ndarray]:
+    """In-memory counterpart of a bank: ``(outputs, status)`` over all ``n`` rows."""
     status = np.full(n, NOT_RUN, dtype=np.int8)
-    template = next((x for x in xs.values() if x is not None), None)
-    x_all = None if template is None else template.new_zeros((n, *template.shape[1:]))
+    template = next((out for out in outs.values() if out is not None), None)
+    merged = (
+        None
+        if template is None
+        else {name: v.new_zeros((n, *v.shape[1:])) for name, v in template.items()}
+    )
     for b, batch_status in statuses.items():
         rows = slice(b * batch_size, b * batch_size + len(batch_status))
         status[rows] = batch_status
-        if xs[b] is not None:
-            x_all[rows] = xs[b]
-    return x_all, status
+        if outs[b] is not None:
+            for name, value in outs[b].items():
+                merged[name][rows] = value
+    return merged, status
 
 
 def _collect(
-    theta: Tensor, x: Tensor | None, status: np.ndarray, errors: list[str], warn: bool = True
+    theta: Tensor,
+    outputs: Outputs | None,
+    status: np.ndarray,
+    errors: list[str],
+    warn: bool = True,
 ) -> Simulations:
     """The successful rows as :class:`Simulations`, with the failures counted and kept."""
     ran = status != NOT_RUN
     ok, failed = status == OK, (status == RAISED) | (status == NONFINITE)
     num_raised, num_nonfinite = int((status == RAISED).sum()), int((status == NONFINITE).sum())
     n = int(ran.sum())
+    x = None if outputs is None else outputs["x"]
     if x is None or not ok.any():
         if num_raised == n:
             raise SimulationError(
@@ -169,6 +222,7 @@ def _collect(
             stacklevel=4,
         )
     ok_t, failed_t = torch.from_numpy(ok), torch.from_numpy(failed)
+    joint = {name: outputs[name][ok_t] for name in JOINT_ARRAYS if name in outputs}
     return Simulations(
         theta[ok_t],
         x[ok_t],
@@ -176,16 +230,17 @@ def _collect(
         errors=errors,
         num_raised=num_raised,
         num_nonfinite=num_nonfinite,
+        **joint,
     )
 
 
 def _batch_job(
-    sim: Simulator, theta: Tensor, seed: int, batch: int
-) -> tuple[Tensor | None, np.ndarray, list[str]]:
+    sim: Simulator, theta: Tensor, seed: int, batch: int, joint: bool = False
+) -> tuple[Outputs | None, np.ndarray, list[str]]:
     """One batch, self-contained so that an executor can run it in another process."""
     errors: list[str] = []
-    x, status = _simulate_batch(sim, theta, _batch_generator(seed, batch), errors)
-    return x, status, errors
+    outputs, status = _simulate_batch(sim, theta, _batch_generator(seed, batch), errors, joint)
+    return outputs, status, errors
 
 
 def _run_batches(
@@ -195,7 +250,8 @@ def _run_batches(
     batch_size: int,
     batches: Iterable[int],
     executor: Any,
-) -> Iterator[tuple[int, tuple[Tensor | None, np.ndarray, list[str]]]]:
+    joint: bool = False,
+) -> Iterator[tuple[int, tuple[Outputs | None, np.ndarray, list[str]]]]:
     """Yield ``(b, result)`` in batch order, computed here or on ``executor``.
 
     With an executor (anything with ``submit(fn, *args) -> future`` and ``future.result()``:
@@ -206,13 +262,13 @@ def _run_batches(
     chunks = ((b, theta[b * batch_size : (b + 1) * batch_size]) for b in batches)
     if executor is None:
         for b, chunk in chunks:
-            yield b, _batch_job(sim, chunk, seed, b)
+            yield b, _batch_job(sim, chunk, seed, b, joint)
         return
     window = max(8, 2 * _num_workers(executor))
     pending: collections.deque = collections.deque()
     try:
         for b, chunk in chunks:
-            pending.append((b, executor.submit(_batch_job, sim, chunk, seed, b)))
+            pending.append((b, executor.submit(_batch_job, sim, chunk, seed, b, joint)))
             if len(pending) >= window:
                 b0, future = pending.popleft()
                 yield b0, future.result()
@@ -242,48 +298,55 @@ def run_simulator(
     progress: bool = False,
     bank: str | Path | None = None,
     executor: Any = None,
+    joint: bool = False,
 ) -> Simulations:
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`."""
     sim = as_simulator(simulator)
+    if joint and not callable(getattr(sim, "trace", None)):
+        raise SimulationError(
+            f"joint=True needs a simulator with trace(theta, generator=) returning a Trace "
+            f"with joint_log_prob and joint_score; {sim!r} has none. Wrap a pyro program "
+            "with simgen.from_pyro, or implement trace on your Simulator subclass."
+        )
     theta = torch.as_tensor(theta, dtype=torch.float32)
     if theta.ndim != 2:
         raise ShapeError(f"theta must have shape (N, D); got {tuple(theta.shape)}.")
     if batch_size < 1:
         raise SimulationError(f"batch_size must be a positive integer, got {batch_size}.")
     n = theta.shape[0]
-    store = None if bank is None else Bank.open(bank, theta, seed, batch_size)
+    store = None if bank is None else Bank.open(bank, theta, seed, batch_size, joint)
     done = store.done_batches() if store is not None else set()
     todo = [b for b in range(-(-n // batch_size)) if b not in done]
-    xs: dict[int, Tensor | None] = {}
+    outs: dict[int, Outputs | None] = {}
     statuses: dict[int, np.ndarray] = {}
     errors: list[str] = []
-    results = _run_batches(sim, theta, seed, batch_size, todo, executor)
+    results = _run_batches(sim, theta, seed, batch_size, todo, executor, joint)
     if progress:
         from tqdm.auto import tqdm
 
         total = len(todo) + len(done)
         results = tqdm(results, desc="simulating", unit="batch", initial=len(done), total=total)
     try:
-        for b, (x, status, batch_errors) in results:
+        for b, (outputs, status, batch_errors) in results:
             errors.extend(e for e in batch_errors if e not in errors and len(errors) < 5)
             if store is not None:
-                store.write(b, x, status, errors)
+                store.write(b, outputs, status, errors)
             else:
-                xs[b], statuses[b] = x, status
+                outs[b], statuses[b] = outputs, status
     except KeyboardInterrupt as exc:
-        raise _interrupted(theta, batch_size, store, xs, statuses, errors) from exc
+        raise _interrupted(theta, batch_size, store, outs, statuses, errors) from exc
     if store is not None:
-        _, x_all, status, errors = store.read()
+        _, merged, status, errors = store.read()
     else:
-        x_all, status = _assemble(n, batch_size, xs, statuses)
-    return _collect(theta, x_all, status, errors)
+        merged, status = _assemble(n, batch_size, outs, statuses)
+    return _collect(theta, merged, status, errors)
 
 
 def _interrupted(
     theta: Tensor,
     batch_size: int,
     store: Bank | None,
-    xs: dict[int, Tensor | None],
+    outs: dict[int, Outputs | None],
     statuses: dict[int, np.ndarray],
     errors: list[str],
 ) -> SimulationInterrupted:
@@ -295,9 +358,9 @@ def _interrupted(
             "again with the same arguments and bank= to resume where it stopped.",
             partial=None,
         )
-    x_all, status = _assemble(len(theta), batch_size, xs, statuses)
+    merged, status = _assemble(len(theta), batch_size, outs, statuses)
     try:
-        partial = _collect(theta, x_all, status, errors, warn=False)
+        partial = _collect(theta, merged, status, errors, warn=False)
     except SimulationError:
         partial = None
     kept = 0 if partial is None else len(partial.theta)
@@ -317,8 +380,8 @@ def read_bank(path: str | Path) -> Simulations:
     if not path.exists():
         raise SimulationError(f"No simulation bank at {path}; create one with simulate(bank=).")
     group = zarr.open_group(str(path), mode="r")
-    theta, x, status, errors = Bank(group, path).read()
-    return _collect(theta, x, status, errors)
+    theta, outputs, status, errors = Bank(group, path).read()
+    return _collect(theta, outputs, status, errors)
 
 
 def sample_prior(prior: Distribution, num_samples: int, seed: int) -> Tensor:
@@ -337,6 +400,7 @@ def simulate(
     progress: bool = False,
     bank: str | Path | None = None,
     executor: Any = None,
+    joint: bool = False,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -353,7 +417,14 @@ def simulate(
         executor: Run batches in parallel: a ``concurrent.futures`` pool (e.g.
             ``ProcessPoolExecutor`` for local processes) or a ``dask.distributed.Client`` for
             a cluster. Batches are seeded by their index, so the result is the same as a
-            serial run; the simulator must be picklable for other processes.
+            serial run; the simulator must be picklable for other processes. In a thread
+            pool, pyro programs (and functions without ``generator=``) run one batch at a
+            time, since pyro's handler stack and torch's global RNG are process-wide: use
+            processes or dask to run them in parallel.
+        joint: Also keep each simulation's joint log-density and joint score from the
+            simulator's ``trace`` (a :class:`~simgen.simulator.PyroSimulator`, or any
+            simulator with ``trace(theta, generator=)``), as ``.joint_log_prob`` ``(N,)`` and
+            ``.joint_score`` ``(N, D)``, banked with ``x``. ``x`` is the same as without it.
 
     Raises:
         SimulationInterrupted: On Ctrl-C. Nothing finished is lost: it is in the bank, or,
@@ -380,4 +451,5 @@ def simulate(
         progress=progress,
         bank=bank,
         executor=executor,
+        joint=joint,
     )

@@ -20,7 +20,9 @@ Two ways in:
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,6 +68,22 @@ class Simulator(abc.ABC):
         """Simulate ``x`` of shape ``(N, *x_shape)`` for ``theta`` of shape ``(N, D)``."""
 
 
+#: Pyro's effect-handler stack and torch's global RNG (seeded inside ``fork_rng``) are
+#: process-wide. Threads that use them at once corrupt each other's pyro traces ("Multiple
+#: sample sites named 'sims'") and seeds, so simulators that touch them take turns. Process
+#: pools and dask workers have their own copies and run in parallel.
+_GLOBAL_STATE = threading.RLock()
+
+
+def _one_thread_at_a_time(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def locked(*args, **kwargs):
+        with _GLOBAL_STATE:
+            return method(*args, **kwargs)
+
+    return locked
+
+
 def accepts_generator(fn: Callable) -> bool:
     """Whether ``fn`` takes a ``generator=`` keyword (then simgen passes a seeded one)."""
     if isinstance(fn, Simulator):
@@ -94,7 +112,7 @@ class FunctionSimulator(Simulator):
         if generator is None:
             return self.fn(theta)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
+        with _GLOBAL_STATE, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self.fn(theta)
 
@@ -247,10 +265,12 @@ class PyroSimulator(Simulator):
         return lp.reshape(n, -1).sum(-1) if lp.ndim > 1 else lp
 
     # -- public ------------------------------------------------------------------------------
+    @_one_thread_at_a_time
     def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Simulate ``x`` (``(N, *x_shape)``) for ``theta`` (``(N, D)``)."""
         return self._forward(theta, _seed_from(generator)).nodes[self.x_site]["value"]
 
+    @_one_thread_at_a_time
     def log_prob(self, theta: Tensor, latents: dict[str, Tensor], x: Tensor) -> Tensor:
         r"""Joint log-density :math:`\log p(x, z \mid \theta)`, shape ``(N,)``.
 
@@ -277,6 +297,7 @@ class PyroSimulator(Simulator):
         ]
         return torch.stack(terms).sum(0)
 
+    @_one_thread_at_a_time
     def trace(
         self, theta: Tensor, seed: int | None = None, generator: torch.Generator | None = None
     ) -> Trace:
@@ -305,6 +326,7 @@ class PyroSimulator(Simulator):
             score = torch.zeros_like(theta)
         return Trace(theta, x, latents, joint.detach(), score.detach())
 
+    @_one_thread_at_a_time
     def marginal_log_prob(
         self, theta: Tensor, x: Tensor, num_particles: int = 1000, seed: int = 0
     ) -> Tensor:
