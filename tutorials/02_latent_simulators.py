@@ -185,6 +185,16 @@ print("joint log-prob", tr.joint_log_prob, "\njoint score (alpha, E0)\n", tr.joi
 prior_shower = particle_shower.prior
 theta, x = simgen.simulate(shower, prior_shower, NUM_SIMULATIONS, seed=0)
 print("simulated", tuple(theta.shape), tuple(x.shape))
+
+# %% [markdown]
+# With `joint=True` the same simulations (same seed, same x) also carry every row's joint
+# log-density and joint score from the trace. They are banked with x when `bank=` is given,
+# and ready for score-based checks or training that uses them.
+
+# %%
+joint = simgen.simulate(shower, prior_shower, 200, seed=0, joint=True)
+assert torch.equal(joint.x, simgen.simulate(shower, prior_shower, 200, seed=0).x)
+print("joint log-prob", tuple(joint.joint_log_prob.shape), "score", tuple(joint.joint_score.shape))
 posterior = simgen.NPE(prior_shower, estimator="nsf").fit(
     theta, x, seed=0, max_epochs=MAX_EPOCHS, progress=False
 )
