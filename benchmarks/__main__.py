@@ -15,6 +15,7 @@ MODULES = [
     "bench_sbc",
     "bench_families",
     "bench_nle_nre",
+    "bench_joint_score",
 ]
 
 

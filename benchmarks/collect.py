@@ -30,6 +30,11 @@ SECTIONS = [
     ),
     ("results_sbc.md", "SBC vs sbi's run_sbc (issue 7)", "python -m benchmarks.bench_sbc"),
     (
+        "results_joint_score.md",
+        "NLE with the simulator's joint score (SCANDAL) vs plain NLE",
+        "python -m benchmarks.bench_joint_score",
+    ),
+    (
         "results_simulators.md",
         "Simulator throughput (issue 4)",
         "python -m benchmarks.bench_simulators",

@@ -239,22 +239,34 @@ def _snapshot(module: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def _mean_loss(loss: nn.Module, theta: Tensor, x: Tensor, chunk: int) -> float:
+def _mean_loss(
+    loss: nn.Module, theta: Tensor, x: Tensor, chunk: int, extras: dict[str, Tensor]
+) -> float:
     total = 0.0
     for start in range(0, len(theta), chunk):
         part = slice(start, start + chunk)
-        total += float(loss(theta[part], x[part])) * len(theta[part])
+        rows = {k: v[part] for k, v in extras.items()}
+        total += float(loss(theta[part], x[part], **rows)) * len(theta[part])
     return total / len(theta)
 
 
-def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = None) -> History:
+def fit(
+    loss: nn.Module,
+    theta: Tensor,
+    x: Tensor,
+    config: TrainConfig | None = None,
+    extras: dict[str, Tensor] | None = None,
+) -> History:
     """Train the parameters of ``loss`` (which owns the estimator) on ``(theta, x)``.
 
     Args:
-        loss: Module with ``loss(theta, x) -> scalar``; all its parameters are trained.
+        loss: Module with ``loss(theta, x, **extras) -> scalar``; all its parameters are
+            trained.
         theta: ``(N, D)`` on any device.
         x: ``(N, *x_shape)``.
         config: Training options; defaults to ``TrainConfig()``.
+        extras: More per-simulation tensors ``(N, ...)`` (e.g. ``joint_score``), split,
+            shuffled and batched with ``theta`` and passed to ``loss`` by name.
 
     Returns:
         The :class:`History`; ``loss`` holds the weights of the best validation epoch.
@@ -267,6 +279,8 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
     train_idx, val_idx = _split(len(theta), config.validation_fraction, g)
     theta_tr, x_tr = theta[train_idx].to(device), x[train_idx].to(device)
     theta_va, x_va = theta[val_idx].to(device), x[val_idx].to(device)
+    extras_tr = {k: v[train_idx].to(device) for k, v in (extras or {}).items()}
+    extras_va = {k: v[val_idx].to(device) for k, v in (extras or {}).items()}
     loss.to(device)
     params = [p for p in loss.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
@@ -297,7 +311,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             running, steps = 0.0, 0
             for i in range(0, n - bs + 1, bs):  # drop the ragged last batch
                 idx = perm[i : i + bs]
-                value = loss(theta_tr[idx], x_tr[idx])
+                value = loss(theta_tr[idx], x_tr[idx], **{k: v[idx] for k, v in extras_tr.items()})
                 for p in params:  # optimizer.zero_grad(set_to_none=True), minus its hooks
                     p.grad = None
                 value.backward()
@@ -311,7 +325,7 @@ def fit(loss: nn.Module, theta: Tensor, x: Tensor, config: TrainConfig | None = 
             loss.eval()
             if average is not None:
                 average.swap()  # validate (and keep) the averaged weights
-            val = _mean_loss(loss, theta_va, x_va, chunk)
+            val = _mean_loss(loss, theta_va, x_va, chunk, extras_va)
             history.train_loss.append(float(running) / max(steps, 1))
             history.validation_loss.append(val)
             history.epochs = epoch + 1

@@ -14,17 +14,8 @@ from simgen.errors import ShapeError, SimulationError
 from simgen.simulator import FunctionSimulator, PyroSimulator, Trace, as_simulator, from_pyro
 
 # A linear-Gaussian chain θ → z_p → z_s → z_d → x with every density in closed form.
-A, B, C = 2.0, 0.5, 1.5
-S_P, S_S, S_D, S_X = 0.5, 0.3, 0.2, 0.1
-
-
-def chain(n: int) -> None:
-    with pyro.plate("sims", n):
-        theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        z_p = pyro.sample("z_p", dist.Normal(A * theta[:, 0], S_P))
-        z_s = pyro.sample("z_s", dist.Normal(B * z_p, S_S))
-        z_d = pyro.sample("z_d", dist.Normal(z_s + theta[:, 1], S_D))
-        pyro.sample("x", dist.Normal(C * z_d, S_X))
+from simulators._latent_chain import S_D, S_P, S_S, S_X, A, B, C, chain  # noqa: E402
+from simulators._latent_chain import log_likelihood as chain_marginal  # noqa: E402
 
 
 def chain_joint(theta, z, x):
@@ -41,12 +32,6 @@ def chain_score(theta, z, x):
     d_theta1 = A * (z["z_p"] - A * theta[:, 0]) / S_P**2
     d_theta2 = (z["z_d"] - z["z_s"] - theta[:, 1]) / S_D**2
     return torch.stack([d_theta1, d_theta2], -1)
-
-
-def chain_marginal(theta, x):
-    mean = C * (B * A * theta[:, 0] + theta[:, 1])
-    var = C**2 * (B**2 * S_P**2 + S_S**2 + S_D**2) + S_X**2
-    return torch.distributions.Normal(mean, math.sqrt(var)).log_prob(x)
 
 
 def fd_score_error(sim, trace: Trace, score=None, h: float = 1e-5) -> float:

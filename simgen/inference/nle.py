@@ -9,6 +9,14 @@ support (Papamakarios et al., 2019). The posterior is then
 sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior`. The trained flow is also a
 **surrogate simulator**: :class:`SurrogateSimulator` draws :math:`x \sim q_\phi(x \mid \theta)`
 in one batched network pass.
+
+With the simulator's **joint score** (``fit(..., joint_score=...)``), training adds the
+regression of :math:`\nabla_\theta \log q_\phi(x\mid\theta)` on
+:math:`\nabla_\theta \log p(x, z\mid\theta)` (:class:`~simgen.losses.JointScoreNLELoss`,
+SCANDAL). It has the same minimiser and more information per simulation. On a latent chain
+with a closed-form likelihood, over 10 seeds, the held-out KL went from 0.296 to 0.178 nats
+at 100 simulations and from 0.032 to 0.015 at 1,000, at 2.2-2.7x the training time
+(``benchmarks/results_joint_score.md``).
 """
 
 from __future__ import annotations
@@ -22,9 +30,10 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError, ShapeError
 from ..estimators.base import ConditionalEstimator
+from ..estimators.flows import Flow
 from ..estimators.registry import build_estimator, estimator_class
 from ..estimators.transformed import TransformedEstimator, integer_columns
-from ..losses import NLELoss
+from ..losses import JointScoreNLELoss, NLELoss
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from ..training import TrainConfig, fit
 from .base import Method, check_simulations
@@ -71,6 +80,9 @@ class NLE(Method):
             tells from the simulator at once (sir: C2ST 0.94-0.99, ``results_surrogate.md``).
         log_x: Columns of x modelled on the log scale: ``True`` for all, a list, or
             ``False`` (default). For positive, heavy-tailed outputs (populations, energies).
+        joint_score_weight: :math:`\\lambda` of the joint-score term
+            (:class:`~simgen.losses.JointScoreNLELoss`), used when ``fit`` is given
+            ``joint_score`` (from ``simgen.simulate(..., joint=True)``); flows only.
         num_chains, warmup, thin, mcmc_method: Default MCMC settings of the posterior.
         **estimator_options: Passed to the family (e.g. ``transforms=5``,
             ``activation="tanh"``); for ``"maf"``, ``transforms`` defaults to 7.
@@ -91,9 +103,15 @@ class NLE(Method):
         mcmc_method: str = "rwm",
         dequantize: bool | str | Sequence[int] = "auto",
         log_x: bool | Sequence[int] = False,
+        joint_score_weight: float = 1.0,
         **estimator_options: Any,
     ):
         super().__init__(prior)
+        if not (isinstance(joint_score_weight, (int, float)) and 0 <= joint_score_weight < 1e6):
+            raise ConfigError(
+                f"joint_score_weight must be a number >= 0, got {joint_score_weight!r}."
+            )
+        self.joint_score_weight = float(joint_score_weight)
         if isinstance(dequantize, str) and dequantize != "auto":
             raise ConfigError(
                 f"dequantize must be 'auto', True, False or columns; got {dequantize!r}."
@@ -109,14 +127,24 @@ class NLE(Method):
         self.history = None
 
     def fit(
-        self, theta: Any, x: Any, config: TrainConfig | None = None, **config_options: Any
+        self,
+        theta: Any,
+        x: Any,
+        config: TrainConfig | None = None,
+        joint_score: Any = None,
+        **config_options: Any,
     ) -> MCMCPosterior:
         """Train :math:`q_\\phi(x\\mid\\theta)` and return the MCMC posterior.
+
+        With ``joint_score`` (``(N, D)``, :math:`\\nabla_\\theta \\log p(x, z\\mid\\theta)` of
+        each simulation, e.g. ``simgen.simulate(..., joint=True).joint_score``) the loss is
+        :class:`~simgen.losses.JointScoreNLELoss` with weight ``joint_score_weight``.
 
         The posterior's ``likelihood`` attribute is the :class:`SurrogateSimulator`.
         """
         config = self._config(config, config_options)
         theta, x = check_simulations(self.prior, theta, x)
+        joint_score = self._check_joint_score(joint_score, theta)
         if x.ndim != 2:
             raise ShapeError(
                 f"NLE models x as a flat vector, but x has shape {tuple(x.shape[1:])} per "
@@ -132,7 +160,12 @@ class NLE(Method):
             )
             estimator = self._wrap(estimator, x)
             estimator.fit_standardization(x, theta)
-            self.history = fit(NLELoss(estimator), theta, x, config)
+            if joint_score is None or self.joint_score_weight == 0:
+                self.history = fit(NLELoss(estimator), theta, x, config)
+            else:
+                scale = joint_score.std(0).clamp_min(1e-8)
+                loss = JointScoreNLELoss(estimator, self.joint_score_weight, scale)
+                self.history = fit(loss, theta, x, config, {"joint_score": joint_score})
         estimator = estimator.cpu() if config.device == "cpu" else estimator
         self.estimator = estimator
         return MCMCPosterior(
@@ -144,6 +177,27 @@ class NLE(Method):
             mcmc_method=self.mcmc_method,
             **self.mcmc,
         )
+
+    def _check_joint_score(self, joint_score: Any, theta: Tensor) -> Tensor | None:
+        if joint_score is None:
+            return None
+        if not issubclass(estimator_class(self.estimator_name), Flow):
+            raise ConfigError(
+                f"joint_score needs a flow likelihood (maf, nsf, realnvp), whose loss is its "
+                f"negative log-density; got estimator={self.estimator_name!r}."
+            )
+        score = torch.as_tensor(joint_score, dtype=torch.float32)
+        if score.shape != theta.shape:
+            raise ShapeError(
+                f"joint_score has shape {tuple(score.shape)}; it must match theta, "
+                f"{tuple(theta.shape)} (one score row per simulation)."
+            )
+        if not torch.isfinite(score).all():
+            raise ShapeError(
+                "joint_score holds NaN or inf; simulate(..., joint=True) drops such rows, "
+                "or drop them with their theta and x."
+            )
+        return score
 
     def _wrap(self, estimator: ConditionalEstimator, x: Tensor) -> ConditionalEstimator:
         """The estimator with dequantised and log-scale columns, when any are asked for."""

@@ -1,10 +1,11 @@
-"""Training objectives as small modules ``loss(theta, x) -> scalar``; each derived in its docstring.
+"""Training objectives as small modules ``loss(theta, x, **extras) -> scalar``; each derived
+in its docstring (``extras``: more per-simulation tensors, e.g. the joint score).
 
 The training loop (:mod:`simgen.training`) sees nothing but this call, so every estimator
 family, NPE, NLE and NRE share one loop.
 """
 
-from .likelihood import NLELoss, NPELoss
+from .likelihood import JointScoreNLELoss, NLELoss, NPELoss
 from .ratio import BNRELoss, NRECLoss
 
-__all__ = ["NPELoss", "NLELoss", "NRECLoss", "BNRELoss"]
+__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss", "NRECLoss", "BNRELoss"]

@@ -20,11 +20,12 @@ flow it *is* the negative log-density.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..estimators.base import ConditionalEstimator
 
-__all__ = ["NPELoss", "NLELoss"]
+__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss"]
 
 
 class NPELoss(nn.Module):
@@ -47,3 +48,50 @@ class NLELoss(nn.Module):
 
     def forward(self, theta: Tensor, x: Tensor) -> Tensor:
         return self.estimator.loss(x, theta).mean()
+
+
+class JointScoreNLELoss(nn.Module):
+    r"""NLE augmented with the simulator's joint score (SCANDAL; Brehmer et al., 2020).
+
+    A simulator with latents :math:`z` that exposes its joint score
+    :math:`t = \nabla_\theta \log p(x, z \mid \theta)` (a pyro program's ``trace``;
+    ``simgen.simulate(..., joint=True)``) gives, for every simulation, :math:`D` noisy
+    observations of the *marginal* score. Differentiating
+    :math:`p(x\mid\theta) = \int p(x, z\mid\theta)\,dz` under the integral,
+
+    .. math::
+        \mathbb E[t \mid x, \theta] = \nabla_\theta \log p(x \mid \theta),
+
+    so :math:`\mathbb E\,\lVert \nabla_\theta \log q_\phi(x\mid\theta) - t\rVert^2` is
+    minimised by the true likelihood's score. The loss
+
+    .. math::
+        \mathcal L(\phi) = \mathbb E\big[-\log q_\phi(x\mid\theta)\big]
+          + \lambda\,\mathbb E \sum_d \Big(\frac{\partial_{\theta_d} \log q_\phi(x\mid\theta)
+          - t_d}{s_d}\Big)^2
+
+    therefore keeps the NLE minimiser (the true likelihood minimises both terms) while each
+    simulation also constrains how the density changes with :math:`\theta`. :math:`s_d` is
+    the standard deviation of :math:`t_d` over the training simulations, so :math:`\lambda`
+    weighs unitless squared errors against nats. The score of the estimator comes from
+    autograd through its context (a double backward in training).
+
+    Args:
+        estimator: A density estimator whose ``loss`` is its negative log-density (a flow).
+        weight: :math:`\lambda \ge 0`.
+        scale: :math:`s` ``(D,)``.
+    """
+
+    def __init__(self, estimator: ConditionalEstimator, weight: float, scale: Tensor):
+        super().__init__()
+        self.estimator = estimator
+        self.weight = float(weight)
+        self.register_buffer("scale", scale.detach().clone())
+
+    def forward(self, theta: Tensor, x: Tensor, joint_score: Tensor) -> Tensor:
+        with torch.enable_grad():  # the validation pass runs under no_grad
+            context = theta.detach().requires_grad_(True)
+            nll = self.estimator.loss(x, context)
+            (score,) = torch.autograd.grad(-nll.sum(), context, create_graph=self.training)
+        error = ((score - joint_score) / self.scale).square().sum(-1)
+        return (nll + self.weight * error).mean()
