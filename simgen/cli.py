@@ -45,7 +45,8 @@ def _task(name: str):
     return simulators.get(name)
 
 
-def _read_data(path: Path) -> tuple:
+def _read_data(path: Path) -> dict:
+    """The data file's tensors: ``theta``, ``x`` and, if simulated with --joint, the rest."""
     import torch
 
     from .errors import ModelFileError
@@ -54,7 +55,8 @@ def _read_data(path: Path) -> tuple:
         raise ModelFileError(f"{path} does not exist; write one with `simgen simulate`.")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-        return data["theta"], data["x"]
+        data["theta"], data["x"]  # noqa: B018 - both must be there
+        return data
     except Exception as exc:  # noqa: BLE001
         raise ModelFileError(
             f"{path} is not a simgen data file with 'theta' and 'x' "
@@ -144,11 +146,29 @@ def train(
     max_epochs: int = 1000,
     batch_size: int = 256,
     device: str = "cpu",
+    joint_score: bool = typer.Option(
+        False, help="nle only: also fit the joint score saved by `simulate --joint` (SCANDAL)."
+    ),
 ) -> None:
     """Train on a data file written by `simgen simulate` and save the posterior to OUT."""
-    theta, x = _read_data(data)
+    from .errors import ConfigError
+
+    stored = _read_data(data)
+    extra = {}
+    if joint_score:
+        if method != "nle":
+            raise ConfigError(f"--joint-score trains NLE only; got --method {method}.")
+        if "joint_score" not in stored:
+            raise ConfigError(f"{data} has no joint score; write it with `simulate --joint`.")
+        extra["joint_score"] = stored["joint_score"]
     posterior = _method(method, _task(task).prior, estimator).fit(
-        theta, x, seed=seed, max_epochs=max_epochs, batch_size=batch_size, device=device
+        stored["theta"],
+        stored["x"],
+        seed=seed,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        device=device,
+        **extra,
     )
     posterior.save(out)
     h = posterior.history
