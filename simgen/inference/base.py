@@ -13,7 +13,7 @@ from ..posterior import as_tensor
 from ..priors import check_in_support, check_prior, prior_dim
 from ..training import TrainConfig, make_config
 
-__all__ = ["Method", "check_simulations"]
+__all__ = ["Method", "check_simulations", "check_joint_score", "check_joint_score_weight"]
 
 
 def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, Tensor]:
@@ -50,6 +50,33 @@ def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, 
         raise SimulationError("theta contains NaN or inf.")
     check_in_support(prior, theta)
     return theta, x
+
+
+def check_joint_score_weight(weight: Any) -> float:
+    """``joint_score_weight`` as a float, or a ConfigError."""
+    from ..errors import ConfigError
+
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 1e6:
+        raise ConfigError(f"joint_score_weight must be a number >= 0, got {weight!r}.")
+    return float(weight)
+
+
+def check_joint_score(joint_score: Any, theta: Tensor) -> Tensor | None:
+    """A per-simulation joint score ``(N, D)`` matching ``theta``, finite, as float32."""
+    if joint_score is None:
+        return None
+    score = torch.as_tensor(joint_score, dtype=torch.float32)
+    if score.shape != theta.shape:
+        raise ShapeError(
+            f"joint_score has shape {tuple(score.shape)}; it must match theta, "
+            f"{tuple(theta.shape)} (one score row per simulation)."
+        )
+    if not torch.isfinite(score).all():
+        raise ShapeError(
+            "joint_score holds NaN or inf; simulate(..., joint=True) drops such rows, "
+            "or drop them with their theta and x."
+        )
+    return score
 
 
 class Method:

@@ -36,7 +36,7 @@ from ..estimators.transformed import TransformedEstimator, integer_columns
 from ..losses import JointScoreNLELoss, NLELoss
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from ..training import TrainConfig, fit
-from .base import Method, check_simulations
+from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
 
 __all__ = ["NLE", "SurrogateSimulator"]
 
@@ -107,11 +107,7 @@ class NLE(Method):
         **estimator_options: Any,
     ):
         super().__init__(prior)
-        if not (isinstance(joint_score_weight, (int, float)) and 0 <= joint_score_weight < 1e6):
-            raise ConfigError(
-                f"joint_score_weight must be a number >= 0, got {joint_score_weight!r}."
-            )
-        self.joint_score_weight = float(joint_score_weight)
+        self.joint_score_weight = check_joint_score_weight(joint_score_weight)
         if isinstance(dequantize, str) and dequantize != "auto":
             raise ConfigError(
                 f"dequantize must be 'auto', True, False or columns; got {dequantize!r}."
@@ -186,18 +182,7 @@ class NLE(Method):
                 f"joint_score needs a flow likelihood (maf, nsf, realnvp), whose loss is its "
                 f"negative log-density; got estimator={self.estimator_name!r}."
             )
-        score = torch.as_tensor(joint_score, dtype=torch.float32)
-        if score.shape != theta.shape:
-            raise ShapeError(
-                f"joint_score has shape {tuple(score.shape)}; it must match theta, "
-                f"{tuple(theta.shape)} (one score row per simulation)."
-            )
-        if not torch.isfinite(score).all():
-            raise ShapeError(
-                "joint_score holds NaN or inf; simulate(..., joint=True) drops such rows, "
-                "or drop them with their theta and x."
-            )
-        return score
+        return check_joint_score(joint_score, theta)
 
     def _wrap(self, estimator: ConditionalEstimator, x: Tensor) -> ConditionalEstimator:
         """The estimator with dequantised and log-scale columns, when any are asked for."""
