@@ -147,7 +147,7 @@ def train(
     batch_size: int = 256,
     device: str = "cpu",
     joint_score: bool = typer.Option(
-        False, help="nle only: also fit the joint score saved by `simulate --joint` (SCANDAL)."
+        False, help="npe/nle: also fit the joint score saved by `simulate --joint` (SCANDAL)."
     ),
 ) -> None:
     """Train on a data file written by `simgen simulate` and save the posterior to OUT."""
@@ -156,8 +156,8 @@ def train(
     stored = _read_data(data)
     extra = {}
     if joint_score:
-        if method != "nle":
-            raise ConfigError(f"--joint-score trains NLE only; got --method {method}.")
+        if method not in ("npe", "nle"):
+            raise ConfigError(f"--joint-score trains NPE or NLE only; got --method {method}.")
         if "joint_score" not in stored:
             raise ConfigError(f"{data} has no joint score; write it with `simulate --joint`.")
         extra["joint_score"] = stored["joint_score"]

@@ -59,3 +59,22 @@ def held_out_kl(nle, test) -> float:
     with torch.no_grad():
         fitted = nle.estimator(test.theta).log_prob(test.x.reshape(-1, 1))
     return float((log_likelihood(test.theta, test.x) - fitted).mean())
+
+
+def posterior_kl(posterior, num_obs: int = 20, grid_size: int = 81, seed: int = 12345) -> float:
+    """Mean KL from the exact posterior to ``posterior`` (anything with
+    ``log_prob(theta, x=x)``) over ``num_obs`` observations simulated with ``seed``, each on a
+    ``grid_size`` × ``grid_size`` θ-grid over [-4, 4]² (both normalised on the grid; the
+    prior puts < 1e-3 of its mass outside)."""
+    from simgen.simulate import run_simulator, sample_prior
+
+    axis = torch.linspace(-4, 4, grid_size)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    xs = run_simulator(simulator, sample_prior(prior, num_obs, seed), seed=seed).x
+    total = 0.0
+    for x in xs:
+        exact = torch.softmax(log_likelihood(grid, x.expand(len(grid))) + prior.log_prob(grid), 0)
+        with torch.no_grad():
+            fitted = torch.log_softmax(posterior.log_prob(grid, x=x.reshape(1)), 0)
+        total += float((torch.special.xlogy(exact, exact) - exact * fitted).sum())
+    return total / len(xs)

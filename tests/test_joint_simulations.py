@@ -105,8 +105,8 @@ def test_cli_saves_the_joint_arrays(tmp_path):
     args = ["train", "langevin", str(out), str(model), "--method", "nle", "--joint-score"]
     trained = CliRunner().invoke(app, [*args, "--max-epochs", "2"])
     assert trained.exit_code == 0 and model.exists(), trained.output
-    refused = CliRunner().invoke(app, [*args[:4], "--method", "npe", "--joint-score"])
-    assert refused.exit_code == 2 and "NLE only" in refused.output
+    refused = CliRunner().invoke(app, [*args[:4], "--method", "nre", "--joint-score"])
+    assert refused.exit_code == 2 and "NPE or NLE only" in refused.output
 
 
 def test_joint_on_an_executor_gives_the_serial_result():

@@ -5,7 +5,7 @@ The training loop (:mod:`simgen.training`) sees nothing but this call, so every 
 family, NPE, NLE and NRE share one loop.
 """
 
-from .likelihood import JointScoreNLELoss, NLELoss, NPELoss
+from .likelihood import JointScoreNLELoss, JointScoreNPELoss, NLELoss, NPELoss
 from .ratio import BNRELoss, NRECLoss
 
-__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss", "NRECLoss", "BNRELoss"]
+__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss", "JointScoreNPELoss", "NRECLoss", "BNRELoss"]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..estimators.base import ConditionalEstimator
 
-__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss"]
+__all__ = ["NPELoss", "NLELoss", "JointScoreNLELoss", "JointScoreNPELoss"]
 
 
 class NPELoss(nn.Module):
@@ -82,6 +82,9 @@ class JointScoreNLELoss(nn.Module):
         scale: :math:`s` ``(D,)``.
     """
 
+    #: Which argument of the density the score is taken in: the context θ (NLE).
+    score_of = "context"
+
     def __init__(self, estimator: ConditionalEstimator, weight: float, scale: Tensor):
         super().__init__()
         self.estimator = estimator
@@ -90,8 +93,33 @@ class JointScoreNLELoss(nn.Module):
 
     def forward(self, theta: Tensor, x: Tensor, joint_score: Tensor) -> Tensor:
         with torch.enable_grad():  # the validation pass runs under no_grad
-            context = theta.detach().requires_grad_(True)
-            nll = self.estimator.loss(x, context)
-            (score,) = torch.autograd.grad(-nll.sum(), context, create_graph=self.training)
+            theta = theta.detach().requires_grad_(True)
+            target, context = (theta, x) if self.score_of == "target" else (x, theta)
+            nll = self.estimator.loss(target, context)
+            (score,) = torch.autograd.grad(-nll.sum(), theta, create_graph=self.training)
         error = ((score - joint_score) / self.scale).square().sum(-1)
         return (nll + self.weight * error).mean()
+
+
+class JointScoreNPELoss(JointScoreNLELoss):
+    r"""NPE augmented with the posterior score that the joint score implies.
+
+    The posterior's score is the likelihood's plus the prior's,
+    :math:`\nabla_\theta \log p(\theta\mid x) = \nabla_\theta \log p(x\mid\theta) +
+    \nabla_\theta \log p(\theta)`, so with the joint score :math:`t` (see
+    :class:`JointScoreNLELoss`) the regression target :math:`t + \nabla_\theta \log
+    p(\theta)` has conditional mean :math:`\nabla_\theta \log p(\theta\mid x)`, and
+
+    .. math::
+        \mathcal L(\phi) = \mathbb E\big[-\log q_\phi(\theta\mid x)\big]
+          + \lambda\,\mathbb E \sum_d \Big(\frac{\partial_{\theta_d} \log
+          q_\phi(\theta\mid x) - t_d - \partial_{\theta_d} \log p(\theta)}{s_d}\Big)^2
+
+    keeps the NPE minimiser. The gradient is taken in the estimator's target (the density's
+    argument, not its context). When NPE models :math:`u = T^{-1}(\theta)` (bounded
+    priors), ``joint_score`` must already be that target in :math:`u`,
+    :math:`J_T^\top(t + \nabla_\theta\log p(\theta)) + \nabla_u \log|\det J_T(u)|`:
+    ``simgen.NPE`` converts it.
+    """
+
+    score_of = "target"
