@@ -48,7 +48,7 @@ def test_front_door_checks_the_joint_score():
     bad[3, 0] = float("nan")
     with pytest.raises(ShapeError, match="NaN"):
         simgen.NLE(PRIOR).fit(data.theta, x, joint_score=bad, max_epochs=1)
-    with pytest.raises(ConfigError, match="flow likelihood"):
+    with pytest.raises(ConfigError, match="flow estimator"):
         simgen.NLE(PRIOR, estimator="flow_matching").fit(
             data.theta, x, joint_score=data.joint_score, max_epochs=1
         )

@@ -11,9 +11,15 @@ from torch.distributions import Distribution
 from ..errors import ShapeError, SimulationError
 from ..posterior import as_tensor
 from ..priors import check_in_support, check_prior, prior_dim
-from ..training import TrainConfig, make_config
+from ..training import TrainConfig, fit, make_config
 
-__all__ = ["Method", "check_simulations", "check_joint_score", "check_joint_score_weight"]
+__all__ = [
+    "Method",
+    "check_simulations",
+    "check_joint_score",
+    "check_joint_score_weight",
+    "fit_maybe_with_joint_score",
+]
 
 
 def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, Tensor]:
@@ -61,10 +67,20 @@ def check_joint_score_weight(weight: Any) -> float:
     return float(weight)
 
 
-def check_joint_score(joint_score: Any, theta: Tensor) -> Tensor | None:
-    """A per-simulation joint score ``(N, D)`` matching ``theta``, finite, as float32."""
+def check_joint_score(joint_score: Any, theta: Tensor, estimator_name: str) -> Tensor | None:
+    """A per-simulation joint score ``(N, D)`` matching ``theta``, finite, as float32, for a
+    flow estimator (whose loss is its negative log-density, so its score is well defined)."""
+    from ..errors import ConfigError
+    from ..estimators.flows import Flow
+    from ..estimators.registry import estimator_class
+
     if joint_score is None:
         return None
+    if not issubclass(estimator_class(estimator_name), Flow):
+        raise ConfigError(
+            "joint_score needs a flow estimator (nsf, maf, realnvp), whose loss is its "
+            f"negative log-density; got estimator={estimator_name!r}."
+        )
     score = torch.as_tensor(joint_score, dtype=torch.float32)
     if score.shape != theta.shape:
         raise ShapeError(
@@ -106,3 +122,23 @@ class Method:
                 merged["min_epochs"] = min(defaults["min_epochs"], cap)
             overrides = merged
         return make_config(config, **overrides)
+
+
+def fit_maybe_with_joint_score(
+    estimator: Any,
+    plain_loss: Any,
+    joint_loss: Any,
+    theta: Tensor,
+    x: Tensor,
+    config: TrainConfig,
+    joint_score: Tensor | None,
+    weight: float,
+) -> Any:
+    """Train ``estimator`` with ``plain_loss(estimator)``, or, given a joint score and a
+    positive weight, with ``joint_loss(estimator, weight, scale)``, ``scale`` being the score's
+    per-dimension standard deviation (so the weight is unitless). Returns the History."""
+    if joint_score is None or weight == 0:
+        return fit(plain_loss(estimator), theta, x, config)
+    scale = joint_score.std(0).clamp_min(1e-8)
+    loss = joint_loss(estimator, weight, scale)
+    return fit(loss, theta, x, config, {"joint_score": joint_score})

@@ -30,13 +30,18 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError, ShapeError
 from ..estimators.base import ConditionalEstimator
-from ..estimators.flows import Flow
 from ..estimators.registry import build_estimator, estimator_class
 from ..estimators.transformed import TransformedEstimator, integer_columns
 from ..losses import JointScoreNLELoss, NLELoss
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
-from ..training import TrainConfig, fit
-from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
+from ..training import TrainConfig
+from .base import (
+    Method,
+    check_joint_score,
+    check_joint_score_weight,
+    check_simulations,
+    fit_maybe_with_joint_score,
+)
 
 __all__ = ["NLE", "SurrogateSimulator"]
 
@@ -140,7 +145,7 @@ class NLE(Method):
         """
         config = self._config(config, config_options)
         theta, x = check_simulations(self.prior, theta, x)
-        joint_score = self._check_joint_score(joint_score, theta)
+        joint_score = check_joint_score(joint_score, theta, self.estimator_name)
         if x.ndim != 2:
             raise ShapeError(
                 f"NLE models x as a flat vector, but x has shape {tuple(x.shape[1:])} per "
@@ -156,12 +161,16 @@ class NLE(Method):
             )
             estimator = self._wrap(estimator, x)
             estimator.fit_standardization(x, theta)
-            if joint_score is None or self.joint_score_weight == 0:
-                self.history = fit(NLELoss(estimator), theta, x, config)
-            else:
-                scale = joint_score.std(0).clamp_min(1e-8)
-                loss = JointScoreNLELoss(estimator, self.joint_score_weight, scale)
-                self.history = fit(loss, theta, x, config, {"joint_score": joint_score})
+            self.history = fit_maybe_with_joint_score(
+                estimator,
+                NLELoss,
+                JointScoreNLELoss,
+                theta,
+                x,
+                config,
+                joint_score,
+                self.joint_score_weight,
+            )
         estimator = estimator.cpu() if config.device == "cpu" else estimator
         self.estimator = estimator
         return MCMCPosterior(
@@ -173,16 +182,6 @@ class NLE(Method):
             mcmc_method=self.mcmc_method,
             **self.mcmc,
         )
-
-    def _check_joint_score(self, joint_score: Any, theta: Tensor) -> Tensor | None:
-        if joint_score is None:
-            return None
-        if not issubclass(estimator_class(self.estimator_name), Flow):
-            raise ConfigError(
-                f"joint_score needs a flow likelihood (maf, nsf, realnvp), whose loss is its "
-                f"negative log-density; got estimator={self.estimator_name!r}."
-            )
-        return check_joint_score(joint_score, theta)
 
     def _wrap(self, estimator: ConditionalEstimator, x: Tensor) -> ConditionalEstimator:
         """The estimator with dequantised and log-scale columns, when any are asked for."""

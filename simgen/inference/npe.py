@@ -23,13 +23,18 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ..estimators.flows import Flow
 from ..estimators.registry import build_estimator, estimator_class
 from ..losses import JointScoreNPELoss, NPELoss
 from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
-from ..training import TrainConfig, fit
-from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
+from ..training import TrainConfig
+from .base import (
+    Method,
+    check_joint_score,
+    check_joint_score_weight,
+    check_simulations,
+    fit_maybe_with_joint_score,
+)
 
 __all__ = ["NPE"]
 
@@ -105,7 +110,9 @@ class NPE(Method):
         config = self._config(config, config_options, defaults)
         theta, x = check_simulations(self.prior, theta, x)
         u = theta if self.support == "reject" else support_transform(self.prior).inv(theta)
-        target_score = self._target_score(check_joint_score(joint_score, theta), theta, u)
+        target_score = self._target_score(
+            check_joint_score(joint_score, theta, self.estimator_name), theta, u
+        )
         with torch.random.fork_rng(devices=[]):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
@@ -117,12 +124,16 @@ class NPE(Method):
                 **self.estimator_options,
             )
             estimator.fit_standardization(u, x)
-            if target_score is None or self.joint_score_weight == 0:
-                self.history = fit(NPELoss(estimator), u, x, config)
-            else:
-                scale = target_score.std(0).clamp_min(1e-8)
-                loss = JointScoreNPELoss(estimator, self.joint_score_weight, scale)
-                self.history = fit(loss, u, x, config, {"joint_score": target_score})
+            self.history = fit_maybe_with_joint_score(
+                estimator,
+                NPELoss,
+                JointScoreNPELoss,
+                u,
+                x,
+                config,
+                target_score,
+                self.joint_score_weight,
+            )
         return DirectPosterior(
             estimator.cpu() if config.device == "cpu" else estimator,
             self.prior,
@@ -140,11 +151,6 @@ class NPE(Method):
         """
         if joint_score is None:
             return None
-        if not issubclass(estimator_class(self.estimator_name), Flow):
-            raise ConfigError(
-                f"joint_score needs a flow posterior (nsf, maf, realnvp), whose loss is its "
-                f"negative log-density; got estimator={self.estimator_name!r}."
-            )
         with torch.enable_grad():
             th = theta.detach().clone().requires_grad_(True)
             log_prior = self.prior.log_prob(th).sum()
