@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from ..errors import ShapeError, SimulationError
+from ..errors import ConfigError, ShapeError, SimulationError
+from ..estimators.flows import Flow
+from ..estimators.registry import estimator_class
 from ..posterior import as_tensor
 from ..priors import check_in_support, check_prior, prior_dim
 from ..training import TrainConfig, fit, make_config
@@ -18,7 +20,6 @@ __all__ = [
     "check_simulations",
     "check_joint_score",
     "check_joint_score_weight",
-    "fit_maybe_with_joint_score",
 ]
 
 
@@ -60,8 +61,6 @@ def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, 
 
 def check_joint_score_weight(weight: Any) -> float:
     """``joint_score_weight`` as a float, or a ConfigError."""
-    from ..errors import ConfigError
-
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 1e6:
         raise ConfigError(f"joint_score_weight must be a number >= 0, got {weight!r}.")
     return float(weight)
@@ -70,10 +69,6 @@ def check_joint_score_weight(weight: Any) -> float:
 def check_joint_score(joint_score: Any, theta: Tensor, estimator_name: str) -> Tensor | None:
     """A per-simulation joint score ``(N, D)`` matching ``theta``, finite, as float32, for a
     flow estimator (whose loss is its negative log-density, so its score is well defined)."""
-    from ..errors import ConfigError
-    from ..estimators.flows import Flow
-    from ..estimators.registry import estimator_class
-
     if joint_score is None:
         return None
     if not issubclass(estimator_class(estimator_name), Flow):
@@ -97,6 +92,9 @@ def check_joint_score(joint_score: Any, theta: Tensor, estimator_name: str) -> T
 
 class Method:
     """Base of NPE/NLE/NRE: holds the prior and the training configuration."""
+
+    #: Weight of the joint-score term in :meth:`_fit_losses` (set by NPE and NLE).
+    joint_score_weight: float = 0.0
 
     def __init__(self, prior: Distribution):
         check_prior(prior)
@@ -123,22 +121,23 @@ class Method:
             overrides = merged
         return make_config(config, **overrides)
 
-
-def fit_maybe_with_joint_score(
-    estimator: Any,
-    plain_loss: Any,
-    joint_loss: Any,
-    theta: Tensor,
-    x: Tensor,
-    config: TrainConfig,
-    joint_score: Tensor | None,
-    weight: float,
-) -> Any:
-    """Train ``estimator`` with ``plain_loss(estimator)``, or, given a joint score and a
-    positive weight, with ``joint_loss(estimator, weight, scale)``, ``scale`` being the score's
-    per-dimension standard deviation (so the weight is unitless). Returns the History."""
-    if joint_score is None or weight == 0:
-        return fit(plain_loss(estimator), theta, x, config)
-    scale = joint_score.std(0).clamp_min(1e-8)
-    loss = joint_loss(estimator, weight, scale)
-    return fit(loss, theta, x, config, {"joint_score": joint_score})
+    def _fit_losses(
+        self,
+        estimator: Any,
+        plain_loss: Any,
+        joint_loss: Any,
+        theta: Tensor,
+        x: Tensor,
+        config: TrainConfig,
+        joint_score: Tensor | None,
+    ) -> Any:
+        """Train ``estimator`` with ``plain_loss(estimator)``, or, given a joint score and a
+        positive ``self.joint_score_weight``, with ``joint_loss(estimator, weight, scale)``,
+        ``scale`` being the score's per-dimension standard deviation (so the weight is
+        unitless). Returns the History."""
+        weight = self.joint_score_weight
+        if joint_score is None or weight == 0:
+            return fit(plain_loss(estimator), theta, x, config)
+        scale = joint_score.std(0).clamp_min(1e-8)
+        loss = joint_loss(estimator, weight, scale)
+        return fit(loss, theta, x, config, {"joint_score": joint_score})

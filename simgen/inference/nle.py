@@ -35,13 +35,7 @@ from ..estimators.transformed import TransformedEstimator, integer_columns
 from ..losses import JointScoreNLELoss, NLELoss
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from ..training import TrainConfig
-from .base import (
-    Method,
-    check_joint_score,
-    check_joint_score_weight,
-    check_simulations,
-    fit_maybe_with_joint_score,
-)
+from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
 
 __all__ = ["NLE", "SurrogateSimulator"]
 
@@ -161,7 +155,7 @@ class NLE(Method):
             )
             estimator = self._wrap(estimator, x)
             estimator.fit_standardization(x, theta)
-            self.history = fit_maybe_with_joint_score(
+            self.history = self._fit_losses(
                 estimator,
                 NLELoss,
                 JointScoreNLELoss,
@@ -169,7 +163,6 @@ class NLE(Method):
                 x,
                 config,
                 joint_score,
-                self.joint_score_weight,
             )
         estimator = estimator.cpu() if config.device == "cpu" else estimator
         self.estimator = estimator

@@ -29,13 +29,7 @@ from ..losses import JointScoreNPELoss, NPELoss
 from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
 from ..training import TrainConfig
-from .base import (
-    Method,
-    check_joint_score,
-    check_joint_score_weight,
-    check_simulations,
-    fit_maybe_with_joint_score,
-)
+from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
 
 __all__ = ["NPE"]
 
@@ -125,7 +119,7 @@ class NPE(Method):
                 **self.estimator_options,
             )
             estimator.fit_standardization(u, x)
-            self.history = fit_maybe_with_joint_score(
+            self.history = self._fit_losses(
                 estimator,
                 NPELoss,
                 JointScoreNPELoss,
@@ -133,7 +127,6 @@ class NPE(Method):
                 x,
                 config,
                 target_score,
-                self.joint_score_weight,
             )
         return DirectPosterior(
             estimator.cpu() if config.device == "cpu" else estimator,
