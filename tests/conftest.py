@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests are seeded; a small trained posterior is cached per session."""
+"""Shared fixtures. Tests are seeded; a small trained posterior is trained once per test run."""
 
 from __future__ import annotations
 
