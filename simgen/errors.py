@@ -12,6 +12,8 @@ __all__ = [
     "ShapeError",
     "SimulationError",
     "SimulationInterrupted",
+    "SimulationStopped",
+    "BankError",
     "PriorError",
     "SupportError",
     "UnknownEstimatorError",
@@ -46,6 +48,19 @@ class SimulationInterrupted(SimgenError, KeyboardInterrupt):
     def __init__(self, message: str, partial: object = None):
         super().__init__(message)
         self.partial = partial
+
+
+class SimulationStopped(SimulationError):
+    """A run stopped on an error after some batches finished; ``partial`` holds those
+    (or None when they are in a bank, which the message names)."""
+
+    def __init__(self, message: str, partial: object = None):
+        super().__init__(message)
+        self.partial = partial
+
+
+class BankError(SimulationError):
+    """A simulation bank is in use by another run, damaged, or belongs to another run."""
 
 
 class PriorError(SimgenError):
