@@ -22,9 +22,10 @@ themselves are not kept (their size may change from batch to batch); call
 
 from __future__ import annotations
 
-import collections
+import operator
+import secrets
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,23 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .bank import JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, Bank
-from .errors import ShapeError, SimulationError, SimulationInterrupted, SimulationWarning
+from .bank import JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, Bank, check_like, layout
+from .batches import Outputs, run_batches
+from .errors import (
+    ConfigError,
+    ShapeError,
+    SimgenError,
+    SimulationError,
+    SimulationInterrupted,
+    SimulationStopped,
+    SimulationWarning,
+)
 from .priors import check_prior
-from .simulator import Simulator, as_simulator
+from .simulator import Simulator, as_simulator, simulator_identity
+
+#: θ for every simulation is drawn in memory up front: (N, D) float32.
+MAX_SIMULATIONS = 10**9
+MAX_SEED = 2**63 - 1
 
 __all__ = ["simulate", "run_simulator", "read_bank", "Simulations"]
 
@@ -72,99 +86,6 @@ class Simulations(tuple):
         for key, value in info.items():
             setattr(self, key, value)
         return self
-
-
-def _batch_generator(seed: int, batch: int) -> torch.Generator:
-    # SeedSequence mixes (seed, batch) into independent, reproducible streams.
-    state = np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
-
-
-def _as_tensor(x: object, n: int) -> Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, Tensor):
-        raise ShapeError(
-            f"The simulator returned {type(x).__name__}; it must return a tensor or numpy array "
-            f"of shape (N, ...) for N parameter rows."
-        )
-    if x.ndim == 0 or x.shape[0] != n:
-        raise ShapeError(
-            f"The simulator returned shape {tuple(x.shape)} for {n} parameter rows; the first "
-            "dimension must be the batch (one row of x per row of theta)."
-        )
-    return x.float() if x.dtype == torch.float64 else x
-
-
-Outputs = dict[str, Tensor]
-
-
-def _call(sim: Simulator, theta: Tensor, generator: torch.Generator, joint: bool) -> Outputs:
-    """One simulator call as named outputs, each with a row per row of ``theta``."""
-    n = theta.shape[0]
-    if not joint:
-        return {"x": _as_tensor(sim(theta, generator=generator), n)}
-    trace = sim.trace(theta, generator=generator)
-    outputs = {"x": _as_tensor(trace.x, n)}
-    for name in JOINT_ARRAYS:
-        outputs[name] = _as_tensor(getattr(trace, name), n)
-    return outputs
-
-
-def _call_isolating_failures(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
-) -> tuple[Outputs | None, Tensor]:
-    """Simulate ``theta``; on an exception, bisect to find the rows that raise.
-
-    Returns ``(outputs, ok)`` where every output has a row for every row of ``theta``
-    (garbage where ``ok`` is False), or ``outputs`` is None when every row failed.
-    """
-    n = theta.shape[0]
-    try:
-        return _call(sim, theta, generator, joint), torch.ones(n, dtype=torch.bool)
-    except ShapeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any simulator failure is recorded, not fatal
-        if n == 1:
-            if len(errors) < 5 and f"{type(exc).__name__}: {exc}" not in errors:
-                errors.append(f"{type(exc).__name__}: {exc}")
-            return None, torch.zeros(1, dtype=torch.bool)
-    half = n // 2
-    parts = [
-        _call_isolating_failures(sim, theta[:half], generator, errors, joint),
-        _call_isolating_failures(sim, theta[half:], generator, errors, joint),
-    ]
-    template = next((out for out, _ in parts if out is not None), None)
-    if template is None:
-        return None, torch.zeros(n, dtype=torch.bool)
-    merged = {
-        name: torch.cat(
-            [
-                out[name] if out is not None else first.new_zeros((len(ok), *first.shape[1:]))
-                for out, ok in parts
-            ]
-        )
-        for name, first in template.items()
-    }
-    return merged, torch.cat([ok for _, ok in parts])
-
-
-def _simulate_batch(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
-) -> tuple[Outputs | None, np.ndarray]:
-    """``(outputs or None, status)`` for one batch; status codes as in :mod:`simgen.bank`.
-
-    A row is ``NONFINITE`` when any of its outputs (``x``, or with ``joint`` also the
-    log-density or score) holds NaN or ±inf.
-    """
-    outputs, ok = _call_isolating_failures(sim, theta, generator, errors, joint)
-    status = np.where(ok.numpy(), OK, RAISED).astype(np.int8)
-    if outputs is not None:
-        finite = torch.stack(
-            [torch.isfinite(v.reshape(len(v), -1).float()).all(-1) for v in outputs.values()]
-        ).all(0)
-        status[(status == OK) & ~finite.numpy()] = NONFINITE
-    return outputs, status
 
 
 def _assemble(
@@ -234,60 +155,45 @@ def _collect(
     )
 
 
-def _batch_job(
-    sim: Simulator, theta: Tensor, seed: int, batch: int, joint: bool = False
-) -> tuple[Outputs | None, np.ndarray, list[str]]:
-    """One batch, self-contained so that an executor can run it in another process."""
-    errors: list[str] = []
-    outputs, status = _simulate_batch(sim, theta, _batch_generator(seed, batch), errors, joint)
-    return outputs, status, errors
-
-
-def _run_batches(
-    sim: Simulator,
-    theta: Tensor,
-    seed: int,
-    batch_size: int,
-    batches: Iterable[int],
-    executor: Any,
-    joint: bool = False,
-) -> Iterator[tuple[int, tuple[Outputs | None, np.ndarray, list[str]]]]:
-    """Yield ``(b, result)`` in batch order, computed here or on ``executor``.
-
-    With an executor (anything with ``submit(fn, *args) -> future`` and ``future.result()``:
-    a ``concurrent.futures`` pool or a ``dask.distributed.Client``), a window of
-    ``max(8, 2 * workers)`` batches is in flight; results are taken in order so each one is
-    saved as soon as every batch before it is.
-    """
-    chunks = ((b, theta[b * batch_size : (b + 1) * batch_size]) for b in batches)
-    if executor is None:
-        for b, chunk in chunks:
-            yield b, _batch_job(sim, chunk, seed, b, joint)
-        return
-    window = max(8, 2 * _num_workers(executor))
-    pending: collections.deque = collections.deque()
-    try:
-        for b, chunk in chunks:
-            pending.append((b, executor.submit(_batch_job, sim, chunk, seed, b, joint)))
-            if len(pending) >= window:
-                b0, future = pending.popleft()
-                yield b0, future.result()
-        while pending:
-            b0, future = pending.popleft()
-            yield b0, future.result()
-    finally:
-        for _, future in pending:
-            future.cancel()
-
-
-def _num_workers(executor: Any) -> int:
-    workers = getattr(executor, "_max_workers", None)  # concurrent.futures pools
-    if workers is None and hasattr(executor, "nthreads"):  # dask.distributed.Client
+def check_count(value: object, name: str, low: int, high: int, why: str = "") -> int:
+    """``value`` as an int in ``[low, high]``, else a :class:`~simgen.errors.ConfigError`."""
+    number: int | None = None
+    if not isinstance(value, bool):
         try:
-            workers = sum(executor.nthreads().values())
-        except Exception:  # noqa: BLE001 - a sizing hint only
-            workers = None
-    return int(workers or 4)
+            number = operator.index(value)
+        except TypeError:
+            if isinstance(value, float) and value.is_integer():
+                number = int(value)
+    if number is None:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}{why}, got {number}.")
+    return number
+
+
+def _check_theta(theta: object) -> Tensor:
+    try:
+        theta = torch.as_tensor(theta)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeError(
+            f"theta must be a numeric (N, D) array; got {type(theta).__name__}."
+        ) from exc
+    if theta.dtype == torch.bool or theta.is_complex():
+        raise ShapeError(f"theta must hold real numbers, got dtype {theta.dtype}.")
+    theta = theta.detach().to(torch.float32)
+    if theta.ndim != 2 or theta.shape[0] == 0:
+        raise ShapeError(f"theta must have shape (N, D) with N >= 1; got {tuple(theta.shape)}.")
+    if not torch.isfinite(theta).all():
+        raise ShapeError("theta holds NaN or inf; every parameter must be finite.")
+    return theta
+
+
+def _check_bank(bank: object) -> Path | None:
+    if bank is None:
+        return None
+    if not isinstance(bank, (str, Path)) or not str(bank):
+        raise ConfigError(f"bank must be a path (str or pathlib.Path), got {bank!r}.")
+    return Path(bank).expanduser()
 
 
 def run_simulator(
@@ -299,8 +205,11 @@ def run_simulator(
     bank: str | Path | None = None,
     executor: Any = None,
     joint: bool = False,
+    prior: Distribution | None = None,
 ) -> Simulations:
-    """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`."""
+    """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`.
+
+    ``prior`` is only recorded in a bank's fingerprint (θ itself is what is checked)."""
     sim = as_simulator(simulator)
     if joint and not callable(getattr(sim, "trace", None)):
         raise SimulationError(
@@ -308,19 +217,57 @@ def run_simulator(
             f"with joint_log_prob and joint_score; {sim!r} has none. Wrap a pyro program "
             "with simgen.from_pyro, or implement trace on your Simulator subclass."
         )
-    theta = torch.as_tensor(theta, dtype=torch.float32)
-    if theta.ndim != 2:
-        raise ShapeError(f"theta must have shape (N, D); got {tuple(theta.shape)}.")
-    if batch_size < 1:
-        raise SimulationError(f"batch_size must be a positive integer, got {batch_size}.")
+    theta = _check_theta(theta)
+    seed = check_count(seed, "seed", 0, MAX_SEED)
+    batch_size = check_count(batch_size, "batch_size", 1, MAX_SIMULATIONS)
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ConfigError(
+            f"executor must have submit(fn, *args) (a concurrent.futures pool or a "
+            f"dask.distributed.Client), got {type(executor).__name__}."
+        )
+    path = _check_bank(bank)
+    if path is None:
+        return _run(sim, theta, seed, batch_size, progress, None, executor, bool(joint))
+    fingerprint = {
+        "seed": seed,
+        "joint": bool(joint),
+        "simulator": simulator_identity(sim),
+        "prior": None if prior is None else repr(prior)[:500],
+        "simgen": _version(),
+    }
+    store = Bank.open(path, theta, fingerprint, batch_size)
+    try:
+        return _run(sim, theta, seed, batch_size, progress, store, executor, bool(joint))
+    finally:
+        store.close()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _run(
+    sim: Simulator,
+    theta: Tensor,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+    store: Bank | None,
+    executor: Any,
+    joint: bool,
+) -> Simulations:
     n = theta.shape[0]
-    store = None if bank is None else Bank.open(bank, theta, seed, batch_size, joint)
+    if store is not None:
+        store.repair()
     done = store.done_batches() if store is not None else set()
     todo = [b for b in range(-(-n // batch_size)) if b not in done]
     outs: dict[int, Outputs | None] = {}
     statuses: dict[int, np.ndarray] = {}
     errors: list[str] = []
-    results = _run_batches(sim, theta, seed, batch_size, todo, executor, joint)
+    expected = {}
+    results = run_batches(sim, theta, seed, batch_size, todo, executor, joint)
     if progress:
         from tqdm.auto import tqdm
 
@@ -331,15 +278,72 @@ def run_simulator(
             errors.extend(e for e in batch_errors if e not in errors and len(errors) < 5)
             if store is not None:
                 store.write(b, outputs, status, errors)
-            else:
-                outs[b], statuses[b] = outputs, status
+                continue
+            if outputs is not None:
+                if expected:
+                    check_like(expected, outputs, b)
+                else:
+                    expected = layout(outputs)
+            outs[b], statuses[b] = outputs, status
     except KeyboardInterrupt as exc:
         raise _interrupted(theta, batch_size, store, outs, statuses, errors) from exc
-    if store is not None:
-        _, merged, status, errors = store.read()
-    else:
+    except Exception as exc:  # noqa: BLE001 - finished work is kept, then the error is raised
+        stopped = _stopped(exc, theta, batch_size, store, outs, statuses, errors)
+        if stopped is None:
+            raise
+        raise stopped from exc
+    if store is None:
         merged, status = _assemble(n, batch_size, outs, statuses)
+        return _collect(theta, merged, status, errors)
+    _, merged, status, errors = store.read()
+    store.mark_complete()
     return _collect(theta, merged, status, errors)
+
+
+def _partial(
+    theta: Tensor,
+    batch_size: int,
+    outs: dict[int, Outputs | None],
+    statuses: dict[int, np.ndarray],
+    errors: list[str],
+) -> Simulations | None:
+    merged, status = _assemble(len(theta), batch_size, outs, statuses)
+    try:
+        return _collect(theta, merged, status, errors, warn=False)
+    except SimulationError:
+        return None
+
+
+def _stopped(
+    exc: Exception,
+    theta: Tensor,
+    batch_size: int,
+    store: Bank | None,
+    outs: dict[int, Outputs | None],
+    statuses: dict[int, np.ndarray],
+    errors: list[str],
+) -> SimulationStopped | None:
+    """The error to raise when a run stops early with finished batches to keep (None: no
+    batch had finished, so the original error is raised as it is)."""
+    reason = str(exc) if isinstance(exc, SimgenError) else f"{type(exc).__name__}: {exc}"
+    if store is not None:
+        done, total = len(store.done_batches()), -(-len(theta) // batch_size)
+        if not done:
+            return None
+        return SimulationStopped(
+            f"The run stopped: {reason} The {done} of {total} batches saved in {store.path} "
+            "are kept; fix the cause and call simulate again with the same arguments to "
+            "resume."
+        )
+    partial = _partial(theta, batch_size, outs, statuses, errors)
+    if partial is None:
+        return None
+    return SimulationStopped(
+        f"The run stopped: {reason} The {len(partial.theta)} simulations finished before it "
+        "are in exc.partial (theta, x = exc.partial); pass bank='run.zarr' to keep every "
+        "batch on disk.",
+        partial=partial,
+    )
 
 
 def _interrupted(
@@ -358,11 +362,7 @@ def _interrupted(
             "again with the same arguments and bank= to resume where it stopped.",
             partial=None,
         )
-    merged, status = _assemble(len(theta), batch_size, outs, statuses)
-    try:
-        partial = _collect(theta, merged, status, errors, warn=False)
-    except SimulationError:
-        partial = None
+    partial = _partial(theta, batch_size, outs, statuses, errors)
     kept = 0 if partial is None else len(partial.theta)
     return SimulationInterrupted(
         f"Interrupted after {len(statuses)} batches; the {kept} finished simulations are in "
@@ -373,14 +373,13 @@ def _interrupted(
 
 
 def read_bank(path: str | Path) -> Simulations:
-    """The simulations saved so far in the bank at ``path`` (see :mod:`simgen.bank`)."""
-    import zarr
+    """The simulations saved so far in the bank at ``path`` (see :mod:`simgen.bank`).
 
-    path = Path(path)
-    if not path.exists():
-        raise SimulationError(f"No simulation bank at {path}; create one with simulate(bank=).")
-    group = zarr.open_group(str(path), mode="r")
-    theta, outputs, status, errors = Bank(group, path).read()
+    Raises:
+        BankError: No bank at ``path``, or a batch marked done has lost its data (resume the
+            run with :func:`simulate` to simulate it again).
+    """
+    theta, outputs, status, errors = Bank.reader(path).read()
     return _collect(theta, outputs, status, errors)
 
 
@@ -406,14 +405,20 @@ def simulate(
 
     Args:
         simulator: Batched callable ``theta (N, D) -> x (N, ...)``; may take ``generator=``.
+            It gets a copy of each batch of θ, so editing it in place changes nothing.
         prior: Any distribution with ``sample`` and ``log_prob`` and event shape ``(D,)``.
-        num_simulations: How many to draw (failures are excluded, so a few less may return).
-        seed: Makes the result reproducible; ``None`` draws a fresh seed.
+        num_simulations: How many to draw, 1 to 10⁹ (θ for all of them is drawn in memory
+            first; failures are excluded, so a few less may return).
+        seed: Makes the result reproducible, 0 to 2⁶³ - 1. ``None`` draws a fresh seed
+            (from the operating system, leaving torch's global generator untouched), or,
+            when ``bank`` already holds a bank, takes that bank's seed, so that repeating a
+            banked call resumes it.
         batch_size: Rows per simulator call.
         progress: Show a progress bar.
-        bank: Path of a zarr store (:mod:`simgen.bank`) that receives every finished batch.
-            Calling again with the same arguments resumes an interrupted run (and, once it
-            is complete, just reads it back); the result is identical to an uninterrupted run.
+        bank: Path of a zarr store (:mod:`simgen.bank`, ``~`` expanded) that receives every
+            finished batch. Calling again with the same arguments resumes an interrupted run
+            (and, once it is complete, just reads it back); the result is identical to an
+            uninterrupted run. One run writes to a bank at a time; another is refused.
         executor: Run batches in parallel: a ``concurrent.futures`` pool (e.g.
             ``ProcessPoolExecutor`` for local processes) or a ``dask.distributed.Client`` for
             a cluster. Batches are seeded by their index, so the result is the same as a
@@ -427,8 +432,13 @@ def simulate(
             ``.joint_score`` ``(N, D)``, banked with ``x``. ``x`` is the same as without it.
 
     Raises:
+        ConfigError: A count, seed or option is out of range or of the wrong type.
+        BankError: ``bank`` is being written by another run, or was made by another run.
         SimulationInterrupted: On Ctrl-C. Nothing finished is lost: it is in the bank, or,
             without one, in the exception's ``partial`` result.
+        SimulationStopped: A later batch failed in a way that stops the run (a different
+            output shape, a full disk, a broken worker pool); what had finished is in the
+            bank or in ``partial``.
 
     Returns:
         A :class:`Simulations` ``(theta, x)``, unpackable as ``theta, x = simulate(...)``.
@@ -437,19 +447,25 @@ def simulate(
         >>> from simulators import two_moons
         >>> theta, x = simulate(two_moons.simulator, two_moons.prior, 1000, seed=0)
     """
-    if int(num_simulations) < 1:
-        raise SimulationError(f"num_simulations must be at least 1, got {num_simulations}.")
-    check_prior(prior)
+    num_simulations = check_count(
+        num_simulations, "num_simulations", 1, MAX_SIMULATIONS, " (θ is drawn in memory first)"
+    )
+    with torch.random.fork_rng(devices=[]):  # the check draws from the prior
+        check_prior(prior)
+    path = _check_bank(bank)
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()))
-    theta = sample_prior(prior, int(num_simulations), seed)
+        stored = None if path is None else Bank.stored_seed(path)
+        seed = secrets.randbelow(2**31 - 1) if stored is None else stored
+    seed = check_count(seed, "seed", 0, MAX_SEED)
+    theta = sample_prior(prior, num_simulations, seed)
     return run_simulator(
         simulator,
         theta,
         seed=seed,
         batch_size=batch_size,
         progress=progress,
-        bank=bank,
+        bank=path,
         executor=executor,
         joint=joint,
+        prior=prior,
     )

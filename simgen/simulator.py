@@ -36,6 +36,7 @@ __all__ = [
     "Trace",
     "as_simulator",
     "accepts_generator",
+    "simulator_identity",
     "from_pyro",
 ]
 
@@ -131,6 +132,24 @@ def as_simulator(obj: Callable | Simulator) -> Simulator:
             f"A simulator must be callable as simulator(theta) -> x; got {type(obj).__name__}."
         )
     return FunctionSimulator(obj)
+
+
+def _qualified(obj: object) -> str:
+    target = getattr(obj, "func", obj)  # functools.partial
+    if not hasattr(target, "__qualname__"):
+        target = type(target)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+def simulator_identity(sim: Simulator) -> str:
+    """A name for the code behind ``sim``, stored in banks so that a resume with another
+    simulator is refused: the module and qualified name of the function, class or pyro
+    program (not its state, which may legitimately change between runs)."""
+    if isinstance(sim, FunctionSimulator):
+        return _qualified(sim.fn)
+    if isinstance(sim, PyroSimulator):
+        return f"pyro:{_qualified(sim.model)}"
+    return _qualified(type(sim))
 
 
 def _seed_from(generator: torch.Generator | None) -> int | None:

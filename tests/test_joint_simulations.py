@@ -7,9 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 import simgen
+from simgen.batches import batch_generator
 from simgen.cli import app
 from simgen.errors import SimulationError, SimulationInterrupted
-from simgen.simulate import _batch_generator, read_bank
+from simgen.simulate import read_bank
 from simgen.simulator import Simulator, from_pyro
 
 PRIOR = torch.distributions.Independent(torch.distributions.Normal(torch.zeros(2), 1.0), 1)
@@ -52,7 +53,7 @@ def test_joint_simulations_carry_each_batchs_trace():
     assert joint.joint_log_prob.shape == (250,) and joint.joint_score.shape == (250, 2)
     for b in range(5):
         rows = slice(60 * b, 60 * (b + 1))
-        tr = sim.trace(joint.theta[rows], generator=_batch_generator(4, b))
+        tr = sim.trace(joint.theta[rows], generator=batch_generator(4, b))
         torch.testing.assert_close(joint.joint_log_prob[rows], tr.joint_log_prob)
         torch.testing.assert_close(joint.joint_score[rows], tr.joint_score)
     # (The trace's own log-prob and score are checked against closed forms and finite
