@@ -47,16 +47,33 @@ from .errors import (
     NoDensityError,
     NotFittedError,
     ShapeError,
-    SimulationError,
     SupportError,
 )
 from .estimators.base import ConditionalEstimator, SampleOnlyEstimator
 from .estimators.registry import from_spec
+from .posterior_args import (
+    SBI_PASSED_OPTIONS,
+    as_tensor,
+    check_map_options,
+    check_options,
+    check_seed,
+    check_theta,
+    check_x,
+    checks_sample_shape,
+    sample_shape_of,
+)
 from .prior_specs import prior_from_spec, prior_to_spec
 from .priors import in_support, support_transform
 from .serialization import save_model
 
-__all__ = ["Posterior", "DirectPosterior", "as_tensor"]
+__all__ = [
+    "Posterior",
+    "DirectPosterior",
+    "as_tensor",
+    "check_options",
+    "sample_shape_of",
+    "SBI_PASSED_OPTIONS",
+]
 
 _CHUNK = 100_000
 #: Draws behind the Monte-Carlo acceptance :math:`Z(x)` of ``support="reject"``.
@@ -67,21 +84,22 @@ MIN_ACCEPTANCE = 1e-3
 SUPPORT_MODES = ("transform", "reject")
 
 
-def as_tensor(value: Any, name: str) -> Tensor:
-    """``value`` (tensor, numpy array or nested list) as a float32 tensor."""
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    try:
-        value = torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ShapeError(
-            f"{name} must be a tensor or numpy array; got {type(value).__name__}."
-        ) from exc
-    return value.float() if value.is_floating_point() or value.dtype != torch.bool else value
-
-
 class Posterior(abc.ABC):
-    """Shared machinery of every posterior over ``D`` parameters given ``x`` of ``x_shape``."""
+    """Shared machinery of every posterior over ``D`` parameters given ``x`` of ``x_shape``.
+
+    Arguments are checked here for every subclass, by :mod:`simgen.posterior_args`:
+    ``sample_shape`` by ``sample_shape_of`` (a subclass's ``sample`` and ``sample_batched``
+    are wrapped to do so when the class is created), ``x`` by :meth:`_single_x` and
+    :meth:`_batch_x` (shape, finiteness), ``theta`` by :meth:`_theta` (shape, no NaN).
+    A method taking ``**options`` passes them to ``check_options(options, valid, where)``.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("sample", "sample_batched"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__isabstractmethod__", False):
+                setattr(cls, name, checks_sample_shape(method))
 
     def __init__(self, prior: Distribution, x_shape: Sequence[int], theta_dim: int):
         self.prior = prior
@@ -108,38 +126,16 @@ class Posterior(abc.ABC):
                     "No observation: pass x=x_o, or call posterior.set_default_x(x_o) once."
                 )
             return self._default_x
-        x = as_tensor(x, "x")
-        if tuple(x.shape) == self.x_shape:
-            x = x[None]
-        if tuple(x.shape) != (1, *self.x_shape):
-            raise ShapeError(
-                f"x has shape {tuple(x.shape)}, but this posterior was trained on x of shape "
-                f"{self.x_shape}. Pass one observation of shape {self.x_shape}; for many "
-                "observations at once use sample_batched / log_prob_batched."
-            )
-        _check_finite(x, "x")
-        return x
+        return check_x(x, self.x_shape, batched=False)
 
     def _batch_x(self, x: Any) -> Tensor:
         """Several observations as ``(B, *x_shape)``, validated."""
-        x = as_tensor(x, "x")
-        if tuple(x.shape) == self.x_shape:
-            x = x[None]
-        if tuple(x.shape[1:]) != self.x_shape:
-            raise ShapeError(
-                f"x has shape {tuple(x.shape)}; sample_batched needs (B, *{self.x_shape})."
-            )
-        _check_finite(x, "x")
-        return x
+        return check_x(x, self.x_shape, batched=True)
 
     def _theta(self, theta: Any) -> Tensor:
-        theta = as_tensor(theta, "theta")
-        if theta.ndim == 0 or theta.shape[-1] != self.theta_dim:
-            raise ShapeError(
-                f"theta has shape {tuple(theta.shape)}; its last dimension must "
-                f"be the number of parameters, {self.theta_dim}."
-            )
-        return theta
+        """Parameters ``(*, D)``, validated: numeric, ``D`` last, no NaN (±inf is allowed:
+        it lies outside every support and gets ``log_prob`` ``-inf``)."""
+        return check_theta(theta, self.theta_dim)
 
     # -- the interface ------------------------------------------------------------------
     @abc.abstractmethod
@@ -150,6 +146,7 @@ class Posterior(abc.ABC):
     def log_prob(self, theta: Any, x: Any = None, **kwargs: Any) -> Tensor:
         """:math:`\\log q(\\theta \\mid x)` for ``theta`` of shape ``(*, D)`` → ``(*)``."""
 
+    @checks_sample_shape
     def sample_batched(self, sample_shape: Sequence[int], x: Any, **kwargs: Any) -> Tensor:
         """``(*sample_shape, B, D)`` samples for ``B`` observations ``x`` (``(B, *x_shape)``)."""
         xs = self._batch_x(x)
@@ -169,7 +166,9 @@ class Posterior(abc.ABC):
         Starts from the best of ``num_init`` posterior samples and follows gradient ascent
         on :math:`\\log q(\\theta \\mid x)` in the unconstrained space :math:`u = T^{-1}
         (\\theta)` (so the iterate never leaves the support), keeping the best point found.
+        ``show_progress_bars`` is sbi's keyword, accepted and ignored.
         """
+        check_map_options(num_init, num_iter, learning_rate)
         xo = self._single_x(x)
         with torch.no_grad():
             init = self.sample((num_init,), x=xo)
@@ -252,11 +251,6 @@ class Posterior(abc.ABC):
         return prior_from_spec(spec["prior"])
 
 
-def _check_finite(x: Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise SimulationError(f"{name} contains NaN or inf; an observation must be finite.")
-
-
 class DirectPosterior(Posterior):
     """NPE's posterior: samples and densities straight from :math:`q_\\phi(\\theta\\mid x)`.
 
@@ -311,10 +305,15 @@ class DirectPosterior(Posterior):
         sample_shape: Sequence[int] = (),
         x: Any = None,
         seed: int | None = None,
-        show_progress_bars: bool = False,
-        **_: Any,
+        **options: Any,
     ) -> Tensor:
-        """``(*sample_shape, D)`` samples for one observation, all inside the prior's support."""
+        """``(*sample_shape, D)`` samples for one observation, all inside the prior's support.
+
+        ``seed`` makes the draws reproducible without touching torch's global generator.
+        No other option is taken (sbi's ``show_progress_bars`` is accepted and ignored).
+        """
+        check_options(options, (), "DirectPosterior.sample")
+        check_seed(seed)
         xo = self._single_x(x).to(self.device)
         return self._draw(tuple(sample_shape), xo, seed)[..., 0, :]
 
@@ -324,10 +323,12 @@ class DirectPosterior(Posterior):
         sample_shape: Sequence[int],
         x: Any,
         seed: int | None = None,
-        show_progress_bars: bool = False,
-        **_: Any,
+        **options: Any,
     ) -> Tensor:
-        """``(*sample_shape, B, D)`` samples for ``B`` observations in one vectorised pass."""
+        """``(*sample_shape, B, D)`` samples for ``B`` observations in one vectorised pass
+        (``seed`` and options as in :meth:`sample`)."""
+        check_options(options, (), "DirectPosterior.sample_batched")
+        check_seed(seed)
         xs = self._batch_x(x).to(self.device)
         n = int(np.prod(tuple(sample_shape))) if len(tuple(sample_shape)) else 1
         per_chunk = max(1, _CHUNK // max(len(xs), 1))
@@ -411,12 +412,16 @@ class DirectPosterior(Posterior):
         eps = 1e-6 * (high - low)
         return torch.minimum(torch.maximum(theta, low + eps), high - eps)
 
-    def log_prob(self, theta: Any, x: Any = None, norm_posterior: bool = True, **_: Any) -> Tensor:
+    def log_prob(
+        self, theta: Any, x: Any = None, norm_posterior: bool = True, **options: Any
+    ) -> Tensor:
         """:math:`\\log q(\\theta \\mid x)`, normalised over the support; ``-inf`` outside it.
 
         ``norm_posterior=False`` (sbi's name) skips the Monte-Carlo :math:`Z(x)` of
         ``support="reject"``: a constant per x, irrelevant to ranking (coverage passes it).
+        No other option is taken (sbi's ``show_progress_bars`` is accepted and ignored).
         """
+        check_options(options, (), "DirectPosterior.log_prob")
         if isinstance(self.estimator, SampleOnlyEstimator):
             raise NoDensityError(
                 f"The {self.estimator.name!r} estimator is sample-only and has no density. "
@@ -433,11 +438,21 @@ class DirectPosterior(Posterior):
             logp = logp - self._log_acceptance(xo)[0]
         return self._mask_support(theta, logp)
 
-    def log_prob_batched(self, theta: Any, x: Any, norm_posterior: bool = True) -> Tensor:
+    def log_prob_batched(
+        self, theta: Any, x: Any, norm_posterior: bool = True, **options: Any
+    ) -> Tensor:
         """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``
-        (``norm_posterior`` as in :meth:`log_prob`)."""
+        (``norm_posterior`` and options as in :meth:`log_prob`)."""
+        check_options(options, (), "DirectPosterior.log_prob_batched")
         theta = self._theta(theta).to(self.device)
         xs = self._batch_x(x).to(self.device)
+        if theta.ndim < 2 or theta.shape[-2] not in (1, len(xs)):
+            raise ShapeError(
+                f"theta has shape {tuple(theta.shape)} for {len(xs)} observations; "
+                f"log_prob_batched needs theta of shape (*, {len(xs)}, {self.theta_dim}) "
+                f"(or (*, 1, {self.theta_dim}) for the same θ under every observation)."
+            )
+        theta = theta.expand(*theta.shape[:-2], len(xs), self.theta_dim)
         with torch.set_grad_enabled(theta.requires_grad):
             logp = self._dist(xs).log_prob(theta)
         if self.support == "reject" and norm_posterior:
