@@ -125,7 +125,7 @@ def run(
             f"Command: `{command}`.",
             f"Settings: max_epochs={max_epochs} for simgen and sbi (sbi stops after 20 epochs "
             "without validation improvement; simgen after each family's measured patience: "
-            "20, flow matching 35, diffusion 40 after at least 100 epochs), library defaults "
+            "20, flow matching 35, diffusion 30 after at least 100 epochs), library defaults "
             f"otherwise; C2ST "
             f"(sbi's classifier) on {num_c2st} samples against the reference posterior at "
             f"x_o; gaussian_linear in {_task('gaussian_linear', quick).dim} dimensions; "
