@@ -6,7 +6,7 @@
 >>> samples = posterior.sample((10_000,), x=x_o)
 """
 
-from . import diagnostics, plots
+from . import diagnostics, plots, sequential
 from .diagnostics import diagnose
 from .errors import SimgenError
 from .inference import NLE, NPE, NRE
@@ -46,4 +46,5 @@ __all__ = [
     "diagnostics",
     "plots",
     "diagnose",
+    "sequential",
 ]

@@ -204,9 +204,11 @@ def _check_epsilon(epsilon: float) -> None:
 
 
 def _log_prob(posterior: Any, theta: Tensor, x_o: Tensor) -> Tensor:
+    # norm_posterior=False (sbi's name) skips a per-x Monte-Carlo constant that a threshold
+    # does not need; posteriors without the option are asked without it.
     try:
         return posterior.log_prob(theta, x=x_o, norm_posterior=False)
-    except TypeError:  # posteriors without sbi's norm_posterior option
+    except (TypeError, ConfigError):
         return posterior.log_prob(theta, x=x_o)
 
 
