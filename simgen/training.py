@@ -35,12 +35,17 @@ class TrainConfig:
         batch_size: Minibatch size.
         learning_rate: Adam's step size.
         max_epochs: Upper bound on passes over the training set.
-        patience: Epochs without validation improvement before stopping.
+        patience: Training stops after exactly this many epochs in a row without a new best
+            validation loss (once ``min_epochs``/``min_steps`` are done). The default 20 counts
+            as sbi's ``stop_after_epochs=20`` does (sbi stops when its epochs-since-
+            improvement counter, reset to 0 on an improvement, reaches 20), so the two
+            libraries stop alike in the bake-off (``benchmarks/RESULTS.md``).
         validation_fraction: Share of simulations held out for early stopping, in (0, 0.5].
         clip_grad_norm: Gradient-norm clipping threshold (``None`` disables).
         weight_decay: Adam's L2 penalty.
-        lr_decay: Multiply the learning rate by this factor whenever validation stalls for
-            ``patience // 2`` epochs (1.0 disables).
+        lr_decay: Multiply the learning rate by this factor after every ``max(patience // 2,
+            1)`` epochs in a row without improvement (never on an improving epoch; 1.0
+            disables).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         seed: Seeds the initialisation, the split and the shuffling (``None``: random).
         progress: Show a progress bar over epochs.
@@ -51,9 +56,7 @@ class TrainConfig:
             training.
         ema: Decay ``b`` of an exponential moving average of the weights,
             ``w_avg <- b * w_avg + (1 - b) * w`` after every step (0 disables). Validation,
-            early stopping and the returned weights then use ``w_avg``. (Before session 6
-            a bug skipped the epochs-without-improvement count when averaging, so early
-            stopping never triggered with ``ema > 0``.)
+            early stopping and the returned weights then use ``w_avg``.
     """
 
     batch_size: int = 256
@@ -142,6 +145,11 @@ class TrainConfig:
         return asdict(self)
 
 
+def _decay_every(config: TrainConfig) -> int:
+    """Epochs without improvement between learning-rate decays: ``patience // 2``, at least 1."""
+    return max(config.patience // 2, 1)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -217,7 +225,7 @@ def _clip_grad_norm_(params: list[Tensor], max_norm: float) -> None:
 
     The same update as ``torch.nn.utils.clip_grad_norm_`` (one global 2-norm over all
     gradients), in three foreach kernels without its per-call dispatch and grouping overhead:
-    0.37 ms a step for the diffusion net on CPU (7% of a 1,000-simulation fit, session 7).
+    0.37 ms a step for the diffusion net on CPU (7% of a 1,000-simulation fit).
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
@@ -230,7 +238,7 @@ def _snapshot(module: nn.Module) -> dict:
     """A detached copy of ``module``'s state: tensor clones, not ``copy.deepcopy``.
 
     Taken at every validation improvement. For the diffusion net deepcopy's per-object
-    reconstruction cost about 3 ms a time, 5% of a 1,000-simulation fit (session 7).
+    reconstruction cost about 3 ms a time, 5% of a 1,000-simulation fit.
     """
     return {
         k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v)
@@ -329,19 +337,21 @@ def fit(
             history.train_loss.append(float(running) / max(steps, 1))
             history.validation_loss.append(val)
             history.epochs = epoch + 1
-            if val < history.best_validation_loss:
+            improved = val < history.best_validation_loss
+            if improved:
                 history.best_validation_loss, history.best_epoch = val, epoch
                 best_state = _snapshot(loss)
                 since_best = 0
+            else:
+                since_best += 1  # epochs without improvement
             if average is not None:
                 average.swap()  # back to the live weights to go on training
-            since_best += 1
             total_steps += steps
-            # The learning rate decays on stalls even in the warm-up (as before min_steps
-            # existed: diffusion's two_moons mean over seeds 0-3 went from 0.807 to 0.876
-            # when the first 100 epochs ran undecayed); only stopping waits.
+            # The learning rate decays on stalls even in the warm-up (diffusion's two_moons
+            # mean over seeds 0-3 was 0.807 with decay in its first 100 epochs, 0.876 with
+            # them undecayed); only stopping waits.
             warm = epoch + 1 < config.min_epochs or total_steps < config.min_steps
-            if config.lr_decay < 1 and since_best % max(config.patience // 2, 1) == 0:
+            if config.lr_decay < 1 and not improved and since_best % _decay_every(config) == 0:
                 for group in optimizer.param_groups:
                     group["lr"] *= config.lr_decay
             if bar is not None:
