@@ -1,6 +1,10 @@
-"""Write ``benchmarks/RESULTS.md`` from the summary below and every ``results_*.md``.
+"""Write ``benchmarks/RESULTS.md``: the headline (``summary.md``) and an index of the tables.
 
 python -m benchmarks.collect
+
+Each ``results_*.md`` holds its benchmark's current tables, written by the command listed
+beside it; RESULTS.md points at them rather than copying them, so every table is committed
+once.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ SECTIONS = [
     ("results_sbc.md", "SBC vs sbi's run_sbc (issue 7)", "python -m benchmarks.bench_sbc"),
     (
         "results_joint_score.md",
-        "NLE with the simulator's joint score (SCANDAL) vs plain NLE",
+        "NLE and NPE with the simulator's joint score (SCANDAL) vs plain training",
         "python -m benchmarks.bench_joint_score",
     ),
     (
@@ -43,10 +47,12 @@ SECTIONS = [
 
 HEADER = """# Benchmark results
 
-All runs: CPU only, `OMP_NUM_THREADS=1` unless a section says otherwise, simgen and sbi in
-the same process on the same simulations. The machine is a shared 2-core box, so absolute
-seconds are noisy; compare the ratios. Each section names the command that produced it;
-`./run bench` reruns them all and `python -m benchmarks.collect` rebuilds this page.
+All runs: CPU only, `OMP_NUM_THREADS=1` unless a file says otherwise, simgen and sbi in the
+same process on the same simulations. The machine is a shared 2-core box, so absolute seconds
+are noisy; compare the ratios. Each file below holds its benchmark's current tables (the
+current defaults, and the alternatives measured against them), with the exact command above
+each table; `./run bench` reruns them all and `python -m benchmarks.collect` rebuilds this
+page. The decisions these tables support are logged in `docs/decisions.md`.
 
 """
 
@@ -56,15 +62,10 @@ def main() -> None:
     summary = HERE / "summary.md"
     if summary.exists():
         parts.append(summary.read_text().strip() + "\n\n")
+    parts.append("## Tables\n\n| results | file | command |\n|---|---|---|\n")
     for name, title, command in SECTIONS:
-        path = HERE / name
-        if not path.exists():
-            parts.append(f"## {title}\n\nNot yet run (`OMP_NUM_THREADS=1 {command}`).\n\n")
-            continue
-        body = path.read_text().strip()
-        if body.startswith("# "):
-            body = body.split("\n", 1)[1].strip()
-        parts.append(f"## {title}\n\n{body}\n\n")
+        where = f"[`{name}`]({name})" if (HERE / name).exists() else "not yet run"
+        parts.append(f"| {title} | {where} | `OMP_NUM_THREADS=1 {command}` |\n")
     (HERE / "RESULTS.md").write_text("".join(parts).rstrip() + "\n")
 
 
