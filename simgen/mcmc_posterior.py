@@ -1,19 +1,15 @@
 r"""Posteriors sampled by MCMC: NLE's and NRE's.
 
-Both methods learn a function that is the posterior up to a constant once the prior is added:
-
-.. math::
-    \log \tilde p(\theta \mid x) =
-    \begin{cases}
-      \log q_\phi(x \mid \theta) + \log p(\theta) & \text{NLE (likelihood estimator)}\\
-      \log \hat r_\phi(\theta, x) + \log p(\theta) & \text{NRE (ratio classifier's logit)}
-    \end{cases}
-
-so :meth:`MCMCPosterior.log_prob` is **unnormalised** (it differs from the normalised log
-density by an unknown function of x), and sampling runs :func:`simgen.mcmc.run_mcmc` on
-:math:`\log \tilde p(T(u) \mid x) + \log|\det J_T(u)|` with :math:`T` the prior's support
-bijection, so every draw lies inside the support. The diagnostics of the last run (R-hat,
-ESS, acceptance) are kept in :attr:`MCMCPosterior.last_mcmc` and exported by ``to_arviz``.
+Both are built from a **potential** (:mod:`simgen.mcmc.potentials`), an unnormalised log
+posterior :math:`\psi(\theta, x)`: :func:`~simgen.mcmc.likelihood_potential` for NLE,
+:math:`\log q_\phi(x\mid\theta) + \log p(\theta)`, and :func:`~simgen.mcmc.ratio_potential`
+for NRE, :math:`f_\phi(\theta, x) + \log p(\theta)`. So :meth:`MCMCPosterior.log_prob` is
+**unnormalised** (it differs from the normalised log density by an unknown function of x),
+and sampling runs :func:`simgen.mcmc.run_mcmc` on :math:`\psi(T(u), x) + \log|\det J_T(u)|`
+with :math:`T` the prior's support bijection, so every draw lies inside the support. The
+settings are an :class:`~simgen.mcmc.MCMCConfig` (its module docstring states the thinning
+and chain-count rules); the diagnostics of the last run (R-hat, ESS, acceptance) are kept in
+:attr:`MCMCPosterior.last_mcmc` and exported by ``to_arviz``.
 """
 
 from __future__ import annotations
@@ -28,12 +24,23 @@ from torch.distributions import Distribution
 
 from .errors import ConfigError, NoDensityError, NotFittedError, ShapeError
 from .estimators.base import ConditionalEstimator
+from .estimators.classifier import RatioClassifier
 from .estimators.registry import from_spec
-from .mcmc import METHODS, MCMCResult, run_mcmc
+from .mcmc import MCMCConfig, MCMCResult, run_mcmc
+from .mcmc.potentials import (
+    PosteriorPotential,
+    likelihood_potential,
+    ratio_potential,
+    unconstrained,
+)
 from .posterior import Posterior, as_tensor
-from .priors import in_support
+from .posterior_args import check_options, check_seed
+from .priors import prior_dim
 
 __all__ = ["MCMCPosterior", "SurrogateSimulator"]
+
+#: Per-call options of :meth:`MCMCPosterior.sample` besides the :class:`MCMCConfig` fields.
+_CALL_OPTIONS = ("num_chains", "warmup", "thin", "method", "sampler_options", "seed")
 
 
 class SurrogateSimulator:
@@ -71,23 +78,19 @@ class SurrogateSimulator:
             return self.estimator(as_tensor(theta, "theta")).log_prob(as_tensor(x, "x"))
 
 
-#: Unless ``num_chains`` is given, small requests run fewer chains, each at least this long
-#: (SBC asks ~100 draws per observation: 4 chains x 25 draws, not 50 x 2).
-MIN_DRAWS_PER_CHAIN = 25
-MIN_CHAINS = 4
-
-
 class MCMCPosterior(Posterior):
-    """Posterior from a learned likelihood (``method="nle"``) or ratio (``method="nre"``).
+    """A posterior sampled by MCMC on a potential; NLE's (``from_likelihood``) and NRE's
+    (``from_ratio``).
 
     Args:
-        estimator: NLE: a density estimator of x given θ (``estimator(theta).log_prob(x)``);
-            NRE: a classifier with ``estimator(theta, x) -> log-ratio``.
+        potential: ``(theta (*, B, D), x (B, *x_shape)) -> (*, B)``, the unnormalised log
+            posterior (:mod:`simgen.mcmc.potentials`).
         prior: The prior.
-        method: ``"nle"`` or ``"nre"``.
         x_shape: Shape of one observation.
+        estimator: The trained network behind the potential (saved with the posterior).
+        method: ``"nle"`` or ``"nre"``: how a saved file rebuilds the potential.
         history: The training history.
-        num_chains, warmup, thin, mcmc_method: Default MCMC settings (see :meth:`sample`).
+        mcmc: Default MCMC settings (:class:`~simgen.mcmc.MCMCConfig`; see :meth:`sample`).
 
     Example:
         >>> posterior = NLE(prior).fit(theta, x)
@@ -97,86 +100,49 @@ class MCMCPosterior(Posterior):
 
     def __init__(
         self,
-        estimator: nn.Module,
+        potential: PosteriorPotential,
         prior: Distribution,
-        method: str,
         x_shape: Sequence[int],
+        estimator: nn.Module,
+        method: str,
         history: Any = None,
-        num_chains: int = 50,
-        warmup: int = 100,
-        thin: int | None = None,
-        mcmc_method: str = "rwm",
+        mcmc: MCMCConfig | None = None,
     ):
-        if method not in ("nle", "nre"):
-            raise ConfigError(f"method must be 'nle' or 'nre', got {method!r}.")
-        theta_dim = estimator.context_shape[0] if method == "nle" else estimator.theta_dim
-        super().__init__(prior, x_shape, theta_dim)
+        if method not in _REBUILD:
+            raise ConfigError(f"method must be one of {sorted(_REBUILD)}, got {method!r}.")
+        if mcmc is not None and not isinstance(mcmc, MCMCConfig):
+            raise ConfigError(f"mcmc must be an MCMCConfig, got {type(mcmc).__name__}.")
+        super().__init__(prior, x_shape, prior_dim(prior))
+        self.potential = potential
         self.estimator = estimator.eval()
         self.method = method
         self.history = history
-        self.mcmc_defaults = {
-            "num_chains": num_chains,
-            "warmup": warmup,
-            "thin": thin,
-            "method": mcmc_method,
-        }
+        self.mcmc = mcmc if mcmc is not None else MCMCConfig()
         self.last_mcmc: MCMCResult | None = None
-        self._inner = self._transform(torch.zeros(self.theta_dim))  # a point inside the support
+
+    @classmethod
+    def from_likelihood(
+        cls, estimator: ConditionalEstimator, prior: Distribution, x_shape: Sequence[int],
+        history: Any = None, mcmc: MCMCConfig | None = None,
+    ) -> MCMCPosterior:  # fmt: skip
+        """NLE's posterior: :func:`~simgen.mcmc.likelihood_potential` of ``estimator``."""
+        potential = likelihood_potential(estimator, prior, x_shape)
+        return cls(potential, prior, x_shape, estimator, "nle", history, mcmc)
+
+    @classmethod
+    def from_ratio(
+        cls, classifier: RatioClassifier, prior: Distribution, x_shape: Sequence[int],
+        history: Any = None, mcmc: MCMCConfig | None = None,
+    ) -> MCMCPosterior:  # fmt: skip
+        """NRE's posterior: :func:`~simgen.mcmc.ratio_potential` of ``classifier``."""
+        return cls(ratio_potential(classifier, prior), prior, x_shape, classifier, "nre",
+                   history, mcmc)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
         return next(self.estimator.buffers()).device
 
-    # -- the potential ------------------------------------------------------------------
-    def potential(self, theta: Tensor, x: Tensor) -> Tensor:
-        """Unnormalised log-posterior of ``theta`` ``(*, B, D)`` given ``x`` ``(B, *x_shape)``."""
-        if self.method == "nle":
-            est: ConditionalEstimator = self.estimator  # type: ignore[assignment]
-            batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[: x.ndim - len(self.x_shape)])
-            loglik = est(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *self.x_shape))
-        else:
-            loglik = self.estimator(theta, x)
-        inside = in_support(self.prior, theta)
-        safe = torch.where(inside[..., None], theta, self._inner.to(theta))
-        logp = loglik + self.prior.log_prob(safe)
-        # -inf outside the support; a NaN inside it is kept, so MCMC reports it (MCMCError).
-        return torch.where(inside, logp, torch.full_like(logp, -math.inf))
-
-    def _potential_u(self, x: Tensor) -> Any:
-        transform = self._transform
-
-        def fn(u: Tensor) -> Tensor:
-            theta = transform(u)
-            value = self.potential(theta, x) + _log_abs_det(transform, u, theta)
-            return torch.where(torch.isnan(value) & torch.isinf(u).any(-1), -math.inf, value)
-
-        return fn
-
     # -- sampling -----------------------------------------------------------------------
-    def _settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        valid = {*self.mcmc_defaults, "seed", "show_progress_bars", "sampler_options"}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise ConfigError(
-                f"Unknown MCMC option(s) {unknown}; valid: num_chains, warmup, thin, method, "
-                "seed, sampler_options."
-            )
-        settings = {**self.mcmc_defaults, **kwargs}
-        settings.pop("show_progress_bars", None)
-        if settings["method"] == "nuts" and "num_chains" not in kwargs:
-            settings["num_chains"] = 4  # pyro runs chains one after another
-        if settings["thin"] is None:
-            # Random-walk draws decorrelate in O(D) steps. Measured on 2-D NLE, 40 observations
-            # x 4 chains x 25 draws: thin 5 left 11 of 40 observations at R-hat > 1.1 (bulk
-            # ESS 21 of 100), thin 10 left 1, thin 20 none. Hence 5D, at least 10.
-            settings["thin"] = max(10, 5 * self.theta_dim) if settings["method"] == "rwm" else 1
-        n = settings["num_chains"]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-            raise ConfigError(f"num_chains must be an integer >= 2, got {n!r}.")
-        if settings["method"] not in METHODS:
-            raise ConfigError(f"MCMC method must be one of {METHODS}, got {settings['method']!r}.")
-        return settings
-
     def _init_chains(self, x: Tensor, num_chains: int, seed: int | None) -> Tensor:
         """Sampling–importance–resampling from the prior: ``(num_chains, B, D)`` in u-space."""
         with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -190,25 +156,25 @@ class MCMCPosterior(Posterior):
             theta = torch.gather(candidates, 0, idx.T[..., None].expand(-1, -1, self.theta_dim))
         return self._transform.inv(theta)
 
-    def _run(self, sample_shape: Sequence[int], x: Tensor, kwargs: dict[str, Any]) -> Tensor:
-        settings = self._settings(kwargs)
-        seed = settings.pop("seed", None)
+    def _run(self, sample_shape: Sequence[int], x: Tensor, options: dict[str, Any]) -> Tensor:
+        options = check_options(options, _CALL_OPTIONS, "MCMCPosterior.sample")
+        seed = options.pop("seed", None)
+        check_seed(seed)
+        config = self.mcmc.replace(**options)
         n = math.prod(tuple(sample_shape))
-        chains = settings["num_chains"]
-        if "num_chains" not in kwargs and settings["method"] != "nuts":
-            # Few draws per chain make R-hat meaningless: keep >= MIN_DRAWS_PER_CHAIN.
-            chains = max(MIN_CHAINS, min(chains, n // MIN_DRAWS_PER_CHAIN))
+        chains = config.chains_for(n, explicit="num_chains" in options)
         draws = max(math.ceil(n / chains), 1)
         init = self._init_chains(x, chains, seed)
         result = run_mcmc(
-            self._potential_u(x),
+            unconstrained(self.potential, self._transform, x),
             init,
             draws,
-            warmup=settings["warmup"],
-            thin=settings["thin"],
-            method=settings["method"],
+            warmup=config.warmup,
+            thin=config.thin_for(self.theta_dim),
+            method=config.method,
             seed=seed,
-            sampler_options=settings.get("sampler_options"),
+            rhat_threshold=config.rhat_threshold,
+            sampler_options=dict(config.sampler_options),
         )
         result.samples = self._transform(result.samples)
         self.last_mcmc = result
@@ -230,42 +196,54 @@ class MCMCPosterior(Posterior):
             check(x, "x_o")
         return x
 
-    def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **kwargs: Any) -> Tensor:
+    def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **options: Any) -> Tensor:
         """``(*sample_shape, D)`` MCMC draws for one observation.
 
-        Keyword options override the defaults: ``num_chains`` (run at once), ``warmup``
-        (adaptation steps per chain, discarded), ``thin`` (keep every k-th step),
-        ``method`` (``"rwm"``, ``"slice"``, ``"hmc"`` or pyro's ``"nuts"``; see
-        :mod:`simgen.mcmc`), ``seed``, ``sampler_options`` (e.g. ``{"num_steps": 16}`` for
-        HMC). ``thin=None`` (default) thins random-walk chains by :math:`\\max(10, 5D)` and
-        the others by 1; ``"nuts"`` runs 4 chains unless ``num_chains`` is given (pyro runs
-        them one after another). Without ``num_chains``, a request of ``n`` draws runs
-        ``max(4, min(num_chains, n // 25))`` chains, so every chain is long enough for R-hat
-        (SBC's ~100 draws per observation: 4 chains of 25). Diagnostics land in
-        :attr:`last_mcmc`; a
-        :class:`~simgen.errors.ConvergenceWarning` says when R-hat > 1.1.
+        Keyword options override fields of the posterior's :class:`~simgen.mcmc.MCMCConfig`
+        for this call: ``num_chains`` (run at once), ``warmup`` (adaptation steps per chain,
+        discarded), ``thin`` (keep every k-th step), ``method`` (``"rwm"``, ``"slice"``,
+        ``"hmc"`` or pyro's ``"nuts"``; see :mod:`simgen.mcmc`), ``sampler_options`` (e.g.
+        ``{"num_steps": 16}`` for HMC), and ``seed``. ``thin=None`` (default) thins
+        random-walk chains by :math:`\\max(10, 5D)` and the others by 1; a request of ``n``
+        draws runs ``max(4, min(num_chains, n // 25))`` chains unless the call names
+        ``num_chains`` (``"nuts"``: 4), so every chain is long enough for R-hat. Diagnostics
+        land in :attr:`last_mcmc`; a :class:`~simgen.errors.ConvergenceWarning` says when
+        R-hat > 1.1. sbi's ``show_progress_bars`` is accepted and ignored; any other keyword
+        raises :class:`~simgen.errors.ConfigError`.
         """
         xo = self._single_x(x).to(self.device)
-        return self._run(sample_shape, xo, kwargs)[..., 0, :]
+        return self._run(sample_shape, xo, options)[..., 0, :]
 
-    def sample_batched(self, sample_shape: Sequence[int], x: Any, **kwargs: Any) -> Tensor:
-        """``(*sample_shape, B, D)``: chains for all ``B`` observations run in one batch."""
+    def sample_batched(self, sample_shape: Sequence[int], x: Any, **options: Any) -> Tensor:
+        """``(*sample_shape, B, D)``: chains for all ``B`` observations run in one batch
+        (options as in :meth:`sample`)."""
         xs = self._batch_x(x).to(self.device)
-        return self._run(sample_shape, xs, kwargs)
+        return self._run(sample_shape, xs, options)
 
-    def log_prob(self, theta: Any, x: Any = None, **_: Any) -> Tensor:
-        """**Unnormalised** :math:`\\log p(\\theta) + \\log q(x\\mid\\theta)` (NRE: + logit).
+    def log_prob(
+        self, theta: Any, x: Any = None, norm_posterior: bool = False, **options: Any
+    ) -> Tensor:
+        """**Unnormalised** :math:`\\psi(\\theta, x)`: log prior + log likelihood (NLE) or +
+        logit (NRE).
 
         It equals :math:`\\log p(\\theta \\mid x)` plus a constant that depends on x only: fine
         for comparing θs and for MAP, not for comparing densities across observations.
+        ``norm_posterior`` (sbi's name) is accepted for interface parity; there is no
+        normaliser to compute, so ``True`` raises :class:`~simgen.errors.NoDensityError`.
         """
+        check_options(options, (), "MCMCPosterior.log_prob")
+        _no_normaliser(norm_posterior)
         theta = self._theta(theta).to(self.device)
         xo = self._single_x(x).to(self.device)
         with torch.set_grad_enabled(theta.requires_grad):
             return self.potential(theta[..., None, :], xo)[..., 0]
 
-    def log_prob_batched(self, theta: Any, x: Any) -> Tensor:
+    def log_prob_batched(
+        self, theta: Any, x: Any, norm_posterior: bool = False, **options: Any
+    ) -> Tensor:
         """Unnormalised ``theta`` ``(*, B, D)`` against ``B`` observations → ``(*, B)``."""
+        check_options(options, (), "MCMCPosterior.log_prob_batched")
+        _no_normaliser(norm_posterior)
         theta = self._theta(theta).to(self.device)
         with torch.set_grad_enabled(theta.requires_grad):
             return self.potential(theta, self._batch_x(x).to(self.device))
@@ -288,9 +266,9 @@ class MCMCPosterior(Posterior):
     @property
     def likelihood(self) -> SurrogateSimulator:
         """NLE only: the trained likelihood as a fast simulator, ``likelihood(theta) -> x``."""
-        if self.method != "nle":
+        if not isinstance(self.estimator, ConditionalEstimator):
             raise NoDensityError("Only NLE posteriors carry a likelihood (NRE learns a ratio).")
-        return SurrogateSimulator(self.estimator)  # type: ignore[arg-type]
+        return SurrogateSimulator(self.estimator)
 
     @property
     def mcmc_info(self) -> dict[str, Any]:
@@ -303,7 +281,7 @@ class MCMCPosterior(Posterior):
     kind = "mcmc"
 
     def _extra_spec(self) -> dict[str, Any]:
-        return {"mcmc": dict(self.mcmc_defaults)}
+        return {"mcmc": self.mcmc.to_dict()}
 
     @classmethod
     def _from_file(
@@ -314,23 +292,22 @@ class MCMCPosterior(Posterior):
         embedding_net: Any = None,
         device: str = "cpu",
     ) -> MCMCPosterior:
+        if spec.get("method") not in _REBUILD:
+            raise ConfigError(
+                f"This MCMC posterior file names method {spec.get('method')!r}; this simgen "
+                f"reads {sorted(_REBUILD)}."
+            )
+        build = getattr(cls, _REBUILD[spec["method"]])
         if spec["method"] == "nle":
             estimator = from_spec(spec["estimator"])
         else:
-            from .estimators.classifier import RatioClassifier
-
             estimator = RatioClassifier.from_spec(spec["estimator"], embedding_net)
         estimator.load_state_dict(state)
-        m = spec.get("mcmc", {})
-        posterior = cls(
+        posterior = build(
             estimator.to(device),
             cls._prior_from(spec, prior),
-            spec["method"],
             spec["x_shape"],
-            num_chains=m.get("num_chains", 50),
-            warmup=m.get("warmup", 100),
-            thin=m.get("thin"),
-            mcmc_method=m.get("method", "rwm"),
+            mcmc=MCMCConfig.from_dict(spec.get("mcmc", {})),
         )
         if spec.get("default_x") is not None:
             posterior.set_default_x(torch.tensor(spec["default_x"]))
@@ -339,12 +316,17 @@ class MCMCPosterior(Posterior):
     def __repr__(self) -> str:
         return (
             f"MCMCPosterior(method={self.method!r}, theta_dim={self.theta_dim}, "
-            f"x_shape={self.x_shape}, mcmc={self.mcmc_defaults})"
+            f"x_shape={self.x_shape}, mcmc={self.mcmc})"
         )
 
 
-def _log_abs_det(transform: Any, u: Tensor, theta: Tensor) -> Tensor:
-    ladj = transform.log_abs_det_jacobian(u, theta)
-    if ladj.ndim == u.ndim:  # elementwise transforms report per coordinate
-        ladj = ladj.sum(-1)
-    return ladj
+#: ``method`` of a saved file → the constructor that rebuilds its potential.
+_REBUILD = {"nle": "from_likelihood", "nre": "from_ratio"}
+
+
+def _no_normaliser(norm_posterior: Any) -> None:
+    if norm_posterior:
+        raise NoDensityError(
+            "An MCMC posterior's log_prob is unnormalised (no normaliser is estimated); "
+            "call log_prob(..., norm_posterior=False) or leave the option out."
+        )

@@ -107,7 +107,7 @@ def test_nan_potential_raises_mcmc_error() -> None:
     clf = RatioClassifier(2, (2,))
     with torch.no_grad():
         clf.net[-1].bias.fill_(torch.nan)
-    posterior = MCMCPosterior(clf, TASK.prior, "nre", (2,))
+    posterior = MCMCPosterior.from_ratio(clf, TASK.prior, (2,))
     with pytest.raises(MCMCError, match="NaN"):
         posterior.sample((10,), x=_x_o(), num_chains=4, warmup=2)
 

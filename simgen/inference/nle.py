@@ -6,7 +6,8 @@ support (Papamakarios et al., 2019). The posterior is then
 
 .. math:: p(\theta \mid x_o) \propto q_\phi(x_o \mid \theta)\, p(\theta),
 
-sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior`. The trained flow is also a
+sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior` from the potential
+:func:`~simgen.mcmc.likelihood_potential`. The trained flow is also a
 **surrogate simulator**: :class:`SurrogateSimulator` draws :math:`x \sim q_\phi(x \mid \theta)`
 in one batched network pass.
 
@@ -33,6 +34,7 @@ from ..estimators.base import ConditionalEstimator
 from ..estimators.registry import build_estimator, estimator_class
 from ..estimators.transformed import TransformedEstimator, integer_columns
 from ..losses import JointScoreNLELoss, NLELoss
+from ..mcmc import MCMCConfig
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from ..training import TrainConfig
 from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
@@ -82,7 +84,10 @@ class NLE(Method):
         joint_score_weight: :math:`\\lambda` of the joint-score term
             (:class:`~simgen.losses.JointScoreNLELoss`), used when ``fit`` is given
             ``joint_score`` (from ``simgen.simulate(..., joint=True)``); flows only.
-        num_chains, warmup, thin, mcmc_method: Default MCMC settings of the posterior.
+        mcmc: Default MCMC settings of the posterior (:class:`~simgen.mcmc.MCMCConfig`;
+            random-walk Metropolis unless told otherwise).
+        num_chains, warmup, thin, mcmc_method: The same settings one by one (``mcmc_method``
+            is the config's ``method``); each given one overrides ``mcmc``'s field.
         **estimator_options: Passed to the family (e.g. ``transforms=5``,
             ``activation="tanh"``); for ``"maf"``, ``transforms`` defaults to 7.
 
@@ -96,13 +101,14 @@ class NLE(Method):
         self,
         prior: Distribution,
         estimator: str = "maf",
-        num_chains: int = 50,
-        warmup: int = 100,
+        num_chains: int | None = None,
+        warmup: int | None = None,
         thin: int | None = None,
-        mcmc_method: str = "rwm",
+        mcmc_method: str | None = None,
         dequantize: bool | str | Sequence[int] = "auto",
         log_x: bool | Sequence[int] = False,
         joint_score_weight: float = 1.0,
+        mcmc: MCMCConfig | None = None,
         **estimator_options: Any,
     ):
         super().__init__(prior)
@@ -117,8 +123,7 @@ class NLE(Method):
         if estimator == "maf":
             estimator_options = {"transforms": DEFAULT_MAF_TRANSFORMS, **estimator_options}
         self.estimator_options = estimator_options
-        self.mcmc = {"num_chains": num_chains, "warmup": warmup, "thin": thin}
-        self.mcmc_method = mcmc_method
+        self.mcmc = MCMCConfig.resolve(mcmc, num_chains, warmup, thin, mcmc_method)
         self.history = None
 
     def fit(
@@ -137,7 +142,7 @@ class NLE(Method):
 
         The posterior's ``likelihood`` attribute is the :class:`SurrogateSimulator`.
         """
-        config = self._config(config, config_options)
+        config = self._config(config, config_options, estimator_class(self.estimator_name))
         theta, x = check_simulations(self.prior, theta, x)
         joint_score = check_joint_score(joint_score, theta, self.estimator_name)
         if x.ndim != 2:
@@ -166,14 +171,8 @@ class NLE(Method):
             )
         estimator = estimator.cpu() if config.device == "cpu" else estimator
         self.estimator = estimator
-        return MCMCPosterior(
-            estimator,
-            self.prior,
-            "nle",
-            x.shape[1:],
-            history=self.history,
-            mcmc_method=self.mcmc_method,
-            **self.mcmc,
+        return MCMCPosterior.from_likelihood(
+            estimator, self.prior, x.shape[1:], history=self.history, mcmc=self.mcmc
         )
 
     def _wrap(self, estimator: ConditionalEstimator, x: Tensor) -> ConditionalEstimator:

@@ -5,7 +5,8 @@ A classifier's logit :math:`f_\phi(\theta, x)` learns the log likelihood-to-evid
 
 .. math:: p(\theta \mid x_o) \propto \exp f_\phi(\theta, x_o)\, p(\theta),
 
-sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior`. ``balanced=True`` trains BNRE
+sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior` from the potential
+:func:`~simgen.mcmc.ratio_potential`. ``balanced=True`` trains BNRE
 (Delaunoy et al., 2022), whose posteriors err on the side of being conservative; otherwise the
 contrastive NRE-C objective (Miller et al., 2022) is used.
 """
@@ -21,18 +22,12 @@ from torch.distributions import Distribution
 
 from ..estimators.classifier import RatioClassifier
 from ..losses.ratio import BNRELoss, NRECLoss
+from ..mcmc import MCMCConfig
 from ..mcmc_posterior import MCMCPosterior
 from ..training import TrainConfig, fit
 from .base import Method, check_simulations
 
 __all__ = ["NRE"]
-
-#: Training options NRE uses unless the caller passes a ``TrainConfig`` or the option.
-#: Defaults chosen by measurement (`benchmarks/results_nle_nre.md`, session 4, 3 seeds on
-#: two_moons and slcp, same simulations): a 3 x 64 classifier with K = 5 atoms at learning
-#: rate 3e-3 is as accurate as 3 x 128 with K = 5 (two_moons C2ST 0.652 vs 0.642, slcp
-#: 0.894 vs 0.895) and as K = 10 (session 3: 0.634, 0.887), in 1/2-1/3 of the CPU time.
-TRAIN_DEFAULTS = {"learning_rate": 3e-3}
 
 
 class NRE(Method):
@@ -47,7 +42,10 @@ class NRE(Method):
         gamma: NRE-C's odds of a joint versus a marginal class, :math:`\\gamma`.
         balanced: Train BNRE (binary classifier + balancing penalty) instead.
         regularization: BNRE's :math:`\\lambda`.
-        num_chains, warmup, thin, mcmc_method: Default MCMC settings of the posterior.
+        mcmc: Default MCMC settings of the posterior (:class:`~simgen.mcmc.MCMCConfig`;
+            random-walk Metropolis unless told otherwise).
+        num_chains, warmup, thin, mcmc_method: The same settings one by one (``mcmc_method``
+            is the config's ``method``); each given one overrides ``mcmc``'s field.
 
     Example:
         >>> posterior = NRE(prior).fit(theta, x, max_epochs=100)
@@ -63,10 +61,11 @@ class NRE(Method):
         gamma: float = 1.0,
         balanced: bool = False,
         regularization: float = 100.0,
-        num_chains: int = 50,
-        warmup: int = 100,
+        num_chains: int | None = None,
+        warmup: int | None = None,
         thin: int | None = None,
-        mcmc_method: str = "rwm",
+        mcmc_method: str | None = None,
+        mcmc: MCMCConfig | None = None,
     ):
         super().__init__(prior)
         self.embedding_net = embedding_net
@@ -74,15 +73,14 @@ class NRE(Method):
         self.num_atoms, self.gamma = num_atoms, gamma
         self.balanced, self.regularization = balanced, regularization
         NRECLoss(nn.Identity(), num_atoms, gamma)  # fail fast on bad options
-        self.mcmc = {"num_chains": num_chains, "warmup": warmup, "thin": thin}
-        self.mcmc_method = mcmc_method
+        self.mcmc = MCMCConfig.resolve(mcmc, num_chains, warmup, thin, mcmc_method)
         self.history = None
 
     def fit(
         self, theta: Any, x: Any, config: TrainConfig | None = None, **config_options: Any
     ) -> MCMCPosterior:
         """Train the classifier on simulations and return the MCMC posterior."""
-        config = self._config(config, config_options, TRAIN_DEFAULTS)
+        config = self._config(config, config_options, RatioClassifier)
         theta, x = check_simulations(self.prior, theta, x)
         with torch.random.fork_rng(devices=[]):
             if config.seed is not None:
@@ -98,12 +96,6 @@ class NRE(Method):
             )
             self.history = fit(loss, theta, x, config)
         classifier = classifier.cpu() if config.device == "cpu" else classifier
-        return MCMCPosterior(
-            classifier,
-            self.prior,
-            "nre",
-            x.shape[1:],
-            history=self.history,
-            mcmc_method=self.mcmc_method,
-            **self.mcmc,
+        return MCMCPosterior.from_ratio(
+            classifier, self.prior, x.shape[1:], history=self.history, mcmc=self.mcmc
         )

@@ -1,0 +1,103 @@
+r"""Potentials: a trained network and the prior as an unnormalised log posterior of (θ, x).
+
+NLE and NRE both learn a function that is the posterior up to a constant in θ once the log
+prior is added:
+
+.. math::
+    \psi(\theta, x) =
+    \begin{cases}
+      \log q_\phi(x \mid \theta) + \log p(\theta) & \text{NLE: } \texttt{likelihood\_potential}\\
+      f_\phi(\theta, x) + \log p(\theta) & \text{NRE: } \texttt{ratio\_potential}
+    \end{cases}
+
+(:math:`f_\phi` the ratio classifier's logit, :math:`\approx \log p(x\mid\theta) - \log
+p(x)`), with :math:`\psi = -\infty` outside the prior's support. A potential is a plain
+function ``potential(theta, x) -> (*, B)`` for ``theta`` ``(*, B, D)`` and ``B``
+observations ``x`` ``(B, *x_shape)``; :func:`unconstrained` turns it, for one batch of
+observations, into the log-density over :math:`u \in \mathbb R^D` that every sampler of
+:mod:`simgen.mcmc` takes,
+
+.. math:: \pi_u(u) = \psi\big(T(u), x\big) + \log\big|\det J_T(u)\big|,
+
+with :math:`T` the prior's support bijection (:func:`simgen.priors.support_transform`), so
+no chain ever leaves the support.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Transform
+
+from ..priors import in_support, prior_dim, support_transform
+from .base import Potential
+
+__all__ = ["PosteriorPotential", "likelihood_potential", "ratio_potential", "unconstrained"]
+
+#: ``(theta (*, B, D), x (B, *x_shape)) -> (*, B)``: an unnormalised log posterior.
+PosteriorPotential = Callable[[Tensor, Tensor], Tensor]
+
+
+def _with_prior(prior: Distribution) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(theta, log_term) -> log_term + log p(theta)``, ``-inf`` outside the support; a NaN
+    inside it is kept, so that MCMC reports it (:class:`~simgen.errors.MCMCError`)."""
+    inner = support_transform(prior)(torch.zeros(prior_dim(prior)))  # a point inside
+
+    def add(theta: Tensor, log_term: Tensor) -> Tensor:
+        inside = in_support(prior, theta)
+        safe = torch.where(inside[..., None], theta, inner.to(theta))
+        value = log_term + prior.log_prob(safe)
+        return torch.where(inside, value, torch.full_like(value, -math.inf))
+
+    return add
+
+
+def likelihood_potential(
+    estimator: nn.Module, prior: Distribution, x_shape: Sequence[int]
+) -> PosteriorPotential:
+    """:math:`\\log q_\\phi(x\\mid\\theta) + \\log p(\\theta)` from a likelihood estimator.
+
+    Args:
+        estimator: A conditional density estimator of x (target) given θ (context):
+            ``estimator(theta).log_prob(x)``.
+        prior: The prior.
+        x_shape: Shape of one observation.
+    """
+    x_shape = tuple(int(s) for s in x_shape)
+    with_prior = _with_prior(prior)
+
+    def potential(theta: Tensor, x: Tensor) -> Tensor:
+        batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[: x.ndim - len(x_shape)])
+        loglik = estimator(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *x_shape))
+        return with_prior(theta, loglik)
+
+    return potential
+
+
+def ratio_potential(classifier: nn.Module, prior: Distribution) -> PosteriorPotential:
+    """:math:`f_\\phi(\\theta, x) + \\log p(\\theta)` from a ratio classifier whose
+    ``classifier(theta, x)`` is the logit (target θ, context x; broadcast)."""
+    with_prior = _with_prior(prior)
+
+    def potential(theta: Tensor, x: Tensor) -> Tensor:
+        return with_prior(theta, classifier(theta, x))
+
+    return potential
+
+
+def unconstrained(potential: PosteriorPotential, transform: Transform, x: Tensor) -> Potential:
+    """The sampler's log-density :math:`\\pi_u` over ``u`` ``(*, B, D)`` given ``x``
+    ``(B, *x_shape)`` (module docstring)."""
+
+    def log_density(u: Tensor) -> Tensor:
+        theta = transform(u)
+        ladj = transform.log_abs_det_jacobian(u, theta)
+        if ladj.ndim == u.ndim:  # elementwise transforms report per coordinate
+            ladj = ladj.sum(-1)
+        value = potential(theta, x) + ladj
+        return torch.where(torch.isnan(value) & torch.isinf(u).any(-1), -math.inf, value)
+
+    return log_density
