@@ -18,7 +18,7 @@ from simgen.errors import (
     SupportError,
     UnknownEstimatorError,
 )
-from simulators import two_moons
+from simulators import gaussian_linear, two_moons
 
 # C2ST tolerance for 3,000 training simulations of the 2-D Gaussian linear task; sbi's own
 # tests accept 0.5 ± 0.1 for NPE at this budget.
@@ -345,11 +345,11 @@ def test_family_training_defaults_yield_to_the_caller():
 
     defaults = FlowMatching.train_defaults
     assert defaults["learning_rate"] == 3e-3
-    assert Method._config(None, {}, defaults).learning_rate == 3e-3
-    assert Method._config(None, {}, defaults).patience == defaults["patience"]
-    assert Method._config(None, {"learning_rate": 1e-4}, defaults).learning_rate == 1e-4
-    assert Method._config(TrainConfig(), {}, defaults).learning_rate == 1e-3
-    assert Method._config(TrainConfig(), {}, defaults).patience == TrainConfig.patience
+    assert Method._config(None, {}, FlowMatching).learning_rate == 3e-3
+    assert Method._config(None, {}, FlowMatching).patience == defaults["patience"]
+    assert Method._config(None, {"learning_rate": 1e-4}, FlowMatching).learning_rate == 1e-4
+    assert Method._config(TrainConfig(), {}, FlowMatching).learning_rate == 1e-3
+    assert Method._config(TrainConfig(), {}, FlowMatching).patience == TrainConfig.patience
 
 
 def test_family_min_epochs_is_capped_by_the_callers_max_epochs():
@@ -359,12 +359,40 @@ def test_family_min_epochs_is_capped_by_the_callers_max_epochs():
 
     defaults = Diffusion.train_defaults
     assert defaults["min_epochs"] > 5
-    assert Method._config(None, {}, defaults).min_epochs == defaults["min_epochs"]
-    capped = Method._config(None, {"max_epochs": 5}, defaults)
+    assert Method._config(None, {}, Diffusion).min_epochs == defaults["min_epochs"]
+    capped = Method._config(None, {"max_epochs": 5}, Diffusion)
     assert (capped.min_epochs, capped.max_epochs) == (5, 5)
-    assert Method._config(None, {"max_epochs": 5, "min_epochs": 2}, defaults).min_epochs == 2
+    assert Method._config(None, {"max_epochs": 5, "min_epochs": 2}, Diffusion).min_epochs == 2
     with pytest.raises(ConfigError, match="min_epochs"):
-        Method._config(None, {"max_epochs": 5, "min_epochs": 50}, defaults)
+        Method._config(None, {"max_epochs": 5, "min_epochs": 50}, Diffusion)
+
+
+def test_every_method_reads_the_family_training_defaults(monkeypatch):
+    """NPE, NLE and NRE all take their measured defaults from the trained class's
+    ``train_defaults``: a learning rate set there is the one each method trains with."""
+    from simgen.estimators.classifier import RatioClassifier
+    from simgen.estimators.flows import MAF, NSF
+    from simgen.inference import base
+
+    seen = []
+    real = base.Method._config
+
+    def spy(config, overrides, family=None):
+        out = real(config, overrides, family)
+        seen.append(out.learning_rate)
+        return out
+
+    monkeypatch.setattr(base.Method, "_config", staticmethod(spy))
+    for family in (NSF, MAF, RatioClassifier):
+        monkeypatch.setattr(family, "train_defaults", {"learning_rate": 7e-4})
+    task = gaussian_linear.make(dim=2)
+    theta = task.prior.sample((60,))
+    x = task.simulator(theta, generator=torch.Generator().manual_seed(0))
+    opts = {"max_epochs": 1, "progress": False}
+    simgen.NPE(task.prior, estimator="nsf").fit(theta, x, **opts)
+    simgen.NLE(task.prior, estimator="maf").fit(theta, x, **opts)
+    simgen.NRE(task.prior).fit(theta, x, **opts)
+    assert seen == [7e-4, 7e-4, 7e-4]
 
 
 def test_weight_average_still_stops_early():

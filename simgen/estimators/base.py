@@ -19,6 +19,7 @@ estimate) and :class:`SampleOnlyEstimator` (GANs: ``log_prob`` raises
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ..errors import ConfigError
 from ..nets import Identity, build_embedding, embedding_spec
 
 __all__ = ["Standardizer", "ConditionalEstimator", "DensityEstimator", "SampleOnlyEstimator"]
@@ -69,7 +71,8 @@ class ConditionalEstimator(nn.Module, abc.ABC):
     #: The registry name (``"nsf"``, ``"flow_matching"``, ...), set by each family.
     name: str = ""
     #: Training options this family trains best with (measured), used where the caller
-    #: passes neither a ``TrainConfig`` nor the option itself.
+    #: passes neither a ``TrainConfig`` nor the option itself; read by
+    #: :meth:`simgen.inference.base.Method._config` for NPE and NLE alike.
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: How NPE keeps a bounded prior's support with this family (``NPE(support=None)``):
     #: ``"transform"`` or ``"reject"`` (see :mod:`simgen.posterior`).
@@ -90,6 +93,24 @@ class ConditionalEstimator(nn.Module, abc.ABC):
         self.target_standardizer = Standardizer((self.target_dim,))
         self.context_standardizer = Standardizer(self.context_shape)
         self.options: dict[str, Any] = {}
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The family's options: its constructor's keywords after ``embedding_net``."""
+        skip = {"self", "target_dim", "context_shape", "embedding_net"}
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(cls.__init__).parameters.values()
+        return sorted(p.name for p in params if p.kind in kinds and p.name not in skip)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise :class:`~simgen.errors.ConfigError` naming any option the family lacks."""
+        valid = cls.option_names()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"Estimator {cls.name!r} has no option(s) {unknown}; its options are {valid}."
+            )
 
     def fit_standardization(self, target: Tensor, context: Tensor) -> None:
         """Learn the z-scoring from the training data (called once, before training)."""

@@ -27,117 +27,77 @@ SDE this is uniform :math:`t`). A posterior much narrower than the prior lives a
 minimised by :math:`s_\phi = \nabla_y \log p_t(y \mid x)` (Vincent, 2011). The VE input is
 scaled by :math:`1/\sqrt{1+\sigma_t^2}` so the network sees unit-scale inputs.
 
-**Linear-Gaussian baseline** (``gaussian_baseline``). As in flow matching
-(:class:`~simgen.estimators.flow_matching.GaussianBaseline`), a ridge fit of
-:math:`\tilde\theta` on :math:`\tilde x` gives :math:`q_0 = \mathcal N(m(x), \Sigma)`,
-:math:`\Sigma = V\Lambda V^\top`. Diffused along the SDE it stays Gaussian,
-:math:`y_t \sim \mathcal N(\alpha_t m, \alpha_t^2\Sigma + \sigma_t^2 I)`, so its score is
-affine and exact and its noise prediction
-:math:`\varepsilon_0 = -\sigma_t\nabla_y\log q_{0,t}` is
+**Linear-Gaussian baseline** (``gaussian_baseline``, see :mod:`simgen.estimators.baseline`).
+The ridge-fitted :math:`q_0 = \mathcal N(m(x), \Sigma)`, :math:`\Sigma = V\Lambda V^\top`,
+diffused along the SDE stays Gaussian,
+:math:`y_t \sim \mathcal N(\alpha_t m, \alpha_t^2\Sigma + \sigma_t^2 I)`, so its noise
+prediction :math:`\varepsilon_0 = -\sigma_t\nabla_y\log q_{0,t}` is exact and affine,
 
 .. math::
     \varepsilon_0(y, t; x) = \sigma_t\,V\,(\alpha_t^2\Lambda + \sigma_t^2)^{-1}\,
-      V^\top (y - \alpha_t m(x)).
+      V^\top (y - \alpha_t m(x)),
 
-The network learns the residual, :math:`\hat\varepsilon_\phi = \varepsilon_0 + r_\phi`
-(sbi's NPSE does the same with the unconditional Gaussian, :math:`m` = prior mean). With
-``precondition=True`` the network's input is :math:`y` whitened under that Gaussian,
+and the network learns the residual, :math:`\hat\varepsilon_\phi = \varepsilon_0 + r_\phi`
+(sbi's NPSE does the same with the unconditional Gaussian). With ``precondition=True`` the
+network's input is :math:`y` whitened under that Gaussian,
 :math:`V(\alpha_t^2\Lambda + \sigma_t^2)^{-1/2}V^\top(y - \alpha_t m)`, instead of
-:math:`y/\sqrt{\alpha_t^2 + \sigma_t^2}`. ``"auto"`` keeps the baseline only when the ridge
-residual looks Gaussian (see ``GaussianBaseline``).
-
-**Sampling** runs either the reverse SDE :math:`dy = [f - g^2 s_\phi]dt + g\,d\bar W`
-(Euler–Maruyama, ``sampler="sde"``) or the probability-flow ODE
-:math:`\dot y = f - \tfrac12 g^2 s_\phi` (``sampler="ode"``, the default), from
-:math:`\mathcal N(0, (\alpha_1^2 + \sigma_1^2) I)` at :math:`t = 1` down to :math:`\epsilon`, on
-the grid of times whose :math:`\log r_t` is evenly spaced (:meth:`Diffusion.times`).
-
-**Defaults, by measurement** (3-D gaussian_linear, 1,000 simulations, C2ST on 2,000 samples,
-one seed): VP with uniform training times and a uniform grid 0.595; VP with the log-ratio
-times and grid 0.573 / 0.559 / 0.586 at 50 / 20 / 10 Heun steps; VE 0.550 / 0.575 / 0.650;
-sbi's NPSE (VE) 0.550. Hence VE with 50 Heun steps.
-
-**Network and baseline, by measurement** (session 4; 1,000 simulations, C2ST on 5,000
-samples, seeds 0-1 unless stated; ``benchmarks/results_seeds.md`` has the 4-seed rows). The
-session-2 plain MLP (3 × 128, sinusoidal time): two_moons 0.936. The layer-normed residual
-net of flow matching (3 × 64, Fourier time, learning rate 3e-3) alone: two_moons 0.907
-(0.846 / 0.968), gaussian_linear 0.726; with the Gaussian baseline: two_moons 0.804,
-gaussian_linear 0.546, slcp 0.966 (slcp: the plain MLP 0.958). Unlike flow matching, the
-baseline helped two_moons too (in the logit coordinates of its box prior), so it was on
-(``True``) by default until session 6. Whitened inputs
-(``precondition``) gave gaussian_linear 0.687 alone, 0.545 with the baseline: not the
-default. ``sigma_min`` 1e-3 (sbi's is 1e-4) gave two_moons 0.965: the extra decade of tiny
-noise levels is all variance. A final Tweedie denoising step, 20 or 100 steps instead of 50:
-no better (two_moons seed 0: 0.814, 0.775, 0.774 against 0.755).
-
-Over seeds 0-3 (mean C2ST, training CPU-s; sbi NPSE on the same data in parentheses):
-two_moons 0.774, 16.1 s (0.822, 19.9 s); gaussian_linear 0.553, 4.6 s (0.612, 14.2 s); slcp
-0.957, 8.8 s (0.949, 14.3 s). Early stopping matters as much as the network: with patience
-20 two_moons seed 3 stopped at epoch 20 on the baseline alone (C2ST 0.98; mean 0.855), with
-patience 30 the mean was 0.844, with 50 (the default) 0.774. ``min_epochs=100`` with
-patience 20 gave 0.803 in half the time, and is the default.
-
-**Session 6: θ coordinates, ``gaussian_baseline="auto"``, patience 40** (the defaults
-until session 7). Under NPE a bounded prior's support is kept by rejection (``npe_support =
-"reject"``, see :mod:`simgen.posterior`): the model works on :math:`\theta`, not on
-logit-type coordinates. There two_moons no longer needs the baseline, and ``"auto"`` (flow
-matching's residual-Gaussianity rule) keeps it only where the ridge residual is Gaussian
-(gaussian_linear) and drops it on two_moons and, for most seeds, slcp. Without the baseline
-the validation loss keeps improving later, so patience is 40. Seeds 0-7 at 1,000
-simulations (``results_seeds.md``; sbi's NPSE on the same data in parentheses): two_moons
-0.807 → 0.709 (0.823), slcp 0.963 → 0.948 (0.950); at 10,000 (seed 0) two_moons 0.567 →
-0.516 (0.590). With patience 20 two_moons at 10k stopped early (0.601).
-
-**Session 7: baseline threshold 0.05, patience 30** (the defaults since). In :math:`\theta`
-coordinates slcp's residual non-Gaussianity :math:`E` (0.066-0.19 at 1,000 simulations, against
-a Gaussian null of :math:`12/N = 0.012`) straddled flow matching's threshold 0.1. The two slcp
-seeds where ``"auto"`` kept the baseline were the two worst (0.964, 0.966): the validation loss
-stalled on the baseline and training stopped by epoch 100-150. Without the baseline they reach
-0.945 and 0.938. The threshold 0.05 drops the baseline wherever the residual is measurably
-non-Gaussian. Every Gaussian case measured stays under it (gaussian_linear, gaussian_linear_uniform:
-:math:`E \le 0.021`). Without the baseline, patience 40 ran long at 10,000 simulations (slcp
-seed 0: 620 epochs, 73 CPU-s, 0.6 of NPSE's time). Patience 30 gives, over seeds 0-3 at
-10k, slcp 0.797 in 32 s (patience 40: 0.776 in 51 s; NPSE seed 0 0.873 in ~120 s) and
-two_moons 0.555 in 29 s (0.546 in ~35 s; NPSE 0.590). At 1,000 simulations over seeds 0-7
-(NPSE on the same data in parentheses): slcp 0.945 in 2.5 s (0.950 in 5.7 s), two_moons 0.731
-in 2.8 s (0.823 in 9.0 s). With patience 40 two_moons at 1k reaches 0.709 in 4.5 s; pass
-``patience=40`` to ``fit`` when accuracy matters more than time
-(``benchmarks/results_seeds.md``, "Session 7").
+:math:`y/\sqrt{\alpha_t^2 + \sigma_t^2}`.
 
 **Control variate** (``control_variate`` :math:`c_{\max}`, off by default). For rows with
 :math:`r_t < c_{\max}` the loss adds
 :math:`D - \|\varepsilon\|^2 + 2\,\hat\varepsilon_\phi(\alpha_t\tilde\theta, t)\cdot
 \varepsilon`, which has zero mean for any weights (the clean point does not depend on
 :math:`\varepsilon`) and cancels the leading noise of the loss and its gradient at small
-:math:`\sigma_t` (the first-order Taylor argument of sbi's NPSE). It costs one more network
-pass per small-noise row; with ``repeats=4`` on slcp it did not change C2ST (0.951 both).
+:math:`\sigma_t` (the first-order Taylor argument of sbi's NPSE), at one more network pass
+per small-noise row.
 
+**Sampling** runs either the reverse SDE :math:`dy = [f - g^2 s_\phi]dt + g\,d\bar W`
+(Euler–Maruyama, ``sampler="sde"``) or the probability-flow ODE
+:math:`\dot y = f - \tfrac12 g^2 s_\phi` (``sampler="ode"``, the default), from
+:math:`\mathcal N(0, (\alpha_1^2 + \sigma_1^2) I)` at :math:`t = 1` down to :math:`\epsilon`, on
+the grid of times whose :math:`\log r_t` is evenly spaced (:meth:`Diffusion.times`).
 **log_prob** integrates the probability-flow ODE from :math:`\theta` up to :math:`t=1` with
 the instantaneous change of variables (:func:`~simgen.estimators.ode.ode_log_prob`): the
 divergence is exact for :math:`D \le` ``exact_trace_max_dim`` (default 4) and Hutchinson's
 unbiased estimate above it. It is the density of the ODE's model at :math:`t = \epsilon`.
+
+**Defaults, and why** (C2ST against reference posteriors, ``benchmarks/results_seeds.md``
+and ``benchmarks/results_families.md``):
+
+* VE with 50 Heun steps of the probability-flow ODE: on gaussian_linear it gave 0.550, as
+  sbi's NPSE (also VE) does, where VP gave 0.573.
+* The network of flow matching (:class:`~simgen.estimators._nets.NetConfig`: a layer-normed
+  residual net of width 64 with Fourier time features), more accurate on two_moons than a
+  plain MLP of width 128.
+* ``gaussian_baseline="auto"`` with threshold 0.05, below flow matching's 0.1: on slcp the
+  seeds where a looser rule kept the baseline trained worst, and every Gaussian case
+  measured stays under 0.05.
+* ``sigma_min=0.01``: a decade of smaller noise levels (1e-3) only added variance.
+* ``precondition`` and ``control_variate`` off: neither improved C2ST.
+* Training (``train_defaults``): learning rate 3e-3, at least 100 epochs (the
+  zero-initialised network starts at the baseline, which the first noisy epochs often do
+  not beat) and patience 29: it stops after 29 epochs without improvement, as the runs
+  measured in ``results_seeds.md`` did, which at 10,000 simulations train in about 0.6 of
+  the time of 39 at a small loss of accuracy; pass ``patience=39`` to ``fit`` when accuracy
+  matters more than time.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ._nets import ConditionalNet, GenerativeDistribution, LossNoise, standard_normal_log_prob
-from .flow_matching import BaselineEstimator, GaussianBaseline
+from ._nets import GenerativeDistribution, LossNoise, NetConfig, standard_normal_log_prob
+from .baseline import BaselineEstimator
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
-
-#: ``gaussian_baseline="auto"`` keeps the baseline iff the ridge residual's non-Gaussianity
-#: :math:`E \le \max(0.05, 36/N)` (flow matching's rule with a lower threshold; see the
-#: module docstring, "Session 7").
-NON_GAUSSIANITY_THRESHOLD = 0.05
 
 
 class Diffusion(BaselineEstimator):
@@ -149,33 +109,30 @@ class Diffusion(BaselineEstimator):
         embedding_net: Optional embedding of the standardised context.
         sde: ``"ve"`` (default; as sbi's NPSE) or ``"vp"``.
         sampler: ``"ode"`` (probability flow) or ``"sde"`` (reverse SDE).
-        hidden_features: Hidden widths of the noise-prediction MLP.
-        time_features: Size of the sinusoidal time embedding.
         beta_min, beta_max: VP noise schedule.
         sigma_min, sigma_max: VE noise schedule (in standardised units).
         eps: Smallest diffusion time.
-        context_dropout: Probability of dropping the context in training (for guidance).
-        architecture, time_embedding: See :class:`~simgen.estimators._nets.ConditionalNet`.
         gaussian_baseline: ``True``, ``False`` or ``"auto"`` (default): learn the residual
-            from the linear-Gaussian noise prediction (see above); ``"auto"`` keeps it iff
-            the ridge residual is Gaussian.
+            from the linear-Gaussian noise prediction; ``"auto"`` keeps it iff the ridge
+            residual is Gaussian.
         precondition: Whiten the network's input under the baseline Gaussian.
         repeats: Noise draws per training row and step (averaged).
-        steps, solver, guidance, exact_trace_max_dim: See
-            :class:`~simgen.estimators.ode.SolverConfig`.
+        control_variate: :math:`c_{\max}` of the control variate (0: off).
+        net_config: A :class:`~simgen.estimators._nets.NetConfig`; its fields
+            (``hidden_features``, ``time_features``, ``architecture``, ``time_embedding``,
+            ``context_dropout``) may also be passed as keywords, which override it.
+        solver_config: A :class:`~simgen.estimators.ode.SolverConfig` (default 50 Heun
+            steps); its fields (``steps``, ``solver``, ``guidance``,
+            ``exact_trace_max_dim``) may also be passed as keywords.
     """
 
     name = "diffusion"
     npe_support = "reject"
-    #: 3e-3 as for flow matching, and at least 100 epochs before early stopping (patience
-    #: 20): the zero-initialised network starts at the baseline, which the first noisy
-    #: epochs often do not beat within 20 epochs (two_moons seed 3 stopped at epoch 20 with
-    #: the baseline alone, C2ST 0.98). two_moons over seeds 0-3: patience 20 0.855, 30
-    #: 0.844, 50 0.774 (0.81 of NPSE's time), 20 after 100 epochs 0.803 (0.40 of it)
-    #: (``results_seeds.md``). A caller's smaller ``max_epochs`` caps ``min_epochs``.
-    #: Patience 40 in session 6 (θ coordinates, baseline mostly off), 30 since session 7
-    #: (see the module docstring).
-    train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 30}
+    solver_defaults = SolverConfig(steps=50)
+    baseline_threshold = 0.05
+    #: See the module docstring; a caller's smaller ``max_epochs`` caps ``min_epochs``.
+    train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 29}
+    #: Options of models saved before they existed: the plain MLP without a baseline.
     LEGACY_OPTIONS = {
         "hidden_features": [128, 128, 128],
         "time_features": 16,
@@ -192,29 +149,22 @@ class Diffusion(BaselineEstimator):
         target_dim: int,
         context_shape: Sequence[int],
         embedding_net: nn.Module | None = None,
+        *,
         sde: str = "ve",
         sampler: str = "ode",
-        hidden_features: Sequence[int] = (64, 64, 64),
-        time_features: int = 32,
         beta_min: float = 0.1,
         beta_max: float = 20.0,
         sigma_min: float = 0.01,
         sigma_max: float = 10.0,
         eps: float = 1e-3,
-        context_dropout: float = 0.0,
-        architecture: str = "resnet",
-        time_embedding: str = "fourier",
         gaussian_baseline: bool | str = "auto",
         precondition: bool = False,
         repeats: int = 1,
         control_variate: float = 0.0,
-        steps: int = 50,
-        solver: str = "heun",
-        guidance: float = 1.0,
-        exact_trace_max_dim: int = 4,
+        net_config: NetConfig | None = None,
+        solver_config: SolverConfig | None = None,
+        **options: Any,
     ):
-        super().__init__(target_dim, context_shape, embedding_net)
-        self.solver = SolverConfig(steps, solver, guidance, exact_trace_max_dim)
         if sde not in ("vp", "ve"):
             raise ConfigError(f"sde must be 'vp' or 've', got {sde!r}.")
         if sampler not in ("ode", "sde"):
@@ -224,57 +174,36 @@ class Diffusion(BaselineEstimator):
                 "Need 0 < beta_min < beta_max, 0 < sigma_min < sigma_max and 0 < eps < 0.5; got "
                 f"{(beta_min, beta_max, sigma_min, sigma_max, eps)}."
             )
-        if gaussian_baseline not in (True, False, "auto"):
-            raise ConfigError(
-                f"gaussian_baseline must be True, False or 'auto', got {gaussian_baseline!r}."
-            )
-        if guidance != 1.0 and not context_dropout > 0:
-            raise ConfigError(
-                "guidance != 1 needs an unconditional score; train with context_dropout > 0."
-            )
-        self.options = {
+        if not control_variate >= 0:
+            raise ConfigError(f"control_variate must be >= 0, got {control_variate!r}.")
+        family = {
             "sde": sde,
             "sampler": sampler,
-            "hidden_features": list(hidden_features),
-            "time_features": time_features,
             "beta_min": beta_min,
             "beta_max": beta_max,
             "sigma_min": sigma_min,
             "sigma_max": sigma_max,
             "eps": eps,
-            "context_dropout": context_dropout,
-            "architecture": architecture,
-            "time_embedding": time_embedding,
             "gaussian_baseline": gaussian_baseline,
             "precondition": bool(precondition),
-            "repeats": int(repeats),
+            "repeats": repeats,
             "control_variate": float(control_variate),
-            **self.solver.to_dict(),
         }
+        super().__init__(
+            target_dim,
+            context_shape,
+            embedding_net,
+            family,
+            net_config,
+            solver_config,
+            options,
+            build_baseline=bool(gaussian_baseline) or bool(precondition),
+        )
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
-        self.repeats = int(repeats)
         self.control_variate = float(control_variate)
         self.precondition = bool(precondition)
         self.beta = (float(beta_min), float(beta_max))
         self.sigma_range = (float(sigma_min), float(sigma_max))
-        self.net = ConditionalNet(
-            target_dim,
-            self.context_features,
-            target_dim,
-            hidden_features,
-            time_features,
-            context_dropout,
-            architecture,
-            time_embedding,
-        )
-        context_dim = math.prod(self.context_shape)
-        auto = gaussian_baseline == "auto"
-        use_baseline = bool(gaussian_baseline) or precondition
-        self.baseline = (
-            GaussianBaseline(context_dim, target_dim, auto, NON_GAUSSIANITY_THRESHOLD)
-            if use_baseline
-            else None
-        )
         self.use_baseline_noise = bool(gaussian_baseline)
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:

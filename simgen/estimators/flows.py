@@ -60,10 +60,11 @@ class Flow(DensityEstimator):
         embedding_net: Optional embedding of the standardised context.
         transforms: Number of flow transforms.
         hidden_features: Widths of each conditioner's hidden layers.
-        bins: Spline bins (``"nsf"`` only).
-        passes: ``"nsf"`` only: 2 for coupling layers, ``None`` for autoregressive ones.
         activation: Hidden-layer nonlinearity of the conditioners: ``"relu"`` (default),
             ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
+
+    :class:`NSF` adds ``bins`` and ``passes``; the other families have no such options and
+    reject them (``build_estimator`` raises :class:`~simgen.errors.ConfigError`).
 
     Example:
         >>> flow = NSF(2, (3,))
@@ -78,8 +79,6 @@ class Flow(DensityEstimator):
         embedding_net: nn.Module | None = None,
         transforms: int = 5,
         hidden_features: Sequence[int] = (64, 64),
-        bins: int = 8,
-        passes: int | None = 2,
         activation: str = "relu",
     ):
         super().__init__(target_dim, context_shape, embedding_net)
@@ -91,11 +90,14 @@ class Flow(DensityEstimator):
             "transforms": transforms,
             "hidden_features": list(hidden_features),
             "activation": activation,
+            **self._family_options(),
         }
-        if self.name == "nsf":
-            self.options.update(bins=bins, passes=passes)
         options = dict(self.options, activation=ACTIVATIONS[activation])
         self.flow = self._build(**options)
+
+    def _family_options(self) -> dict[str, object]:
+        """Options of this family beyond the shared ones (stored in the spec)."""
+        return {}
 
     @abc.abstractmethod
     def _build(self, **options: object) -> zuko.flows.Flow:
@@ -121,17 +123,43 @@ class Flow(DensityEstimator):
 
 
 class NSF(Flow):
-    """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``)."""
+    """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``).
+
+    Args:
+        bins: Spline bins per transformed feature.
+        passes: 2 for coupling layers, ``None`` for fully autoregressive ones.
+        target_dim, context_shape, embedding_net, transforms, hidden_features, activation:
+            See :class:`Flow`.
+    """
 
     name = "nsf"
+
+    def __init__(
+        self,
+        target_dim: int,
+        context_shape: Sequence[int],
+        embedding_net: nn.Module | None = None,
+        transforms: int = 5,
+        hidden_features: Sequence[int] = (64, 64),
+        bins: int = 8,
+        passes: int | None = 2,
+        activation: str = "relu",
+    ):
+        self._bins, self._passes = bins, passes
+        super().__init__(
+            target_dim, context_shape, embedding_net, transforms, hidden_features, activation
+        )
+
+    def _family_options(self) -> dict[str, object]:
+        return {"bins": self._bins, "passes": self._passes}
 
     def _build(
         self,
         transforms: int,
         hidden_features: list[int],
         activation: type[nn.Module],
-        bins: int = 8,
-        passes: int | None = 2,
+        bins: int,
+        passes: int | None,
     ) -> zuko.flows.Flow:
         return zuko.flows.NSF(
             self.target_dim,

@@ -49,8 +49,13 @@ def build_estimator(
     embedding_net: nn.Module | None = None,
     **options: Any,
 ) -> ConditionalEstimator:
-    """Build a fresh estimator of family ``name`` with the family's ``options``."""
+    """Build a fresh estimator of family ``name`` with the family's ``options``.
+
+    An option the family does not have raises :class:`~simgen.errors.ConfigError` naming it
+    and the family's options (:meth:`~simgen.estimators.base.ConditionalEstimator.option_names`).
+    """
     cls = estimator_class(name)
+    cls.check_options(options)
     try:
         return cls(target_dim, context_shape, embedding_net, **options)
     except TypeError as exc:

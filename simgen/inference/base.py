@@ -103,16 +103,23 @@ class Method:
 
     @staticmethod
     def _config(
-        config: TrainConfig | None,
-        overrides: dict[str, Any],
-        defaults: dict[str, Any] | None = None,
+        config: TrainConfig | None, overrides: dict[str, Any], family: type | None = None
     ) -> TrainConfig:
-        """``config`` with ``overrides``; without a ``config``, the estimator family's
-        measured ``defaults`` (e.g. flow matching's learning rate) come first.
+        """The training configuration: ``config`` with ``overrides`` (the caller's keyword
+        options), or, without a ``config``, the family's measured defaults first.
+
+        This is the one place where measured training defaults enter, for every method and
+        family: ``family`` is the class of the trained network, an estimator family (NPE,
+        NLE) or the ratio classifier (NRE), and its class attribute ``train_defaults`` (a
+        dict of :class:`~simgen.training.TrainConfig` fields, ``{}`` where the loop's own
+        defaults are best) says what it was measured to train best with, e.g. flow
+        matching's learning rate. An explicit ``config`` is taken as it is, and any option
+        the caller names wins over the family's.
 
         A family's default ``min_epochs`` yields to a smaller ``max_epochs`` from the
         caller (it is capped there), so that ``max_epochs=5`` still means five epochs.
         """
+        defaults = getattr(family, "train_defaults", None) or {}
         if config is None and defaults:
             merged = {**defaults, **overrides}
             if "min_epochs" in defaults and "min_epochs" not in overrides:

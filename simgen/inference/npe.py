@@ -71,7 +71,8 @@ class NPE(Method):
     ):
         super().__init__(prior)
         self.joint_score_weight = check_joint_score_weight(joint_score_weight)
-        family = estimator_class(estimator)  # fail fast on an unknown name
+        family = estimator_class(estimator)  # fail fast on an unknown name or option
+        family.check_options(estimator_options)
         support = family.npe_support if support is None else support
         if support not in SUPPORT_MODES:
             raise ConfigError(f"support must be one of {SUPPORT_MODES} or None, got {support!r}.")
@@ -101,8 +102,7 @@ class NPE(Method):
                 of each simulation (``simgen.simulate(..., joint=True).joint_score``): adds
                 the score regression of :class:`~simgen.losses.JointScoreNPELoss`.
         """
-        defaults = estimator_class(self.estimator_name).train_defaults
-        config = self._config(config, config_options, defaults)
+        config = self._config(config, config_options, estimator_class(self.estimator_name))
         theta, x = check_simulations(self.prior, theta, x)
         u = theta if self.support == "reject" else support_transform(self.prior).inv(theta)
         target_score = self._target_score(

@@ -1,0 +1,237 @@
+r"""The linear-Gaussian baseline of the vector-field families (flow matching, diffusion).
+
+Before training, a ridge regression of the standardised target :math:`\tilde\theta` on the
+standardised, flattened context :math:`\tilde x` fits
+
+.. math::
+    q_0(\tilde\theta\mid x) = \mathcal N\big(m(x), \Sigma\big), \qquad
+    m(x) = W^\top\tilde x + b, \qquad \Sigma = V\Lambda V^\top,
+
+with :math:`\Sigma` the residual covariance. A Gaussian stays Gaussian along both families'
+paths, so its velocity (flow matching) or noise prediction (diffusion) is exact and affine in
+:math:`y`, and the network learns only the residual. A linear-Gaussian posterior is then right
+from the first step, and the network's capacity goes to the non-Gaussian part. Contexts with
+more than ``BASELINE_MAX_FEATURES`` entries use :math:`W = 0` (an unconditional Gaussian).
+
+For flow matching's path :math:`y_t = a_t y_0 + t\tilde\theta`, :math:`a_t = 1 -
+(1-\sigma_{\min})t`, the marginal velocity of :math:`q_0` is, with :math:`C_t = a_t^2 I +
+t^2\Sigma`,
+
+.. math::
+    v_0(y, t; x) = \mathbb E[u_t \mid y_t = y]
+      = m + \big(t\Sigma - (1-\sigma_{\min})a_t I\big) C_t^{-1} (y - t\,m),
+
+computed in the eigenbasis of :math:`\Sigma` (diagonal, so no solve per step).
+
+**``gaussian_baseline="auto"``** decides from the data whether the baseline is right. With
+:math:`z` the ridge residual whitened by :math:`\Sigma`, per-direction skewness
+:math:`S_d = \overline{z_d^3}` and excess kurtosis :math:`K_d = \overline{z_d^4} - 3`, the
+non-Gaussianity
+
+.. math:: E = \frac1D\sum_d \big(S_d^2 + K_d^2/4\big)
+
+(the Jarque-Bera statistic divided by :math:`N/6`; its mean under a Gaussian residual is
+:math:`12/N`) keeps the baseline iff :math:`E \le \max(\tau, 36/N)`. A linear-Gaussian
+posterior leaves a Gaussian, x-independent residual; a nonlinear or non-Gaussian one leaves a
+skewed, heavy- or light-tailed residual whose affine field the network would have to cancel.
+Each family sets its threshold :math:`\tau` (``baseline_threshold``: 0.1 for flow matching,
+0.05 for diffusion), measured in ``benchmarks/results_seeds.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ._nets import NetConfig
+from .base import DensityEstimator
+from .ode import SolverConfig
+
+__all__ = ["GaussianBaseline", "BaselineEstimator", "BASELINE_MAX_FEATURES"]
+
+#: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
+BASELINE_MAX_FEATURES = 4096
+#: Default :math:`\tau` of ``auto``: flow matching's (see the module docstring).
+NON_GAUSSIANITY_THRESHOLD = 0.1
+BASELINE_CHOICES = (True, False, "auto")
+
+
+class GaussianBaseline(nn.Module):
+    r"""The linear-Gaussian :math:`q_0(\tilde\theta\mid x)` and its exact velocity :math:`v_0`.
+
+    See the module docstring. Its buffers are saved with the weights, so a loaded model
+    needs no refit.
+
+    Args:
+        context_dim: Entries of one flattened context.
+        target_dim: ``D``.
+        auto: Decide at :meth:`fit` whether the baseline is used (``gaussian_baseline="auto"``).
+        threshold: :math:`\tau` of that decision.
+    """
+
+    def __init__(
+        self,
+        context_dim: int,
+        target_dim: int,
+        auto: bool = False,
+        threshold: float = NON_GAUSSIANITY_THRESHOLD,
+    ):
+        super().__init__()
+        self.auto = bool(auto)
+        #: ``auto`` keeps the baseline iff :math:`E \le \max(\text{threshold}, 36/N)`.
+        self.threshold = float(threshold)
+        #: :math:`E`, the residual's non-Gaussianity at the last :meth:`fit` (not saved).
+        self.non_gaussianity = float("nan")
+        if self.auto:  # only then, so models saved with a fixed baseline load unchanged
+            self.register_buffer("active", torch.ones(()))
+        self.regress = context_dim <= BASELINE_MAX_FEATURES
+        rows = context_dim if self.regress else 0
+        self.register_buffer("weight", torch.zeros(rows, target_dim))
+        self.register_buffer("bias", torch.zeros(target_dim))
+        self.register_buffer("eigvecs", torch.eye(target_dim))
+        self.register_buffer("eigvals", torch.ones(target_dim))
+
+    @torch.no_grad()
+    def fit(self, target: Tensor, context: Tensor, ridge: float = 1e-3) -> None:
+        """Ridge regression of ``target`` ``(N, D)`` on ``context`` ``(N, F)`` (both
+        standardised, the context flattened)."""
+        y, x = target.double(), context.double()
+        residual = y - y.mean(0)
+        if self.regress:
+            xc = x - x.mean(0)
+            gram = xc.T @ xc / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+            weight = torch.linalg.solve(gram, xc.T @ residual / len(x))
+            residual = residual - xc @ weight
+            self.weight.copy_(weight)
+            self.bias.copy_(y.mean(0) - x.mean(0) @ weight)
+        else:
+            self.bias.copy_(y.mean(0))
+        cov = residual.T @ residual / len(y) + 1e-6 * torch.eye(y.shape[1], dtype=y.dtype)
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        self.eigvals.copy_(eigvals.clamp_min(1e-6))
+        self.eigvecs.copy_(eigvecs)
+        z = residual @ eigvecs / eigvals.clamp_min(1e-12).sqrt()
+        skew, kurt = z.pow(3).mean(0), z.pow(4).mean(0) - 3
+        self.non_gaussianity = float((skew.square() + kurt.square() / 4).mean())
+        if self.auto:
+            threshold = max(self.threshold, 36 / len(y))
+            self.active.fill_(float(self.non_gaussianity <= threshold))
+
+    @property
+    def on(self) -> bool:
+        """Whether the baseline is used (always, unless ``auto`` switched it off)."""
+        return not self.auto or bool(self.active)
+
+    def mean(self, context: Tensor) -> Tensor:
+        """:math:`m(x)` ``(..., D)`` for flattened standardised contexts ``(..., F)``."""
+        if not self.regress:
+            return self.bias.expand(*context.shape[:-1], -1)
+        return context @ self.weight + self.bias
+
+    def velocity(self, y: Tensor, t: Tensor, m: Tensor, sigma_min: float) -> Tensor:
+        """:math:`v_0(y, t)`; ``t`` is a scalar or one time per row of ``y``."""
+        tt = t[..., None] if t.ndim else t
+        a = 1 - (1 - sigma_min) * tt
+        lam = self.eigvals
+        gain = (tt * lam - (1 - sigma_min) * a) / (a * a + tt * tt * lam)
+        z = (y - tt * m) @ self.eigvecs
+        return m + (z * gain) @ self.eigvecs.T
+
+
+def _configured(default: Any, given: Any, options: dict[str, Any], keyword: str) -> Any:
+    """``given`` (or the family's ``default``) with the matching entries of ``options``
+    popped into it; the dataclass re-validates the result."""
+    base = default if given is None else given
+    if not isinstance(base, type(default)):
+        raise ConfigError(
+            f"{keyword} must be a {type(default).__name__}, got {type(given).__name__}."
+        )
+    names = {f.name for f in dataclasses.fields(base)}
+    mine = {k: options.pop(k) for k in list(options) if k in names}
+    return dataclasses.replace(base, **mine) if mine else base
+
+
+class BaselineEstimator(DensityEstimator):
+    """What flow matching and diffusion share: a :class:`~simgen.estimators._nets.NetConfig`
+    and a :class:`~simgen.estimators.ode.SolverConfig` (each family's defaults, updated by
+    the keywords that name their fields), a network built from the first, and an optional
+    :class:`GaussianBaseline` fitted with the standardisation.
+
+    A subclass passes its own options explicitly and everything else as ``options``; an
+    option that is neither a family option nor a config field raises
+    :class:`~simgen.errors.ConfigError` listing the valid ones. The spec stores all of them
+    flat (``self.options``), so a spec's options are the constructor's keywords.
+    """
+
+    #: The family's network and solver defaults.
+    net_defaults: ClassVar[NetConfig] = NetConfig()
+    solver_defaults: ClassVar[SolverConfig] = SolverConfig()
+    #: The threshold tau of ``gaussian_baseline="auto"`` (see the module docstring).
+    baseline_threshold: ClassVar[float] = NON_GAUSSIANITY_THRESHOLD
+    baseline: GaussianBaseline | None
+
+    def __init__(
+        self,
+        target_dim: int,
+        context_shape: Sequence[int],
+        embedding_net: nn.Module | None,
+        family_options: dict[str, Any],
+        net_config: NetConfig | None,
+        solver_config: SolverConfig | None,
+        options: dict[str, Any],
+        build_baseline: bool,
+    ):
+        super().__init__(target_dim, context_shape, embedding_net)
+        options = dict(options)
+        self.solver = _configured(self.solver_defaults, solver_config, options, "solver_config")
+        self.net_config = _configured(self.net_defaults, net_config, options, "net_config")
+        self.check_options(options)
+        repeats, baseline = family_options["repeats"], family_options["gaussian_baseline"]
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ConfigError(f"repeats must be a positive integer, got {repeats!r}.")
+        if baseline not in BASELINE_CHOICES:
+            raise ConfigError(f"gaussian_baseline must be True, False or 'auto', got {baseline!r}.")
+        if self.solver.guidance != 1.0 and self.net_config.context_dropout == 0:
+            raise ConfigError(
+                "guidance != 1 needs an unconditional field; train with context_dropout > 0 "
+                "(e.g. 0.1) or leave guidance=1.0."
+            )
+        self.options = {**family_options, **self.net_config.to_dict(), **self.solver.to_dict()}
+        self.repeats = int(repeats)
+        self.net = self.net_config.build(target_dim, self.context_features, target_dim)
+        self.baseline = None
+        if build_baseline:
+            self.baseline = GaussianBaseline(
+                math.prod(self.context_shape),
+                target_dim,
+                auto=baseline == "auto",
+                threshold=self.baseline_threshold,
+            )
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        fields = [f.name for f in dataclasses.fields(NetConfig) + dataclasses.fields(SolverConfig)]
+        return sorted({*super().option_names(), *fields})
+
+    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
+        super().fit_standardization(target, context)
+        if self.baseline is not None:
+            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
+
+    def _flat_context(self, context: Tensor) -> Tensor:
+        nd = len(self.context_shape)
+        flat = self.context_standardizer(context)
+        return flat.reshape(*context.shape[: context.ndim - nd], -1)
+
+    def baseline_mean(self, context: Tensor) -> Tensor:
+        """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""
+        if self.baseline is None:
+            nd = len(self.context_shape)
+            return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
+        return self.baseline.mean(self._flat_context(context))
