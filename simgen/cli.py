@@ -7,13 +7,14 @@ Data files hold plain tensors (``torch.save({"theta": ..., "x": ...})``) and are
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from .errors import SimgenError
+from .errors import SimgenError, SimulationInterrupted
 
 #: References slower than this (a task's ``REFERENCE_SECONDS``) need ``--reference``.
 REFERENCE_BUDGET_S = 30.0
@@ -35,8 +36,40 @@ def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
         except SimgenError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        except SimulationInterrupted as exc:  # a KeyboardInterrupt: say how to resume
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(130) from exc
 
     return wrapper
+
+
+def _out_path(path: Path, what: str = "--out") -> Path:
+    """``path`` with ``~`` expanded, checked writable before any work starts."""
+    from .errors import ConfigError
+
+    path = path.expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"The folder of {what} {path} does not exist; create it first.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"Cannot write {what} {path}; choose a writable place.")
+    return path
+
+
+def _save(obj: object, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (a killed write leaves the old file or none)."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _count(value: int, name: str, low: int = 1) -> int:
+    from .simulate import MAX_SEED, MAX_SIMULATIONS, check_count
+
+    return check_count(value, name, low, MAX_SEED if name == "--seed" else MAX_SIMULATIONS)
 
 
 def _task(name: str):
@@ -98,27 +131,45 @@ def simulate(
     ),
 ) -> None:
     """Simulate a built-in task and save {'theta', 'x'} (with --joint also 'joint_log_prob'
-    and 'joint_score') to OUT."""
-    import torch
-
+    and 'joint_score') to OUT. On Ctrl-C without --bank, the finished simulations are saved
+    to OUT with '.partial' before its suffix."""
+    from .errors import SimulationStopped
     from .simulate import simulate as run
 
+    out = _out_path(out)
+    _count(num_simulations, "num_simulations")
+    _count(seed, "--seed", low=0)
+    _count(batch_size, "--batch-size")
     t = _task(task)
-    result = run(
-        t.simulator,
-        t.prior,
-        num_simulations,
-        seed=seed,
-        batch_size=batch_size,
-        progress=True,
-        bank=bank,
-        joint=joint,
-    )
+    try:
+        result = run(
+            t.simulator,
+            t.prior,
+            num_simulations,
+            seed=seed,
+            batch_size=batch_size,
+            progress=True,
+            bank=None if bank is None else bank.expanduser(),
+            joint=joint,
+        )
+    except (SimulationInterrupted, SimulationStopped) as exc:
+        if exc.partial is not None:
+            partial = out.with_name(f"{out.stem}.partial{out.suffix}")
+            _save(_data(exc.partial, joint), partial)
+            typer.echo(f"saved the {len(exc.partial.theta)} finished simulations to {partial}")
+        if isinstance(exc, SimulationInterrupted):
+            typer.echo(f"interrupted: {exc}", err=True)
+            raise typer.Exit(130) from exc
+        raise
+    _save(_data(result, joint), out)
+    typer.echo(f"wrote {len(result.theta)} simulations to {out}")
+
+
+def _data(result: Any, joint: bool) -> dict:
     saved = {"theta": result.theta, "x": result.x}
     if joint:
         saved.update(joint_log_prob=result.joint_log_prob, joint_score=result.joint_score)
-    torch.save(saved, out)
-    typer.echo(f"wrote {len(result.theta)} simulations to {out}")
+    return saved
 
 
 def _method(name: str, prior: Any, estimator: str) -> Any:
@@ -153,7 +204,11 @@ def train(
     """Train on a data file written by `simgen simulate` and save the posterior to OUT."""
     from .errors import ConfigError
 
-    stored = _read_data(data)
+    out = _out_path(out)
+    _count(seed, "--seed", low=0)
+    _count(max_epochs, "--max-epochs")
+    _count(batch_size, "--batch-size")
+    stored = _read_data(data.expanduser())
     extra = {}
     if joint_score:
         if method not in ("npe", "nle"):
@@ -181,17 +236,19 @@ def sample(
     model: Path, task: str, num_samples: int = 10_000, out: Path | None = None, seed: int = 0
 ) -> None:
     """Sample MODEL at the task's example observation x_o; print mean/std, save if OUT."""
-    import torch
 
     from .serialization import load
 
+    out = None if out is None else _out_path(out)
+    _count(num_samples, "--num-samples")
+    _count(seed, "--seed", low=0)
     t = _task(task)
     posterior = load(model)
     samples = posterior.sample((num_samples,), x=t.x_o, seed=seed)
     for i, (m, s) in enumerate(zip(samples.mean(0).tolist(), samples.std(0).tolist())):
         typer.echo(f"theta_{i}: mean {m:.4f} std {s:.4f} (true {float(t.theta_o[i]):.4f})")
     if out is not None:
-        torch.save({"samples": samples}, out)
+        _save({"samples": samples}, out)
 
 
 @app.command()
@@ -213,6 +270,10 @@ def diagnose(
     from .diagnostics import diagnose as run
     from .serialization import load
 
+    report = _out_path(report, "--report")
+    _count(num_simulations, "--num-simulations")
+    _count(num_samples, "--num-samples")
+    _count(seed, "--seed", low=0)
     t = _task(task)
     if reference is None:
         reference = getattr(t, "REFERENCE_SECONDS", 0.0) <= REFERENCE_BUDGET_S

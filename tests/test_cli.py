@@ -65,3 +65,42 @@ def test_demo_prints_a_calibrated_posterior_and_writes_plots(tmp_path):
     assert "SBC over 300 simulated observations" in out
     for name in ("two_moons_corner.png", "two_moons_sbc.png", "two_moons.simgen"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_bad_arguments_and_out_paths_stop_before_any_work(tmp_path):
+    cases = [
+        (["simulate", "two_moons", "-5", tmp_path / "a.pt"], "num_simulations"),
+        (["simulate", "two_moons", "10", tmp_path / "a.pt", "--seed", "-1"], "--seed"),
+        (["simulate", "two_moons", "10", tmp_path / "a.pt", "--batch-size", "0"], "--batch-size"),
+        (["simulate", "two_moons", "10", tmp_path / "no" / "a.pt"], "does not exist"),
+        (["simulate", "two_moons", "10", tmp_path], "is a folder"),
+        (["train", "two_moons", tmp_path / "d.pt", tmp_path / "no" / "m.simgen"], "does not exist"),
+    ]
+    for args, named in cases:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert named in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_without_a_bank_saves_the_finished_simulations(tmp_path, monkeypatch):
+    import types
+
+    from simulators import two_moons
+
+    calls = []
+
+    def interrupting(theta, generator=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return two_moons.simulator(theta, generator=generator)
+
+    task = types.SimpleNamespace(simulator=interrupting, prior=two_moons.prior)
+    monkeypatch.setattr("simgen.cli._task", lambda name: task)
+    out = tmp_path / "run.pt"
+    result = runner.invoke(app, ["simulate", "two_moons", "500", str(out), "--batch-size", "100"])
+    assert result.exit_code == 130, result.output
+    partial = tmp_path / "run.partial.pt"
+    assert f"saved the 200 finished simulations to {partial}" in result.output
+    assert torch.load(partial, weights_only=True)["x"].shape == (200, 2) and not out.exists()
