@@ -140,7 +140,10 @@ class MCMCPosterior(Posterior):
 
     @property
     def device(self) -> torch.device:
-        return next(self.estimator.buffers()).device
+        """Where the estimator's tensors live (CPU for one without any)."""
+        for tensor in (*self.estimator.buffers(), *self.estimator.parameters()):
+            return tensor.device
+        return torch.device("cpu")
 
     # -- sampling -----------------------------------------------------------------------
     def _init_chains(self, x: Tensor, num_chains: int, seed: int | None) -> Tensor:
