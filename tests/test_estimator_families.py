@@ -321,7 +321,7 @@ def test_gaussian_baseline_velocity_is_the_exact_gaussian_velocity():
     the mean conditional velocity there with v0(y*): tolerance 0.05 (MC s.e. ~0.01). A
     baseline with a wrong covariance (Sigma doubled) fails the same check.
     """
-    from simgen.estimators.flow_matching import GaussianBaseline
+    from simgen.estimators.baseline import GaussianBaseline
 
     torch.manual_seed(0)
     d, sigma_min = 1, 1e-3
@@ -345,7 +345,7 @@ def test_gaussian_baseline_velocity_is_the_exact_gaussian_velocity():
 
 def test_gaussian_baseline_regresses_on_x():
     """The ridge fit recovers a linear posterior mean m(x) = A x + b and its residual spread."""
-    from simgen.estimators.flow_matching import GaussianBaseline
+    from simgen.estimators.baseline import GaussianBaseline
 
     torch.manual_seed(0)
     x = torch.randn(5000, 3)
@@ -368,7 +368,7 @@ def test_baseline_auto_switches_on_for_gaussian_residuals_only(tmp_path):
     (y depends on |x|, so the linear fit leaves a folded, skewed residual) gives E >> 0.05
     (dropped). The decision is a saved buffer: the loaded model samples identically.
     """
-    from simgen.estimators.flow_matching import GaussianBaseline
+    from simgen.estimators.baseline import GaussianBaseline
 
     torch.manual_seed(0)
     x = torch.randn(2000, 2)
@@ -380,8 +380,8 @@ def test_baseline_auto_switches_on_for_gaussian_residuals_only(tmp_path):
     assert not folded.on and folded.non_gaussianity > 0.5
     # Mild but real non-Gaussianity (one of five residual directions uniform, as a box
     # prior's unidentified parameter leaves it: E ~ 1.2^2 / 4 / 5 = 0.07, 6x the Gaussian
-    # null 12/N): flow matching's threshold (0.1) keeps the baseline, diffusion's (0.05,
-    # session 7) drops it.
+    # null 12/N): flow matching's threshold (0.1) keeps the baseline, diffusion's (0.05)
+    # drops it.
     x5 = torch.randn(2000, 5)
     resid = torch.cat([torch.randn(2000, 4), torch.rand(2000, 1) * 2 - 1], -1)
     for threshold, kept in ((0.1, True), (0.05, False)):
@@ -436,7 +436,7 @@ def test_diffusion_gaussian_baseline_is_the_exact_noise_of_a_gaussian():
 
 
 def test_diffusion_spec_from_before_the_baseline_still_loads():
-    """A session-3 diffusion spec (no baseline options, mlp net) rebuilds the same model."""
+    """A diffusion spec without the baseline options (an mlp net) rebuilds the same model."""
     from simgen.estimators.registry import from_spec
 
     old = Diffusion(

@@ -58,10 +58,10 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ._nets import GenerativeDistribution, LossNoise, NetConfig, standard_normal_log_prob
-from .baseline import BaselineEstimator, GaussianBaseline
+from .baseline import BaselineEstimator
 from .ode import SolverConfig, ode_log_prob, odeint
 
-__all__ = ["FlowMatching", "FlowMatchingDistribution", "GaussianBaseline"]
+__all__ = ["FlowMatching", "FlowMatchingDistribution"]
 
 
 class FlowMatching(BaselineEstimator):
