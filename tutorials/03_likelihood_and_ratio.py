@@ -78,7 +78,9 @@ print(f"NLE trained {h.epochs} epochs in {h.seconds:.1f}s")
 # with a warm-up that adapts the proposal covariance. The run's diagnostics are in
 # `mcmc_info`: the worst split-$\hat R$ over parameters (want < 1.01 for long runs, < 1.1 at
 # least) and the smallest bulk effective sample size. A `ConvergenceWarning` says when
-# $\hat R > 1.1$; then raise `warmup=`, `thin=` or try `method="slice"` / `"hmc"`.
+# $\hat R > 1.1$; then raise `warmup=`, `thin=` or try `method="slice"` / `"hmc"`. Any of
+# these can be set for one call, as here, or for every call of a posterior with
+# `simgen.NLE(prior, mcmc=simgen.MCMCConfig(...))`.
 
 # %%
 samples = nle_posterior.sample((NUM_SAMPLES,), x=x_o, seed=0)
@@ -151,8 +153,9 @@ for name, balanced in (("NRE", False), ("BNRE", True)):
 # `deviation` is the mean of EC(c) − c over the levels (positive: conservative). An
 # unnormalised `log_prob` is fine here: HPD regions only compare densities at one x.
 # The diagnostics sample with the posterior's default MCMC settings, set where it is made:
-# `simgen.NRE(prior, num_chains=..., warmup=..., thin=...)`. The R-hat they warn about is the
-# worst over all observations' chains, and with few draws per chain it is a noisy number.
+# `simgen.NRE(prior, mcmc=simgen.MCMCConfig(num_chains=..., warmup=..., thin=...))`. The
+# R-hat they warn about is the worst over all observations' chains, and with few draws per
+# chain it is a noisy number.
 
 # %%
 for name, posterior in posteriors.items():

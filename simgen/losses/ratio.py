@@ -3,7 +3,9 @@ r"""Contrastive losses for neural ratio estimation (NRE-C and balanced NRE).
 A classifier :math:`f_\phi(\theta, x)` is trained so that :math:`f_\phi \to \log r(\theta, x)
 = \log p(x\mid\theta) - \log p(x)`. Pairs from the joint :math:`p(\theta, x)` are the
 simulations; pairs from the product of marginals :math:`p(\theta)p(x)` are made inside the loss
-by pairing each x with the θs of *other* rows of the batch (a random permutation).
+by pairing each x with the θs of *other* rows of the batch (a random permutation). The
+classifier is any module called as ``classifier(theta, x) -> (*)`` logits, θ the target and x
+the context, broadcast against each other (:class:`~simgen.estimators.classifier.RatioClassifier`).
 
 **NRE-C** (Miller et al., 2022). With :math:`K` atoms :math:`\Theta = (\theta_1, \dots,
 \theta_K)` per x, a :math:`(K+1)`-way classifier decides whether none of them (:math:`y=0`)
