@@ -53,17 +53,21 @@ reference = task.reference_posterior(task.x_o, NUM_C2ST, seed=0)
 # |---|---|---|---|
 # | `nsf`, `maf`, `realnvp` | maximum likelihood | one inverse pass | exact |
 # | `flow_matching` | regressing a velocity field | ODE (16 Heun steps) | ODE + trace |
-# | `diffusion` | denoising score matching | reverse-time solver (50 steps) | ODE + trace |
-# | `consistency` | consistency training | 1 step (up to 8) | none (sample-only) |
+# | `diffusion` | denoising score matching | probability-flow ODE (50 Heun steps) | ODE + trace |
+# | `consistency` | consistency distillation | 1 step (up to 8) | none (sample-only) |
 # | `vae` | ELBO | decoder pass | importance-sampled estimate |
 # | `gan` | adversarial + energy score | generator pass | none (sample-only) |
 #
 # Family options pass straight through, e.g. `simgen.NPE(prior, estimator="nsf",
-# transforms=5)` or `simgen.NPE(prior, estimator="flow_matching", steps=32)`. Flow matching
-# and diffusion can learn the residual from a linear-Gaussian fit of θ given x
-# (`gaussian_baseline`): best for near-Gaussian posteriors, harmful for strongly
-# non-Gaussian ones (flow matching on two moons: C2ST 0.92 with it, 0.80 without, over 4
-# seeds). Both decide from the simulations by default (`"auto"`).
+# transforms=5)` or `simgen.NPE(prior, estimator="flow_matching", steps=32)`; an option the
+# family does not have (`bins` on `"maf"`) raises a `ConfigError` that lists the ones it has.
+# Flow matching and diffusion share their network options (`hidden_features`,
+# `time_features`, `architecture`, `time_embedding`, `context_dropout`: a `NetConfig`) and
+# their solver options (`steps`, `solver`, `guidance`: a `SolverConfig`). They can learn the
+# residual from a linear-Gaussian fit of θ given x (`gaussian_baseline`): best for
+# near-Gaussian posteriors, harmful for strongly non-Gaussian ones (flow matching on two
+# moons: C2ST 0.92 with it, 0.80 without, over 4 seeds). Both decide from the simulations by
+# default (`"auto"`).
 #
 # C2ST trains a classifier to tell posterior samples from reference samples: 0.5 is a
 # perfect posterior, 1.0 a useless one.

@@ -1,9 +1,12 @@
 r"""What every conditional estimator shares: z-scoring, the embedding of the context, a spec.
 
 A conditional estimator models a distribution over a *target* (``(D,)`` vectors) given a
-*context* (``(*x_shape)`` arrays): :math:`q_\phi(\theta \mid x)` for NPE, :math:`q_\phi(x \mid
-\theta)` for NLE. ``estimator(context)`` returns a :class:`torch.distributions.Distribution`
-with batch shape ``context.shape[:-len(x_shape)]`` and event shape ``(D,)``.
+*context* (``(*context_shape)`` arrays): :math:`q_\phi(\theta \mid x)` for NPE (target θ,
+context x), :math:`q_\phi(x \mid \theta)` for NLE (target x, context θ). Estimators speak
+only of target and context, in signatures and in specs (``target_dim``,
+``context_shape``); the methods speak of θ and x. ``estimator(context)`` returns a
+:class:`torch.distributions.Distribution` with batch shape
+``context.shape[:-len(context_shape)]`` and event shape ``(D,)``.
 
 z-scoring is learned from the training data and stored in buffers (so it is saved with the
 weights): the context is standardised elementwise, :math:`\tilde x = (x - \mu_x)/\sigma_x`,

@@ -111,16 +111,16 @@ class TransformedEstimator(DensityEstimator):
         return torch.nonzero(self.log_mask).flatten().tolist()
 
     # -- the column maps ---------------------------------------------------------------
-    def to_model(self, x: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
-        r"""``(y, log_det)``: :math:`v` = ``x`` dequantised (midpoint :math:`\lfloor x\rfloor
+    def to_model(self, target: Tensor, midpoint: bool) -> tuple[Tensor, Tensor]:
+        r"""``(y, log_det)``: :math:`v` = ``target`` dequantised (midpoint :math:`\lfloor x\rfloor
         + \frac12`, or :math:`x + u` with fresh uniforms), :math:`y` = ``v`` with logs taken,
         and :math:`-\sum_{\log} \log v`, the log-Jacobian from :math:`y` back to :math:`v`.
         Values that a log column cannot take get :math:`-\infty` density."""
-        v = x
+        v = target
         if bool(self.integer_mask.any()):
-            offset = torch.full_like(x, 0.5) if midpoint else torch.rand_like(x)
-            base = torch.floor(x) if midpoint else x
-            v = torch.where(self.integer_mask, base + offset, x)
+            offset = torch.full_like(target, 0.5) if midpoint else torch.rand_like(target)
+            base = torch.floor(target) if midpoint else target
+            v = torch.where(self.integer_mask, base + offset, target)
         if not bool(self.log_mask.any()):
             return v, torch.zeros(v.shape[:-1], dtype=v.dtype, device=v.device)
         positive = torch.where(self.log_mask, v, torch.ones_like(v))
@@ -136,13 +136,13 @@ class TransformedEstimator(DensityEstimator):
         v = torch.where(self.log_mask, torch.exp(y), y)
         return torch.where(self.integer_mask, torch.floor(v), v)
 
-    def check_data(self, x: Tensor, what: str = "x") -> None:
-        """Raise :class:`SupportError` if a log column of ``x`` is not positive (counts:
-        negative)."""
+    def check_data(self, target: Tensor, what: str = "x") -> None:
+        """Raise :class:`SupportError` if a log column of ``target`` is not positive (counts:
+        negative); ``what`` names it in the message (NLE's target is x)."""
         if not bool(self.log_mask.any()):
             return
-        floor = torch.where(self.integer_mask, 0.0, torch.finfo(x.dtype).tiny)
-        bad = self.log_mask & (x < floor).reshape(-1, self.target_dim).any(0)
+        floor = torch.where(self.integer_mask, 0.0, torch.finfo(target.dtype).tiny)
+        bad = self.log_mask & (target < floor).reshape(-1, self.target_dim).any(0)
         if bool(bad.any()):
             cols = torch.nonzero(bad).flatten().tolist()
             raise SupportError(

@@ -10,8 +10,9 @@ regression of :math:`\nabla_\theta \log q_\phi(\theta\mid x)` on
 :math:`t + \nabla_\theta \log p(\theta)`, whose conditional mean is the posterior score
 (:class:`~simgen.losses.JointScoreNPELoss`). It has the same minimiser and carries
 :math:`D` more numbers per simulation. On the latent chain of ``benchmarks/bench_joint_score``
-(posterior KL on a θ-grid, 10 seeds) it went from 0.215 to 0.121 nats at 300 simulations; on
-particle_shower C2ST went from 0.733 to 0.685 at 300 (4 seeds), at 2-4x the training time
+(posterior KL on a θ-grid, 10 seeds) it gave 0.121 nats against 0.215 without at 300
+simulations, and on particle_shower C2ST 0.685 against 0.733 (300 simulations, 4 seeds), at
+2-4x the training time
 (``benchmarks/results_joint_score.md``).
 """
 
