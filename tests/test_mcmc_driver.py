@@ -135,6 +135,9 @@ def test_bad_sampler_options_and_thin_name_the_problem() -> None:
     with pytest.raises(ConfigError, match="sampler_options"):
         run_mcmc(standard_normal, torch.zeros(4, 2), 10, method="rwm",
                  sampler_options={"width": 1.0})  # fmt: skip
+    with pytest.raises(ConfigError, match="sampler_options"):
+        run_mcmc(standard_normal, torch.zeros(2, 2), 10, method="nuts",
+                 sampler_options={"tree_depth": 3})  # fmt: skip
     with pytest.raises(ConfigError, match="thin"):
         run_mcmc(standard_normal, torch.zeros(4, 2), 10, thin=None)
     with pytest.raises(ConfigError, match="num_draws"):

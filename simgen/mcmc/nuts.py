@@ -40,6 +40,9 @@ class PyroNUTS(Sampler):
         super().__init__(potential)
         self.warmup = warmup
         self.options = {"target_accept_prob": 0.8, **options}
+        from pyro.infer import NUTS
+
+        NUTS(potential_fn=lambda params: torch.zeros(()), **self.options)  # bad options fail here
         self._kernels: list[Any] = []
         self._params: list[dict[str, Tensor]] = []
         self._start: Tensor | None = None
