@@ -3,6 +3,11 @@
 Every mistake a user can make has its own subclass of :class:`SimgenError`, and every message
 says what was wrong *and* how to fix it. ``SimgenError`` derives from ``ValueError`` so that
 code written against generic validation errors keeps working.
+
+The one exception that is not a ``SimgenError`` is :class:`SimulationInterrupted`: a Ctrl-C
+is no mistake, and it must stop a program through ``except ValueError`` and ``except
+Exception`` handlers as a plain ``KeyboardInterrupt`` does, so it derives from
+``KeyboardInterrupt`` alone.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ __all__ = [
     "PriorError",
     "SupportError",
     "UnknownEstimatorError",
+    "UnknownSimulatorError",
     "ConfigError",
     "ModelFileError",
     "NoDensityError",
@@ -39,10 +45,12 @@ class SimulationError(SimgenError):
     """A simulator failed, or produced NaN/inf values, beyond what can be excluded."""
 
 
-class SimulationInterrupted(SimgenError, KeyboardInterrupt):
+class SimulationInterrupted(KeyboardInterrupt):
     """A simulation run was interrupted (Ctrl-C); ``partial`` holds what had finished.
 
-    It is a ``KeyboardInterrupt`` too, so code that stops on Ctrl-C still stops.
+    A ``KeyboardInterrupt`` and nothing else (not a ``SimgenError``, hence not a
+    ``ValueError`` nor an ``Exception``): ``except KeyboardInterrupt`` catches it, and no
+    handler for errors swallows a Ctrl-C. Catch it by name to keep ``partial``.
     """
 
     def __init__(self, message: str, partial: object = None):
@@ -73,6 +81,10 @@ class SupportError(SimgenError):
 
 class UnknownEstimatorError(SimgenError):
     """An estimator (or embedding net, or method) name is not known."""
+
+
+class UnknownSimulatorError(SimgenError):
+    """A simulator name is not in the collection (``simulators.list()``)."""
 
 
 class ConfigError(SimgenError):

@@ -25,10 +25,16 @@ def list() -> list[str]:  # noqa: A001 - the public name the design asks for
 
 
 def get(name: str) -> ModuleType:
-    """The simulator module called ``name`` (see :func:`list`)."""
-    names = list()
-    if name not in names:
-        from simgen.errors import UnknownEstimatorError
+    """The simulator module called ``name`` (see :func:`list`).
 
-        raise UnknownEstimatorError(f"No simulator named {name!r}; choose one of {names}.")
+    Raises:
+        simgen.errors.UnknownSimulatorError: ``name`` is not one of :func:`list`.
+    """
+    names = list()
+    if not isinstance(name, str) or name not in names:
+        from simgen.errors import UnknownSimulatorError
+
+        raise UnknownSimulatorError(
+            f"No simulator named {name!r}; choose one of simulators.list(): {names}."
+        )
     return importlib.import_module(f"{__name__}.{name}")

@@ -174,3 +174,31 @@ def test_function_simulators_keep_working():
     a = sim(theta, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, sim(theta, generator=torch.Generator().manual_seed(0)))
     assert as_simulator(from_pyro(chain)).__class__ is PyroSimulator
+
+
+def test_ctrl_c_during_simulate_is_not_swallowed_by_error_handlers():
+    """A Ctrl-C in the simulator reaches ``except KeyboardInterrupt`` (with the finished
+    batches in ``partial``) and passes through ``except ValueError`` and ``except
+    Exception``, as a plain Ctrl-C does."""
+    from simgen.errors import SimgenError, SimulationInterrupted
+
+    prior = simgen.BoxUniform(torch.zeros(1), torch.ones(1))
+    calls = {"n": 0}
+
+    def interrupted_on_third_batch(theta):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return theta + 1
+
+    caught = None
+    try:
+        try:
+            simgen.simulate(interrupted_on_third_batch, prior, 100, seed=0, batch_size=25)
+        except (ValueError, Exception, SimgenError):  # noqa: BLE001 - must not catch it
+            pytest.fail("an error handler caught a Ctrl-C")
+    except KeyboardInterrupt as exc:
+        caught = exc
+    assert isinstance(caught, SimulationInterrupted)
+    assert not isinstance(caught, (Exception, SimgenError))
+    assert len(caught.partial.theta) == 50

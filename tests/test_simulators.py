@@ -10,7 +10,7 @@ import torch
 
 import simgen
 import simulators
-from simgen.errors import SimulationWarning, UnknownEstimatorError
+from simgen.errors import SimulationWarning, UnknownEstimatorError, UnknownSimulatorError
 from simgen.priors import in_support
 from simgen.simulate import sample_prior
 
@@ -42,8 +42,11 @@ WITH_REFERENCE = [
 def test_collection_lists_every_simulator():
     assert set(NAMES) >= EXPECTED
     assert simulators.get("two_moons").__name__ == "simulators.two_moons"
-    with pytest.raises(UnknownEstimatorError, match="choose one of"):
-        simulators.get("no_such_simulator")
+    for bad in ("no_such_simulator", None):
+        with pytest.raises(UnknownSimulatorError, match="No simulator named") as info:
+            simulators.get(bad)
+        assert "simulators.list()" in str(info.value) and "two_moons" in str(info.value)
+        assert not isinstance(info.value, UnknownEstimatorError)
 
 
 @pytest.mark.parametrize("name", NAMES)
