@@ -168,7 +168,11 @@ def tempered_fit(
                 mid = (lo + hi) / 2
                 lo, hi = (mid, hi) if float(_ess(mid * log_w)) >= n / 4 else (lo, mid)
             beta = lo
-        w = torch.softmax(beta * log_w, 0)
+        # Where p is zero (-inf) the tempered weight is zero too, also at beta = 0.
+        finite = torch.isfinite(log_w)
+        if int(finite.sum()) <= 2 * len(loc):
+            continue  # too few draws with p > 0 to refit: draw again from the same q
+        w = torch.softmax(torch.where(finite, beta * log_w, log_w), 0)
         loc = (w[:, None] * theta).sum(0)
         centred = theta - loc
         cov = (w[:, None] * centred).T @ centred

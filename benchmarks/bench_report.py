@@ -1,0 +1,186 @@
+"""The benchmark table on many observations: task × budget × method, one command.
+
+For each task, budget and training seed the training simulations are drawn once and every
+method trains on exactly them, in this one process (CPU seconds, ``time.process_time``, with
+torch on ``--threads`` threads). Each trained posterior is scored by C2ST against the cached
+reference posterior of every observation of ``--set`` (``tuning`` to choose defaults,
+``report`` to report them; see ``benchmarks/harness.py``). Finished cells are cached, so an
+interrupted run resumes where it stopped; the table is rewritten after every finished task.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_report --tasks all --budgets 1000 10000 \\
+        --seeds 0 1 2 --set report --methods npe,sbi_npe
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import evaluation, harness, warm_up_torch
+
+OUT = Path(__file__).with_name("results_report.md")
+
+
+def _references_table(tasks: list[str], set_name: str, num_obs: int, samples: int) -> list[str]:
+    rows = [
+        "| task | reference | observations | samples each | CPU s (all observations) | "
+        "check | passed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in tasks:
+        refs = [harness.reference(name, set_name, i, samples) for i in range(num_obs)]
+        checks = [r["check"] for r in refs]
+        kind = checks[0]["kind"]
+        if "mean_error_sd" in checks[0]:
+            detail = (
+                f"mean err ≤ {max(c['mean_error_sd'] for c in checks):.3f} sd, "
+                f"var err ≤ {max(c['var_error_rel'] for c in checks):.3f}"
+            )
+        elif "max_split_rhat" in checks[0]:
+            detail = f"split-R̂ ≤ {max(c['max_split_rhat'] for c in checks):.3f}"
+        elif "max_half_drift_sd" in checks[0]:
+            detail = f"half-drift ≤ {max(c['max_half_drift_sd'] for c in checks):.3f} sd"
+        else:
+            detail = "in support"
+        cost = sum(r["cpu_seconds"] for r in refs)
+        passed = sum(bool(c["passed"]) for c in checks)
+        rows.append(
+            f"| {name} | {kind} | {num_obs} | {samples} | {cost:.1f} | {detail} | "
+            f"{passed}/{num_obs} |"
+        )
+    return rows
+
+
+def write(out: Path, command: str, args, results: dict, tasks_done: list[str], note: str) -> None:
+    lines = [
+        "# Benchmark on many observations",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Observation set: **{args.set}** ({args.observations} observations per task drawn from "
+        "the prior predictive, stored in `benchmarks/observations/`); training seeds "
+        f"{', '.join(map(str, args.seeds))}; C2ST on {args.c2st_samples} samples per set "
+        f"against {args.reference_samples} cached reference samples; torch "
+        f"{torch.__version__}, {args.threads} thread(s); CPU seconds are "
+        "`time.process_time` of this one process. Every method of a (task, sims, seed) "
+        "trains on the same simulations.",
+        "",
+        note,
+        "",
+        *evaluation.table(results),
+        "",
+        "Columns: mean C2ST over observations and seeds (0.5 is perfect); spread = standard "
+        "deviation over seeds of the per-seed mean; worst obs = highest C2ST of one "
+        "observation averaged over seeds (#index in the set); CPU s / fit = training plus "
+        "sampling at every observation, mean over seeds; CPU simgen/sbi = total CPU of the "
+        "simgen method over its sbi baseline's on the same seeds.",
+        "",
+        "## Reference posteriors",
+        "",
+        *_references_table(tasks_done, args.set, args.observations, args.reference_samples),
+        "",
+        "CPU s is the cost of computing the references once (they are cached on disk after); "
+        "checks: see `benchmarks.harness.check_reference`.",
+    ]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", nargs="+", default=["all"])
+    parser.add_argument("--budgets", nargs="+", type=int, default=[1000, 10_000])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", choices=list(harness.SETS), default="report")
+    parser.add_argument("--methods", default="npe,sbi_npe", help="comma-separated specs")
+    parser.add_argument("--observations", type=int, default=harness.NUM_OBSERVATIONS)
+    parser.add_argument("--c2st-samples", type=int, default=10_000)
+    parser.add_argument("--reference-samples", type=int, default=harness.REFERENCE_SAMPLES)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cpu-budget-min",
+        type=float,
+        default=None,
+        help="start no new task after this many CPU minutes (finished cells stay cached)",
+    )
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks = harness.TASKS if args.tasks == ["all"] else args.tasks
+    for name in tasks:
+        harness.load_task(name)
+    methods = [m for m in args.methods.split(",") if m]
+    for spec in methods:
+        evaluation.parse_method(spec)
+    command = "OMP_NUM_THREADS={} python -m benchmarks.bench_report {}".format(
+        os.environ.get("OMP_NUM_THREADS", ""),
+        shlex.join(argv if argv is not None else sys.argv[1:]),
+    )
+    warm_up_torch()
+    out = Path(args.out)
+    results: dict = {}
+    done: list[str] = []
+    start = time.process_time()
+    note = ""
+    for name in tasks:
+        if (
+            args.cpu_budget_min is not None
+            and time.process_time() - start > 60 * args.cpu_budget_min
+        ):
+            skipped = tasks[tasks.index(name) :]
+            note = (
+                f"Stopped after {(time.process_time() - start) / 60:.1f} CPU minutes "
+                f"(--cpu-budget-min {args.cpu_budget_min}); not run: {', '.join(skipped)}."
+            )
+            break
+        task = harness.load_task(name)
+        t0 = time.process_time()
+        for i in range(args.observations):
+            harness.reference(name, args.set, i, args.reference_samples)
+        print(f"{name}: references ready ({time.process_time() - t0:.1f} CPU s)", flush=True)
+        for budget in args.budgets:
+            cells: dict[str, list] = {spec: [] for spec in methods}
+            for seed in args.seeds:
+                data = None
+                for spec in methods:
+                    key = (name, args.set, budget, spec, seed, args.c2st_samples)
+                    cell = evaluation.cached_cell(*key, args.observations, args.reference_samples)
+                    if cell is None:
+                        if data is None:
+                            data = evaluation.training_data(task, budget, seed)
+                        cell = evaluation.evaluate_cell(
+                            name, args.set, budget, spec, seed, data=data,
+                            num_samples=args.c2st_samples, num_obs=args.observations,
+                            reference_samples=args.reference_samples,
+                        )  # fmt: skip
+                    cells[spec].append(cell)
+                    scores = cell.get("c2st")
+                    print(
+                        f"{name} n={budget} {spec} seed={seed}: "
+                        + (
+                            f"C2ST {sum(scores) / len(scores):.3f}, "
+                            f"{cell['train_cpu_s'] + cell['sample_cpu_s']:.1f} CPU s"
+                            if scores
+                            else cell.get("error", "")
+                        ),
+                        flush=True,
+                    )
+            for spec in methods:
+                results[(name, budget, spec)] = evaluation.summarise(cells[spec])
+        done.append(name)
+        write(out, command, args, results, done, note)
+    total = (time.process_time() - start) / 60
+    note = (
+        note + " " if note else ""
+    ) + f"This run: {total:.1f} CPU minutes (cached cells cost 0)."
+    write(out, command, args, results, done, note)
+    print("\n".join(evaluation.table(results)))
+
+
+if __name__ == "__main__":
+    main()

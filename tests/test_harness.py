@@ -1,0 +1,152 @@
+"""The benchmark harness: stored observations, cached references, C2ST cells, the table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import bench_report, evaluation, harness
+from simgen.diagnostics.c2st import c2st
+from simgen.errors import SimgenError
+
+
+def _quick_c2st(p, q, seed=0):
+    """simgen's C2ST with its classifier stopped sooner (patience 10, at most 100 iterations):
+    the harness's plumbing is under test here, the statistic in test_diagnostics_c2st."""
+    dim = p.shape[1]
+    options = {
+        "activation": "relu",
+        "hidden_layer_sizes": (10 * dim, 10 * dim),
+        "max_iter": 100,
+        "solver": "adam",
+        "early_stopping": True,
+        "n_iter_no_change": 10,
+    }
+    return c2st(p, q, seed=seed, classifier_kwargs=options)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """Cells and references go to a temporary cache, not the repository's."""
+    monkeypatch.setattr(harness, "CACHE", tmp_path / "cache")
+    return tmp_path / "cache"
+
+
+class _Sampler:
+    def __init__(self, draw):
+        self.draw = draw
+
+    def sample(self, sample_shape, x):
+        return self.draw(sample_shape[0], x)
+
+
+def _register(monkeypatch):
+    """Two test methods: the prior (wrong) and a fresh reference draw (right)."""
+
+    def prior(**_):
+        return lambda task, theta, x, seed: _Sampler(lambda n, x_o: task.prior.sample((n,)))
+
+    def exact(**_):
+        def fit(task, theta, x, seed):
+            return _Sampler(lambda n, x_o: task.reference_posterior(x_o, n, seed=1000 + seed))
+
+        return fit
+
+    monkeypatch.setitem(evaluation.METHODS, "test_prior", ("test", prior))
+    monkeypatch.setitem(evaluation.METHODS, "test_exact", ("test", exact))
+
+
+def test_stored_observations_are_the_seeded_draws_and_the_sets_are_disjoint():
+    for name in ["two_moons", "gaussian_linear", "slcp"]:
+        stored = torch.load(harness.OBSERVATIONS / f"{name}.pt", weights_only=True)
+        fresh = harness.make_observations(name)
+        for set_name in harness.SETS:
+            assert torch.equal(stored[set_name]["x"], fresh[set_name]["x"])
+            assert torch.equal(stored[set_name]["theta"], fresh[set_name]["theta"])
+            assert len(stored[set_name]["x"]) == harness.NUM_OBSERVATIONS
+        assert not set(stored["tuning"]["seeds"]) & set(stored["report"]["seeds"])
+    for name in harness.TASKS:  # every task has both sets stored
+        theta, x = harness.observations(name, "report")
+        assert len(theta) == len(x) == harness.NUM_OBSERVATIONS
+
+
+def test_bad_names_raise_simgen_errors():
+    with pytest.raises(SimgenError):
+        harness.load_task("nope")
+    with pytest.raises(SimgenError):
+        harness.observations("two_moons", "validation")
+    with pytest.raises(SimgenError):
+        evaluation.parse_method("npe_typo")
+    with pytest.raises(SimgenError):
+        evaluation.parse_method("npe:estimator")
+
+
+def test_references_are_cached_and_checked(cache):
+    first = harness.reference("gaussian_linear", "report", 0, 2000)
+    again = harness.reference("gaussian_linear", "report", 0, 2000)
+    assert not first["cached"] and again["cached"]
+    assert torch.equal(first["samples"], again["samples"])
+    assert first["check"]["passed"] and first["check"]["kind"] == "closed form"
+    _, x = harness.observations("gaussian_linear", "report")
+    # A reference shifted by a quarter of a posterior sd fails the closed-form check.
+    wrong = first["samples"] + 0.25 * (0.05**0.5)
+    assert not harness.check_reference("gaussian_linear", x[0], wrong)["passed"]
+    # An MCMC reference reports its split-R̂.
+    lv = harness.reference("lotka_volterra", "report", 0, 4000)
+    assert lv["check"]["kind"] == "MCMC" and lv["check"]["max_split_rhat"] < 1.05
+
+
+def test_harness_end_to_end_scores_wrong_and_right_posteriors(cache, monkeypatch, tmp_path):
+    """Tiny run on two_moons, 2 observations, 2 seeds: the table's structure, the prior's
+    C2ST near 1 (> 0.85) and an exact posterior's near 0.5 (within 0.07 on 200 samples per
+    set: the 5-fold accuracy on 400 points has a standard error of about 0.025, and the
+    mean over 2 observations x 2 seeds is taken)."""
+    _register(monkeypatch)
+    monkeypatch.setattr(evaluation, "c2st", _quick_c2st)
+    out = tmp_path / "report.md"
+    argv = [
+        "--tasks", "two_moons", "--budgets", "200", "--seeds", "0", "1",
+        "--observations", "2", "--c2st-samples", "500", "--reference-samples", "1000",
+        "--methods", "npe:max_epochs=3,test_prior,test_exact", "--out", str(out),
+    ]  # fmt: skip
+    bench_report.main(argv)
+    text = out.read_text()
+    assert text.startswith("# Benchmark on many observations")
+    assert "python -m benchmarks.bench_report --tasks two_moons" in text
+    rows = [line for line in text.splitlines() if line.startswith("| two_moons | 200 |")]
+    assert len(rows) == 3
+    cells = {r.split("|")[3].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in rows}
+    assert set(cells) == {"npe:max_epochs=3", "test_prior", "test_exact"}
+    for row in cells.values():
+        assert row[3] == "2" and len(row) == len(evaluation.HEADER[1].split("|")) - 2
+    assert float(cells["test_prior"][4]) > 0.85
+    assert abs(float(cells["test_exact"][4]) - 0.5) < 0.07
+    assert "(#" in cells["test_exact"][6]
+    # Every cell is cached: a second run computes nothing and writes the same table.
+    files = sorted((cache / "cells").rglob("*.json"))
+    assert len(files) == 6
+    before = {f: f.stat().st_mtime_ns for f in files}
+    bench_report.main(argv)
+    assert {f: f.stat().st_mtime_ns for f in files} == before
+    table = [line for line in out.read_text().splitlines() if line.startswith("| two_moons |")]
+    assert table[:3] == rows
+
+
+def test_cpu_ratio_is_taken_against_the_baseline_on_the_same_seeds():
+    s = {"seeds": 2, "mean": 0.6, "spread": 0.01, "worst_obs": 1, "worst": 0.7}
+    results = {
+        ("t", 10, "npe"): {**s, "cpu_s": 1.0, "cpu_total": 2.0, "seed_list": [0, 1]},
+        ("t", 10, "sbi_npe"): {**s, "cpu_s": 4.0, "cpu_total": 8.0, "seed_list": [0, 1]},
+    }
+    rows = evaluation.table(results)
+    assert rows[2].rstrip(" |").endswith("0.25")
+    results[("t", 10, "sbi_npe")]["seed_list"] = [0, 2]
+    assert evaluation.table(results)[2].endswith("|  |")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [t for t in harness.TASKS if t != "particle_shower"])
+def test_every_report_reference_passes_its_check(name):
+    for i in range(harness.NUM_OBSERVATIONS):
+        check = harness.reference(name, "report", i)["check"]
+        assert check["passed"], (name, i, check)
