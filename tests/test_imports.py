@@ -262,6 +262,20 @@ def test_importing_simgen_does_no_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_no_module_imports_nflows():
+    """nflows is no dependency: no module of simgen or the simulators imports it, anywhere."""
+    importers = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module or ""]
+                if any(n.split(".")[0] == "nflows" for n in names):
+                    importers.append(str(path.relative_to(ROOT)))
+    assert importers == []
+
+
 def test_public_api():
     for name in ["simulate", "NPE", "BoxUniform", "TrainConfig", "load", "SimgenError"]:
         assert hasattr(simgen, name), name
