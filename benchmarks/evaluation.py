@@ -307,8 +307,8 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
     rows = list(HEADER)
     for (task, budget, spec), s in results.items():
         if not s.get("seeds"):
-            err = s["errors"][0] if s.get("errors") else "not run"
-            rows.append(f"| {task} | {budget} | {spec} | 0 | error: {err[:80]} | | | | |")
+            err = f"error: {s['errors'][0][:80]}" if s.get("errors") else "not run"
+            rows.append(f"| {task} | {budget} | {spec} | 0 | {err} | | | | |")
             continue
         ratio = ""
         base = BASELINES.get(spec.partition(":")[0])

@@ -144,6 +144,16 @@ def test_cpu_ratio_is_taken_against_the_baseline_on_the_same_seeds():
     assert evaluation.table(results)[2].endswith("|  |")
 
 
+def test_cached_only_writes_the_table_without_computing(cache, tmp_path):
+    out = tmp_path / "report.md"
+    bench_report.main(
+        ["--tasks", "two_moons", "--budgets", "100", "--seeds", "0", "--methods", "npe",
+         "--cached-only", "--out", str(out)]
+    )  # fmt: skip
+    assert "| two_moons | 100 | npe | 0 | not run |" in out.read_text()
+    assert not cache.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [t for t in harness.TASKS if t != "particle_shower"])
 def test_every_report_reference_passes_its_check(name):
