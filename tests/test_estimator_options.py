@@ -15,6 +15,7 @@ from simgen.errors import ConfigError
 from simgen.estimators._nets import NetConfig
 from simgen.estimators.diffusion import Diffusion
 from simgen.estimators.flow_matching import FlowMatching
+from simgen.estimators.flows import MAF, RealNVP
 from simgen.estimators.ode import SolverConfig
 from simgen.estimators.registry import ESTIMATORS, build_estimator, estimator_class
 from simulators import gaussian_linear
@@ -45,8 +46,8 @@ def test_every_family_rejects_an_unknown_option(name):
         assert valid in str(info.value)
 
 
-@pytest.mark.parametrize("cls", [FlowMatching, Diffusion])
-def test_vector_field_families_reject_unknown_keywords_directly(cls):
+@pytest.mark.parametrize("cls", [MAF, RealNVP, FlowMatching, Diffusion])
+def test_families_reject_unknown_keywords_when_built_directly(cls):
     with pytest.raises(ConfigError, match="bins"):
         cls(2, (2,), bins=8)
 

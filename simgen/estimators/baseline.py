@@ -42,18 +42,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ._nets import NetConfig
+from ._nets import GenerativeDistribution, NetConfig
 from .base import DensityEstimator
 from .ode import SolverConfig
 
-__all__ = ["GaussianBaseline", "BaselineEstimator", "BASELINE_MAX_FEATURES"]
+__all__ = ["GaussianBaseline", "BaselineEstimator", "BaselineDistribution", "BASELINE_MAX_FEATURES"]
 
 #: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
 BASELINE_MAX_FEATURES = 4096
@@ -163,10 +162,11 @@ class BaselineEstimator(DensityEstimator):
     the keywords that name their fields), a network built from the first, and an optional
     :class:`GaussianBaseline` fitted with the standardisation.
 
-    A subclass passes its own options explicitly and everything else as ``options``; an
-    option that is neither a family option nor a config field raises
-    :class:`~simgen.errors.ConfigError` listing the valid ones. The spec stores all of them
-    flat (``self.options``), so a spec's options are the constructor's keywords.
+    A subclass validates its own options and passes them, with everything else as
+    ``options``, to :meth:`_configure`; an option that is neither a family option nor a
+    config field raises :class:`~simgen.errors.ConfigError` listing the valid ones. The spec
+    stores all of them flat (``self.options``), so a spec's options are the constructor's
+    keywords.
     """
 
     #: The family's network and solver defaults.
@@ -176,18 +176,16 @@ class BaselineEstimator(DensityEstimator):
     baseline_threshold: ClassVar[float] = NON_GAUSSIANITY_THRESHOLD
     baseline: GaussianBaseline | None
 
-    def __init__(
+    def _configure(
         self,
-        target_dim: int,
-        context_shape: Sequence[int],
-        embedding_net: nn.Module | None,
         family_options: dict[str, Any],
         net_config: NetConfig | None,
         solver_config: SolverConfig | None,
         options: dict[str, Any],
         build_baseline: bool,
-    ):
-        super().__init__(target_dim, context_shape, embedding_net)
+    ) -> None:
+        """Validate and set the configs, options, network and baseline (called by a
+        subclass after ``super().__init__``)."""
         options = dict(options)
         self.solver = _configured(self.solver_defaults, solver_config, options, "solver_config")
         self.net_config = _configured(self.net_defaults, net_config, options, "net_config")
@@ -204,12 +202,12 @@ class BaselineEstimator(DensityEstimator):
             )
         self.options = {**family_options, **self.net_config.to_dict(), **self.solver.to_dict()}
         self.repeats = int(repeats)
-        self.net = self.net_config.build(target_dim, self.context_features, target_dim)
+        self.net = self.net_config.build(self.target_dim, self.context_features, self.target_dim)
         self.baseline = None
         if build_baseline:
             self.baseline = GaussianBaseline(
                 math.prod(self.context_shape),
-                target_dim,
+                self.target_dim,
                 auto=baseline == "auto",
                 threshold=self.baseline_threshold,
             )
@@ -235,3 +233,22 @@ class BaselineEstimator(DensityEstimator):
             nd = len(self.context_shape)
             return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
         return self.baseline.mean(self._flat_context(context))
+
+    def joint_features(self, context: Tensor) -> Tensor:
+        """The embedded context with the baseline mean as its last ``D`` columns
+        ``(*batch, F + D)``, so a distribution's broadcasting and flattening carry both."""
+        return torch.cat([self.embed(context), self.baseline_mean(context)], dim=-1)
+
+
+class BaselineDistribution(GenerativeDistribution):
+    """Base of the distributions of a :class:`BaselineEstimator`, whose feature rows are
+    :meth:`BaselineEstimator.joint_features`."""
+
+    def __init__(self, estimator: BaselineEstimator, features: Tensor):
+        self.estimator = estimator
+        super().__init__(features, estimator.target_standardizer)
+
+    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Context features and baseline means from the joint feature rows."""
+        d = self.event_shape[0]
+        return features[..., :-d], features[..., -d:]

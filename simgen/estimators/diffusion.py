@@ -93,8 +93,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ._nets import GenerativeDistribution, LossNoise, NetConfig, standard_normal_log_prob
-from .baseline import BaselineEstimator
+from ._nets import LossNoise, NetConfig, standard_normal_log_prob
+from .baseline import BaselineDistribution, BaselineEstimator
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
@@ -189,16 +189,9 @@ class Diffusion(BaselineEstimator):
             "repeats": repeats,
             "control_variate": float(control_variate),
         }
-        super().__init__(
-            target_dim,
-            context_shape,
-            embedding_net,
-            family,
-            net_config,
-            solver_config,
-            options,
-            build_baseline=bool(gaussian_baseline) or bool(precondition),
-        )
+        super().__init__(target_dim, context_shape, embedding_net)
+        with_baseline = bool(gaussian_baseline) or bool(precondition)
+        self._configure(family, net_config, solver_config, options, with_baseline)
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
         self.control_variate = float(control_variate)
         self.precondition = bool(precondition)
@@ -308,22 +301,11 @@ class Diffusion(BaselineEstimator):
         return float((alpha**2 + sigma**2).sqrt())
 
     def forward(self, context: Tensor) -> Distribution:
-        # The baseline mean rides along as the last D feature columns (as in flow matching).
-        features = torch.cat([self.embed(context), self.baseline_mean(context)], dim=-1)
-        return DiffusionDistribution(self, features)
+        return DiffusionDistribution(self, self.joint_features(context))
 
 
-class DiffusionDistribution(GenerativeDistribution):
+class DiffusionDistribution(BaselineDistribution):
     """:math:`q_\\phi(\\theta\\mid x)` of a :class:`Diffusion` estimator."""
-
-    def __init__(self, estimator: Diffusion, features: Tensor):
-        self.estimator = estimator
-        super().__init__(features, estimator.target_standardizer)
-
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Context features and baseline means from the joint feature rows."""
-        d = self.event_shape[0]
-        return features[..., :-d], features[..., -d:]
 
     def _pf_field(self, features: Tensor):
         est = self.estimator

@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
-from ._nets import GenerativeDistribution, LossNoise, NetConfig, standard_normal_log_prob
-from .baseline import BaselineEstimator
+from ._nets import LossNoise, NetConfig, standard_normal_log_prob
+from .baseline import BaselineDistribution, BaselineEstimator
 from .ode import SolverConfig, ode_log_prob, odeint
 
 __all__ = ["FlowMatching", "FlowMatchingDistribution"]
@@ -133,15 +133,9 @@ class FlowMatching(BaselineEstimator):
             "gaussian_baseline": gaussian_baseline,
             "grid_power": grid_power,
         }
-        super().__init__(
-            target_dim,
-            context_shape,
-            embedding_net,
-            family,
-            net_config,
-            solver_config,
-            options,
-            build_baseline=bool(gaussian_baseline),
+        super().__init__(target_dim, context_shape, embedding_net)
+        self._configure(
+            family, net_config, solver_config, options, build_baseline=bool(gaussian_baseline)
         )
         self.grid_power = float(grid_power)
         self.sigma_min = float(sigma_min)
@@ -184,23 +178,11 @@ class FlowMatching(BaselineEstimator):
         return draw.reduce((v - u).square().sum(-1))
 
     def forward(self, context: Tensor) -> Distribution:
-        # The baseline mean rides along as the last D feature columns, so the
-        # distribution's broadcasting and flattening carry it with the context.
-        features = torch.cat([self.embed(context), self.baseline_mean(context)], dim=-1)
-        return FlowMatchingDistribution(self, features)
+        return FlowMatchingDistribution(self, self.joint_features(context))
 
 
-class FlowMatchingDistribution(GenerativeDistribution):
+class FlowMatchingDistribution(BaselineDistribution):
     """:math:`q_\\phi(\\theta\\mid x)` of a :class:`FlowMatching` (ODE sampling, density)."""
-
-    def __init__(self, estimator: FlowMatching, features: Tensor):
-        self.estimator = estimator
-        super().__init__(features, estimator.target_standardizer)
-
-    def _split(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Context features and baseline means from the joint feature rows."""
-        d = self.event_shape[0]
-        return features[..., :-d], features[..., -d:]
 
     def _field(self, features: Tensor):
         c, m = self._split(features)

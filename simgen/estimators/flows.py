@@ -27,8 +27,8 @@ Families:
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import zuko
 from torch import Tensor, nn
@@ -62,15 +62,20 @@ class Flow(DensityEstimator):
         hidden_features: Widths of each conditioner's hidden layers.
         activation: Hidden-layer nonlinearity of the conditioners: ``"relu"`` (default),
             ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
-
-    :class:`NSF` adds ``bins`` and ``passes``; the other families have no such options and
-    reject them (``build_estimator`` raises :class:`~simgen.errors.ConfigError`).
+        **options: The family's own options (:attr:`family_options`: ``bins`` and ``passes``
+            for :class:`NSF`, none for the others); any other name raises
+            :class:`~simgen.errors.ConfigError` listing the valid ones.
 
     Example:
         >>> flow = NSF(2, (3,))
         >>> flow(torch.randn(3)).sample((10,)).shape
         torch.Size([10, 2])
     """
+
+    #: The zuko flow class that builds the transforms.
+    zuko_flow: ClassVar[type[zuko.flows.Flow]]
+    #: Options of this family beyond the shared ones, with their defaults.
+    family_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -80,8 +85,10 @@ class Flow(DensityEstimator):
         transforms: int = 5,
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
+        **options: Any,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
+        self.check_options(options)
         if activation not in ACTIVATIONS:
             raise ConfigError(
                 f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
@@ -90,18 +97,18 @@ class Flow(DensityEstimator):
             "transforms": transforms,
             "hidden_features": list(hidden_features),
             "activation": activation,
-            **self._family_options(),
+            **self.family_options,
+            **options,
         }
-        options = dict(self.options, activation=ACTIVATIONS[activation])
-        self.flow = self._build(**options)
+        self.flow = self.zuko_flow(
+            self.target_dim,
+            self.context_features,
+            **dict(self.options, activation=ACTIVATIONS[activation]),
+        )
 
-    def _family_options(self) -> dict[str, object]:
-        """Options of this family beyond the shared ones (stored in the spec)."""
-        return {}
-
-    @abc.abstractmethod
-    def _build(self, **options: object) -> zuko.flows.Flow:
-        """The zuko flow over the standardised target, conditioned on the embedding."""
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return sorted({*super().option_names(), *cls.family_options})
 
     def forward(self, context: Tensor) -> Distribution:
         inner = self.flow(self.embed(context))
@@ -123,84 +130,23 @@ class Flow(DensityEstimator):
 
 
 class NSF(Flow):
-    """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``).
-
-    Args:
-        bins: Spline bins per transformed feature.
-        passes: 2 for coupling layers, ``None`` for fully autoregressive ones.
-        target_dim, context_shape, embedding_net, transforms, hidden_features, activation:
-            See :class:`Flow`.
-    """
+    """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``),
+    with ``bins`` spline bins per transformed feature."""
 
     name = "nsf"
-
-    def __init__(
-        self,
-        target_dim: int,
-        context_shape: Sequence[int],
-        embedding_net: nn.Module | None = None,
-        transforms: int = 5,
-        hidden_features: Sequence[int] = (64, 64),
-        bins: int = 8,
-        passes: int | None = 2,
-        activation: str = "relu",
-    ):
-        self._bins, self._passes = bins, passes
-        super().__init__(
-            target_dim, context_shape, embedding_net, transforms, hidden_features, activation
-        )
-
-    def _family_options(self) -> dict[str, object]:
-        return {"bins": self._bins, "passes": self._passes}
-
-    def _build(
-        self,
-        transforms: int,
-        hidden_features: list[int],
-        activation: type[nn.Module],
-        bins: int,
-        passes: int | None,
-    ) -> zuko.flows.Flow:
-        return zuko.flows.NSF(
-            self.target_dim,
-            self.context_features,
-            bins=bins,
-            transforms=transforms,
-            hidden_features=hidden_features,
-            passes=passes,
-            activation=activation,
-        )
+    zuko_flow = zuko.flows.NSF
+    family_options = {"bins": 8, "passes": 2}
 
 
 class MAF(Flow):
     """Masked autoregressive flow with monotonic affine transforms."""
 
     name = "maf"
-
-    def _build(
-        self, transforms: int, hidden_features: list[int], activation: type[nn.Module]
-    ) -> zuko.flows.Flow:
-        return zuko.flows.MAF(
-            self.target_dim,
-            self.context_features,
-            transforms=transforms,
-            hidden_features=hidden_features,
-            activation=activation,
-        )
+    zuko_flow = zuko.flows.MAF
 
 
 class RealNVP(Flow):
     """Affine coupling flow (RealNVP)."""
 
     name = "realnvp"
-
-    def _build(
-        self, transforms: int, hidden_features: list[int], activation: type[nn.Module]
-    ) -> zuko.flows.Flow:
-        return zuko.flows.RealNVP(
-            self.target_dim,
-            self.context_features,
-            transforms=transforms,
-            hidden_features=hidden_features,
-            activation=activation,
-        )
+    zuko_flow = zuko.flows.RealNVP
