@@ -73,6 +73,10 @@ def write(out: Path, command: str, args, results: dict, tasks_done: list[str], n
         "",
         note,
         "",
+        "Code the cells ran with: "
+        + ", ".join(sorted({k for r in results.values() for k in r.get("code", [])}))
+        + " (simgen-<hash of simgen's source at the run's start>, sbi-<version>).",
+        "",
         *evaluation.table(results),
         "",
         "Columns: mean C2ST over observations and seeds (0.5 is perfect); spread = standard "
@@ -161,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
                 data = None
                 for spec in methods:
                     key = (name, args.set, budget, spec, seed, args.c2st_samples)
-                    cell = evaluation.cached_cell(*key, args.observations, args.reference_samples)
+                    cell = evaluation.cached_cell(
+                        *key, args.observations, args.reference_samples, args.cached_only
+                    )
                     if cell is None and args.cached_only:
                         continue
                     if cell is None:

@@ -170,14 +170,17 @@ _code_key("simgen")
 
 
 def _cell_path(task_name, set_name, budget, spec, seed, num_samples, num_obs, refs) -> Path:
+    """``<set>-n<budget>-<spec>-s<seed>-<data key>-<code key>.json``: the data key hashes the
+    task source, the observations, the spec and the sample counts; the code key names the
+    library version the cell ran with."""
     _, xs = harness.observations(task_name, set_name, num_obs)
     library = parse_method(spec)[1]
-    key = [harness.source_hash(task_name), spec, _code_key(library), str(num_samples), str(refs)]
+    key = [harness.source_hash(task_name), spec, str(num_samples), str(refs)]
     digest = hashlib.sha256("|".join(key).encode())
     digest.update(xs.double().contiguous().numpy().tobytes())
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
-    name = f"{set_name}-n{budget}-{safe}-s{seed}-{digest.hexdigest()[:16]}.json"
-    return harness.CACHE / "cells" / task_name / name
+    name = f"{set_name}-n{budget}-{safe}-s{seed}-{digest.hexdigest()[:16]}-{_code_key(library)}"
+    return harness.CACHE / "cells" / task_name / f"{name}.json"
 
 
 def cached_cell(
@@ -189,12 +192,24 @@ def cached_cell(
     num_samples: int = 10_000,
     num_obs: int | None = None,
     reference_samples: int = harness.REFERENCE_SAMPLES,
+    any_code: bool = False,
 ) -> dict | None:
-    """The cached result of a cell (arguments as :func:`evaluate_cell`), or ``None``."""
+    """The cached result of a cell (arguments as :func:`evaluate_cell`), or ``None``.
+
+    With ``any_code``, a cell computed by another version of the library counts too (the
+    newest one): for writing a table while the code changes under a long run.
+    """
     path = _cell_path(
         task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples
     )
-    return json.loads(path.read_text()) if path.exists() else None
+    if path.exists():
+        return json.loads(path.read_text())
+    if any_code:
+        stem = path.name.rsplit("-", 2)[0]
+        found = sorted(path.parent.glob(f"{stem}-*.json"), key=lambda f: f.stat().st_mtime)
+        if found:
+            return json.loads(found[-1].read_text())
+    return None
 
 
 def evaluate_cell(
@@ -230,6 +245,7 @@ def evaluate_cell(
     refs = [harness.reference(task_name, set_name, i, reference_samples) for i in range(len(xs))]
     theta, x = training_data(task, budget, seed) if data is None else data
     cell: dict[str, Any] = {
+        "code": _code_key(library),
         "task": task_name,
         "set": set_name,
         "budget": budget,
@@ -284,6 +300,7 @@ def summarise(cells: list[dict]) -> dict:
         cpu_s=statistics.mean(c["train_cpu_s"] + c["sample_cpu_s"] for c in ok),
         cpu_total=sum(c["train_cpu_s"] + c["sample_cpu_s"] for c in ok),
         seed_list=[c["seed"] for c in ok],
+        code=sorted({c.get("code", "unrecorded") for c in ok}),
     )
     return out
 
