@@ -90,7 +90,7 @@ class Posterior(abc.ABC):
     Arguments are checked here for every subclass, by :mod:`simgen.posterior_args`:
     ``sample_shape`` by ``sample_shape_of`` (a subclass's ``sample`` and ``sample_batched``
     are wrapped to do so when the class is created), ``x`` by :meth:`_single_x` and
-    :meth:`_batch_x` (shape, finiteness), ``theta`` by :meth:`_theta` (shape, no NaN).
+    :meth:`_batch_x` (shape, finiteness), ``theta`` by :meth:`_theta` (shape, finiteness).
     A method taking ``**options`` passes them to ``check_options(options, valid, where)``.
     """
 
@@ -133,8 +133,7 @@ class Posterior(abc.ABC):
         return check_x(x, self.x_shape, batched=True)
 
     def _theta(self, theta: Any) -> Tensor:
-        """Parameters ``(*, D)``, validated: numeric, ``D`` last, no NaN (±inf is allowed:
-        it lies outside every support and gets ``log_prob`` ``-inf``)."""
+        """Parameters ``(*, D)``, validated: finite real numbers, ``D`` last."""
         return check_theta(theta, self.theta_dim)
 
     # -- the interface ------------------------------------------------------------------

@@ -5,7 +5,7 @@ One policy for every posterior method: ``sample_shape`` is a tuple of non-negati
 :class:`~simgen.errors.ConfigError` (:func:`check_options`), except the ones sbi's diagnostics
 pass to any posterior (:data:`SBI_PASSED_OPTIONS`), which are accepted and ignored so that
 ``sbi.diagnostics.run_sbc`` and ``run_tarp`` run on simgen posteriors; an observation is
-finite; θ holds numbers and no NaN. :class:`simgen.posterior.Posterior` applies them.
+finite; θ holds finite numbers. :class:`simgen.posterior.Posterior` applies them.
 """
 
 from __future__ import annotations
@@ -169,8 +169,7 @@ def check_x(x: Any, x_shape: tuple[int, ...], batched: bool) -> Tensor:
 
 
 def check_theta(theta: Any, theta_dim: int) -> Tensor:
-    """Parameters ``(*, D)``: real numbers, ``D`` last, no NaN (±inf is allowed: it lies
-    outside every support, where ``log_prob`` is ``-inf``)."""
+    """Parameters ``(*, D)``: finite real numbers, ``D`` last."""
     theta = as_tensor(theta, "theta")
     if theta.dtype == torch.bool or theta.is_complex():
         raise ShapeError(f"theta must hold real numbers; got dtype {theta.dtype}.")
@@ -179,8 +178,8 @@ def check_theta(theta: Any, theta_dim: int) -> Tensor:
             f"theta has shape {tuple(theta.shape)}; its last dimension must "
             f"be the number of parameters, {theta_dim}."
         )
-    if bool(torch.isnan(theta).any()):
+    if not bool(torch.isfinite(theta).all()):
         raise SupportError(
-            "theta contains NaN; log_prob needs parameter values (drop the NaN rows)."
+            "theta contains NaN or inf; log_prob needs finite parameter values (drop those rows)."
         )
     return theta
