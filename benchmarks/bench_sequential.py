@@ -14,8 +14,9 @@ Methods (``--methods``):
 - ``simgen_tsnpe_fm``: the same with ``estimator="flow_matching"``.
 - ``simgen_snle``: ``simgen.sequential(simgen.NLE(prior), ...)``, posterior proposals.
 - ``sbi_tsnpe``: sbi's TSNPE recipe: ``NPE_C(prior)`` with ``force_first_round_loss``,
-  ``get_density_thresholder(posterior, quantile=1e-4)`` and ``RestrictedPrior``
-  (rejection).
+  ``get_density_thresholder(posterior, quantile=1e-4)`` from 20,000 draws (as simgen's;
+  sbi's default 10⁶ took ~25 minutes a round on gaussian_linear_uniform here) and
+  ``RestrictedPrior`` (rejection).
 - ``sbi_snpec``: sbi's SNPE-C (APT), the previous round's posterior as the proposal.
 - ``sbi_snle``: sbi's SNLE, the previous round's MCMC posterior as the proposal.
 
@@ -43,6 +44,9 @@ from simgen.diagnostics.c2st import c2st
 
 OUT = Path(__file__).with_name("results_sequential.md")
 N_SAMPLES = 2000
+#: Posterior draws behind sbi's TSNPE threshold: simgen's ``REGION_DRAWS``, not sbi's default
+#: 10⁶ (10⁶ leakage-rejected draws of a 10-D posterior took ~25 minutes a round here).
+THRESHOLD_DRAWS = 20_000
 METHODS = [
     "simgen_npe",
     "simgen_tsnpe",
@@ -107,7 +111,9 @@ def run_sbi(method: str, task, x_o, budget: int, rounds: int, seed: int):
         if r == len(sizes) - 1:
             break
         if method == "sbi_tsnpe":
-            threshold = get_density_thresholder(posterior, quantile=1e-4)
+            threshold = get_density_thresholder(
+                posterior, quantile=1e-4, num_samples_to_estimate_support=THRESHOLD_DRAWS
+            )
             proposal = RestrictedPrior(prior, threshold, sample_with="rejection")
         else:
             proposal = posterior

@@ -216,32 +216,6 @@ def test_sample_only_families_truncate_with_the_ellipsoid(estimator):
     assert posterior.sample((10,)).shape == (10, 2)
 
 
-def test_snle_and_snre_rounds():
-    nle = simgen.sequential(
-        simgen.NLE(PRIOR, warmup=20),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        max_epochs=20,
-    )
-    assert nle.rounds[1].proposal.startswith("posterior") and nle.rounds[1].acceptance is None
-    nre = simgen.sequential(
-        simgen.NRE(PRIOR, warmup=20),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        proposal="truncated",
-        num_region_draws=2000,
-        max_epochs=20,
-    )
-    assert "HPD region" in nre.rounds[1].proposal
-    assert nre.sample((20,)).shape == (20, 2)
-
-
 class InterruptingSimulator:
     """Counts its calls; raises KeyboardInterrupt (Ctrl-C) on call ``interrupt_at``."""
 
