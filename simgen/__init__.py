@@ -10,7 +10,7 @@ from . import diagnostics, plots, sequential
 from .diagnostics import diagnose
 from .errors import SimgenError
 from .inference import NLE, NPE, NRE
-from .mcmc import MCMCResult, run_mcmc
+from .mcmc import MCMCConfig, MCMCResult, run_mcmc
 from .mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from .posterior import DirectPosterior, Posterior
 from .priors import BoxUniform
@@ -42,6 +42,7 @@ __all__ = [
     "SurrogateSimulator",
     "run_mcmc",
     "MCMCResult",
+    "MCMCConfig",
     "load",
     "diagnostics",
     "plots",
