@@ -307,6 +307,20 @@ class _AllocationBudget(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def _has_custom_net(spec: dict[str, Any]) -> bool:
+    """Whether the estimator spec names a user's own embedding net (not stored in files)."""
+    stack: list[object] = [spec]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("name") == "custom":
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def check_device(device: object) -> torch.device:
     """``device`` as a :class:`torch.device` this machine has, else a ModelFileError."""
     try:
@@ -364,10 +378,13 @@ def load(
             return cls._from_file(
                 spec, state, prior=prior, embedding_net=embedding_net, device=str(device)
             )
-    except (ModelFileError, NotFittedError):
+    except NotFittedError:  # the file is fine; the caller must pass the prior
         raise
+    except SimgenError as exc:
+        if embedding_net is None and _has_custom_net(spec["estimator"]):
+            raise  # the file is fine; the caller must pass the embedding net
+        raise ModelFileError(f"{where}: {exc}") from exc
     except (
-        SimgenError,
         KeyError,
         RuntimeError,
         TypeError,
