@@ -40,6 +40,7 @@ __all__ = [
     "observations",
     "make_observations",
     "reference",
+    "reference_is_cached",
     "check_reference",
     "source_hash",
 ]
@@ -140,6 +141,14 @@ def _reference_path(name: str, set_name: str, index: int, x: Tensor, num: int, s
     digest.update(x.detach().double().contiguous().numpy().tobytes())
     key = f"{set_name}-{index:02d}-n{num}-s{seed}-{digest.hexdigest()[:16]}"
     return CACHE / "references" / name / f"{key}.pt"
+
+
+def reference_is_cached(
+    name: str, set_name: str, index: int, num: int = REFERENCE_SAMPLES, seed: int = 0
+) -> bool:
+    """Whether :func:`reference` would read this reference from disk."""
+    x = observations(name, set_name)[1][index]
+    return _reference_path(name, set_name, index, x, num, seed).exists()
 
 
 def reference(
