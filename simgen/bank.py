@@ -1,13 +1,16 @@
 """Simulation banks on disk: every finished batch is saved, and an interrupted run resumes.
 
-A bank (format ``simgen-bank``, version 2) is a zarr group holding
+A bank (format ``simgen-bank``, version 3) is a zarr group holding
 
 * ``theta`` ``(N, D)`` float32: all parameters, written when the bank is created;
 * ``x`` ``(N, *x_shape)``: simulator outputs, created with the first batch that returns;
 * with ``joint=True`` also ``joint_log_prob`` ``(N,)`` and ``joint_score`` ``(N, D)``, from the
   simulator's ``trace``, created and written like ``x``;
 * ``status`` ``(N,)`` int8: ``-1`` not simulated yet, ``0`` ok, ``1`` the simulator raised,
-  ``2`` the output held NaN or inf;
+  ``2`` the output held NaN or inf, ``3`` it ran past the timeout, ``4`` it took its worker
+  process down;
+* ``attempts`` ``(N,)`` int16: how many times the call that settled each row was tried
+  (version 3; a version-2 bank has no attempts and reads as 0);
 * attributes: format name and version, the run's fingerprint (``seed``, ``batch_size``,
   ``joint``, ``num_simulations``, ``theta_dim``, ``simulator``, ``prior``, ``simgen`` version),
   the first error messages, and ``complete``, written last, once every batch is saved and
@@ -51,11 +54,11 @@ from torch import Tensor
 from .bank_lock import BankLock
 from .errors import BankError, ShapeError, SimulationWarning
 
-__all__ = ["Bank", "NOT_RUN", "OK", "RAISED", "NONFINITE", "check_like"]
+__all__ = ["Bank", "NOT_RUN", "OK", "RAISED", "NONFINITE", "TIMEOUT", "CRASHED", "check_like"]
 
 FORMAT = "simgen-bank"
-VERSION = 2
-NOT_RUN, OK, RAISED, NONFINITE = -1, 0, 1, 2
+VERSION = 3
+NOT_RUN, OK, RAISED, NONFINITE, TIMEOUT, CRASHED = -1, 0, 1, 2, 3, 4
 #: The arrays a ``joint=True`` bank holds beside ``x``.
 JOINT_ARRAYS = ("joint_log_prob", "joint_score")
 #: The fingerprint fields that must match for a run to resume a bank.
@@ -193,7 +196,7 @@ class Bank:
                 "path for bank=."
             ) from exc
         bank = cls(group, path, lock)
-        if bank.version < VERSION:
+        if bank.version < 2:
             raise BankError(
                 f"{path} is a version-{bank.version} bank, written without a fingerprint of "
                 "its run, so it cannot be resumed safely. Read what it holds with "
@@ -289,9 +292,10 @@ class Bank:
         outputs: dict[str, Tensor] | None,
         status: np.ndarray,
         errors: list[str],
+        attempts: np.ndarray | None = None,
     ) -> None:
-        """Save batch ``batch``: its outputs by name (None if every row raised), then its
-        status. Outputs whose shape or dtype differ from the saved ones raise
+        """Save batch ``batch``: its outputs by name (None if every row failed), the tries of
+        each row, then its status. Outputs whose shape or dtype differ from the saved ones raise
         :class:`~simgen.errors.ShapeError` and nothing of the batch is written."""
         start = batch * self.batch_size
         rows = slice(start, start + len(status))
@@ -314,7 +318,17 @@ class Bank:
         new = [e for e in errors if e not in known]
         if new:
             self.group.attrs["errors"] = (known + new)[:5]
+        if attempts is not None and self._array("attempts") is not None:
+            self.group["attempts"][rows] = attempts.astype(np.int16)
         self.group["status"][rows] = status.astype(np.int8)
+
+    def attempts(self) -> np.ndarray:
+        """Per-row tries, ``(N,)`` (zeros where a version-2 bank does not record them)."""
+        array = self._array("attempts")
+        try:
+            return np.zeros(self.num_simulations, np.int16) if array is None else array[:]
+        except Exception:  # noqa: BLE001 - tries are a record, not data: a lost chunk reads 0
+            return np.zeros(self.num_simulations, np.int16)
 
     def scan(self) -> tuple[dict[str, np.ndarray] | None, np.ndarray, dict[int, str]]:
         """``(outputs, status, damaged)``: everything saved, and the batches marked done
@@ -375,6 +389,18 @@ class Bank:
             )
         return damaged
 
+    def forget_failures(self, codes: tuple[int, ...]) -> set[int]:
+        """Mark the batches holding rows with a status in ``codes`` as not simulated, so that
+        they are simulated again (whole, since a batch's rows share one generator)."""
+        status, bs = self.status(), self.batch_size
+        batches = {int(b) for b in np.nonzero(np.isin(status, codes))[0] // bs}
+        for b in batches:
+            rows = slice(b * bs, min((b + 1) * bs, len(status)))
+            self.group["status"][rows] = np.full(rows.stop - rows.start, NOT_RUN, np.int8)
+        if batches:
+            self.group.attrs["complete"] = False
+        return batches
+
     def done_batches(self) -> set[int]:
         """Indices of the batches already saved."""
         first_rows = self.status()[:: self.batch_size]
@@ -433,6 +459,7 @@ def _create(path: Path, theta_np: np.ndarray, fingerprint: dict) -> None:
         )
         group["theta"][:] = theta_np
         group.create_array("status", shape=(n,), dtype="int8", chunks=(bs,), fill_value=NOT_RUN)
+        group.create_array("attempts", shape=(n,), dtype="int16", chunks=(bs,), fill_value=0)
         group.attrs.update({"format": FORMAT, "version": VERSION, **fingerprint, "complete": False})
         if path.is_dir():  # an empty folder: rename replaces it
             path.rmdir()

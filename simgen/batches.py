@@ -1,15 +1,17 @@
-"""One batch of simulations: seeded, with failing rows isolated, run here or on an executor.
+"""Batches of simulations: seeded, with failing rows isolated, run here or on workers.
 
-Batch ``b`` gets its own generator seeded from ``(seed, b)`` alone, so a batch gives the same
-simulations whichever process runs it and in whatever order. A batch that raises is bisected
-until the failing rows are isolated; rows whose output holds NaN or ±inf are marked as such.
+Every simulator call gets a fresh generator seeded from ``(seed, batch, start)`` alone, where
+``start`` is the first row of the call within its batch (a whole batch is ``start=0``).
+So a batch gives the same simulations whichever process runs it, in whatever order, and a
+retried call repeats exactly the randomness of its first try. A call that raises is retried
+up to ``retries`` times, then bisected until the failing rows are isolated; rows whose output
+holds NaN or ±inf are marked as such.
+
+On workers (:mod:`simgen.workers`) a call that runs past its timeout or takes its worker
+process down is handled the same way, one level up.
 """
 
 from __future__ import annotations
-
-import collections
-from collections.abc import Iterable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,17 +21,20 @@ from .bank import JOINT_ARRAYS, NONFINITE, OK, RAISED
 from .errors import ShapeError
 from .simulator import Simulator
 
-__all__ = ["batch_generator", "batch_job", "run_batches", "Outputs", "BatchResult"]
+__all__ = ["batch_generator", "batch_job", "join", "Outputs", "BatchResult", "Piece"]
 
 Outputs = dict[str, Tensor]
-#: ``(outputs or None, status, errors)`` of one batch.
-BatchResult = tuple[Outputs | None, np.ndarray, list[str]]
+#: ``(outputs or None, status, attempts)`` of some consecutive rows.
+Piece = tuple[Outputs | None, np.ndarray, np.ndarray]
+#: ``(outputs or None, status, errors, attempts)`` of one batch.
+BatchResult = tuple[Outputs | None, np.ndarray, list[str], np.ndarray]
 
 
-def batch_generator(seed: int, batch: int) -> torch.Generator:
-    """The generator of batch ``batch`` under ``seed``."""
-    # SeedSequence mixes (seed, batch) into independent, reproducible streams.
-    state = np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0]
+def batch_generator(seed: int, batch: int, start: int = 0) -> torch.Generator:
+    """The generator of the call on rows ``start, ...`` of batch ``batch`` under ``seed``."""
+    # SeedSequence mixes (seed, batch[, start]) into independent, reproducible streams.
+    key = [seed, batch] if start == 0 else [seed, batch, start]
+    state = np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
@@ -71,120 +76,91 @@ def _blank(like: Tensor, n: int) -> Tensor:
     return like.new_full((n, *like.shape[1:]), fill)
 
 
-def _call_isolating_failures(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
-) -> tuple[Outputs | None, Tensor]:
-    """Simulate ``theta``; on an exception, bisect to find the rows that raise.
+def _finished(outputs: Outputs, attempt: int) -> Piece:
+    """A successful call as a piece; a row is ``NONFINITE`` when any of its outputs (``x``,
+    or with ``joint`` also the log-density or score) holds NaN or ±inf."""
+    finite = torch.stack(
+        [torch.isfinite(v.reshape(len(v), -1).float()).all(-1) for v in outputs.values()]
+    ).all(0)
+    status = np.where(finite.numpy(), OK, NONFINITE).astype(np.int8)
+    return outputs, status, np.full(len(status), attempt, dtype=np.int16)
 
-    Returns ``(outputs, ok)`` where every output has a row for every row of ``theta``
-    (NaN or 0 where ``ok`` is False), or ``outputs`` is None when every row failed.
-    """
-    n = theta.shape[0]
-    try:
-        return _call(sim, theta, generator, joint), torch.ones(n, dtype=torch.bool)
-    except ShapeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any simulator failure is recorded, not fatal
-        if n == 1:
-            if len(errors) < 5 and f"{type(exc).__name__}: {exc}" not in errors:
-                errors.append(f"{type(exc).__name__}: {exc}")
-            return None, torch.zeros(1, dtype=torch.bool)
-    half = n // 2
-    parts = [
-        _call_isolating_failures(sim, theta[:half], generator, errors, joint),
-        _call_isolating_failures(sim, theta[half:], generator, errors, joint),
-    ]
-    outs = [out for out, _ in parts if out is not None]
+
+def _failed(n: int, code: int, attempts: int) -> Piece:
+    return None, np.full(n, code, dtype=np.int8), np.full(n, attempts, dtype=np.int16)
+
+
+def join(parts: list[Piece]) -> Piece:
+    """Consecutive pieces as one, failed rows blank (NaN or 0) in every output."""
+    outs = [out for out, _, _ in parts if out is not None]
+    status = np.concatenate([s for _, s, _ in parts])
+    attempts = np.concatenate([a for _, _, a in parts])
     if not outs:
-        return None, torch.zeros(n, dtype=torch.bool)
-    if len(outs) == 2:
+        return None, status, attempts
+    for other in outs[1:]:
         for name, value in outs[0].items():
-            other = outs[1][name]
-            if (value.shape[1:], value.dtype) != (other.shape[1:], other.dtype):
+            got = other[name]
+            if (value.shape[1:], value.dtype) != (got.shape[1:], got.dtype):
                 raise ShapeError(
                     f"The simulator returned {name} rows of shape/dtype {tuple(value.shape[1:])}"
-                    f" {value.dtype} for some parameters and {tuple(other.shape[1:])} "
-                    f"{other.dtype} for others; it must return one shape and dtype."
+                    f" {value.dtype} for some parameters and {tuple(got.shape[1:])} "
+                    f"{got.dtype} for others; it must return one shape and dtype."
                 )
-    template = outs[0]
     merged = {
         name: torch.cat(
-            [out[name] if out is not None else _blank(first, len(ok)) for out, ok in parts]
+            [out[name] if out is not None else _blank(first, len(s)) for out, s, _ in parts]
         )
-        for name, first in template.items()
+        for name, first in outs[0].items()
     }
-    return merged, torch.cat([ok for _, ok in parts])
+    return merged, status, attempts
 
 
-def _simulate_batch(
-    sim: Simulator, theta: Tensor, generator: torch.Generator, errors: list[str], joint: bool
-) -> tuple[Outputs | None, np.ndarray]:
-    """``(outputs or None, status)`` for one batch; status codes as in :mod:`simgen.bank`.
-
-    A row is ``NONFINITE`` when any of its outputs (``x``, or with ``joint`` also the
-    log-density or score) holds NaN or ±inf.
-    """
-    outputs, ok = _call_isolating_failures(sim, theta, generator, errors, joint)
-    status = np.where(ok.numpy(), OK, RAISED).astype(np.int8)
-    if outputs is not None:
-        finite = torch.stack(
-            [torch.isfinite(v.reshape(len(v), -1).float()).all(-1) for v in outputs.values()]
-        ).all(0)
-        status[(status == OK) & ~finite.numpy()] = NONFINITE
-    return outputs, status
-
-
-def batch_job(
-    sim: Simulator, theta: Tensor, seed: int, batch: int, joint: bool = False
-) -> BatchResult:
-    """One batch, self-contained so that an executor can run it in another process."""
-    errors: list[str] = []
-    outputs, status = _simulate_batch(sim, theta, batch_generator(seed, batch), errors, joint)
-    return outputs, status, errors
-
-
-def run_batches(
+def _settle(
     sim: Simulator,
     theta: Tensor,
     seed: int,
-    batch_size: int,
-    batches: Iterable[int],
-    executor: Any,
-    joint: bool = False,
-) -> Iterator[tuple[int, BatchResult]]:
-    """Yield ``(b, result)`` in batch order, computed here or on ``executor``.
-
-    With an executor (anything with ``submit(fn, *args) -> future`` and ``future.result()``:
-    a ``concurrent.futures`` pool or a ``dask.distributed.Client``), a window of
-    ``max(8, 2 * workers)`` batches is in flight; results are taken in order so each one is
-    saved as soon as every batch before it is.
-    """
-    chunks = ((b, theta[b * batch_size : (b + 1) * batch_size]) for b in batches)
-    if executor is None:
-        for b, chunk in chunks:
-            yield b, batch_job(sim, chunk, seed, b, joint)
-        return
-    window = max(8, 2 * _num_workers(executor))
-    pending: collections.deque = collections.deque()
-    try:
-        for b, chunk in chunks:
-            pending.append((b, executor.submit(batch_job, sim, chunk, seed, b, joint)))
-            if len(pending) >= window:
-                b0, future = pending.popleft()
-                yield b0, future.result()
-        while pending:
-            b0, future = pending.popleft()
-            yield b0, future.result()
-    finally:
-        for _, future in pending:
-            future.cancel()
-
-
-def _num_workers(executor: Any) -> int:
-    workers = getattr(executor, "_max_workers", None)  # concurrent.futures pools
-    if workers is None and hasattr(executor, "nthreads"):  # dask.distributed.Client
+    batch: int,
+    start: int,
+    joint: bool,
+    retries: int,
+    errors: list[str],
+) -> Piece:
+    """Simulate rows ``start, ...`` of a batch; a call that raises is tried ``retries`` more
+    times with the same generator, then bisected to find the rows that raise."""
+    n = theta.shape[0]
+    for attempt in range(1, retries + 2):
         try:
-            workers = sum(executor.nthreads().values())
-        except Exception:  # noqa: BLE001 - a sizing hint only
-            workers = None
-    return int(workers or 4)
+            outputs = _call(sim, theta, batch_generator(seed, batch, start), joint)
+        except ShapeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any simulator failure is recorded, not fatal
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            return _finished(outputs, attempt)
+    if n == 1:
+        if len(errors) < 5 and message not in errors:
+            errors.append(message)
+        return _failed(1, RAISED, retries + 1)
+    half = n // 2
+    return join(
+        [
+            _settle(sim, theta[:half], seed, batch, start, joint, retries, errors),
+            _settle(sim, theta[half:], seed, batch, start + half, joint, retries, errors),
+        ]
+    )
+
+
+def batch_job(
+    sim: Simulator,
+    theta: Tensor,
+    seed: int,
+    batch: int,
+    joint: bool = False,
+    retries: int = 0,
+    start: int = 0,
+) -> BatchResult:
+    """Rows ``start, ...`` of batch ``batch``, self-contained so that a worker process can
+    run it; status codes as in :mod:`simgen.bank`, ``attempts`` the tries of each row."""
+    errors: list[str] = []
+    outputs, status, attempts = _settle(sim, theta, seed, batch, start, joint, retries, errors)
+    return outputs, status, errors, attempts

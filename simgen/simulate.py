@@ -2,13 +2,16 @@
 
 ``simulate(simulator, prior, num_simulations, seed=0)`` draws :math:`\\theta_i \\sim p(\\theta)`
 and :math:`x_i \\sim p(x \\mid \\theta_i)` in batches. The same ``seed`` and ``batch_size``
-always give the same simulations: θ comes from a generator seeded with ``seed``, and batch
-``b`` of the simulator gets its own generator seeded from ``(seed, b)``.
+always give the same simulations, on any number of workers: θ comes from a generator seeded
+with ``seed``, and batch ``b`` of the simulator gets its own generator seeded from
+``(seed, b)`` (:mod:`simgen.batches`).
 
 Failures never pass silently. A batch that raises is bisected until the failing rows are
-isolated; rows whose output holds NaN or ±inf are dropped. Both are counted, reported in a
+isolated; rows whose output holds NaN or ±inf are dropped. On worker processes
+(``workers=``, a Dask client) a batch that runs past ``timeout`` or takes its worker down is
+bisected the same way (:mod:`simgen.workers`). All are counted, reported in a
 :class:`~simgen.errors.SimulationWarning`, and kept on the result (``.failed_theta``,
-``.errors``) so nothing is lost; if every simulation fails, a
+``.failed_reason``, ``.errors``) so nothing is lost; if every simulation fails, a
 :class:`~simgen.errors.SimulationError` says why.
 
 With ``joint=True`` each batch runs the simulator's ``trace`` instead of its call, and the
@@ -22,20 +25,19 @@ themselves are not kept (their size may change from batch to batch); call
 
 from __future__ import annotations
 
+import math
 import operator
 import secrets
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .bank import JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, Bank, check_like, layout
-from .batches import Outputs, run_batches
+from .bank import CRASHED, TIMEOUT, Bank, check_like, layout
+from .batches import Piece
 from .errors import (
     ConfigError,
     ShapeError,
@@ -43,116 +45,19 @@ from .errors import (
     SimulationError,
     SimulationInterrupted,
     SimulationStopped,
-    SimulationWarning,
 )
 from .priors import check_prior
+from .simulations import Simulations, assemble, collect
 from .simulator import Simulator, as_simulator, simulator_identity
+from .workers import run_batches
 
 #: θ for every simulation is drawn in memory up front: (N, D) float32.
 MAX_SIMULATIONS = 10**9
 MAX_SEED = 2**63 - 1
+MAX_WORKERS = 1024
+MAX_RETRIES = 100
 
 __all__ = ["simulate", "run_simulator", "read_bank", "Simulations"]
-
-
-class Simulations(tuple):
-    """``(theta, x)`` of the successful simulations, unpackable as a pair.
-
-    Attributes:
-        theta: ``(N_ok, D)``.
-        x: ``(N_ok, *x_shape)``.
-        failed_theta: ``(N_failed, D)``, parameters whose simulation raised or gave NaN/inf.
-        errors: A few distinct error messages of the simulations that raised.
-        num_raised: How many simulations raised.
-        num_nonfinite: How many returned NaN or ±inf.
-        joint_log_prob: ``(N_ok,)`` :math:`\\log p(x, z \\mid \\theta)` with ``joint=True``,
-            else None.
-        joint_score: ``(N_ok, D)`` :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` with
-            ``joint=True``, else None.
-    """
-
-    theta: Tensor
-    x: Tensor
-    failed_theta: Tensor
-    errors: list[str]
-    num_raised: int
-    num_nonfinite: int
-    joint_log_prob: Tensor | None = None
-    joint_score: Tensor | None = None
-
-    def __new__(cls, theta: Tensor, x: Tensor, **info: object) -> Simulations:
-        self = super().__new__(cls, (theta, x))
-        self.theta, self.x = theta, x
-        for key, value in info.items():
-            setattr(self, key, value)
-        return self
-
-
-def _assemble(
-    n: int,
-    batch_size: int,
-    outs: dict[int, Outputs | None],
-    statuses: dict[int, np.ndarray],
-) -> tuple[Outputs | None, np.ndarray]:
-    """In-memory counterpart of a bank: ``(outputs, status)`` over all ``n`` rows."""
-    status = np.full(n, NOT_RUN, dtype=np.int8)
-    template = next((out for out in outs.values() if out is not None), None)
-    merged = (
-        None
-        if template is None
-        else {name: v.new_zeros((n, *v.shape[1:])) for name, v in template.items()}
-    )
-    for b, batch_status in statuses.items():
-        rows = slice(b * batch_size, b * batch_size + len(batch_status))
-        status[rows] = batch_status
-        if outs[b] is not None:
-            for name, value in outs[b].items():
-                merged[name][rows] = value
-    return merged, status
-
-
-def _collect(
-    theta: Tensor,
-    outputs: Outputs | None,
-    status: np.ndarray,
-    errors: list[str],
-    warn: bool = True,
-) -> Simulations:
-    """The successful rows as :class:`Simulations`, with the failures counted and kept."""
-    ran = status != NOT_RUN
-    ok, failed = status == OK, (status == RAISED) | (status == NONFINITE)
-    num_raised, num_nonfinite = int((status == RAISED).sum()), int((status == NONFINITE).sum())
-    n = int(ran.sum())
-    x = None if outputs is None else outputs["x"]
-    if x is None or not ok.any():
-        if num_raised == n:
-            raise SimulationError(
-                f"All {n} simulations raised an exception; first errors: {errors}. Check the "
-                "simulator on a single theta, e.g. simulator(prior.sample((1,)))."
-            )
-        raise SimulationError(
-            f"All {n} simulations failed ({num_raised} raised, {num_nonfinite} returned NaN or "
-            f"inf). First errors: {errors or 'none'}. Fix the simulator for this prior range."
-        )
-    if failed.any() and warn:
-        warnings.warn(
-            f"{int(failed.sum())} of {n} simulations failed and were excluded "
-            f"({num_raised} raised, {num_nonfinite} returned NaN or inf). Their parameters "
-            f"are in result.failed_theta. First errors: {errors or 'none'}.",
-            SimulationWarning,
-            stacklevel=4,
-        )
-    ok_t, failed_t = torch.from_numpy(ok), torch.from_numpy(failed)
-    joint = {name: outputs[name][ok_t] for name in JOINT_ARRAYS if name in outputs}
-    return Simulations(
-        theta[ok_t],
-        x[ok_t],
-        failed_theta=theta[failed_t],
-        errors=errors,
-        num_raised=num_raised,
-        num_nonfinite=num_nonfinite,
-        **joint,
-    )
 
 
 def check_count(value: object, name: str, low: int, high: int, why: str = "") -> int:
@@ -196,6 +101,35 @@ def _check_bank(bank: object) -> Path | None:
     return Path(bank).expanduser()
 
 
+def check_runner(
+    executor: Any, workers: object, timeout: object, retries: object
+) -> dict[str, Any]:
+    """The checked ``executor``, ``workers``, ``timeout`` and ``retries`` of a run."""
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise ConfigError(
+            f"executor must have submit(fn, *args) (a concurrent.futures pool or a "
+            f"dask.distributed.Client), got {type(executor).__name__}."
+        )
+    if workers is not None:
+        workers = check_count(workers, "workers", 1, MAX_WORKERS)
+        if executor is not None:
+            raise ConfigError(
+                "Pass workers= (simgen makes its own process pool) or executor= (your pool or "
+                "Dask client), not both."
+            )
+    if timeout is not None:
+        number = timeout if isinstance(timeout, (int, float)) else None
+        if isinstance(timeout, bool) or number is None or not 0 < number < math.inf:
+            raise ConfigError(
+                f"timeout must be a positive number of seconds per batch, got {timeout!r}."
+            )
+        timeout = float(number)
+        if executor is None and workers is None:
+            workers = 1  # a hanging call can only be stopped in another process
+    retries = check_count(retries, "retries", 0, MAX_RETRIES)
+    return {"executor": executor, "workers": workers, "timeout": timeout, "retries": retries}
+
+
 def run_simulator(
     simulator: Callable | Simulator,
     theta: Tensor,
@@ -206,6 +140,10 @@ def run_simulator(
     executor: Any = None,
     joint: bool = False,
     prior: Distribution | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    workers: int | None = None,
+    retry_failed: bool = False,
 ) -> Simulations:
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`.
 
@@ -220,14 +158,10 @@ def run_simulator(
     theta = _check_theta(theta)
     seed = check_count(seed, "seed", 0, MAX_SEED)
     batch_size = check_count(batch_size, "batch_size", 1, MAX_SIMULATIONS)
-    if executor is not None and not callable(getattr(executor, "submit", None)):
-        raise ConfigError(
-            f"executor must have submit(fn, *args) (a concurrent.futures pool or a "
-            f"dask.distributed.Client), got {type(executor).__name__}."
-        )
+    runner = check_runner(executor, workers, timeout, retries)
     path = _check_bank(bank)
     if path is None:
-        return _run(sim, theta, seed, batch_size, progress, None, executor, bool(joint))
+        return _run(sim, theta, seed, batch_size, progress, None, bool(joint), runner)
     fingerprint = {
         "seed": seed,
         "joint": bool(joint),
@@ -237,7 +171,9 @@ def run_simulator(
     }
     store = Bank.open(path, theta, fingerprint, batch_size)
     try:
-        return _run(sim, theta, seed, batch_size, progress, store, executor, bool(joint))
+        if retry_failed:
+            store.forget_failures((TIMEOUT, CRASHED))
+        return _run(sim, theta, seed, batch_size, progress, store, bool(joint), runner)
     finally:
         store.close()
 
@@ -255,61 +191,65 @@ def _run(
     batch_size: int,
     progress: bool,
     store: Bank | None,
-    executor: Any,
     joint: bool,
+    runner: dict[str, Any],
 ) -> Simulations:
     n = theta.shape[0]
     if store is not None:
         store.repair()
     done = store.done_batches() if store is not None else set()
     todo = [b for b in range(-(-n // batch_size)) if b not in done]
-    outs: dict[int, Outputs | None] = {}
-    statuses: dict[int, np.ndarray] = {}
-    errors: list[str] = []
+    kept: dict[int, Piece] = {}
+    found: dict[int, list[str]] = {}
     expected = {}
-    results = run_batches(sim, theta, seed, batch_size, todo, executor, joint)
+    batches = run_batches(sim, theta, seed, batch_size, todo, joint=joint, **runner)
+    results = batches
     if progress:
         from tqdm.auto import tqdm
 
         total = len(todo) + len(done)
-        results = tqdm(results, desc="simulating", unit="batch", initial=len(done), total=total)
+        results = tqdm(batches, desc="simulating", unit="batch", initial=len(done), total=total)
     try:
-        for b, (outputs, status, batch_errors) in results:
-            errors.extend(e for e in batch_errors if e not in errors and len(errors) < 5)
+        for b, (outputs, status, batch_errors, attempts) in results:
+            found[b] = batch_errors
             if store is not None:
-                store.write(b, outputs, status, errors)
+                store.write(b, outputs, status, _first_errors(found), attempts)
                 continue
             if outputs is not None:
                 if expected:
                     check_like(expected, outputs, b)
                 else:
                     expected = layout(outputs)
-            outs[b], statuses[b] = outputs, status
+            kept[b] = (outputs, status, attempts)
     except KeyboardInterrupt as exc:
-        raise _interrupted(theta, batch_size, store, outs, statuses, errors) from exc
+        raise _interrupted(theta, batch_size, store, kept, _first_errors(found)) from exc
     except Exception as exc:  # noqa: BLE001 - finished work is kept, then the error is raised
-        stopped = _stopped(exc, theta, batch_size, store, outs, statuses, errors)
+        stopped = _stopped(exc, theta, batch_size, store, kept, _first_errors(found))
         if stopped is None:
             raise
         raise stopped from exc
+    finally:
+        batches.close()  # ends simgen's own worker processes
     if store is None:
-        merged, status = _assemble(n, batch_size, outs, statuses)
-        return _collect(theta, merged, status, errors)
+        merged, status, attempts = assemble(n, batch_size, kept)
+        return collect(theta, merged, status, _first_errors(found), attempts)
     _, merged, status, errors = store.read()
     store.mark_complete()
-    return _collect(theta, merged, status, errors)
+    return collect(theta, merged, status, errors, store.attempts())
+
+
+def _first_errors(found: dict[int, list[str]]) -> list[str]:
+    """The first five distinct messages in batch order, whichever batch finished first."""
+    ordered = dict.fromkeys(e for b in sorted(found) for e in found[b])
+    return list(ordered)[:5]
 
 
 def _partial(
-    theta: Tensor,
-    batch_size: int,
-    outs: dict[int, Outputs | None],
-    statuses: dict[int, np.ndarray],
-    errors: list[str],
+    theta: Tensor, batch_size: int, kept: dict[int, Piece], errors: list[str]
 ) -> Simulations | None:
-    merged, status = _assemble(len(theta), batch_size, outs, statuses)
+    merged, status, attempts = assemble(len(theta), batch_size, kept)
     try:
-        return _collect(theta, merged, status, errors, warn=False)
+        return collect(theta, merged, status, errors, attempts, warn=False)
     except SimulationError:
         return None
 
@@ -319,8 +259,7 @@ def _stopped(
     theta: Tensor,
     batch_size: int,
     store: Bank | None,
-    outs: dict[int, Outputs | None],
-    statuses: dict[int, np.ndarray],
+    kept: dict[int, Piece],
     errors: list[str],
 ) -> SimulationStopped | None:
     """The error to raise when a run stops early with finished batches to keep (None: no
@@ -335,7 +274,7 @@ def _stopped(
             "are kept; fix the cause and call simulate again with the same arguments to "
             "resume."
         )
-    partial = _partial(theta, batch_size, outs, statuses, errors)
+    partial = _partial(theta, batch_size, kept, errors)
     if partial is None:
         return None
     return SimulationStopped(
@@ -350,8 +289,7 @@ def _interrupted(
     theta: Tensor,
     batch_size: int,
     store: Bank | None,
-    outs: dict[int, Outputs | None],
-    statuses: dict[int, np.ndarray],
+    kept: dict[int, Piece],
     errors: list[str],
 ) -> SimulationInterrupted:
     if store is not None:
@@ -362,10 +300,10 @@ def _interrupted(
             "again with the same arguments and bank= to resume where it stopped.",
             partial=None,
         )
-    partial = _partial(theta, batch_size, outs, statuses, errors)
-    kept = 0 if partial is None else len(partial.theta)
+    partial = _partial(theta, batch_size, kept, errors)
+    kept_rows = 0 if partial is None else len(partial.theta)
     return SimulationInterrupted(
-        f"Interrupted after {len(statuses)} batches; the {kept} finished simulations are in "
+        f"Interrupted after {len(kept)} batches; the {kept_rows} finished simulations are in "
         "exc.partial (theta, x = exc.partial). Pass bank='run.zarr' to save every batch to "
         "disk and resume after an interruption.",
         partial=partial,
@@ -379,8 +317,9 @@ def read_bank(path: str | Path) -> Simulations:
         BankError: No bank at ``path``, or a batch marked done has lost its data (resume the
             run with :func:`simulate` to simulate it again).
     """
-    theta, outputs, status, errors = Bank.reader(path).read()
-    return _collect(theta, outputs, status, errors)
+    bank = Bank.reader(path)
+    theta, outputs, status, errors = bank.read()
+    return collect(theta, outputs, status, errors, bank.attempts())
 
 
 def sample_prior(prior: Distribution, num_samples: int, seed: int) -> Tensor:
@@ -400,6 +339,10 @@ def simulate(
     bank: str | Path | None = None,
     executor: Any = None,
     joint: bool = False,
+    timeout: float | None = None,
+    retries: int = 0,
+    workers: int | None = None,
+    retry_failed: bool = False,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -430,6 +373,28 @@ def simulate(
             simulator's ``trace`` (a :class:`~simgen.simulator.PyroSimulator`, or any
             simulator with ``trace(theta, generator=)``), as ``.joint_log_prob`` ``(N,)`` and
             ``.joint_score`` ``(N, D)``, banked with ``x``. ``x`` is the same as without it.
+        timeout: Seconds one simulator call (a batch, or a part of one being bisected) may
+            run on a worker. Per call rather than per simulation because a batched simulator
+            runs its rows together. A call past it is stopped and bisected like one that
+            raises: its rows end as ``"timeout"`` in ``result.failed_reason`` and the run goes
+            on (a θ that hangs costs about ``log2(batch_size)`` timeouts). Needs workers simgen
+            can stop: ``workers=``, a Dask client, or, when neither is given, one worker
+            process. On an executor you passed, a call past it stops the run
+            (:class:`~simgen.errors.SimulationStopped` naming the rows).
+        retries: How many more times a call that raises, runs past ``timeout`` or crashes
+            its worker is tried before it is bisected and its rows recorded as failed. A
+            retry reuses the call's generator, so a call that succeeds on a retry gives what
+            it would have given the first time. 0 by default: a deterministic simulator
+            fails again on the same θ, and every retry of a bad θ costs a call at each level
+            of the bisection; use it for transient failures (a flaky file system, a licence
+            server).
+        workers: Run batches on a process pool of this many workers that simgen makes and
+            owns: a worker that dies (``os.abort()``, a segfault) is replaced, the rows that
+            killed it are found by bisection and recorded as ``"crash"``, and the run goes
+            on. The simulator must be picklable. Not together with ``executor``.
+        retry_failed: With ``bank``, simulate again the batches whose rows ran past the
+            timeout or crashed (by default a resume keeps them as failed and does not try
+            them again, so a θ that hangs cannot stall the resume).
 
     Raises:
         ConfigError: A count, seed or option is out of range or of the wrong type.
@@ -437,8 +402,9 @@ def simulate(
         SimulationInterrupted: On Ctrl-C. Nothing finished is lost: it is in the bank, or,
             without one, in the exception's ``partial`` result.
         SimulationStopped: A later batch failed in a way that stops the run (a different
-            output shape, a full disk, a broken worker pool); what had finished is in the
-            bank or in ``partial``.
+            output shape, a full disk, a call past ``timeout`` or a dead worker on an
+            executor you passed, which the message names by rows); what had finished is in
+            the bank or in ``partial``.
 
     Returns:
         A :class:`Simulations` ``(theta, x)``, unpackable as ``theta, x = simulate(...)``.
@@ -468,4 +434,8 @@ def simulate(
         executor=executor,
         joint=joint,
         prior=prior,
+        timeout=timeout,
+        retries=retries,
+        workers=workers,
+        retry_failed=retry_failed,
     )
