@@ -14,6 +14,12 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 SECTIONS = [
+    (
+        "results_report.md",
+        "Every task on many observations: task x budget x method (issue 24)",
+        "python -m benchmarks.bench_report --tasks all --budgets 1000 10000 --seeds 0 1 2"
+        " --set report --methods npe,sbi_npe",
+    ),
     ("results_npe.md", "NPE vs sbi (issue 3)", "python -m benchmarks.bench_npe"),
     ("results_step.md", "Where sbi's training time goes", "python -m benchmarks.bench_step"),
     (
@@ -43,6 +49,16 @@ SECTIONS = [
         "Simulator throughput (issue 4)",
         "python -m benchmarks.bench_simulators",
     ),
+    (
+        "results_sequential.md",
+        "Sequential (truncated) inference vs sbi's sequential methods (issue 18)",
+        "python -m benchmarks.bench_sequential",
+    ),
+    (
+        "results_faults.md",
+        "Fault battery: banks, simulate arguments, model files (issue 17)",
+        "python -m pytest tests/test_faults.py tests/test_model_files.py; -m slow for kills",
+    ),
 ]
 
 HEADER = """# Benchmark results
@@ -51,8 +67,9 @@ All runs: CPU only, `OMP_NUM_THREADS=1` unless a file says otherwise, simgen and
 same process on the same simulations. The machine is a shared 2-core box, so absolute seconds
 are noisy; compare the ratios. Each file below holds its benchmark's current tables (the
 current defaults, and the alternatives measured against them), with the exact command above
-each table; `./run bench` reruns them all and `python -m benchmarks.collect` rebuilds this
-page. The decisions these tables support are logged in `docs/decisions.md`.
+each table; `./run bench` reruns the benchmarks listed in `benchmarks/__main__.py` (the
+others take hours and run by their own command), and `python -m benchmarks.collect` rebuilds
+this page. The decisions these tables support are logged in `docs/decisions.md`.
 
 """
 
