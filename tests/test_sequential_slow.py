@@ -4,29 +4,9 @@ seeds (``-m slow``)."""
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.distributions import MultivariateNormal
+from test_sequential import PRIOR, X_O, gaussian_fit_kl, gaussian_simulator
 
 import simgen
-
-# The task of tests/test_sequential.py: wide Gaussian prior, narrow Gaussian likelihood.
-D, PRIOR_SD, NOISE_SD = 2, 2.0, 0.1
-PRIOR = MultivariateNormal(torch.zeros(D), PRIOR_SD**2 * torch.eye(D))
-X_O = torch.tensor([0.7, -1.1])
-POST_VAR = 1 / (1 / PRIOR_SD**2 + 1 / NOISE_SD**2)
-POST_MEAN = POST_VAR / NOISE_SD**2 * X_O
-
-
-def gaussian_simulator(theta, generator=None):
-    return theta + NOISE_SD * torch.randn(theta.shape, generator=generator)
-
-
-def gaussian_fit_kl(samples):
-    """KL( N(mean, cov of samples) || exact posterior ), in nats."""
-    q = MultivariateNormal(samples.mean(0).double(), torch.cov(samples.T).double())
-    p = MultivariateNormal(POST_MEAN.double(), POST_VAR * torch.eye(D).double())
-    return float(torch.distributions.kl_divergence(q, p))
-
 
 pytestmark = pytest.mark.slow
 
