@@ -34,6 +34,7 @@ __all__ = [
     "FunctionSimulator",
     "PyroSimulator",
     "Trace",
+    "RatioSimulations",
     "as_simulator",
     "accepts_generator",
     "simulator_identity",
@@ -52,6 +53,8 @@ class Trace:
             latents are padded, with a boolean ``"<name>_mask"`` entry beside them).
         joint_log_prob: :math:`\\log p(x, z \\mid \\theta)`, ``(N,)``.
         joint_score: :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)`, ``(N, D)``.
+        random_sites: Names of the latents that are random (not masks or deterministic
+            sites); these are what re-scoring at another θ conditions on.
     """
 
     theta: Tensor
@@ -59,6 +62,40 @@ class Trace:
     latents: dict[str, Tensor] = field(default_factory=dict)
     joint_log_prob: Tensor | None = None
     joint_score: Tensor | None = None
+    random_sites: tuple[str, ...] | None = None
+
+
+@dataclass
+class RatioSimulations:
+    r"""Training data for the joint-ratio losses of :mod:`simgen.losses.ratio`.
+
+    Rows come in two halves for the same parameters :math:`\theta_i`: the first half is drawn
+    at :math:`\theta_i` (``from_reference`` False), the second at the reference
+    :math:`\theta_1` (``from_reference`` True), so ``2N`` simulations for ``N`` θs.
+
+    Attributes:
+        theta: :math:`\theta_i` of every row, ``(2N, D)``.
+        x: Observables, ``(2N, *x_shape)``.
+        from_reference: Whether the row was simulated at :math:`\theta_1`, ``(2N,)`` bool.
+        joint_log_ratio: :math:`\log p(x, z \mid \theta_i) - \log p(x, z \mid \theta_1)`
+            on the row's own latents, ``(2N,)``.
+        joint_score: :math:`\nabla_\theta \log p(x, z \mid \theta_i)` on rows drawn at
+            :math:`\theta_i`; zero on rows drawn at :math:`\theta_1`, where no loss uses it
+            (its conditional mean there is not the marginal score at :math:`\theta_i`).
+        theta_1: The reference of every θ, ``(N, D)``.
+    """
+
+    theta: Tensor
+    x: Tensor
+    from_reference: Tensor
+    joint_log_ratio: Tensor
+    joint_score: Tensor
+    theta_1: Tensor
+
+    def extras(self) -> dict[str, Tensor]:
+        """The per-row tensors :meth:`simgen.NRE.fit` takes as keywords."""
+        names = ("from_reference", "joint_log_ratio", "joint_score")
+        return {name: getattr(self, name) for name in names}
 
 
 class Simulator(abc.ABC):
@@ -343,7 +380,80 @@ class PyroSimulator(Simulator):
             (score,) = torch.autograd.grad(joint.sum(), theta_g, allow_unused=True)
         if score is None:
             score = torch.zeros_like(theta)
-        return Trace(theta, x, latents, joint.detach(), score.detach())
+        return Trace(theta, x, latents, joint.detach(), score.detach(), tuple(random))
+
+    def _rows(self, theta_1: Tensor, like: Tensor) -> Tensor:
+        """``theta_1`` (one row, or one per row of ``like``) as ``(N, D)`` rows."""
+        theta_1 = torch.as_tensor(theta_1, dtype=like.dtype)
+        theta_1 = theta_1[None] if theta_1.ndim == 1 else theta_1
+        n, d = like.shape
+        if theta_1.ndim != 2 or theta_1.shape[1] != d or len(theta_1) not in (1, n):
+            from .errors import ShapeError
+
+            raise ShapeError(
+                f"theta_1 must be one parameter row ({d},) or one row per simulation "
+                f"{(n, d)}; got {tuple(theta_1.shape)}."
+            )
+        return theta_1.expand(n, -1)
+
+    def joint_log_ratio(self, trace: Trace, theta_1: Tensor) -> Tensor:
+        r"""The joint log likelihood ratio of each simulation in ``trace``, ``(N,)``:
+
+        .. math::
+            \log r(x, z \mid \theta, \theta_1) = \log p(x, z \mid \theta)
+              - \log p(x, z \mid \theta_1),
+
+        the recorded latents and ``x`` re-scored at ``theta_1`` (the program conditioned on
+        them, one batched pass). Averaged over :math:`z \sim p(z \mid x, \theta_1)` it is
+        the marginal ratio :math:`p(x\mid\theta)/p(x\mid\theta_1)`; its gradient in
+        :math:`\theta` is the joint score (Brehmer et al., PNAS 2020).
+
+        Args:
+            trace: From this simulator's :meth:`trace`.
+            theta_1: One row ``(D,)`` for every simulation, or ``(N, D)``, one per simulation.
+        """
+        if not isinstance(trace, Trace) or trace.joint_log_prob is None:
+            from .errors import SimulationError
+
+            raise SimulationError(
+                "joint_log_ratio needs a Trace from this simulator's trace(theta, seed=...)."
+            )
+        theta_1 = self._rows(theta_1, trace.theta)
+        names = trace.random_sites if trace.random_sites is not None else trace.latents
+        latents = {k: trace.latents[k] for k in names}
+        with torch.no_grad():
+            other = self.log_prob(theta_1, latents, trace.x)
+        return trace.joint_log_prob - other
+
+    def ratio_simulations(
+        self, theta: Tensor, theta_1: Tensor, seed: int | None = None
+    ) -> RatioSimulations:
+        r"""Simulate at each row of ``theta`` and as often at ``theta_1``, with the joint log
+        ratio of every row and the joint score of the rows drawn at ``theta`` (see
+        :class:`RatioSimulations`); ``2N`` simulations for ``N`` rows.
+
+        Args:
+            theta: :math:`\theta_i`, ``(N, D)``.
+            theta_1: The reference :math:`\theta_1`: one row ``(D,)``, or ``(N, D)`` rows
+                drawn from the prior independently of ``theta`` (the marginal reference).
+            seed: Makes both halves reproducible.
+        """
+        theta = self._check_theta(theta)
+        reference = self._rows(theta_1, theta)
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        at_theta = self.trace(theta, generator=generator)
+        at_reference = self.trace(reference.clone(), generator=generator)
+        log_r_own = self.joint_log_ratio(at_theta, reference)
+        # Rows from θ₁: log p(x, z | θ_i) - log p(x, z | θ₁) = -(log r(x, z | θ₁, θ_i)).
+        log_r_ref = -self.joint_log_ratio(at_reference, theta)
+        return RatioSimulations(
+            theta=torch.cat([theta, theta]),
+            x=torch.cat([at_theta.x, at_reference.x]),
+            from_reference=torch.arange(2 * len(theta)) >= len(theta),
+            joint_log_ratio=torch.cat([log_r_own, log_r_ref]),
+            joint_score=torch.cat([at_theta.joint_score, torch.zeros_like(theta)]),
+            theta_1=reference.clone(),
+        )
 
     @_one_thread_at_a_time
     def marginal_log_prob(

@@ -52,6 +52,24 @@ def log_likelihood(theta: Tensor, x: Tensor) -> Tensor:
     return torch.distributions.Normal(mean, math.sqrt(var)).log_prob(x)
 
 
+def joint_log_prob(theta: Tensor, latents: dict[str, Tensor], x: Tensor) -> Tensor:
+    """The joint :math:`\\log p(x, z\\mid\\theta)` written out link by link, ``(N,)``."""
+    normal = torch.distributions.Normal
+    z_p, z_s, z_d = latents["z_p"], latents["z_s"], latents["z_d"]
+    return (
+        normal(A * theta[:, 0], S_P).log_prob(z_p)
+        + normal(B * z_p, S_S).log_prob(z_s)
+        + normal(z_s + theta[:, 1], S_D).log_prob(z_d)
+        + normal(C * z_d, S_X).log_prob(x)
+    )
+
+
+def log_ratio(theta: Tensor, theta_1: Tensor, x: Tensor) -> Tensor:
+    """The marginal :math:`\\log p(x\\mid\\theta) - \\log p(x\\mid\\theta_1)`, ``(N,)``
+    (``theta_1`` one row ``(2,)`` or ``(N, 2)``)."""
+    return log_likelihood(theta, x) - log_likelihood(theta_1.expand_as(theta), x)
+
+
 def held_out_kl(nle, test) -> float:
     """Mean of :math:`\\log p(x\\mid\theta) - \\log q(x\\mid\theta)` over held-out simulations
     ``test`` (a :class:`simgen.simulate.Simulations`) for a fitted ``simgen.NLE``: the expected

@@ -9,6 +9,14 @@ sampled by :class:`~simgen.mcmc_posterior.MCMCPosterior` from the potential
 :func:`~simgen.mcmc.ratio_potential`. ``balanced=True`` trains BNRE
 (Delaunoy et al., 2022), whose posteriors err on the side of being conservative; otherwise the
 contrastive NRE-C objective (Miller et al., 2022) is used.
+
+With a simulator that exposes its joint likelihood ratio against a reference
+:math:`\theta_1` (:meth:`~simgen.simulator.PyroSimulator.ratio_simulations`), ``loss=``
+``"rolr"``, ``"rascal"``, ``"alices"``, ``"cascal"`` (or ``"carl"``, the same classification
+without the joint quantities) train the logit towards :math:`\log p(x\mid\theta) - \log
+p(x\mid\theta_1)` instead, which differs from NRE's by a constant in :math:`\theta`: the
+same potential samples the posterior (:mod:`simgen.losses.ratio` derives each loss and its
+minimiser).
 """
 
 from __future__ import annotations
@@ -20,12 +28,17 @@ import torch
 from torch import nn
 from torch.distributions import Distribution
 
+from ..errors import ConfigError, ShapeError
 from ..estimators.classifier import RatioClassifier
-from ..losses.ratio import BNRELoss, NRECLoss
+from ..losses.ratio import REFERENCE_LOSSES, BNRELoss, NRECLoss, reference_ratio_loss
 from ..mcmc import MCMCConfig
 from ..mcmc_posterior import MCMCPosterior
 from ..training import TrainConfig, fit
-from .base import Method, check_simulations
+from .base import Method, check_joint_score_weight, check_simulations
+
+#: The losses ``NRE(loss=...)`` accepts; ``"nrec"`` (or BNRE with ``balanced=True``) is the
+#: default, the others need ``from_reference`` and the joint quantities in ``fit``.
+LOSSES = ("nrec", *REFERENCE_LOSSES)
 
 __all__ = ["NRE"]
 
@@ -42,6 +55,11 @@ class NRE(Method):
         gamma: NRE-C's odds of a joint versus a marginal class, :math:`\\gamma`.
         balanced: Train BNRE (binary classifier + balancing penalty) instead.
         regularization: BNRE's :math:`\\lambda`.
+        loss: ``"nrec"`` (the default), or one of the reference-ratio losses ``"rolr"``,
+            ``"rascal"``, ``"alices"``, ``"cascal"``, ``"carl"`` (see the module docstring).
+        joint_score_weight: λ of the score term; None gives 1 for RASCAL and CASCAL (the
+            weight :class:`~simgen.losses.JointScoreNLELoss` uses) and 0 for the others.
+            A positive weight adds the score term to ALICES.
         mcmc: Default MCMC settings of the posterior (:class:`~simgen.mcmc.MCMCConfig`;
             random-walk Metropolis unless told otherwise).
         num_chains, warmup, thin, mcmc_method: The same settings one by one (``mcmc_method``
@@ -61,6 +79,8 @@ class NRE(Method):
         gamma: float = 1.0,
         balanced: bool = False,
         regularization: float = 100.0,
+        loss: str = "nrec",
+        joint_score_weight: float | None = None,
         num_chains: int | None = None,
         warmup: int | None = None,
         thin: int | None = None,
@@ -73,15 +93,44 @@ class NRE(Method):
         self.num_atoms, self.gamma = num_atoms, gamma
         self.balanced, self.regularization = balanced, regularization
         NRECLoss(nn.Identity(), num_atoms, gamma)  # fail fast on bad options
+        if loss not in LOSSES or (balanced and loss != "nrec"):
+            raise ConfigError(
+                f"loss must be one of {list(LOSSES)} (balanced=True only with 'nrec'); "
+                f"got loss={loss!r}, balanced={balanced!r}."
+            )
+        self.loss = loss
+        default = float(loss in REFERENCE_LOSSES and REFERENCE_LOSSES[loss][1])
+        weight = default if joint_score_weight is None else joint_score_weight
+        self.joint_score_weight = check_joint_score_weight(weight)
+        if loss in ("rascal", "cascal") and self.joint_score_weight == 0:
+            raise ConfigError(
+                f"loss={loss!r} needs joint_score_weight > 0 (or use its plain form)."
+            )
         self.mcmc = MCMCConfig.resolve(mcmc, num_chains, warmup, thin, mcmc_method)
         self.history = None
 
     def fit(
-        self, theta: Any, x: Any, config: TrainConfig | None = None, **config_options: Any
+        self,
+        theta: Any,
+        x: Any,
+        config: TrainConfig | None = None,
+        *,
+        from_reference: Any = None,
+        joint_log_ratio: Any = None,
+        joint_score: Any = None,
+        **config_options: Any,
     ) -> MCMCPosterior:
-        """Train the classifier on simulations and return the MCMC posterior."""
+        """Train the classifier on simulations and return the MCMC posterior.
+
+        The reference-ratio losses take the rows of a
+        :class:`~simgen.simulator.RatioSimulations`: ``from_reference`` ``(N,)`` (whether the
+        row was drawn at θ₁), ``joint_log_ratio`` ``(N,)`` (ROLR, RASCAL, ALICES) and
+        ``joint_score`` ``(N, D)`` (with a positive ``joint_score_weight``), e.g.
+        ``nre.fit(data.theta, data.x, **data.extras())``.
+        """
         config = self._config(config, config_options, RatioClassifier)
         theta, x = check_simulations(self.prior, theta, x)
+        extras = self._extras(theta, from_reference, joint_log_ratio, joint_score)
         with torch.random.fork_rng(devices=[]):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
@@ -89,13 +138,59 @@ class NRE(Method):
                 self.theta_dim, x.shape[1:], self.embedding_net, self.hidden_features
             )
             classifier.fit_standardization(theta, x)
-            loss = (
-                BNRELoss(classifier, self.regularization)
-                if self.balanced
-                else NRECLoss(classifier, self.num_atoms, self.gamma)
-            )
-            self.history = fit(loss, theta, x, config)
+            if self.loss in REFERENCE_LOSSES:
+                score = extras.get("joint_score")
+                own = ~extras["from_reference"]
+                scale = None if score is None else score[own].std(0).clamp_min(1e-8)
+                loss = reference_ratio_loss(classifier, self.loss, self.joint_score_weight, scale)
+            elif self.balanced:
+                loss = BNRELoss(classifier, self.regularization)
+            else:
+                loss = NRECLoss(classifier, self.num_atoms, self.gamma)
+            self.history = fit(loss, theta, x, config, extras)
         classifier = classifier.cpu() if config.device == "cpu" else classifier
         return MCMCPosterior.from_ratio(
             classifier, self.prior, x.shape[1:], history=self.history, mcmc=self.mcmc
         )
+
+    def _extras(self, theta, from_reference, joint_log_ratio, joint_score) -> dict[str, Any]:
+        """The checked per-row tensors the chosen loss needs (a ConfigError for missing or
+        unused ones, a ShapeError for wrong shapes or non-finite values)."""
+        given = {
+            "from_reference": from_reference,
+            "joint_log_ratio": joint_log_ratio,
+            "joint_score": joint_score,
+        }
+        needed = set()
+        if self.loss in REFERENCE_LOSSES:
+            needed.add("from_reference")
+            if REFERENCE_LOSSES[self.loss][0] != "carl":
+                needed.add("joint_log_ratio")
+            if self.joint_score_weight > 0:
+                needed.add("joint_score")
+        for name, value in given.items():
+            if (value is None) == (name in needed):
+                verb = "needs" if value is None else "does not use"
+                raise ConfigError(
+                    f"NRE(loss={self.loss!r}, joint_score_weight={self.joint_score_weight}) "
+                    f"{verb} {name}; the reference-ratio losses take the rows of "
+                    "sim.ratio_simulations(...): nre.fit(data.theta, data.x, **data.extras()) "
+                    "with the loss that uses them."
+                )
+        shapes = {"from_reference": (len(theta),), "joint_log_ratio": (len(theta),)}
+        shapes["joint_score"] = tuple(theta.shape)
+        out = {}
+        for name in needed:
+            value = torch.as_tensor(given[name])
+            if tuple(value.shape) != shapes[name] or not torch.isfinite(value.float()).all():
+                raise ShapeError(
+                    f"{name} must be finite with shape {shapes[name]} (one per simulation); "
+                    f"got shape {tuple(value.shape)}."
+                )
+            out[name] = value.bool() if name == "from_reference" else value.float()
+        if "from_reference" in out and out["from_reference"].float().mean() != 0.5:
+            raise ShapeError(
+                "from_reference must mark exactly half of the rows (as many simulations at "
+                "theta_1 as at the rows' own theta), as ratio_simulations returns them."
+            )
+        return out

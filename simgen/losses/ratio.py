@@ -34,6 +34,51 @@ penalty
 
 zero for the Bayes-optimal classifier; it pushes the classifier towards less confident
 ratios, hence conservative (under- rather than over-confident) posteriors.
+
+**Losses with a reference and the joint ratio** (Brehmer, Louppe, Pavez & Cranmer, PNAS 2020;
+Stoye et al., 2018 for ALICES). These learn :math:`f_\phi(\theta, x) \to \log r(x \mid
+\theta, \theta_1) = \log p(x\mid\theta) - \log p(x\mid\theta_1)` for a fixed reference
+:math:`\theta_1`. That differs from NRE's :math:`\log p(x\mid\theta) - \log p(x)` by
+:math:`\log p(x) - \log p(x\mid\theta_1)`, a constant in :math:`\theta`, so
+
+.. math:: \log p(\theta\mid x) = f_\phi(\theta, x) + \log p(\theta) + c(x),
+
+and MCMC on :func:`~simgen.mcmc.ratio_potential` samples the same posterior. The data
+(:meth:`simgen.simulator.PyroSimulator.ratio_simulations`) are rows :math:`(\theta, x, y)`
+with :math:`x \sim p(x\mid\theta)` (:math:`y = 0`) or :math:`x \sim p(x\mid\theta_1)`
+(:math:`y = 1`, ``from_reference``), as many of each for every :math:`\theta`, with the joint
+log ratio :math:`\log r(x,z) = \log p(x,z\mid\theta) - \log p(x,z\mid\theta_1)` on the
+row's latents and, for :math:`y=0`, the joint score :math:`t = \nabla_\theta\log p(x,z\mid
+\theta)`. Three identities make them worth more than :math:`(\theta, x)` alone: with
+:math:`z \sim p(z\mid x, \theta_1)`, :math:`\mathbb E[r(x,z)\mid x] = \int p(x,z\mid
+\theta)\,dz / p(x\mid\theta_1) = r(x)`; with :math:`z\sim p(z\mid x,\theta)`,
+:math:`\mathbb E[1/r(x,z)\mid x] = 1/r(x)` and :math:`\mathbb E[t\mid x] = \nabla_\theta
+\log p(x\mid\theta) = \nabla_\theta \log r(x\mid\theta,\theta_1)`. Write
+:math:`\hat r = e^{f_\phi}`, :math:`\sigma` the logistic function.
+
+* **CARL** (no joint information): :math:`-\mathbb E[(1-y)\log\sigma(f) + y\log\sigma(-f)]`.
+  The Bayes classifier of "drawn at θ" is :math:`p(x\mid\theta)/(p(x\mid\theta) + p(x\mid
+  \theta_1)) = \sigma(\log r(x))`, so the minimiser is :math:`f = \log r(x)`.
+* **ROLR**: :math:`\mathbb E[y\,(\hat r - r(x,z))^2 + (1-y)\,(1/\hat r - 1/r(x,z))^2]`. A
+  squared error is minimised by the conditional mean, which by the identities above is
+  :math:`r(x)` on the first term and :math:`1/r(x)` on the second: both vanish at
+  :math:`f = \log r(x)`. Each row regresses the ratio that is small where its x is typical
+  (:math:`r` for draws at :math:`\theta_1`, :math:`1/r` for draws at :math:`\theta`);
+  :math:`f` and :math:`\log r(x, z)` are clipped to :math:`\pm` ``MAX_LOG_RATIO`` inside the
+  exponentials, which changes the minimiser only where the ratio exceeds :math:`e^{10}`.
+* **ALICES**: cross-entropy against the soft labels :math:`s = \sigma(\log r(x,z))`,
+  :math:`-\mathbb E[s\log\sigma(f) + (1-s)\log\sigma(-f)]`. Its minimiser is
+  :math:`\sigma(f) = \mathbb E[s\mid x]` under the balanced mixture :math:`\tfrac12 p(x,z\mid
+  \theta) + \tfrac12 p(x,z\mid\theta_1)`, whose posterior over :math:`z` is :math:`(p(x,z\mid
+  \theta) + p(x,z\mid\theta_1))/(p(x\mid\theta) + p(x\mid\theta_1))`, so :math:`\mathbb E[s
+  \mid x] = p(x\mid\theta)/(p(x\mid\theta) + p(x\mid\theta_1))`: CARL's minimiser, with
+  the label noise of one coin flip replaced by the joint ratio's.
+* **Score terms**: RASCAL = ROLR, CASCAL = CARL, and ALICES with a positive weight add
+  :math:`\lambda\,\mathbb E[(1-y)\sum_d ((\partial_{\theta_d} f - t_d)/s_d)^2]`, minimised
+  by :math:`\nabla_\theta f = \nabla_\theta \log r(x\mid\theta,\theta_1)`, which the true
+  ratio also satisfies, so the minimiser is unchanged. :math:`s_d` is the standard deviation
+  of :math:`t_d`, so :math:`\lambda` is unitless, as in :class:`~simgen.losses.likelihood.
+  JointScoreNLELoss`.
 """
 
 from __future__ import annotations
@@ -46,7 +91,16 @@ from torch.nn.functional import logsigmoid
 
 from ..errors import ConfigError
 
-__all__ = ["NRECLoss", "BNRELoss"]
+__all__ = [
+    "NRECLoss",
+    "BNRELoss",
+    "ReferenceRatioLoss",
+    "REFERENCE_LOSSES",
+    "reference_ratio_loss",
+]
+
+#: Clip of :math:`f` and :math:`\log r(x, z)` inside ROLR's exponentials.
+MAX_LOG_RATIO = 10.0
 
 
 def _marginal_thetas(theta: Tensor, count: int) -> Tensor:
@@ -101,3 +155,66 @@ class BNRELoss(nn.Module):
         bce = -(logsigmoid(joint).mean() + logsigmoid(-marginal).mean())
         balance = torch.sigmoid(joint).mean() + torch.sigmoid(marginal).mean() - 1
         return bce + self.regularization * balance**2
+
+
+class ReferenceRatioLoss(nn.Module):
+    """CARL, ROLR, ALICES and their score-augmented forms (module docstring): ``kind`` picks
+    the ratio term (``"carl"``, ``"rolr"``, ``"alices"``), ``weight`` λ the score term."""
+
+    def __init__(
+        self, classifier: nn.Module, kind: str, weight: float = 0.0, scale: Tensor | None = None
+    ):
+        super().__init__()
+        if kind not in ("carl", "rolr", "alices"):
+            raise ConfigError(f"kind must be 'carl', 'rolr' or 'alices'; got {kind!r}.")
+        if weight < 0 or (weight > 0 and scale is None):
+            raise ConfigError("The score term needs weight >= 0 and, when positive, a scale.")
+        self.classifier, self.kind, self.weight = classifier, kind, float(weight)
+        self.register_buffer("scale", None if scale is None else scale.detach().clone())
+
+    def forward(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        from_reference: Tensor,
+        joint_log_ratio: Tensor | None = None,
+        joint_score: Tensor | None = None,
+    ) -> Tensor:
+        y = from_reference.to(x.dtype if x.is_floating_point() else theta.dtype)
+        with torch.enable_grad():  # the validation pass runs under no_grad
+            theta = theta.detach().requires_grad_(self.weight > 0)
+            f = self.classifier(theta, x)
+            if self.weight > 0:
+                (grad,) = torch.autograd.grad(f.sum(), theta, create_graph=self.training)
+        if self.kind == "carl":
+            loss = -((1 - y) * logsigmoid(f) + y * logsigmoid(-f))
+        elif self.kind == "alices":
+            s = torch.sigmoid(joint_log_ratio)
+            loss = -(s * logsigmoid(f) + (1 - s) * logsigmoid(-f))
+        else:
+            fc = f.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+            lr = joint_log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+            loss = y * (fc.exp() - lr.exp()) ** 2 + (1 - y) * ((-fc).exp() - (-lr).exp()) ** 2
+        if self.weight > 0:
+            error = ((grad - joint_score) / self.scale).square().sum(-1)
+            loss = loss + self.weight * (1 - y) * error
+        return loss.mean()
+
+
+#: Name → (ratio term, whether the score term is on by default): the losses NRE takes by name.
+REFERENCE_LOSSES = {
+    "carl": ("carl", False),
+    "cascal": ("carl", True),
+    "rolr": ("rolr", False),
+    "rascal": ("rolr", True),
+    "alices": ("alices", False),
+}
+
+
+def reference_ratio_loss(
+    classifier: nn.Module, name: str, weight: float, scale: Tensor | None
+) -> ReferenceRatioLoss:
+    """The loss called ``name`` in :data:`REFERENCE_LOSSES`, with score weight ``weight``."""
+    if name not in REFERENCE_LOSSES:
+        raise ConfigError(f"Unknown ratio loss {name!r}; choose one of {list(REFERENCE_LOSSES)}.")
+    return ReferenceRatioLoss(classifier, REFERENCE_LOSSES[name][0], weight, scale)
