@@ -172,7 +172,10 @@ class ReferenceRatioLoss(nn.Module):
         self.classifier, self.kind, self.weight = classifier, kind, float(weight)
         self.register_buffer("scale", None if scale is None else scale.detach().clone())
 
-    def forward(
+    def forward(self, theta: Tensor, x: Tensor, **extras: Tensor) -> Tensor:
+        return self.per_row(theta, x, **extras).mean()
+
+    def per_row(
         self,
         theta: Tensor,
         x: Tensor,
@@ -180,6 +183,7 @@ class ReferenceRatioLoss(nn.Module):
         joint_log_ratio: Tensor | None = None,
         joint_score: Tensor | None = None,
     ) -> Tensor:
+        """The loss of each row, ``(N,)`` (the module's value is their mean)."""
         y = from_reference.to(x.dtype if x.is_floating_point() else theta.dtype)
         with torch.enable_grad():  # the validation pass runs under no_grad
             theta = theta.detach().requires_grad_(self.weight > 0)
@@ -198,7 +202,7 @@ class ReferenceRatioLoss(nn.Module):
         if self.weight > 0:
             error = ((grad - joint_score) / self.scale).square().sum(-1)
             loss = loss + self.weight * (1 - y) * error
-        return loss.mean()
+        return loss
 
 
 #: Name → (ratio term, whether the score term is on by default): the losses NRE takes by name.
