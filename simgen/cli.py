@@ -1,13 +1,19 @@
-"""Command line: ``simgen demo | simulate | train | sample | diagnose``.
+"""Command line: ``simgen init | run | simulate | train | sample | diagnose | report | demo``.
 
-Data files hold plain tensors (``torch.save({"theta": ..., "x": ...})``) and are read with
-``weights_only=True``; models are ``.simgen`` files (see :mod:`simgen.serialization`).
+``simgen init`` writes an example project (a simulator module and ``simgen.toml``, see
+:mod:`simgen.project`); ``simgen run simgen.toml`` runs every stage of :mod:`simgen.pipeline`,
+and each stage is also its own command taking ``--config simgen.toml``. Without ``--config``
+the commands work on the built-in tasks (``simulators.list()``) or a simulator module
+importable from the current folder (one with ``prior`` and ``simulator``). Data files
+hold plain tensors (``torch.save({"theta": ..., "x": ...})``), read with ``weights_only=True``;
+models are ``.simgen`` files (see :mod:`simgen.serialization`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,13 +32,63 @@ app = typer.Typer(
 )
 
 
+#: Set by the global ``--verbose`` / ``--quiet`` options.
+VERBOSITY = {"verbose": False, "quiet": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"simgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show library warnings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the results."),
+) -> None:
+    """simgen: simulation-based inference with calibrated posteriors.
+
+    Start a project with `simgen init`, then `simgen run simgen.toml`.
+    """
+    import logging
+
+    VERBOSITY.update(verbose=verbose, quiet=quiet)
+    # corner logs "Too few points to create valid contours" on small sample sets
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _echo(line: str) -> None:
+    if not VERBOSITY["quiet"]:
+        typer.echo(line)
+
+
+def _bars() -> bool:
+    """Progress bars only on a terminal, and not with --quiet."""
+    return not VERBOSITY["quiet"] and sys.stderr.isatty()
+
+
 def _friendly(command: Callable[..., Any]) -> Callable[..., Any]:
     """Print a :class:`SimgenError` as one line (it says how to fix it) and exit with 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("default")
+                try:
+                    return command(*args, **kwargs)
+                finally:
+                    from .pipeline import show_warnings
+
+                    show_warnings(caught, VERBOSITY["verbose"], lambda t: typer.echo(t, err=True))
         except SimgenError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
@@ -73,28 +129,32 @@ def _count(value: int, name: str, low: int = 1) -> int:
 
 
 def _task(name: str):
-    import simulators
+    from .pipeline import find_task
 
-    return simulators.get(name)
+    return find_task(name)
 
 
-def _read_data(path: Path) -> dict:
-    """The data file's tensors: ``theta``, ``x`` and, if simulated with --joint, the rest."""
-    import torch
+def _project(config: Path):
+    from .project import load_project
 
-    from .errors import ModelFileError
+    return load_project(config)
 
-    if not path.exists():
-        raise ModelFileError(f"{path} does not exist; write one with `simgen simulate`.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        data["theta"], data["x"]  # noqa: B018 - both must be there
-        return data
-    except Exception as exc:  # noqa: BLE001
-        raise ModelFileError(
-            f"{path} is not a simgen data file with 'theta' and 'x' "
-            f"({type(exc).__name__}); write one with `simgen simulate`."
-        ) from exc
+
+def _stage(config: Path, stage: str) -> None:
+    from .pipeline import run_stage
+
+    run_stage(_project(config), stage, _echo, VERBOSITY["quiet"])
+
+
+def _need(**given: Any) -> None:
+    from .errors import ConfigError
+
+    missing = [k.upper() for k, v in given.items() if v is None]
+    if missing:
+        raise ConfigError(f"Missing {', '.join(missing)}; give them, or --config simgen.toml.")
+
+
+CONFIG_HELP = "Project file (simgen.toml): run this stage of `simgen run` on it."
 
 
 @app.command()
@@ -116,9 +176,10 @@ def demo(
 @app.command()
 @_friendly
 def simulate(
-    task: str,
-    num_simulations: int,
-    out: Path,
+    task: str = typer.Argument(None, help="Built-in task or simulator module."),
+    num_simulations: int = typer.Argument(None),
+    out: Path = typer.Argument(None),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
     seed: int = 0,
     batch_size: int = 1000,
     bank: Path | None = typer.Option(
@@ -132,10 +193,17 @@ def simulate(
 ) -> None:
     """Simulate a built-in task and save {'theta', 'x'} (with --joint also 'joint_log_prob'
     and 'joint_score') to OUT. On Ctrl-C without --bank, the finished simulations are saved
-    to OUT with '.partial' before its suffix."""
+    to OUT with '.partial' before its suffix.
+
+    Examples: `simgen simulate two_moons 1000 data.pt --bank run.zarr`;
+    `simgen simulate --config simgen.toml` (the project's bank).
+    """
     from .errors import SimulationStopped
     from .simulate import simulate as run
 
+    if config is not None:
+        return _stage(config, "simulate")
+    _need(task=task, num_simulations=num_simulations, out=out)
     out = _out_path(out)
     _count(num_simulations, "num_simulations")
     _count(seed, "--seed", low=0)
@@ -148,7 +216,7 @@ def simulate(
             num_simulations,
             seed=seed,
             batch_size=batch_size,
-            progress=True,
+            progress=_bars(),
             bank=None if bank is None else bank.expanduser(),
             joint=joint,
         )
@@ -188,9 +256,15 @@ def _method(name: str, prior: Any, estimator: str) -> Any:
 @app.command()
 @_friendly
 def train(
-    task: str,
-    data: Path,
-    out: Path,
+    task: str = typer.Argument(None, help="Built-in task or simulator module."),
+    data: Path = typer.Argument(None, help="Data file (with --sequential: OUT)."),
+    out: Path = typer.Argument(None),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    sequential: bool = typer.Option(False, help="Rounds focused on --x-obs (simulates)."),
+    x_obs: Path | None = typer.Option(None, help="--sequential: x_o (.npy, .pt or .csv)."),
+    num_simulations: int = typer.Option(1000, help="--sequential: total over all rounds."),
+    num_rounds: int = typer.Option(4, help="--sequential: rounds."),
+    bank: Path | None = typer.Option(None, help="--sequential: folder of per-round banks."),
     method: str = typer.Option("npe", help="npe, nle, nre or bnre (balanced NRE)."),
     estimator: str = typer.Option("nsf", help="Estimator family for npe/nle."),
     seed: int = 0,
@@ -201,14 +275,51 @@ def train(
         False, help="npe/nle: also fit the joint score saved by `simulate --joint` (SCANDAL)."
     ),
 ) -> None:
-    """Train on a data file written by `simgen simulate` and save the posterior to OUT."""
+    """Train on a data file written by `simgen simulate` and save the posterior to OUT.
+
+    Examples: `simgen train two_moons data.pt model.simgen --max-epochs 200`;
+    `simgen train two_moons model.simgen --sequential --x-obs x_o.npy --num-rounds 4`;
+    `simgen train --config simgen.toml`.
+    """
     from .errors import ConfigError
 
+    if config is not None:
+        return _stage(config, "train")
+    if sequential and out is None:
+        data, out = None, data
+    _need(task=task, out=out) if sequential else _need(task=task, data=data, out=out)
     out = _out_path(out)
     _count(seed, "--seed", low=0)
     _count(max_epochs, "--max-epochs")
     _count(batch_size, "--batch-size")
-    stored = _read_data(data.expanduser())
+    if sequential:
+        from .project import read_observation
+        from .sequential import sequential as rounds
+
+        if x_obs is None:
+            raise ConfigError("--sequential needs --x-obs FILE (.npy, .pt or .csv): the x_o.")
+        _count(num_simulations, "--num-simulations", low=2)
+        _count(num_rounds, "--num-rounds")
+        t = _task(task)
+        posterior = rounds(
+            _method(method, t.prior, estimator),
+            t.simulator,
+            read_observation(x_obs.expanduser()),
+            num_simulations=num_simulations,
+            num_rounds=num_rounds,
+            seed=seed,
+            bank=None if bank is None else bank.expanduser(),
+            progress=_bars(),
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            device=device,
+        )
+        posterior.save(out)
+        typer.echo(posterior.rounds.table())
+        return _echo(f"saved {out}")
+    from .pipeline import read_data
+
+    stored = read_data(data.expanduser())
     extra = {}
     if joint_score:
         if method not in ("npe", "nle"):
@@ -233,20 +344,45 @@ def train(
 @app.command()
 @_friendly
 def sample(
-    model: Path, task: str, num_samples: int = 10_000, out: Path | None = None, seed: int = 0
+    model: Path = typer.Argument(None, help="Model file (.simgen)."),
+    task: str = typer.Argument(None, help="Built-in task: sample at its x_o."),
+    x_obs: Path | None = typer.Option(None, help="Observation file (.npy, .pt or .csv)."),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    num_samples: int = 10_000,
+    out: Path | None = None,
+    seed: int = 0,
 ) -> None:
-    """Sample MODEL at the task's example observation x_o; print mean/std, save if OUT."""
+    """Sample MODEL at an observation; print each parameter's mean and std, save if OUT.
 
+    Examples: `simgen sample model.simgen --x-obs x_o.npy` (a model trained by `simgen run`
+    names its parameters); `simgen sample model.simgen two_moons`;
+    `simgen sample --config simgen.toml`.
+    """
+    from .errors import ConfigError
+    from .pipeline import task_of
+    from .project import read_observation
     from .serialization import load
 
+    if config is not None:
+        return _stage(config, "sample")
+    _need(model=model)
     out = None if out is None else _out_path(out)
     _count(num_samples, "--num-samples")
     _count(seed, "--seed", low=0)
-    t = _task(task)
-    posterior = load(model)
-    samples = posterior.sample((num_samples,), x=t.x_o, seed=seed)
+    if (task is None) == (x_obs is None):
+        raise ConfigError("Give either TASK (sample at its x_o) or --x-obs FILE, not both.")
+    remembered = task_of(model.expanduser()) or {}
+    t = None if task is None else _task(task)
+    x_o = t.x_o if t is not None else read_observation(x_obs.expanduser())
+    posterior = load(model.expanduser())
+    samples = posterior.sample((num_samples,), x=x_o, seed=seed)
+    dim = samples.shape[-1]
+    names = remembered.get("parameter_names") or [f"theta_{i}" for i in range(dim)]
+    units = remembered.get("parameter_units") or [""] * dim
     for i, (m, s) in enumerate(zip(samples.mean(0).tolist(), samples.std(0).tolist())):
-        typer.echo(f"theta_{i}: mean {m:.4f} std {s:.4f} (true {float(t.theta_o[i]):.4f})")
+        unit = f" {units[i]}" if units[i] else ""
+        true = "" if t is None else f" (true {float(t.theta_o[i]):.4f})"
+        typer.echo(f"{names[i]}: mean {m:.4f} std {s:.4f}{unit}{true}")
     if out is not None:
         _save({"samples": samples}, out)
 
@@ -254,8 +390,9 @@ def sample(
 @app.command()
 @_friendly
 def diagnose(
-    model: Path,
-    task: str,
+    model: Path = typer.Argument(None, help="Model file (.simgen)."),
+    task: str = typer.Argument(None, help="Built-in task or simulator module."),
+    config: Path | None = typer.Option(None, help=CONFIG_HELP),
     report: Path = Path("report.md"),
     num_simulations: int = 500,
     num_samples: int = 500,
@@ -266,10 +403,17 @@ def diagnose(
         f"under {REFERENCE_BUDGET_S:.0f} s (the task's REFERENCE_SECONDS).",
     ),
 ) -> None:
-    """Run SBC, TARP, coverage, z-scores and a predictive check; write a report."""
+    """Run SBC, TARP, coverage, z-scores and a predictive check; write a report.
+
+    Examples: `simgen diagnose model.simgen two_moons --report report.html`;
+    `simgen diagnose --config simgen.toml`.
+    """
     from .diagnostics import diagnose as run
     from .serialization import load
 
+    if config is not None:
+        return _stage(config, "diagnose")
+    _need(model=model, task=task)
     report = _out_path(report, "--report")
     _count(num_simulations, "--num-simulations")
     _count(num_samples, "--num-samples")
@@ -298,6 +442,50 @@ def diagnose(
         path=report,
     )
     typer.echo(f"passed: {result.passed}; report written to {report}")
+
+
+@app.command()
+@_friendly
+def report(config: Path = typer.Option(Path("simgen.toml"), help="Project file.")) -> None:
+    """Write the project's summary.md (posterior table and calibration verdict).
+
+    Example: `simgen report --config simgen.toml`.
+    """
+    _stage(config, "report")
+
+
+@app.command()
+@_friendly
+def init(folder: Path = typer.Argument(Path("."), help="Where to write the project.")) -> None:
+    """Write an example project: my_simulator.py, x_o.npy and a commented simgen.toml.
+
+    Example: `mkdir myproject && cd myproject && simgen init && simgen run simgen.toml`.
+    """
+    from .templates import write_example
+
+    written = write_example(folder.expanduser())
+    _echo(f"wrote {', '.join(str(p) for p in written)}; next: simgen run {written[0]}")
+
+
+@app.command()
+@_friendly
+def run(
+    config: Path = typer.Argument(Path("simgen.toml"), help="Project file."),
+    stage: str | None = typer.Option(None, help="Run this stage only."),
+) -> None:
+    """Simulate, train, sample, diagnose and report; finished stages are reused.
+
+    A stage reruns only if its files are missing; a changed setting it depends on is
+    refused (the message names the files to delete). Examples: `simgen run simgen.toml`;
+    `simgen run simgen.toml --stage train`; `simgen -q run` (results only).
+    """
+    from .pipeline import run_all, run_stage
+
+    project = _project(config)
+    if stage is not None:
+        return run_stage(project, stage, _echo, VERBOSITY["quiet"])
+    summary = run_all(project, _echo, VERBOSITY["quiet"])
+    typer.echo(f"done: {summary}")
 
 
 def main() -> None:

@@ -113,6 +113,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "prior": (dict, type(None)),
     "default_x": (list, int, float, type(None)),
     "mcmc": (dict,),
+    "task": (dict, type(None)),  # simgen.project: parameter names, simulator, config
 }
 REQUIRED_FIELDS = ("posterior", "method", "estimator", "x_shape", "theta_dim")
 #: Deeper JSON than this is not something simgen writes (its specs nest about 6 deep).

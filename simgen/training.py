@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -48,7 +49,8 @@ class TrainConfig:
             disables).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``...
         seed: Seeds the initialisation, the split and the shuffling (``None``: random).
-        progress: Show a progress bar over epochs.
+        progress: Show a progress bar over epochs; ``None`` (the default) shows one only
+            when stderr is a terminal, so logs and pipes get no carriage-return updates.
         min_epochs: Epochs always run before early stopping may trigger.
         min_steps: Optimizer steps always run before early stopping may trigger, whatever
             the epoch count: a floor in steps, where ``min_epochs`` counts passes (1,000
@@ -69,7 +71,7 @@ class TrainConfig:
     lr_decay: float = 0.5
     device: str = "cpu"
     seed: int | None = 0
-    progress: bool = True
+    progress: bool | None = None
     min_epochs: int = 1
     min_steps: int = 0
     ema: float = 0.0
@@ -307,7 +309,7 @@ def fit(
     n, bs = len(theta_tr), min(config.batch_size, len(theta_tr))
     chunk = max(bs, 4096)
     bar = None
-    if config.progress:
+    if config.progress or (config.progress is None and sys.stderr.isatty()):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.max_epochs, desc="training", unit="epoch", leave=False)

@@ -104,3 +104,105 @@ def test_ctrl_c_without_a_bank_saves_the_finished_simulations(tmp_path, monkeypa
     partial = tmp_path / "run.partial.pt"
     assert f"saved the 200 finished simulations to {partial}" in result.output
     assert torch.load(partial, weights_only=True)["x"].shape == (200, 2) and not out.exists()
+
+
+USER_SIMULATOR = """
+import torch
+
+def simulate(theta, generator=None):
+    # one theta (2,) per call: x = theta + noise, four features
+    noise = 0.1 * torch.randn(4, generator=generator)
+    return torch.cat([theta, theta]) + noise
+"""
+
+
+def _tiny_project(folder):
+    """`simgen init`, then a user's own simulator in a package of its own, a tiny budget."""
+    _ok(["init", folder])
+    (folder / "userpkg").mkdir()
+    (folder / "userpkg" / "__init__.py").write_text("")
+    (folder / "userpkg" / "sims.py").write_text(USER_SIMULATOR)
+    toml = (folder / "simgen.toml").read_text()
+    for old, new in [
+        ('"my_simulator:simulate"', '"userpkg.sims:simulate"'),
+        ("num_simulations = 1000 ", "num_simulations = 300 "),
+        ("max_epochs = 200", "max_epochs = 3"),
+        ("num_simulations = 200 ", "num_simulations = 20 "),
+        ("num_samples = 200", "num_samples = 20"),
+        ("num_samples = 10000", "num_samples = 500"),
+    ]:
+        assert old in toml, old
+        toml = toml.replace(old, new)
+    (folder / "simgen.toml").write_text(toml)
+    import numpy as np
+
+    np.save(folder / "x_o.npy", np.array([1.0, 0.5, 1.0, 0.5], dtype=np.float32))
+    return folder / "simgen.toml"
+
+
+def test_init_then_run_a_user_simulator_to_a_report_and_resume(tmp_path):
+    config = _tiny_project(tmp_path)
+    out = _ok(["run", config])
+    for stage in ("simulate:", "train:", "sample:", "diagnose:", "report:"):
+        assert stage in out, out
+    output = tmp_path / "simgen_output"
+    summary = (output / "summary.md").read_text()
+    assert "| amplitude [mV] |" in summary and "| decay [1/s] |" in summary
+    assert (output / "report.html").stat().st_size > 0
+    # every stage is reused on a second run, and a stage runs alone with --config
+    out = _ok(["run", config])
+    assert out.count("reusing") == 4
+    assert "reusing" in _ok(["train", "--config", config])
+    # the model file remembers its task: sample it with an observation file alone
+    model = output / "posterior.simgen"
+    out = _ok(["sample", model, "--x-obs", tmp_path / "x_o.npy", "--num-samples", 50])
+    assert "amplitude: mean" in out and "mV" in out
+    # a changed setting is refused, naming it and the files to delete
+    text = config.read_text().replace("max_epochs = 3", "max_epochs = 4")
+    config.write_text(text)
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "train.max_epochs: 3 -> 4" in result.output and "posterior.simgen" in result.output
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (("max_epochs = 200", "max_epoch = 200"), "unknown key 'max_epoch' in [train]"),
+        (('file = "x_o.npy"', 'file = "missing.npy"'), "no such file"),
+        (('"my_simulator:simulate"', '"not_a_module:simulate"'), "importing 'not_a_module'"),
+    ],
+)
+def test_project_mistakes_are_one_line_with_exit_code_2(tmp_path, edit, named):
+    _ok(["init", tmp_path])
+    config = tmp_path / "simgen.toml"
+    config.write_text(config.read_text().replace(*edit))
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert named in lines[-1] and lines[-1].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "simgen_output" / "bank.zarr").exists()
+
+
+def test_init_refuses_to_overwrite_and_version_prints(tmp_path):
+    _ok(["init", tmp_path])
+    result = runner.invoke(app, ["init", str(tmp_path)])
+    assert result.exit_code == 2 and "already exist" in result.output
+    assert _ok(["--version"]).startswith("simgen ")
+
+
+def test_train_sequential_prints_the_rounds(tmp_path):
+    from simulators import gaussian_linear
+
+    x_obs = tmp_path / "x_o.pt"
+    torch.save(gaussian_linear.x_o, x_obs)
+    model = tmp_path / "seq.simgen"
+    out = _ok(
+        ["train", "gaussian_linear", model, "--sequential", "--x-obs", x_obs]
+        + ["--num-simulations", 300, "--num-rounds", 2, "--max-epochs", 3]
+    )
+    assert "| round |" in out and out.count("| truncated") + out.count("| prior") >= 1
+    assert model.stat().st_size > 0
+    result = runner.invoke(app, ["train", "gaussian_linear", str(model), "--sequential"])
+    assert result.exit_code == 2 and "--x-obs" in result.output
