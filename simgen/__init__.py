@@ -10,6 +10,7 @@ from . import diagnostics, plots, sequential
 from .diagnostics import diagnose
 from .errors import SimgenError
 from .inference import NLE, NPE, NRE
+from .joint import Joint
 from .mcmc import MCMCConfig, MCMCResult, run_mcmc
 from .mcmc_posterior import MCMCPosterior, SurrogateSimulator
 from .posterior import DirectPosterior, Posterior
@@ -34,6 +35,7 @@ __all__ = [
     "NPE",
     "NLE",
     "NRE",
+    "Joint",
     "TrainConfig",
     "History",
     "Posterior",

@@ -23,6 +23,7 @@ ESTIMATORS: dict[str, str] = {
     "consistency": "simgen.estimators.consistency:Consistency",
     "vae": "simgen.estimators.vae:VAE",
     "gan": "simgen.estimators.gan:GAN",
+    "joint_transformer": "simgen.estimators.joint_transformer:JointTransformer",
 }
 
 

@@ -1,0 +1,329 @@
+r"""Flow matching over the joint (θ, x) with a token transformer: ``"joint_transformer"``.
+
+One network answers every conditional of the joint :math:`p(\theta, x)` (the idea of
+Gloeckler et al., "All-in-one simulation-based inference", 2024, here with flow matching).
+The z-scored joint vector :math:`z = (\tilde\theta, \tilde x)` is cut into tokens
+(:mod:`simgen.estimators._tokens`), each *free*, *observed* or *absent*. For a pattern of
+states :math:`s`, with :math:`F` the free entries and :math:`O` the observed ones, the
+velocity :math:`v_\phi(z, t; s)` moves only the free entries along the linear path of
+:mod:`~simgen.estimators.flow_matching`, the observed ones keeping their values:
+
+.. math::
+    z_t^F = \big(1 - (1 - \sigma_{\min})t\big)\,z_0^F + t\,z^F, \qquad z_t^O = z^O, \qquad
+    \mathcal L(\phi) = \mathbb E_{s, t, (\theta, x), z_0}
+      \big\| v_\phi^F(z_t, t; s) - (z^F - (1-\sigma_{\min})\,z_0^F) \big\|^2 .
+
+For each :math:`s` the minimiser's field generates :math:`p(z^F \mid z^O)`, the absent
+entries marginalised (no token attends to them, so they do not enter the network at all).
+Training draws :math:`s` per row from a mixture (``mask_weights``, in this order): the
+posterior (θ free, x observed), the likelihood (x free, θ observed), the joint (all free),
+a posterior from a random subset of x (θ free, each x token observed with a probability
+drawn uniformly per row, else absent), and a random pattern (each token absent with
+probability :math:`a \sim U(0, \tfrac12)`, else observed with probability
+:math:`b \sim U(0, 1)`, else free; a row with no free token gets its θ tokens freed). The
+default puts 0.4 on the posterior, the route NPE uses, and spreads the rest so that every
+conditional the :class:`simgen.Joint` object offers is trained on; it is a starting
+point, not a measured optimum (``benchmarks/results_joint.md``).
+
+As an NPE family (``NPE(prior, estimator="joint_transformer")``), the target is θ and the
+context x; ``forward(x)`` is the posterior pattern and :meth:`JointTransformer.conditional`
+any other one. **Sampling** integrates the free entries' ODE from the standard normal at
+:math:`t=0` to :math:`t=1` on the grid :math:`t_k = 1 - (1 - k/K)^2` (16 Heun steps, as
+flow matching). **log_prob** integrates back with the instantaneous change of variables
+(:func:`~simgen.estimators.ode.ode_log_prob`): the exact divergence for at most
+``exact_trace_max_dim`` (4) free entries, Hutchinson's single-probe estimate above. Bounded
+priors: ``npe_support = "reject"``, as flow matching. The x of NPE and of the
+posterior pattern must be complete; only :class:`simgen.Joint`'s conditionals take missing
+entries. The context is tokenised as it is, so a custom ``embedding_net`` is refused.
+
+Defaults (width 64, 2 blocks, 4 heads, one token per x entry) keep a step cheap on a CPU;
+the cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count :math:`T`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from ..errors import ConfigError
+from ._nets import GenerativeDistribution, LossNoise, standard_normal_log_prob
+from ._tokens import ABSENT, FREE, OBSERVED, TokenTransformer
+from .base import DensityEstimator
+from .ode import SolverConfig, ode_log_prob, odeint
+
+__all__ = ["JointTransformer", "MASK_KINDS"]
+
+#: The training mixture's components, in the order of ``mask_weights``.
+MASK_KINDS = ("posterior", "likelihood", "joint", "posterior_subset", "random")
+DEFAULT_MASK_WEIGHTS = (0.4, 0.2, 0.1, 0.15, 0.15)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+class JointTransformer(DensityEstimator):
+    r"""Flow matching over the joint (θ, x) with a token transformer; see the module docstring.
+
+    Args:
+        target_dim: ``D`` (θ's size under NPE).
+        context_shape: Shape of one x.
+        embedding_net: Must be None: x is tokenised entry by entry (or in groups).
+        width: Token width (default 64).
+        layers: Transformer blocks (default 2).
+        heads: Attention heads; must divide ``width`` (default 4).
+        x_token_size: x entries per token; must divide x's size (default 1).
+        time_features: Size of the Fourier time embedding.
+        sigma_min: Width of the path at the data end.
+        time_power: Train times have density :math:`\propto t^{a}` (default 1, as flow matching).
+        grid_power: Exponent of the solver grid :math:`t_k = 1 - (1 - k/K)^p`.
+        mask_weights: Weights of the training patterns :data:`MASK_KINDS` (five numbers >= 0,
+            the first, the posterior, > 0).
+        solver_config: A :class:`~simgen.estimators.ode.SolverConfig` (16 Heun steps); its
+            fields ``steps``, ``solver``, ``exact_trace_max_dim`` may be passed as keywords.
+
+    Example:
+        >>> est = JointTransformer(2, (3,), steps=4)
+        >>> est(torch.randn(5, 3)).sample((10,)).shape
+        torch.Size([10, 5, 2])
+    """
+
+    name = "joint_transformer"
+    npe_support = "reject"
+
+    def __init__(
+        self,
+        target_dim: int,
+        context_shape: Sequence[int],
+        embedding_net: nn.Module | None = None,
+        *,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        x_token_size: int = 1,
+        time_features: int = 32,
+        sigma_min: float = 1e-3,
+        time_power: float = 1.0,
+        grid_power: float = 2.0,
+        mask_weights: Sequence[float] = DEFAULT_MASK_WEIGHTS,
+        solver_config: SolverConfig | None = None,
+        steps: int | None = None,
+        solver: str | None = None,
+        exact_trace_max_dim: int | None = None,
+    ):
+        if embedding_net is not None and type(embedding_net).__name__ != "Identity":
+            raise ConfigError(
+                "joint_transformer tokenises x itself and takes no embedding_net; group x "
+                "entries into tokens with x_token_size instead, or use 'flow_matching'."
+            )
+        super().__init__(target_dim, context_shape, None)
+        for name, value in [("width", width), ("layers", layers), ("heads", heads)]:
+            _positive_int(name, value)
+        _positive_int("x_token_size", x_token_size)
+        _positive_int("time_features", time_features)
+        if width % heads:
+            raise ConfigError(f"heads ({heads}) must divide width ({width}).")
+        self.x_dim = math.prod(self.context_shape)
+        if self.x_dim % x_token_size:
+            raise ConfigError(
+                f"x_token_size ({x_token_size}) must divide x's {self.x_dim} entries."
+            )
+        if not 0 <= sigma_min < 1:
+            raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min!r}.")
+        if not time_power > -1:
+            raise ConfigError(f"time_power must be > -1, got {time_power!r}.")
+        if isinstance(grid_power, bool) or not (
+            isinstance(grid_power, (int, float)) and grid_power > 0
+        ):
+            raise ConfigError(f"grid_power must be a number > 0, got {grid_power!r}.")
+        weights = list(mask_weights) if isinstance(mask_weights, (list, tuple)) else None
+        if (
+            weights is None
+            or len(weights) != len(MASK_KINDS)
+            or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)
+            or not weights[0] > 0
+        ):
+            raise ConfigError(
+                f"mask_weights must be {len(MASK_KINDS)} numbers >= 0 for {MASK_KINDS}, the "
+                f"first > 0; got {mask_weights!r}."
+            )
+        base = SolverConfig(steps=16) if solver_config is None else solver_config
+        if not isinstance(base, SolverConfig):
+            raise ConfigError(f"solver_config must be a SolverConfig, got {type(base).__name__}.")
+        given = {"steps": steps, "solver": solver, "exact_trace_max_dim": exact_trace_max_dim}
+        self.solver = SolverConfig(
+            **{**base.to_dict(), **{k: v for k, v in given.items() if v is not None}}
+        )
+        if self.solver.guidance != 1.0:
+            raise ConfigError("joint_transformer has no guidance; leave guidance=1.0.")
+        self.sigma_min, self.time_power = float(sigma_min), float(time_power)
+        self.grid_power = float(grid_power)
+        total = float(sum(weights))
+        self.register_buffer(
+            "mask_cdf", torch.tensor([w / total for w in weights]).cumsum(0), persistent=False
+        )
+        self.net = TokenTransformer(
+            self.target_dim, self.x_dim, x_token_size, width, layers, heads, time_features
+        )
+        self.options = {
+            "width": width,
+            "layers": layers,
+            "heads": heads,
+            "x_token_size": x_token_size,
+            "time_features": time_features,
+            "sigma_min": self.sigma_min,
+            "time_power": self.time_power,
+            "grid_power": self.grid_power,
+            "mask_weights": [float(w) for w in weights],
+            "steps": self.solver.steps,
+            "solver": self.solver.solver,
+            "exact_trace_max_dim": self.solver.exact_trace_max_dim,
+        }
+
+    # -- the joint vector ------------------------------------------------------------------
+
+    @property
+    def tokens(self) -> int:
+        """``T``, the number of tokens."""
+        return self.net.tokens
+
+    def joint_standard(self, target: Tensor, context: Tensor) -> Tensor:
+        """z-scored joint rows ``(*batch, n)`` from θ ``(*batch, D)`` and x
+        ``(*batch, *context_shape)``."""
+        flat = self.context_standardizer(context).reshape(*target.shape[:-1], self.x_dim)
+        return torch.cat([self.target_standardizer(target), flat], dim=-1)
+
+    def joint_scale(self) -> Tensor:
+        """The z-scoring scales of the joint entries ``(n,)``."""
+        scale = self.context_standardizer.scale.reshape(-1)
+        return torch.cat([self.target_standardizer.scale, scale])
+
+    def pattern(self, theta: str, x: str) -> Tensor:
+        """A state pattern ``(T,)``: every θ token in state ``theta``, every x token in ``x``
+        (each ``"free"``, ``"observed"`` or ``"absent"``)."""
+        code = {"absent": ABSENT, "free": FREE, "observed": OBSERVED}
+        d = self.target_dim
+        states = torch.full((self.tokens,), code[x], dtype=torch.long)
+        states[:d] = code[theta]
+        return states.to(self.mask_cdf.device)
+
+    def time_grid(self, device: torch.device | str | None = None) -> Tensor:
+        """The solver's times :math:`t_k = 1 - (1 - k/K)^p`, ``k = 0..K``."""
+        s = torch.linspace(0, 1, self.solver.steps + 1, device=device)
+        return s if self.grid_power == 1 else 1 - (1 - s) ** self.grid_power
+
+    # -- training --------------------------------------------------------------------------
+
+    def _draw_states(self, rows: int, draw: LossNoise) -> Tensor:
+        """Training state patterns ``(rows, T)`` from the mixture of the module docstring."""
+        d, tokens = self.target_dim, self.tokens
+        kind = torch.searchsorted(self.mask_cdf, draw.rand(rows).to(self.mask_cdf.device))
+        kind = kind.clamp_max(len(MASK_KINDS) - 1)[:, None]
+        is_theta = torch.arange(tokens, device=kind.device) < d
+        theta_free = torch.where(is_theta, FREE, OBSERVED).expand(rows, tokens)
+        subset_keep = draw.rand(rows, tokens) < draw.rand(rows, 1)
+        subset = torch.where(is_theta, FREE, torch.where(subset_keep, OBSERVED, ABSENT))
+        u, a, b = draw.rand(rows, tokens), draw.rand(rows, 1) / 2, draw.rand(rows, 1)
+        random = torch.where(
+            u < a, ABSENT, torch.where(draw.rand(rows, tokens) < b, OBSERVED, FREE)
+        )
+        none_free = ~(random == FREE).any(-1, keepdim=True)
+        random = torch.where(none_free & is_theta, FREE, random)
+        options = torch.stack(
+            [
+                theta_free,
+                torch.where(is_theta, OBSERVED, FREE).expand(rows, tokens),
+                torch.full_like(theta_free, FREE),
+                subset,
+                random,
+            ]
+        )
+        return options.gather(0, kind[None].expand(1, rows, tokens))[0]
+
+    def loss(self, target: Tensor, context: Tensor) -> Tensor:
+        z1 = self.joint_standard(target, context)
+        draw = LossNoise(self.training, len(z1), z1.device)
+        z1 = draw.repeat(z1)
+        states = self._draw_states(len(z1), draw)
+        entry = self.net.entry_states(states)
+        free = entry == FREE
+        z0 = draw.randn(*z1.shape)
+        t = draw.rand(len(z1)) ** (1 / (1 + self.time_power))
+        tt = t[:, None]
+        zt = torch.where(free, (1 - (1 - self.sigma_min) * tt) * z0 + tt * z1, z1)
+        zt = torch.where(entry == ABSENT, 0.0, zt)
+        u = z1 - (1 - self.sigma_min) * z0
+        v = self.net(zt, t, states)
+        return draw.reduce(((v - u).square() * free).sum(-1))
+
+    # -- any conditional -------------------------------------------------------------------
+
+    def _field(self, values: Tensor, states: Tensor, free: Tensor):
+        """The ODE field on the free entries ``(M, F)``, the others held at ``values``."""
+
+        def field(y: Tensor, t: Tensor) -> Tensor:
+            z = values.index_copy(1, free, y)
+            return self.net(z, t, states)[:, free]
+
+        return field
+
+    def _prepared(self, values: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+        entry = self.net.entry_states(states)
+        free = torch.nonzero(entry == FREE).reshape(-1)
+        if not len(free):
+            raise ConfigError("A conditional needs at least one free entry of (theta, x).")
+        values = torch.where(entry == ABSENT, torch.zeros_like(values), values)
+        return values, free
+
+    def sample_pattern(self, values: Tensor, states: Tensor) -> Tensor:
+        """Draw the free entries of z-scored joint rows ``values`` ``(M, n)`` given the
+        observed ones, for one state pattern ``states`` ``(T,)``; returns ``(M, n)`` rows
+        (absent entries zero)."""
+        values, free = self._prepared(values, states)
+        with torch.no_grad():
+            y0 = torch.randn(len(values), len(free), device=values.device)
+            ts = self.time_grid(values.device)
+            y = odeint(self._field(values, states, free), y0, ts, self.solver.solver)
+        return values.index_copy(1, free, y)
+
+    def log_prob_pattern(self, values: Tensor, states: Tensor) -> Tensor:
+        """:math:`\\log q(z^F \\mid z^O)` ``(M,)`` of z-scored joint rows for one pattern."""
+        values, free = self._prepared(values, states)
+        ts = self.time_grid(values.device).flip(0)
+        cfg = self.solver
+        field = self._field(values, states, free)
+        y0, ell = ode_log_prob(field, values[:, free], ts, cfg.solver, cfg.exact_trace_max_dim)
+        return standard_normal_log_prob(y0) + ell
+
+    def forward(self, context: Tensor) -> Distribution:
+        nd = len(self.context_shape)
+        batch = context.shape[: context.ndim - nd]
+        flat = self.context_standardizer(context).reshape(*batch, self.x_dim)
+        return _PosteriorPattern(self, flat)
+
+
+class _PosteriorPattern(GenerativeDistribution):
+    """:math:`q_\\phi(\\theta\\mid x)`: the posterior pattern (θ free, x observed)."""
+
+    def __init__(self, estimator: JointTransformer, features: Tensor):
+        self.estimator = estimator
+        super().__init__(features, estimator.target_standardizer)
+
+    def _rows(self, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cat([y, c], dim=-1), self.estimator.pattern("free", "observed")
+
+    def sample_standard(self, c: Tensor) -> Tensor:
+        y = c.new_zeros(len(c), self.event_shape[0])
+        values, states = self._rows(y, c)
+        return self.estimator.sample_pattern(values, states)[:, : self.event_shape[0]]
+
+    def log_prob_standard(self, y: Tensor, c: Tensor) -> Tensor:
+        values, states = self._rows(y, c)
+        return self.estimator.log_prob_pattern(values, states)
