@@ -10,13 +10,13 @@ in halves until the rows that cause it are isolated and recorded as ``TIMEOUT`` 
   pool's processes; a dead worker breaks the whole pool, so the pool is rebuilt, the calls
   that were running are requeued as suspects and run one at a time until the one that
   crashes alone is found;
-* a Dask client: a call past its timeout is cancelled and its worker restarted (Dask cannot
-  stop a running thread; without a nanny to restart it, the thread stays busy and one call
-  fewer is kept in flight); a worker that dies is replaced by Dask, which gives up on a call
-  after its allowed failures with ``KilledWorker``.
+* a Dask client, for dead workers only: Dask replaces a worker that dies and gives up on a
+  call after its allowed failures with ``KilledWorker``, which simgen bisects.
 
-On a ``concurrent.futures`` pool the caller passed, simgen cannot stop or replace a worker,
-so a call past its timeout or a dead worker stops the run with a
+A running Dask task cannot be stopped (its thread keeps running; restarting its worker
+also kills innocent calls, which would then be recorded as failed), and simgen cannot stop
+or replace a worker of a ``concurrent.futures`` pool the caller passed. So on those a call
+past its timeout, or a dead worker of a passed pool, stops the run with a
 :class:`~simgen.errors.SimulationStopped` naming the rows (what had finished is kept).
 """
 
@@ -118,6 +118,8 @@ class Workers:
         self.limit = max(8, 2 * self.size) if queued else self.size
 
     def submit(self, *args: Any) -> Any:
+        if self.kind == "dask":  # a new key for every call: a retry is not the cancelled one
+            return self.executor.submit(batch_job, *args, pure=False)
         return self.executor.submit(batch_job, *args)
 
     def lost_worker(self, exc: BaseException) -> bool:
@@ -127,25 +129,6 @@ class Workers:
         """End every process of simgen's own pool and start a new pool."""
         _kill(self.executor)
         self.executor = cf.ProcessPoolExecutor(self.size)
-
-    def abandon(self, future: Any, what: str) -> None:
-        """Cancel a Dask call past its timeout and restart the worker running it."""
-        address = None
-        with contextlib.suppress(Exception):  # the worker may be gone already
-            processing = self.executor.processing()
-            address = next(a for a, keys in processing.items() if future.key in keys)
-        future.cancel()
-        if address is not None:
-            with contextlib.suppress(Exception):  # no nanny: the worker cannot be restarted
-                self.executor.restart_workers([address])
-                return
-        self.limit -= 1
-        if self.limit < 1:
-            raise SimulationStopped(
-                f"Every Dask worker thread is still running a simulation past the timeout "
-                f"({what}), and Dask cannot stop a running thread. Run the cluster with "
-                "nannies (processes=True) so that simgen can restart such workers."
-            )
 
     def close(self) -> None:
         if self.kind == "own":
@@ -228,7 +211,9 @@ def schedule(
             _fill(pool, todo, quarantine, running, submit, batch_size)
             _wait(pool, running)
             broken = []
-            for future in [f for f in running if f.done()]:
+            finished = [f for f in running if f.done()]
+            # Save what succeeded before acting on a lost worker, which may stop the run.
+            for future in sorted(finished, key=lambda f: f.exception() is not None):
                 call, _ = running.pop(future)
                 exc = future.exception()
                 if exc is None:
@@ -260,16 +245,12 @@ def schedule(
             late = [f for f, (_, deadline) in running.items() if now > deadline and not f.done()]
             if not late:
                 continue
-            if pool.kind == "user":
+            if pool.kind != "own":
                 raise _stopped([running[f][0] for f in late], batch_size, "timeout", timeout)
             calls = [running.pop(f)[0] for f in late]
-            if pool.kind == "own":
-                requeue(c for c, _ in running.values())
-                running.clear()
-                pool.restart()
-            else:
-                for future, call in zip(late, calls):
-                    pool.abandon(future, call.rows(batch_size))
+            requeue(c for c, _ in running.values())
+            running.clear()
+            pool.restart()
             for call in calls:
                 done = fail(call, TIMEOUT)
                 if done is not None:
@@ -332,7 +313,8 @@ def _stopped(calls: list[Call], batch_size: int, why: str, timeout: float | None
         return SimulationStopped(
             f"The simulation of {rows} ran past timeout={timeout} s on a worker of the "
             "executor passed in, which is still running it: simgen cannot stop a worker of "
-            "a pool it was given (shut the pool down and end its processes). Pass workers=N "
+            "a pool or Dask cluster it was given (shut it down, or restart that worker). "
+            "Pass workers=N "
             "instead of executor= so that simgen stops such calls and records those rows "
             "as failed."
         )
