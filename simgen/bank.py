@@ -46,6 +46,7 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,19 +126,12 @@ class Bank:
     @classmethod
     def reader(cls, path: str | Path) -> Bank:
         """Open an existing bank read-only."""
-        import zarr
-
         path = Path(path).expanduser()
         if not _holds_something(path):
             raise BankError(f"No simulation bank at {path}; create one with simulate(bank=).")
-        try:
-            group = zarr.open_group(str(path), mode="r")
-        except Exception as exc:  # noqa: BLE001 - any unreadable store is the same mistake
-            raise BankError(
-                f"{path} exists but is not a zarr simulation bank ({exc}); pass the path of "
-                "a bank written by simulate(bank=)."
-            ) from exc
-        return cls(group, path)
+        return cls(
+            _open_group(path, "r", "pass the path of a bank written by simulate(bank=)"), path
+        )
 
     @staticmethod
     def stored_seed(path: str | Path) -> int | None:
@@ -186,15 +180,7 @@ class Bank:
 
     @classmethod
     def _resume(cls, path: Path, theta_np: np.ndarray, fingerprint: dict, lock: BankLock) -> Bank:
-        import zarr
-
-        try:
-            group = zarr.open_group(str(path), mode="r+")
-        except Exception as exc:  # noqa: BLE001 - any unreadable store is the same mistake
-            raise BankError(
-                f"{path} exists but is not a zarr simulation bank ({exc}); choose a new "
-                "path for bank=."
-            ) from exc
+        group = _open_group(path, "r+", "choose a new path for bank=")
         bank = cls(group, path, lock)
         if bank.version < 2:
             raise BankError(
@@ -466,3 +452,13 @@ def _create(path: Path, theta_np: np.ndarray, fingerprint: dict) -> None:
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_group(path: Path, mode: str, fix: str) -> Any:
+    """The zarr group at ``path``; anything unreadable there is a :class:`BankError`."""
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception as exc:  # noqa: BLE001 - any unreadable store is the same mistake
+        raise BankError(f"{path} exists but is not a zarr simulation bank ({exc}); {fix}.") from exc
