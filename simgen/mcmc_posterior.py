@@ -10,6 +10,10 @@ with :math:`T` the prior's support bijection, so every draw lies inside the supp
 settings are an :class:`~simgen.mcmc.MCMCConfig` (its module docstring states the thinning
 and chain-count rules); the diagnostics of the last run (R-hat, ESS, acceptance) are kept in
 :attr:`MCMCPosterior.last_mcmc` and exported by ``to_arviz``.
+
+An x of shape ``(n, *x_shape)`` is n i.i.d. trials (:mod:`simgen.iid`): the potential is
+then :math:`\sum_i \ell_\phi(\theta, x_i) + \log p(\theta)`, and ``sample_batched``
+takes a list of trial sets of different sizes, all chains of all sets run in one batch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from . import iid
 from .errors import ConfigError, NoDensityError, NotFittedError, ShapeError
 from .estimators.base import ConditionalEstimator
 from .estimators.classifier import RatioClassifier
@@ -120,6 +125,10 @@ class MCMCPosterior(Posterior):
         self.mcmc = mcmc if mcmc is not None else MCMCConfig()
         self.last_mcmc: MCMCResult | None = None
 
+    #: An x of shape ``(n, *x_shape)`` is n i.i.d. trials; the potential sums over them
+    #: (:mod:`simgen.iid`, :mod:`simgen.mcmc.potentials`).
+    combines_trials = True
+
     @classmethod
     def from_likelihood(
         cls, estimator: ConditionalEstimator, prior: Distribution, x_shape: Sequence[int],
@@ -135,8 +144,8 @@ class MCMCPosterior(Posterior):
         history: Any = None, mcmc: MCMCConfig | None = None,
     ) -> MCMCPosterior:  # fmt: skip
         """NRE's posterior: :func:`~simgen.mcmc.ratio_potential` of ``classifier``."""
-        return cls(ratio_potential(classifier, prior), prior, x_shape, classifier, "nre",
-                   history, mcmc)  # fmt: skip
+        return cls(ratio_potential(classifier, prior, x_shape), prior, x_shape, classifier,
+                   "nre", history, mcmc)  # fmt: skip
 
     @property
     def device(self) -> torch.device:
@@ -196,7 +205,8 @@ class MCMCPosterior(Posterior):
         log-scale column of NLE's ``log_x``) raise a clear error instead of an MCMC failure."""
         check = getattr(self.estimator, "check_data", None)
         if check is not None:
-            check(x, "x_o")
+            rows = x if x.ndim == len(self.x_shape) + 1 else x[iid.present(x, self.x_shape)]
+            check(rows, "x_o")
         return x
 
     def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **options: Any) -> Tensor:

@@ -42,6 +42,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
+from . import iid
+from .diagnostics.misspecification import TRAINING_X_KEY, warn_if_atypical
 from .errors import (
     ConfigError,
     NoDensityError,
@@ -126,10 +128,14 @@ class Posterior(abc.ABC):
                     "No observation: pass x=x_o, or call posterior.set_default_x(x_o) once."
                 )
             return self._default_x
+        if iid.is_trial_set(x, self.x_shape):  # n i.i.d. trials: (1, n, *x_shape)
+            return iid.check_trials_x(self, x, batched=False)
         return check_x(x, self.x_shape, batched=False)
 
     def _batch_x(self, x: Any) -> Tensor:
-        """Several observations as ``(B, *x_shape)``, validated."""
+        """Several observations as ``(B, *x_shape)`` (or trial sets, :mod:`simgen.iid`)."""
+        if iid.is_trial_set(x, self.x_shape, batched=True):
+            return iid.check_trials_x(self, x, batched=True)
         return check_x(x, self.x_shape, batched=True)
 
     def _theta(self, theta: Any) -> Tensor:
@@ -212,6 +218,9 @@ class Posterior(abc.ABC):
     #: Set by every subclass: the trained network and the method name ("npe", "nle", ...).
     estimator: torch.nn.Module
     method: str
+    #: A bounded sample of the training x (NPE keeps one), saved with the weights; ``sample``
+    #: warns when x lies beyond all of it (:mod:`simgen.diagnostics.misspecification`).
+    training_x: Tensor | None = None
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the estimator's weights and a JSON spec (see :mod:`simgen.serialization`)."""
@@ -224,7 +233,10 @@ class Posterior(abc.ABC):
             **self._extra_spec(),
             **self._base_spec(),
         }
-        save_model(path, spec, self.estimator.state_dict())
+        state = self.estimator.state_dict()
+        if self.training_x is not None:
+            state = {**state, TRAINING_X_KEY: self.training_x}
+        save_model(path, spec, state)
 
     def _extra_spec(self) -> dict[str, Any]:
         """Fields a subclass adds to the saved spec (e.g. MCMC settings)."""
@@ -314,6 +326,7 @@ class DirectPosterior(Posterior):
         check_options(options, (), "DirectPosterior.sample")
         check_seed(seed)
         xo = self._single_x(x).to(self.device)
+        warn_if_atypical(self, xo)
         return self._draw(tuple(sample_shape), xo, seed)[..., 0, :]
 
     @torch.no_grad()
@@ -468,6 +481,8 @@ class DirectPosterior(Posterior):
         device: str = "cpu",
     ) -> DirectPosterior:
         estimator = from_spec(spec["estimator"], embedding_net)
+        state = dict(state)
+        training_x = state.pop(TRAINING_X_KEY, None)
         estimator.load_state_dict(state)
         posterior = cls(
             estimator.to(device),
@@ -475,6 +490,7 @@ class DirectPosterior(Posterior):
             method=spec.get("method", "npe"),
             support=spec.get("support", "transform"),
         )
+        posterior.training_x = training_x
         if spec.get("default_x") is not None:
             posterior.set_default_x(torch.tensor(spec["default_x"]))
         return posterior

@@ -46,10 +46,12 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NoDensityError, NotFittedError
 from ._nets import GenerativeDistribution, NetConfig
 from .base import DensityEstimator
+from .compose import StandardPrior, compose_denoisers, composed_precision, standard_prior
 from .ode import SolverConfig
 
 __all__ = ["GaussianBaseline", "BaselineEstimator", "BaselineDistribution", "BASELINE_MAX_FEATURES"]
@@ -59,6 +61,8 @@ BASELINE_MAX_FEATURES = 4096
 #: Default :math:`\tau` of ``auto``: flow matching's (see the module docstring).
 NON_GAUSSIANITY_THRESHOLD = 0.1
 BASELINE_CHOICES = (True, False, "auto")
+#: Rows (samples × sets × trials) per network call when composing trials, bounding memory.
+TRIAL_ROWS = 1 << 18
 
 
 class GaussianBaseline(nn.Module):
@@ -233,6 +237,99 @@ class BaselineEstimator(DensityEstimator):
             nd = len(self.context_shape)
             return context.new_zeros(*context.shape[: context.ndim - nd], self.target_dim)
         return self.baseline.mean(self._flat_context(context))
+
+    # -- i.i.d. trials (simgen.iid, simgen.estimators.compose) ----------------------------
+    #: The prior in standardised coordinates, set by :meth:`compose_with_prior`.
+    _trial_prior: StandardPrior | None = None
+
+    def compose_with_prior(self, prior: Distribution, support: str) -> None:
+        """Attach the prior that composing i.i.d. trials needs (a posterior calls this before
+        drawing for a trial set). The estimator must model θ itself: ``support="reject"``,
+        or ``"transform"`` with an unbounded prior."""
+        unbounded = prior.support in (constraints.real, constraints.real_vector) or (
+            isinstance(prior.support, constraints.independent)
+            and prior.support.base_constraint is constraints.real
+        )
+        if support != "reject" and not unbounded:
+            raise ConfigError(
+                "Composing i.i.d. trials needs the family to model θ itself, but this "
+                "posterior models the logit-transformed θ of a bounded prior. Train with "
+                "NPE(..., support='reject') (the default of 'diffusion' and 'flow_matching')."
+            )
+        std = self.target_standardizer
+        self._trial_prior = standard_prior(prior, std.loc.detach(), std.scale.detach())
+
+    def is_trial_context(self, context: Tensor) -> bool:
+        """Whether ``context`` is padded trial sets ``(B, n, *context_shape)``."""
+        return context.ndim == len(self.context_shape) + 2
+
+    def _trial_parts(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Embedded trials ``(B, n, F)``, their baseline means ``(B, n, D)``, and the mask of
+        trials present ``(B, n)`` (missing trials are rows of NaN, filled with trial 0)."""
+        if self._trial_prior is None:
+            raise NotFittedError(
+                "A trial set reached the estimator without its prior; sample through the "
+                "posterior (posterior.sample(shape, x=trials)), which attaches it."
+            )
+        nd = len(self.context_shape)
+        mask = ~torch.isnan(context).reshape(*context.shape[:2], -1).all(-1)
+        shaped = mask.reshape(*mask.shape, *([1] * nd))
+        context = torch.where(shaped, context, context[:, :1].expand_as(context))
+        return self.embed(context), self.baseline_mean(context), mask
+
+    def trial_covariances(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The clipped per-trial posterior precision and the prior's, ``(D, D)`` each, in
+        standardised coordinates (float64; :mod:`simgen.estimators.compose`)."""
+        assert self._trial_prior is not None
+        if self.baseline is None:
+            raise ConfigError(
+                "Composing i.i.d. trials needs the per-trial posterior covariance of the "
+                "linear-Gaussian baseline; train with gaussian_baseline='auto' (default) or True."
+            )
+        vals, vecs = self.baseline.eigvals.double(), self.baseline.eigvecs.double()
+        sigma_inv = (vecs / vals) @ vecs.T
+        prior_inv = torch.linalg.inv(self._trial_prior.covariance().to(device))
+        return composed_precision(sigma_inv.to(device), prior_inv), prior_inv
+
+    def composed_denoiser(
+        self, y: Tensor, alpha: Tensor, sigma: Tensor, per_trial: Tensor, mask: Tensor,
+        precisions: tuple[Tensor, Tensor],
+    ) -> Tensor:  # fmt: skip
+        """:func:`~simgen.estimators.compose.compose_denoisers` for points ``y`` ``(S, B, D)``
+        and per-trial denoisers ``(S, B, n, D)`` at one time."""
+        assert self._trial_prior is not None
+        mu_prior = self._trial_prior.denoiser(y, alpha, sigma)
+        r = float((alpha / sigma) ** 2)
+        return compose_denoisers(per_trial, mask, mu_prior, *precisions, r)
+
+    def draw(self, num: int, context: Tensor) -> Tensor:
+        """``(num, B, D)`` draws; for padded trial sets ``(B, n, *context_shape)`` from the
+        composed posterior of each set (:mod:`simgen.estimators.compose`)."""
+        if not self.is_trial_context(context):
+            return super().draw(num, context)
+        with torch.no_grad():
+            c, m, mask = self._trial_parts(context)
+            precisions = self.trial_covariances(context.device)
+            per = max(1, TRIAL_ROWS // mask.numel())
+            parts = [
+                self._sample_trials(min(per, num - start), c, m, mask, precisions)
+                for start in range(0, num, per)
+            ]
+            y = torch.cat(parts) if parts else c.new_zeros(0, len(c), self.target_dim)
+            return self.target_standardizer.inverse(y)
+
+    def _sample_trials(
+        self, num: int, c: Tensor, m: Tensor, mask: Tensor, precisions: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        """``(num, B, D)`` standardised draws of the composed posteriors (per family)."""
+        raise NotImplementedError
+
+    def forward_trials_error(self) -> NoDensityError:
+        return NoDensityError(
+            f"The {self.name!r} posterior of several i.i.d. trials is composed from per-trial "
+            "scores and has no density (simgen.estimators.compose); sample it, or use NLE "
+            "or NRE, whose log_prob sums over trials."
+        )
 
     def joint_features(self, context: Tensor) -> Tensor:
         """The embedded context with the baseline mean as its last ``D`` columns

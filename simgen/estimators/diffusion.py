@@ -61,6 +61,11 @@ the instantaneous change of variables (:func:`~simgen.estimators.ode.ode_log_pro
 divergence is exact for :math:`D \le` ``exact_trace_max_dim`` (default 4) and Hutchinson's
 unbiased estimate above it. It is the density of the ODE's model at :math:`t = \epsilon`.
 
+**I.i.d. trials.** For padded trial sets ``(B, n, *x_shape)``, :meth:`draw` samples the
+composed posterior :math:`p(\theta\mid x_{1:n})` with the same sampler on the composed
+noise prediction (:mod:`simgen.estimators.compose`: an approximation, exact for a
+linear-Gaussian model, without a density).
+
 **Defaults, and why** (C2ST against reference posteriors, ``benchmarks/results_seeds.md``
 and ``benchmarks/results_families.md``):
 
@@ -301,7 +306,36 @@ class Diffusion(BaselineEstimator):
         return float((alpha**2 + sigma**2).sqrt())
 
     def forward(self, context: Tensor) -> Distribution:
+        if self.is_trial_context(context):
+            raise self.forward_trials_error()
         return DiffusionDistribution(self, self.joint_features(context))
+
+    def _sample_trials(
+        self, num: int, c: Tensor, m: Tensor, mask: Tensor, precisions: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        r"""The sampler of the module docstring on the composed noise prediction
+        :math:`(y - \alpha_t\mu)/\sigma_t` (:mod:`simgen.estimators.compose`)."""
+        n = mask.shape[1]
+        cs = c.expand(num, *c.shape)
+        ms = m.expand(num, *m.shape)
+
+        def noise(y: Tensor, t: Tensor) -> Tensor:
+            alpha, sigma = self.marginal(t)
+            yy = y[:, :, None, :].expand(-1, -1, n, -1)
+            mu_i = (yy - sigma * self.noise(yy, t, cs, ms)) / alpha
+            mu = self.composed_denoiser(y, alpha, sigma, mu_i, mask, precisions)
+            return (y - alpha * mu) / sigma
+
+        def drift(y: Tensor, t: Tensor, weight: float) -> Tensor:
+            f, g2 = self.drift_and_g2(y, t)
+            return f + weight * g2 * noise(y, t) / self.marginal(t)[1]
+
+        ts = self.times(torch.linspace(1, 0, self.solver.steps + 1, device=c.device))
+        y = self.terminal_scale() * torch.randn(num, len(c), self.target_dim, device=c.device)
+        if self.sampler == "ode":
+            return odeint(lambda y, t: drift(y, t, 0.5), y, ts, self.solver.solver)
+        g = lambda t: self.drift_and_g2(torch.zeros(()), t)[1].sqrt()  # noqa: E731
+        return sdeint(lambda y, t: drift(y, t, 1.0), g, y, ts)
 
 
 class DiffusionDistribution(BaselineDistribution):

@@ -21,6 +21,16 @@ observations, into the log-density over :math:`u \in \mathbb R^D` that every sam
 
 with :math:`T` the prior's support bijection (:func:`simgen.priors.support_transform`), so
 no chain ever leaves the support.
+
+**I.i.d. trials** (:mod:`simgen.iid`). Given ``x`` ``(B, n, *x_shape)``, :math:`n` trials
+per observation (padded sets: a row of NaN is a missing trial), both potentials sum the
+per-trial term over the trials present,
+
+.. math:: \psi(\theta, x_{1:n}) = \sum_{i=1}^{n} \ell_\phi(\theta, x_i) + \log p(\theta),
+
+with :math:`\ell_\phi` the log-likelihood (NLE) or the logit (NRE), in one network call over
+trials × chains × observations. For NRE this is the sum of :math:`\log r(\theta, x_i)`,
+exact for the ratio :math:`p(x\mid\theta)/p(x)` (the :math:`p(x_i)` are constants in θ).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform
 
+from ..iid import filled
 from ..priors import in_support, prior_dim, support_transform
 from .base import Potential
 
@@ -69,23 +80,43 @@ def likelihood_potential(
     x_shape = tuple(int(s) for s in x_shape)
     with_prior = _with_prior(prior)
 
-    def potential(theta: Tensor, x: Tensor) -> Tensor:
+    def loglik(theta: Tensor, x: Tensor) -> Tensor:
         batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[: x.ndim - len(x_shape)])
-        loglik = estimator(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *x_shape))
-        return with_prior(theta, loglik)
-
-    return potential
-
-
-def ratio_potential(classifier: nn.Module, prior: Distribution) -> PosteriorPotential:
-    """:math:`f_\\phi(\\theta, x) + \\log p(\\theta)` from a ratio classifier whose
-    ``classifier(theta, x)`` is the logit (target θ, context x; broadcast)."""
-    with_prior = _with_prior(prior)
+        return estimator(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *x_shape))
 
     def potential(theta: Tensor, x: Tensor) -> Tensor:
-        return with_prior(theta, classifier(theta, x))
+        return with_prior(theta, _summed(loglik, theta, x, x_shape))
 
     return potential
+
+
+def ratio_potential(
+    classifier: nn.Module, prior: Distribution, x_shape: Sequence[int] | None = None
+) -> PosteriorPotential:
+    """:math:`f_\\phi(\\theta, x) + \\log p(\\theta)` from a ratio classifier whose
+    ``classifier(theta, x)`` is the logit (target θ, context x; broadcast). ``x_shape``
+    (default: the classifier's ``context_shape``) tells trials from single observations."""
+    with_prior = _with_prior(prior)
+    shape = x_shape if x_shape is not None else getattr(classifier, "context_shape", None)
+
+    def potential(theta: Tensor, x: Tensor) -> Tensor:
+        if shape is None:
+            return with_prior(theta, classifier(theta, x))
+        return with_prior(theta, _summed(classifier, theta, x, shape))
+
+    return potential
+
+
+def _summed(
+    term: Callable[[Tensor, Tensor], Tensor], theta: Tensor, x: Tensor, x_shape: Sequence[int]
+) -> Tensor:
+    """``term(theta, x)`` ``(*, B)`` for single observations ``x`` ``(B, *x_shape)``; for
+    trial sets ``(B, n, *x_shape)`` the sum over the trials present, ``(*, B)``."""
+    if x.ndim == len(tuple(x_shape)) + 1:
+        return term(theta, x)
+    x, mask = filled(x, x_shape)
+    per_trial = term(theta[..., None, :], x)  # (*, B, n)
+    return torch.where(mask, per_trial, torch.zeros_like(per_trial)).sum(-1)
 
 
 def unconstrained(potential: PosteriorPotential, transform: Transform, x: Tensor) -> Potential:
