@@ -201,3 +201,22 @@ def test_nre_loss_options_are_checked(marginal_reference):
         simgen.NRE(PRIOR, loss="carl").fit(
             theta, x, from_reference=torch.zeros(len(theta), dtype=torch.bool)
         )
+
+
+def test_reference_loss_posterior_saves_and_loads(marginal_reference, tmp_path):
+    """A classifier trained by a reference-ratio loss is NRE's classifier: the file loads
+    (weights_only) and gives the same unnormalised log-density."""
+    data = marginal_reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        posterior = simgen.NRE(PRIOR, loss="carl").fit(
+            data.theta,
+            data.x.reshape(-1, 1),
+            from_reference=data.from_reference,
+            max_epochs=2,
+            progress=False,
+        )
+    posterior.save(tmp_path / "carl.model")
+    loaded = simgen.load(tmp_path / "carl.model", prior=PRIOR)
+    theta, x = torch.zeros(3, 2), torch.ones(1)
+    assert torch.allclose(loaded.log_prob(theta, x=x), posterior.log_prob(theta, x=x))
