@@ -298,9 +298,11 @@ class BaselineEstimator(DensityEstimator):
         """:func:`~simgen.estimators.compose.compose_denoisers` for points ``y`` ``(S, B, D)``
         and per-trial denoisers ``(S, B, n, D)`` at one time."""
         assert self._trial_prior is not None
-        mu_prior = self._trial_prior.denoiser(y, alpha, sigma)
+        mu_prior, extra = self._trial_prior.denoiser(y, alpha, sigma)
+        sigma_inv, prior_inv = precisions
         r = float((alpha / sigma) ** 2)
-        return compose_denoisers(per_trial, mask, mu_prior, *precisions, r)
+        prior_extra = prior_inv if extra is None else extra
+        return compose_denoisers(per_trial, mask, mu_prior, sigma_inv, prior_extra, r)
 
     def draw(self, num: int, context: Tensor) -> Tensor:
         """``(num, B, D)`` draws; for padded trial sets ``(B, n, *context_shape)`` from the

@@ -39,12 +39,22 @@ make a density of :math:`p(\theta\mid x_{1:n})`; ``log_prob`` raises
 
 The prior enters in the estimator's standardised coordinates
 :math:`\tilde\theta = (\theta - \text{loc})/\text{scale}`; :func:`standard_prior` supports a
-Gaussian (``Normal``, ``MultivariateNormal``) or a box-uniform prior, whose noised
-denoisers are closed-form (for the box, the mean of a truncated normal per coordinate).
+Gaussian (``Normal``, ``MultivariateNormal``) or a box-uniform prior, whose denoising
+posteriors are closed-form. For the box, :math:`p(\tilde\theta\mid y_t)` is a normal
+:math:`\mathcal N(y/\alpha_t, \sigma_t^2/\alpha_t^2)` truncated to the box in each
+coordinate, and both its mean and its precision are used exactly (per point) instead of the
+Gaussian :math:`C^{-1} + r_t I`, whose error is multiplied by :math:`n - 1`: on the
+conjugate model with a box four prior sds wide the Gaussian rule drew posteriors about 20%
+too narrow at n = 50, the exact box precision 5-9% (where the remaining gap is the
+per-trial Gaussian rule against the box-truncated denoising posteriors). Where the box's
+extra precision would exceed the smallest eigenvalue of :math:`\Sigma^{-1}` (points far
+outside the box at large noise) it is clipped there, which keeps :math:`\Lambda` positive
+definite.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -75,21 +85,33 @@ class StandardPrior:
             return self.b
         return torch.diag((self.b - self.a).square() / 12)
 
-    def denoiser(self, y: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        r""":math:`\mathbb E[\tilde\theta\mid y_t = y]` under the prior, ``y`` ``(..., D)``."""
+    def denoiser(self, y: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor | None]:
+        r""":math:`\mathbb E[\tilde\theta\mid y_t = y]` under the prior, ``y`` ``(..., D)``,
+        and, for the box, the extra precision of :math:`p(\tilde\theta\mid y_t)` per
+        coordinate, :math:`1/\operatorname{Var} - r_t` ``(..., D)`` (``None`` for a Gaussian,
+        whose extra precision is :math:`C^{-1}` everywhere)."""
         y64, alpha, sigma = y.double(), alpha.double(), sigma.double()
         if self.kind == "gauss":
             mean, cov = self.a, self.b
             eye = torch.eye(len(mean), dtype=y64.dtype, device=y.device)
             gain = alpha * cov @ torch.linalg.inv(alpha**2 * cov + sigma**2 * eye)
-            return (mean + (y64 - alpha * mean) @ gain.T).to(y.dtype)
+            return (mean + (y64 - alpha * mean) @ gain.T).to(y.dtype), None
+        # theta | y is N(y / alpha, s^2), s = sigma / alpha, truncated to the box.
         alpha = alpha.clamp_min(_MIN_ALPHA)
+        s = sigma / alpha
         lo = (alpha * self.a - y64) / sigma  # standardised bounds of the truncated normal
         hi = (alpha * self.b - y64) / sigma
         log_z = _log_diff_ndtr(hi, lo)
-        log_phi = lambda u: -0.5 * u.square() - 0.5 * torch.log(torch.tensor(2 * torch.pi))  # noqa: E731
-        ratio = (log_phi(lo) - log_z).exp() - (log_phi(hi) - log_z).exp()
-        return ((y64 + sigma * ratio) / alpha).to(y.dtype)
+        p_lo, p_hi = (_log_phi(lo) - log_z).exp(), (_log_phi(hi) - log_z).exp()
+        ratio = p_lo - p_hi
+        mean = (y64 + sigma * ratio) / alpha
+        v = (1 + lo * p_lo - hi * p_hi - ratio.square()).clamp(1e-12, 1.0)  # Var / s^2
+        extra = (1 / v - 1) / s**2
+        return mean.to(y.dtype), extra
+
+
+def _log_phi(u: Tensor) -> Tensor:
+    return -0.5 * u.square() - 0.5 * math.log(2 * math.pi)
 
 
 def _log_diff_ndtr(hi: Tensor, lo: Tensor) -> Tensor:
@@ -134,7 +156,7 @@ def composed_precision(sigma_inv: Tensor, prior_inv: Tensor) -> Tensor:
 
 
 def compose_denoisers(
-    mu: Tensor, mask: Tensor, mu_prior: Tensor, sigma_inv: Tensor, prior_inv: Tensor, r: Any
+    mu: Tensor, mask: Tensor, mu_prior: Tensor, sigma_inv: Tensor, prior_extra: Tensor, r: Any
 ) -> Tensor:
     r"""The composed denoiser :math:`\mu` ``(S, B, D)`` (module docstring).
 
@@ -143,16 +165,23 @@ def compose_denoisers(
         mask: ``(B, n)``, the trials present.
         mu_prior: The prior's denoiser ``(S, B, D)``.
         sigma_inv: Clipped per-trial posterior precision ``(D, D)``.
-        prior_inv: The prior's precision ``(D, D)``.
+        prior_extra: The prior's denoising precision less :math:`r_t I`: :math:`C^{-1}`
+            ``(D, D)``, or per point and coordinate ``(S, B, D)`` (the box); clipped here
+            below the smallest eigenvalue of ``sigma_inv`` so that :math:`\Lambda` stays
+            positive definite.
         r: :math:`\alpha_t^2/\sigma_t^2`, a float.
     """
     dtype = torch.float64
     n = mask.sum(-1).to(dtype)[:, None, None]  # (B, 1, 1)
     eye = torch.eye(mu.shape[-1], dtype=dtype, device=mu.device)
     lam_trial = sigma_inv + r * eye
-    lam_prior = prior_inv + r * eye
-    lam = n * lam_trial - (n - 1) * lam_prior  # (B, D, D)
+    if prior_extra.ndim == 2:
+        lam_prior = (prior_extra + r * eye).expand(1, 1, *eye.shape)
+    else:
+        cap = torch.linalg.eigvalsh(sigma_inv)[0]
+        lam_prior = torch.diag_embed(prior_extra.to(dtype).clamp_max(cap) + r)
+    lam = n * lam_trial - (n - 1) * lam_prior  # (S or 1, B, D, D)
     total = torch.where(mask[..., None], mu, torch.zeros_like(mu)).sum(-2).to(dtype)
-    rhs = total @ lam_trial.T - (n[..., 0] - 1) * (mu_prior.to(dtype) @ lam_prior.T)
-    out = torch.linalg.solve(lam[:, None], rhs.transpose(0, 1)[..., None])[..., 0]
-    return out.transpose(0, 1).to(mu.dtype)
+    prior_term = (lam_prior @ mu_prior.to(dtype)[..., None])[..., 0]
+    rhs = total @ lam_trial.T - (n[..., 0] - 1) * prior_term
+    return torch.linalg.solve(lam, rhs[..., None])[..., 0].to(mu.dtype)
