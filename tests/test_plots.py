@@ -79,13 +79,21 @@ def test_diagnose_writes_report_with_figures(tmp_path: Path, suffix: str) -> Non
         path=path,
     )
     text = path.read_text()
-    assert set(report.results) == {"sbc", "tarp", "coverage", "zscore", "predictive"}
+    assert set(report.results) == {
+        "sbc",
+        "tarp",
+        "coverage",
+        "zscore",
+        "predictive",
+        "lc2st",
+        "misspecification",
+    }
     assert "| sbc |" in text or "<td>sbc</td>" in text
     if suffix == ".md":
         figures = sorted((tmp_path / "report_figures").glob("*.png"))
-        assert len(figures) == 6 and all(_nonempty_png(f) for f in figures)
+        assert len(figures) == 8 and all(_nonempty_png(f) for f in figures)
         assert "report_figures/posterior.png" in text
     else:
-        assert text.count("data:image/png;base64,") == 6
+        assert text.count("data:image/png;base64,") == 8
     assert report.to_dict()["passed"] == report.passed
     assert isinstance(np.asarray(report.to_dict()["results"]["sbc"]["p_values"]), np.ndarray)

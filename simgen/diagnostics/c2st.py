@@ -143,6 +143,17 @@ class C2STResult:
         """Whether the classifier could not tell the two sets apart (within tolerance)."""
         return self.accuracy <= 0.5 + self.tolerance
 
+    @property
+    def failure(self) -> str:
+        """How far from chance the classifier got, or ``""`` if it passed."""
+        return "" if self.passed else f"accuracy {self.accuracy:.3f} > 0.5 + {self.tolerance:g}"
+
+    def __repr__(self) -> str:
+        return (
+            f"C2STResult(passed={self.passed}, accuracy={self.accuracy:.3f}, "
+            f"tolerance={self.tolerance:g}, {self.num_samples} samples)"
+        )
+
     def __float__(self) -> float:
         return self.accuracy
 

@@ -75,6 +75,18 @@ class CoverageResult:
         """Whether the verdict is ``"calibrated"``."""
         return self.verdict == "calibrated"
 
+    @property
+    def failure(self) -> str:
+        """The verdict if it is not ``"calibrated"``, else ``""``."""
+        return "" if self.passed else self.verdict
+
+    def __repr__(self) -> str:
+        return (
+            f"CoverageResult(passed={self.passed}, verdict={self.verdict!r}, "
+            f"level={self.alpha:g}, p_value={self.p_value:.3g}, deviation={self.deviation:.3g}, "
+            f"{self.credibility.shape[0]} observations)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {

@@ -54,6 +54,25 @@ class PredictiveResult:
         """``x_o`` is not more extreme than a ``1 - alpha`` share of predictive samples."""
         return self.quantile <= 1.0 - self.alpha
 
+    @property
+    def failure(self) -> str:
+        """The features of ``x_o`` the predictive misses (quantile in a tail), or ``""``."""
+        if self.passed:
+            return ""
+        tail = self.alpha / 2
+        bad = np.flatnonzero((self.feature_quantiles < tail) | (self.feature_quantiles > 1 - tail))
+        return (
+            f"x_o more extreme than {self.quantile:.1%} of predictive draws; "
+            f"features {bad[:10].tolist()} in a tail"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PredictiveResult(passed={self.passed}, level={self.alpha:g}, "
+            f"quantile={self.quantile:.3g}, distance={self.distance:.3g}, "
+            f"{self.x_predictive.shape[0]} draws)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {

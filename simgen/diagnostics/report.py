@@ -1,7 +1,15 @@
 """Run the whole diagnostic suite once and write a Markdown or HTML report with figures.
 
 Simulations and posterior samples are drawn once (:func:`~simgen.diagnostics.draw`) and
-shared by SBC, TARP, coverage and the z-scores, so the suite costs about as much as one SBC.
+shared by SBC, TARP, coverage, the z-scores, L-C2ST and the misspecification test, so the
+suite costs about as much as one SBC plus one batched L-C2ST training.
+
+**One verdict.** Each of the :math:`m` hypothesis tests that run (SBC, TARP, coverage,
+z-scores, and given ``x_o`` the predictive check, L-C2ST and the misspecification test) is run
+at level :math:`\alpha / m`, so that the probability that an exact posterior fails any of them
+is at most :math:`\alpha` (Bonferroni; the checks share simulations and are dependent, which
+Bonferroni allows). C2ST against reference samples is an accuracy threshold, not a test with
+a level, and is reported outside the correction; it still counts in ``passed``.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +27,18 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, NoDensityError
+from .advice import MEANING, advice
 from .c2st import c2st_posterior
-from .coverage import coverage
+from .coverage import coverage_from_log_probs, posterior_log_probs
+from .lc2st import lc2st_from_samples
+from .misspecification import misspecification
 from .predictive import predictive_check
 from .sampling import draw, quiet_kwargs, seeded
-from .sbc import sbc
-from .tarp import tarp
-from .zscore import zscore_contraction
+from .sbc import sbc_from_samples
+from .tarp import tarp_from_samples
+from .zscore import _prior_variance, zscore_from_samples
 
 __all__ = ["DiagnosisReport", "diagnose"]
-
-_SUMMARY_KEYS = ("p_values", "verdict", "p_value", "atc", "accuracy", "quantile", "mean_zscore")
 
 
 @dataclass
@@ -42,6 +52,8 @@ class DiagnosisReport:
         theta_o: Its true parameters, if known (marked in the corner plot).
         samples_o: Posterior samples at ``x_o`` for the corner plot, if ``x_o`` was given.
         path: Where the report was written, if it was.
+        alpha: Family-wise level of the verdict.
+        level: Level of each test, ``alpha / m`` (Bonferroni over the ``m`` tests).
     """
 
     results: dict[str, Any]
@@ -50,16 +62,55 @@ class DiagnosisReport:
     theta_o: Tensor | None = None
     samples_o: Tensor | None = None
     path: Path | None = None
+    alpha: float = 0.05
+    level: float = 0.05
 
     @property
     def passed(self) -> bool:
         """Every diagnostic that ran passed."""
         return all(r.passed for r in self.results.values())
 
+    @property
+    def num_tests(self) -> int:
+        """Tests the Bonferroni correction divides ``alpha`` among (C2ST is not one)."""
+        return sum(name != "c2st" for name in self.results)
+
+    @property
+    def verdict(self) -> str:
+        """One sentence: the overall result and the correction behind it."""
+        head = (
+            f"{self.num_tests} tests at family-wise level {self.alpha:g} (Bonferroni: each "
+            f"at {self.alpha:g}/{self.num_tests} = {self.level:.3g})"
+        )
+        failed = [name for name, r in self.results.items() if not r.passed]
+        if not failed:
+            return f"PASSED: all {head}."
+        return f"FAILED {', '.join(failed)}: {head}."
+
+    def summary(self) -> str:
+        """The verdict, one line per check, and for each failed check what it means and
+        what to try; this is what ``print(report)`` shows."""
+        lines = [self.verdict]
+        for name, result in self.results.items():
+            mark = "pass" if result.passed else "FAIL"
+            lines.append(f"  {name:<16} {mark}  {_summary(result)}")
+        for name, why in self.skipped.items():
+            lines.append(f"  {name:<16} skipped  {why}")
+        for name, result in self.results.items():
+            if not result.passed:
+                lines.append(f"{name}: {advice(name, result)}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary of every result."""
         return {
             "passed": self.passed,
+            "verdict": self.verdict,
+            "alpha": self.alpha,
+            "level": self.level,
             "results": {name: r.to_dict() for name, r in self.results.items()},
             "skipped": dict(self.skipped),
         }
@@ -90,33 +141,30 @@ class DiagnosisReport:
 
 
 def _summary(result: Any) -> str:
-    d = result.to_dict()
-    parts = []
-    for key in _SUMMARY_KEYS:
-        if key in d:
-            value = d[key]
-            if isinstance(value, list):
-                value = "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
-            elif isinstance(value, float):
-                value = f"{value:.3g}"
-            parts.append(f"{key}={value}")
-    return "; ".join(parts)
+    """The result's short ``repr`` without its class name and ``passed`` field."""
+    text = repr(result)
+    inner = text[text.find("(") + 1 : -1] if text.endswith(")") else text
+    return inner.removeprefix(f"passed={result.passed}, ")
 
 
-def _rows(report: DiagnosisReport) -> list[tuple[str, str, str]]:
+def _rows(report: DiagnosisReport) -> list[tuple[str, str, str, str]]:
     rows = [
-        (name, "pass" if r.passed else "**FAIL**", _summary(r))
+        (
+            name,
+            "pass" if r.passed else "**FAIL**",
+            MEANING.get(name, ""),
+            _summary(r) + (f" — {advice(name, r)}" if not r.passed else ""),
+        )
         for name, r in report.results.items()
     ]
-    rows += [(name, "skipped", why) for name, why in report.skipped.items()]
+    rows += [(name, "skipped", MEANING.get(name, ""), why) for name, why in report.skipped.items()]
     return rows
 
 
 def _markdown(report: DiagnosisReport, figures: dict[str, Path], root: Path) -> str:
-    verdict = "all diagnostics passed" if report.passed else "some diagnostics FAILED"
-    lines = ["# simgen diagnostics report", "", f"Verdict: **{verdict}**.", ""]
-    lines += ["| diagnostic | result | summary |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in _rows(report)]
+    lines = ["# simgen diagnostics report", "", f"Verdict: **{report.verdict}**", ""]
+    lines += ["| diagnostic | result | tests that | summary |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(report)]
     for name, fig in figures.items():
         lines += ["", f"## {name}", "", f"![{name}]({fig.relative_to(root).as_posix()})"]
     lines += ["", "## Raw numbers", "", "```json", json.dumps(report.to_dict(), indent=1), "```"]
@@ -124,11 +172,11 @@ def _markdown(report: DiagnosisReport, figures: dict[str, Path], root: Path) -> 
 
 
 def _html(report: DiagnosisReport, figures: dict[str, Path]) -> str:
-    verdict = "all diagnostics passed" if report.passed else "some diagnostics FAILED"
+    verdict = report.verdict
     rows = "".join(
         f"<tr><td>{html.escape(a)}</td><td>{html.escape(b.strip('*'))}</td>"
-        f"<td>{html.escape(c)}</td></tr>"
-        for a, b, c in _rows(report)
+        f"<td>{html.escape(c)}</td><td>{html.escape(d)}</td></tr>"
+        for a, b, c, d in _rows(report)
     )
     images = "".join(
         f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
@@ -138,8 +186,8 @@ def _html(report: DiagnosisReport, figures: dict[str, Path]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>simgen diagnostics</title>"
         "</head><body><h1>simgen diagnostics report</h1>"
-        f"<p>Verdict: <b>{verdict}</b>.</p><table border='1'><tr><th>diagnostic</th>"
-        f"<th>result</th><th>summary</th></tr>{rows}</table>{images}"
+        f"<p>Verdict: <b>{html.escape(verdict)}</b></p><table border='1'><tr><th>diagnostic</th>"
+        f"<th>result</th><th>tests that</th><th>summary</th></tr>{rows}</table>{images}"
         f"<pre>{html.escape(json.dumps(report.to_dict(), indent=1))}</pre></body></html>\n"
     )
 
@@ -155,55 +203,84 @@ def diagnose(
     num_samples: int = 500,
     seed: int = 0,
     path: str | Path | None = None,
+    alpha: float = 0.05,
 ) -> DiagnosisReport:
     """Run SBC, TARP, HPD coverage (if ``log_prob`` works), z-scores and, given ``x_o``, a
-    predictive check (and C2ST against ``reference_samples``); optionally write a report.
+    predictive check, L-C2ST, the misspecification test (and C2ST against
+    ``reference_samples``), each at level ``alpha / m`` (Bonferroni over the ``m`` tests);
+    optionally write a report.
 
     Args:
         posterior: Any simgen or sbi posterior, or an object with the same interface.
         prior: Distribution with ``sample``.
         simulator: Batched ``simulator(theta, generator=None) -> x``.
-        x_o: An observation for the predictive check, C2ST and the corner plot.
+        x_o: An observation for the local checks, C2ST and the corner plot.
         theta_o: Its true parameters, marked in the corner plot.
         reference_samples: True posterior samples at ``x_o``, for C2ST.
-        num_simulations: Simulated observations for the calibration checks.
+        num_simulations: Simulated observations for the calibration checks (and the
+            calibration pairs of L-C2ST and reference of the misspecification test).
         num_samples: Posterior samples per observation.
         seed: Makes the whole run deterministic.
         path: Write the report here (``.md`` or ``.html``).
+        alpha: Family-wise level: the probability that an exact posterior fails.
 
     Returns:
-        A :class:`DiagnosisReport`; ``report.passed`` and ``report.to_dict()``.
+        A :class:`DiagnosisReport`; ``report.passed``, ``print(report)`` (verdict, one line
+        per check, what each failure means and what to try) and ``report.to_dict()``.
 
     Example:
         >>> report = simgen.diagnose(posterior, prior, simulator, x_o=x_o, path="report.html")
-        >>> report.passed
+        >>> print(report)
     """
     if reference_samples is not None and x_o is None:
         raise ConfigError("reference_samples are posterior samples at x_o: pass x_o as well.")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must be a level in (0, 1), got {alpha}.")
     draws = draw(posterior, prior, simulator, num_simulations, num_samples, seed)
-    results: dict[str, Any] = {
-        "sbc": sbc(posterior, prior, simulator, seed=seed, draws=draws),
-        "tarp": tarp(posterior, prior, simulator, seed=seed, draws=draws),
-    }
     skipped: dict[str, str] = {}
     try:
-        results["coverage"] = coverage(posterior, prior, simulator, seed=seed, draws=draws)
+        log_probs = posterior_log_probs(posterior, draws.theta, draws.x, draws.samples)
     except (NoDensityError, NotImplementedError) as err:
+        log_probs = None
         skipped["coverage"] = f"posterior has no usable log_prob ({err})"
-    results["zscore"] = zscore_contraction(posterior, prior, simulator, seed=seed, draws=draws)
+    num_tests = 3 + (log_probs is not None) + (3 if x_o is not None else 0)
+    level = alpha / num_tests
+    results: dict[str, Any] = {
+        "sbc": sbc_from_samples(draws.theta, draws.samples, alpha=level),
+        "tarp": tarp_from_samples(draws.theta, draws.samples, seed=seed, alpha=level),
+    }
+    if log_probs is not None:
+        results["coverage"] = coverage_from_log_probs(*log_probs, alpha=level)
+    results["zscore"] = zscore_from_samples(
+        draws.theta, draws.samples, _prior_variance(prior, seed + 3), alpha=level
+    )
     samples_o = None
     if x_o is not None:
         x_o = torch.as_tensor(x_o)
         results["predictive"] = predictive_check(
-            posterior, simulator, x_o, num_samples=num_samples, seed=seed
+            posterior, simulator, x_o, num_samples=num_samples, seed=seed, alpha=level
         )
         with seeded(seed + 4), torch.no_grad():
             samples_o = posterior.sample((num_samples,), x=x_o, **quiet_kwargs(posterior.sample))
+        results["lc2st"] = lc2st_from_samples(
+            draws.theta,
+            draws.x,
+            draws.samples[0],
+            x_o,
+            samples_o.reshape(num_samples, -1),
+            num_null=max(100, math.ceil(1.5 / level)),
+            alpha=level,
+            seed=seed,
+        )
+        results["misspecification"] = misspecification(
+            posterior, x_o, simulations=(draws.theta, draws.x), alpha=level, seed=seed
+        )
         if reference_samples is not None:
             results["c2st"] = c2st_posterior(posterior, reference_samples, x_o, seed=seed)
     else:
-        skipped["predictive"] = "no x_o given"
-    report = DiagnosisReport(results, skipped, x_o, theta_o, samples_o)
+        for name in ("predictive", "lc2st", "misspecification"):
+            skipped[name] = "no x_o given"
+    report = DiagnosisReport(results, skipped, x_o, theta_o, samples_o, alpha=alpha, level=level)
     if path is not None:
         report.write(path)
     return report

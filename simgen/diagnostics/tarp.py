@@ -64,6 +64,19 @@ class TARPResult:
         """Whether the KS p-value exceeds ``alpha``."""
         return self.p_value > self.alpha
 
+    @property
+    def failure(self) -> str:
+        """``"overconfident"`` or ``"underconfident"`` (sign of ``atc``) if failed, else ``""``."""
+        if self.passed:
+            return ""
+        return "overconfident (too narrow or biased)" if self.atc < 0 else "underconfident"
+
+    def __repr__(self) -> str:
+        return (
+            f"TARPResult(passed={self.passed}, level={self.alpha:g}, p_value={self.p_value:.3g}, "
+            f"atc={self.atc:.3g}, {self.fractions.shape[0]} observations)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {

@@ -56,6 +56,27 @@ class ZScoreResult:
         level = self.alpha / (2 * len(self.p_mean))
         return bool(np.all(self.p_mean > level) and np.all(self.p_var > level))
 
+    @property
+    def failure(self) -> str:
+        """Which dimensions have a mean z-score off 0 (bias) or a spread off 1, or ``""``."""
+        level = self.alpha / (2 * len(self.p_mean))
+        parts = []
+        for d in range(len(self.p_mean)):
+            if self.p_mean[d] <= level:
+                parts.append(f"dim {d}: biased (mean z {self.zscores[:, d].mean():+.2f})")
+            if self.p_var[d] <= level:
+                rms = float(np.sqrt((self.zscores[:, d] ** 2).mean()))
+                kind = "overconfident" if rms > 1 else "underconfident"
+                parts.append(f"dim {d}: {kind} (rms z {rms:.2f})")
+        return "; ".join(parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"ZScoreResult(passed={self.passed}, level={self.alpha:g} over "
+            f"{2 * len(self.p_mean)} tests, mean_z={np.round(self.zscores.mean(0), 3).tolist()}, "
+            f"contraction={np.round(self.contraction.mean(0), 3).tolist()})"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary (per-dimension means and p-values)."""
         return {

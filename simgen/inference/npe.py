@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ..diagnostics.misspecification import training_sample
 from ..errors import ConfigError
 from ..estimators.registry import build_estimator, estimator_class
 from ..losses import JointScoreNPELoss, NPELoss
@@ -129,13 +130,15 @@ class NPE(Method):
                 config,
                 target_score,
             )
-        return DirectPosterior(
+        posterior = DirectPosterior(
             estimator.cpu() if config.device == "cpu" else estimator,
             self.prior,
             history=self.history,
             method="npe",
             support=self.support,
         )
+        posterior.training_x = training_sample(x)
+        return posterior
 
     def _target_score(self, joint_score: Tensor | None, theta: Tensor, u: Tensor) -> Tensor | None:
         r"""The posterior score the joint score implies, in the estimator's coordinates.
