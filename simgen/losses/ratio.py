@@ -65,7 +65,10 @@ row's latents and, for :math:`y=0`, the joint score :math:`t = \nabla_\theta\log
   :math:`f = \log r(x)`. Each row regresses the ratio that is small where its x is typical
   (:math:`r` for draws at :math:`\theta_1`, :math:`1/r` for draws at :math:`\theta`);
   :math:`f` and :math:`\log r(x, z)` are clipped to :math:`\pm` ``MAX_LOG_RATIO`` inside the
-  exponentials, which changes the minimiser only where the ratio exceeds :math:`e^{10}`.
+  exponentials, which moves the minimiser only at x where :math:`|\log r(x, z)|` exceeds 10
+  with non-negligible probability. The squared error of exponentials is dominated by the
+  joint ratio's tails when latents are far more informative about θ than x is
+  (``benchmarks/results_joint_ratio.md``: ROLR and RASCAL trail CARL there).
 * **ALICES**: cross-entropy against the soft labels :math:`s = \sigma(\log r(x,z))`,
   :math:`-\mathbb E[s\log\sigma(f) + (1-s)\log\sigma(-f)]`. Its minimiser is
   :math:`\sigma(f) = \mathbb E[s\mid x]` under the balanced mixture :math:`\tfrac12 p(x,z\mid
