@@ -83,7 +83,7 @@ class CoverageResult:
     def __repr__(self) -> str:
         return (
             f"CoverageResult(passed={self.passed}, verdict={self.verdict!r}, "
-            f"level={self.alpha:g}, p_value={self.p_value:.3g}, deviation={self.deviation:.3g}, "
+            f"level={self.alpha:.3g}, p_value={self.p_value:.3g}, deviation={self.deviation:.3g}, "
             f"{self.credibility.shape[0]} observations)"
         )
 

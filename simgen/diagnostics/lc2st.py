@@ -105,7 +105,7 @@ class LC2STResult:
 
     def __repr__(self) -> str:
         return (
-            f"LC2STResult(passed={self.passed}, level={self.alpha:g}, "
+            f"LC2STResult(passed={self.passed}, level={self.alpha:.3g}, "
             f"p_value={self.p_value:.3g}, statistic={self.statistic:.3g}, "
             f"null_mean={float(np.mean(self.null_statistics)):.3g}, "
             f"{len(self.null_statistics)} permutations, {len(self.probabilities)} draws)"

@@ -147,10 +147,10 @@ class MisspecificationResult:
         return "; ".join(parts)
 
     def __repr__(self) -> str:
-        ps = {k: float(np.min(v)) for k, v in self.p_values.items()}
+        ps = {k: float(f"{np.min(v):.3g}") for k, v in self.p_values.items()}
         ratios = {k: round(float(np.max(v)), 2) for k, v in self.distance_ratio.items()}
         return (
-            f"MisspecificationResult(passed={self.passed}, level={self.alpha:g} over "
+            f"MisspecificationResult(passed={self.passed}, level={self.alpha:.3g} over "
             f"{self.num_tests} tests, min p={ps}, distance_ratio={ratios}, "
             f"{self.num_reference} reference simulations)"
         )

@@ -68,7 +68,7 @@ class PredictiveResult:
 
     def __repr__(self) -> str:
         return (
-            f"PredictiveResult(passed={self.passed}, level={self.alpha:g}, "
+            f"PredictiveResult(passed={self.passed}, level={self.alpha:.3g}, "
             f"quantile={self.quantile:.3g}, distance={self.distance:.3g}, "
             f"{self.x_predictive.shape[0]} draws)"
         )

@@ -93,7 +93,7 @@ class SBCResult:
     def __repr__(self) -> str:
         outside = np.flatnonzero(~self.within_band).tolist()
         return (
-            f"SBCResult(passed={self.passed}, level={self.alpha:g} over {self.ranks.shape[1]} "
+            f"SBCResult(passed={self.passed}, level={self.alpha:.3g} over {self.ranks.shape[1]} "
             f"dims (band {self.band_level:.4g} each), {self.ranks.shape[0]} x "
             f"{self.num_samples}, outside band: {outside or 'none'})"
         )

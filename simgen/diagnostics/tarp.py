@@ -73,7 +73,7 @@ class TARPResult:
 
     def __repr__(self) -> str:
         return (
-            f"TARPResult(passed={self.passed}, level={self.alpha:g}, p_value={self.p_value:.3g}, "
+            f"TARPResult(passed={self.passed}, level={self.alpha:.3g}, p_value={self.p_value:.3g}, "
             f"atc={self.atc:.3g}, {self.fractions.shape[0]} observations)"
         )
 

@@ -72,7 +72,7 @@ class ZScoreResult:
 
     def __repr__(self) -> str:
         return (
-            f"ZScoreResult(passed={self.passed}, level={self.alpha:g} over "
+            f"ZScoreResult(passed={self.passed}, level={self.alpha:.3g} over "
             f"{2 * len(self.p_mean)} tests, mean_z={np.round(self.zscores.mean(0), 3).tolist()}, "
             f"contraction={np.round(self.contraction.mean(0), 3).tolist()})"
         )
