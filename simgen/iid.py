@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .errors import ShapeError, SimulationError
-from .posterior_args import as_tensor
+from .posterior_args import as_tensor, check_x
 
 __all__ = ["ROUTES", "is_trial_set", "as_trials", "present", "counts", "no_trials_error"]
 
@@ -143,6 +143,14 @@ def no_trials_error(what: str) -> ShapeError:
         f"x holds several i.i.d. trials, which {what} trained on single trials cannot "
         f"combine. Use {ROUTES}; or pass one observation of the trained shape."
     )
+
+
+def check_observation(posterior: Any, x: Any, batched: bool) -> Tensor:
+    """``x`` for ``posterior``: single observations ``(B, *x_shape)`` checked by
+    :func:`~simgen.posterior_args.check_x`, or trial sets by :func:`check_trials_x`."""
+    if is_trial_set(x, posterior.x_shape, batched=batched):
+        return check_trials_x(posterior, x, batched=batched)
+    return check_x(x, posterior.x_shape, batched=batched)
 
 
 def check_trials_x(posterior: Any, x: Any, batched: bool) -> Tensor:

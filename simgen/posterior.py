@@ -60,7 +60,6 @@ from .posterior_args import (
     check_options,
     check_seed,
     check_theta,
-    check_x,
     checks_sample_shape,
     sample_shape_of,
 )
@@ -128,15 +127,11 @@ class Posterior(abc.ABC):
                     "No observation: pass x=x_o, or call posterior.set_default_x(x_o) once."
                 )
             return self._default_x
-        if iid.is_trial_set(x, self.x_shape):  # n i.i.d. trials: (1, n, *x_shape)
-            return iid.check_trials_x(self, x, batched=False)
-        return check_x(x, self.x_shape, batched=False)
+        return iid.check_observation(self, x, batched=False)  # or n trials: (1, n, *x_shape)
 
     def _batch_x(self, x: Any) -> Tensor:
         """Several observations as ``(B, *x_shape)`` (or trial sets, :mod:`simgen.iid`)."""
-        if iid.is_trial_set(x, self.x_shape, batched=True):
-            return iid.check_trials_x(self, x, batched=True)
-        return check_x(x, self.x_shape, batched=True)
+        return iid.check_observation(self, x, batched=True)
 
     def _theta(self, theta: Any) -> Tensor:
         """Parameters ``(*, D)``, validated: finite real numbers, ``D`` last."""
