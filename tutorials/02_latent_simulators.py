@@ -247,10 +247,9 @@ print("with the joint score: mean", samples_js.mean(0), "std", samples_js.std(0)
 # On this shower (C2ST against the reference, 3 observations x 2 seeds, same simulations for
 # every method) the score term put CASCAL ahead of CARL at both budgets, with overlapping
 # intervals: 0.677 against 0.699 at 1,000 simulations, 0.577 against 0.597 at 4,000; ALICES
-# is within noise of
-# CARL (0.686, 0.614); ROLR and RASCAL trail (0.79, 0.75). None beat plain NRE-C (0.588,
-# 0.573): on these simulators, keep the default, and reach for CASCAL when a contrastive
-# loss is not an option.
+# is within noise of CARL (0.686, 0.614); ROLR and RASCAL trail (0.79, 0.75). None beat plain
+# NRE-C (0.588, 0.573): on these simulators, keep the default, and reach for CASCAL when a
+# contrastive loss is not an option.
 
 # %%
 half = NUM_SIMULATIONS // 2
