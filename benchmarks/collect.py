@@ -55,6 +55,21 @@ SECTIONS = [
         "python -m benchmarks.bench_sequential",
     ),
     (
+        "results_joint_ratio.md",
+        "NRE with the joint likelihood ratio (ROLR, RASCAL, ALICES, CASCAL) vs NRE-C (issue 23)",
+        "python -m benchmarks.bench_joint_ratio",
+    ),
+    (
+        "results_joint.md",
+        "Joint transformer vs flow matching and sbi FMPE (issue 25)",
+        "python -m benchmarks.bench_joint",
+    ),
+    (
+        "results_diagnostics.md",
+        "Diagnostics: false-alarm rate and power of diagnose (issue 20)",
+        "python -m benchmarks.bench_diagnostics",
+    ),
+    (
         "results_faults.md",
         "Fault battery: banks, simulate arguments, model files (issue 17)",
         "python -m pytest tests/test_faults.py tests/test_model_files.py; -m slow for kills",
