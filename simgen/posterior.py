@@ -43,7 +43,6 @@ from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
 from . import iid
-from .diagnostics.misspecification import TRAINING_X_KEY, warn_if_atypical
 from .errors import (
     ConfigError,
     NoDensityError,
@@ -64,8 +63,9 @@ from .posterior_args import (
     sample_shape_of,
 )
 from .prior_specs import prior_from_spec, prior_to_spec
-from .priors import in_support, support_transform
+from .priors import box_bounds, in_support, support_transform
 from .serialization import save_model
+from .typicality import TRAINING_X_KEY, warn_if_atypical
 
 __all__ = [
     "Posterior",
@@ -412,7 +412,7 @@ class DirectPosterior(Posterior):
 
     def _clamp_into_support(self, theta: Tensor) -> Tensor:
         # A sigmoid saturating in float32 can land exactly on a bound; nudge it inside.
-        low, high = _box_bounds(self.prior)
+        low, high = box_bounds(self.prior)
         if low is None:
             return theta
         low, high = low.to(theta), high.to(theta)
@@ -495,12 +495,3 @@ class DirectPosterior(Posterior):
             f"DirectPosterior(method={self.method!r}, estimator={self.estimator.name!r}, "
             f"theta_dim={self.theta_dim}, x_shape={self.x_shape})"
         )
-
-
-def _box_bounds(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:
-    low, high = getattr(prior, "low", None), getattr(prior, "high", None)
-    if low is None and hasattr(prior, "base_dist"):
-        low, high = getattr(prior.base_dist, "low", None), getattr(prior.base_dist, "high", None)
-    if isinstance(low, Tensor) and isinstance(high, Tensor) and low.ndim == 1:
-        return low, high
-    return None, None

@@ -27,6 +27,7 @@ __all__ = [
     "support_transform",
     "in_support",
     "check_in_support",
+    "box_bounds",
 ]
 
 
@@ -130,3 +131,14 @@ def check_in_support(prior: Distribution, theta: Tensor, what: str = "theta") ->
             f"{n} of {len(bad)} rows of {what} lie outside the prior's support (first: "
             f"{first}). Simulate θ from this prior, or widen the prior to cover them."
         )
+
+
+def box_bounds(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:
+    """``(low, high)`` of a box prior (``BoxUniform``, a ``Uniform`` or an ``Independent``
+    one), each ``(D,)``; ``(None, None)`` for any other prior."""
+    low, high = getattr(prior, "low", None), getattr(prior, "high", None)
+    if low is None and hasattr(prior, "base_dist"):
+        low, high = getattr(prior.base_dist, "low", None), getattr(prior.base_dist, "high", None)
+    if isinstance(low, Tensor) and isinstance(high, Tensor) and low.ndim == 1:
+        return low, high
+    return None, None

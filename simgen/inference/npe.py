@@ -24,13 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from ..diagnostics.misspecification import training_sample
 from ..errors import ConfigError
 from ..estimators.registry import build_estimator, estimator_class
 from ..losses import JointScoreNPELoss, NPELoss
 from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
 from ..training import TrainConfig
+from ..typicality import training_sample
 from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
 
 __all__ = ["NPE"]
