@@ -44,9 +44,10 @@ posteriors are closed-form. For the box, :math:`p(\tilde\theta\mid y_t)` is a no
 :math:`\mathcal N(y/\alpha_t, \sigma_t^2/\alpha_t^2)` truncated to the box in each
 coordinate, and both its mean and its precision are used exactly (per point) instead of the
 Gaussian :math:`C^{-1} + r_t I`, whose error is multiplied by :math:`n - 1`: on the
-conjugate model with a box ten per-trial posterior sds wide the Gaussian rule drew posteriors about 20%
-too narrow at n = 50, the exact box precision 5-9% (where the remaining gap is the
-per-trial Gaussian rule against the box-truncated denoising posteriors). Where the box's
+conjugate model with a box ten per-trial posterior sds wide the Gaussian rule drew
+posteriors about 20% too narrow at n = 50, the exact box precision 5-9% (where the
+remaining gap is the per-trial Gaussian rule against the box-truncated denoising
+posteriors). Where the box's
 extra precision would exceed the smallest eigenvalue of :math:`\Sigma^{-1}` (points far
 outside the box at large noise) it is clipped there, which keeps :math:`\Lambda` positive
 definite.
