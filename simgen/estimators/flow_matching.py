@@ -67,6 +67,19 @@ from .ode import SolverConfig, ode_log_prob, odeint
 __all__ = ["FlowMatching", "FlowMatchingDistribution"]
 
 
+def check_path_options(sigma_min: float, time_power: float, grid_power: float) -> None:
+    """Validate the flow-matching path's options: ``sigma_min`` in [0, 1), ``time_power`` >
+    −1 (the train-time density ∝ t^time_power must be integrable), ``grid_power`` > 0."""
+    if not 0 <= sigma_min < 1:
+        raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min!r}.")
+    if not time_power > -1:
+        raise ConfigError(f"time_power must be > -1, got {time_power!r}.")
+    if isinstance(grid_power, bool) or not (
+        isinstance(grid_power, (int, float)) and grid_power > 0
+    ):
+        raise ConfigError(f"grid_power must be a number > 0, got {grid_power!r}.")
+
+
 class FlowMatching(BaselineEstimator):
     r"""Conditional flow matching :math:`q_\phi(\theta\mid x)`; see the module docstring.
 
@@ -121,14 +134,7 @@ class FlowMatching(BaselineEstimator):
         solver_config: SolverConfig | None = None,
         **options: Any,
     ):
-        if not 0 <= sigma_min < 1:
-            raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min!r}.")
-        if not time_power > -1:
-            raise ConfigError(f"time_power must be > -1, got {time_power!r}.")
-        if isinstance(grid_power, bool) or not (
-            isinstance(grid_power, (int, float)) and grid_power > 0
-        ):
-            raise ConfigError(f"grid_power must be a number > 0, got {grid_power!r}.")
+        check_path_options(sigma_min, time_power, grid_power)
         family = {
             "sigma_min": sigma_min,
             "time_power": time_power,

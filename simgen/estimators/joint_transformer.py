@@ -54,6 +54,7 @@ from ..errors import ConfigError
 from ._nets import GenerativeDistribution, LossNoise, standard_normal_log_prob
 from ._tokens import ABSENT, FREE, OBSERVED, TokenTransformer
 from .base import DensityEstimator
+from .flow_matching import check_path_options
 from .ode import SolverConfig, ode_log_prob, odeint
 
 __all__ = ["JointTransformer", "MASK_KINDS"]
@@ -135,14 +136,7 @@ class JointTransformer(DensityEstimator):
             raise ConfigError(
                 f"x_token_size ({x_token_size}) must divide x's {self.x_dim} entries."
             )
-        if not 0 <= sigma_min < 1:
-            raise ConfigError(f"sigma_min must be in [0, 1), got {sigma_min!r}.")
-        if not time_power > -1:
-            raise ConfigError(f"time_power must be > -1, got {time_power!r}.")
-        if isinstance(grid_power, bool) or not (
-            isinstance(grid_power, (int, float)) and grid_power > 0
-        ):
-            raise ConfigError(f"grid_power must be a number > 0, got {grid_power!r}.")
+        check_path_options(sigma_min, time_power, grid_power)
         weights = list(mask_weights) if isinstance(mask_weights, (list, tuple)) else None
         if (
             weights is None
