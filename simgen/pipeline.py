@@ -307,9 +307,11 @@ def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -
         seed=project.seed,
         path=report,
     )
-    data.write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    data.write_text(
+        json.dumps({**result.to_dict(), "summary": result.summary()}, indent=1, default=str)
+    )
     _record(project, "diagnose")
-    echo(f"diagnose: passed {result.passed}; {report}")
+    echo(f"diagnose: {result.summary()}\ndiagnose: report in {report}")
 
 
 def stage_report(project: Project, echo: Callable[[str], None], quiet: bool) -> None:
@@ -330,7 +332,11 @@ def stage_report(project: Project, echo: Callable[[str], None], quiet: bool) -> 
         "",
         *summary_rows(samples, project.labels(samples.shape[-1])),
         "",
-        f"Calibration checks passed: {diagnostics.get('passed')} (details: report.html).",
+        "Calibration (details and figures: report.html):",
+        "",
+        "```",
+        diagnostics.get("summary", diagnostics.get("verdict", "")),
+        "```",
     ]
     path = project.out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
