@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .bank import CRASHED, TIMEOUT, Bank, check_like, layout
+from .bank import CRASHED, OK, TIMEOUT, Bank, check_like, layout
 from .batches import Piece
 from .errors import (
     ConfigError,
@@ -47,6 +47,7 @@ from .errors import (
     SimulationStopped,
 )
 from .priors import check_prior
+from .progress import Progress
 from .simulations import Simulations, assemble, collect
 from .simulator import Simulator, as_simulator, simulator_identity
 from .workers import run_batches
@@ -56,6 +57,8 @@ MAX_SIMULATIONS = 10**9
 MAX_SEED = 2**63 - 1
 MAX_WORKERS = 1024
 MAX_RETRIES = 100
+#: Rows per call of a simulator that names none (``default_batch_size``).
+DEFAULT_BATCH_SIZE = 1000
 
 __all__ = ["simulate", "run_simulator", "read_bank", "Simulations"]
 
@@ -134,7 +137,7 @@ def run_simulator(
     simulator: Callable | Simulator,
     theta: Tensor,
     seed: int = 0,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     progress: bool = False,
     bank: str | Path | None = None,
     executor: Any = None,
@@ -157,6 +160,8 @@ def run_simulator(
         )
     theta = _check_theta(theta)
     seed = check_count(seed, "seed", 0, MAX_SEED)
+    if batch_size is None:
+        batch_size = getattr(sim, "default_batch_size", DEFAULT_BATCH_SIZE)
     batch_size = check_count(batch_size, "batch_size", 1, MAX_SIMULATIONS)
     runner = check_runner(executor, workers, timeout, retries)
     path = _check_bank(bank)
@@ -203,14 +208,11 @@ def _run(
     found: dict[int, list[str]] = {}
     expected = {}
     batches = run_batches(sim, theta, seed, batch_size, todo, joint=joint, **runner)
-    results = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        total = len(todo) + len(done)
-        results = tqdm(batches, desc="simulating", unit="batch", initial=len(done), total=total)
+    left = sum(min(batch_size, n - b * batch_size) for b in todo)
+    line = Progress(n, n - left, progress)
     try:
-        for b, (outputs, status, batch_errors, attempts) in results:
+        for b, (outputs, status, batch_errors, attempts) in batches:
+            line.update(len(status), int((status != OK).sum()))
             found[b] = batch_errors
             if store is not None:
                 store.write(b, outputs, status, _first_errors(found), attempts)
@@ -230,6 +232,7 @@ def _run(
         raise stopped from exc
     finally:
         batches.close()  # ends simgen's own worker processes
+        line.close()
     if store is None:
         merged, status, attempts = assemble(n, batch_size, kept)
         return collect(theta, merged, status, _first_errors(found), attempts)
@@ -334,7 +337,7 @@ def simulate(
     prior: Distribution,
     num_simulations: int,
     seed: int | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     progress: bool = False,
     bank: str | Path | None = None,
     executor: Any = None,
@@ -343,6 +346,7 @@ def simulate(
     retries: int = 0,
     workers: int | None = None,
     retry_failed: bool = False,
+    trials: int | tuple[int, int] | None = None,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -356,8 +360,12 @@ def simulate(
             (from the operating system, leaving torch's global generator untouched), or,
             when ``bank`` already holds a bank, takes that bank's seed, so that repeating a
             banked call resumes it.
-        batch_size: Rows per simulator call.
-        progress: Show a progress bar.
+        batch_size: Rows per simulator call. None takes the simulator's
+            ``default_batch_size``: 1 for one θ per call (``FunctionSimulator(fn,
+            vectorized=False)``, :class:`~simgen.external.ExternalSimulator`), so that each θ
+            goes to a worker alone; 1000 otherwise.
+        progress: Show simulations/s and the ETA: a live line on a terminal, one summary
+            line on stderr otherwise (:mod:`simgen.progress`).
         bank: Path of a zarr store (:mod:`simgen.bank`, ``~`` expanded) that receives every
             finished batch. Calling again with the same arguments resumes an interrupted run
             (and, once it is complete, just reads it back); the result is identical to an
@@ -395,6 +403,10 @@ def simulate(
         retry_failed: With ``bank``, simulate again the batches whose rows ran past the
             timeout or crashed (by default a resume keeps them as failed and does not try
             them again, so a θ that hangs cannot stall the resume).
+        trials: ``(low, high)``: each of the ``num_simulations`` rows is a set of n i.i.d.
+            trials of its θ, n drawn uniformly from ``low..high`` (seeded), for NPE on sets;
+            x is ``(N, high, *x_shape)`` padded with NaN rows and ``result.counts`` holds
+            each n (:func:`simgen.iid.simulate_trials`; a bank holds one row per trial).
 
     Raises:
         ConfigError: A count, seed or option is out of range or of the wrong type.
@@ -423,6 +435,25 @@ def simulate(
         stored = None if path is None else Bank.stored_seed(path)
         seed = secrets.randbelow(2**31 - 1) if stored is None else stored
     seed = check_count(seed, "seed", 0, MAX_SEED)
+    if trials is not None:
+        from .iid import simulate_trials
+
+        return simulate_trials(
+            simulator,
+            prior,
+            num_simulations,
+            trials,
+            seed,
+            batch_size=batch_size,
+            progress=progress,
+            bank=path,
+            executor=executor,
+            joint=joint,
+            timeout=timeout,
+            retries=retries,
+            workers=workers,
+            retry_failed=retry_failed,
+        )
     theta = sample_prior(prior, num_simulations, seed)
     return run_simulator(
         simulator,

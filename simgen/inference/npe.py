@@ -26,6 +26,7 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError
 from ..estimators.registry import build_estimator, estimator_class
+from ..iid import check_set_simulations, fit_set_standardizer
 from ..losses import JointScoreNPELoss, NPELoss
 from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
@@ -44,7 +45,9 @@ class NPE(Method):
         estimator: Family name: ``"nsf"`` (default), ``"maf"``, ``"realnvp"``,
             ``"flow_matching"``, ``"diffusion"``, ``"consistency"``, ``"vae"``, ``"gan"``.
         embedding_net: Optional network compressing x to a summary vector (see
-            :mod:`simgen.nets`).
+            :mod:`simgen.nets`). A set embedding (``SetPooling``, ``SetAttention``) trains
+            on padded sets of i.i.d. trials and takes a set of any size up to the largest
+            trained (:mod:`simgen.iid`).
         support: How a bounded prior's support is kept: ``"transform"`` (model
             :math:`T^{-1}(\\theta)`, samples inside by construction) or ``"reject"`` (model
             :math:`\\theta`, reject draws outside, renormalise the density); see
@@ -105,7 +108,13 @@ class NPE(Method):
                 the score regression of :class:`~simgen.losses.JointScoreNPELoss`.
         """
         config = self._config(config, config_options, estimator_class(self.estimator_name))
-        theta, x = check_simulations(self.prior, theta, x)
+        sets = getattr(self.embedding_net, "takes_sets", False)  # x (N, n_max, *x_shape)
+        if sets:
+            theta, x = check_set_simulations(
+                self.prior, theta, x, self.estimator_name, self.estimator_options
+            )
+        else:
+            theta, x = check_simulations(self.prior, theta, x)
         u = theta if self.support == "reject" else support_transform(self.prior).inv(theta)
         target_score = self._target_score(
             check_joint_score(joint_score, theta, self.estimator_name), theta, u
@@ -121,6 +130,8 @@ class NPE(Method):
                 **self.estimator_options,
             )
             estimator.fit_standardization(u, x)
+            if sets:
+                fit_set_standardizer(estimator.context_standardizer, x, x.shape[2:])
             self.history = self._fit_losses(
                 estimator,
                 NPELoss,
@@ -137,7 +148,7 @@ class NPE(Method):
             method="npe",
             support=self.support,
         )
-        posterior.training_x = training_sample(x)
+        posterior.training_x = None if sets else training_sample(x)
         return posterior
 
     def _target_score(self, joint_score: Tensor | None, theta: Tensor, u: Tensor) -> Tensor | None:

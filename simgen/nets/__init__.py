@@ -7,6 +7,26 @@ A user's own ``nn.Module`` works too; then it is passed again to :func:`simgen.l
 
 from __future__ import annotations
 
-from .embeddings import MLP, CNN1d, CNN2d, DeepSet, Identity, build_embedding, embedding_spec
+from .embeddings import (
+    MLP,
+    CNN1d,
+    CNN2d,
+    DeepSet,
+    Identity,
+    SetAttention,
+    SetPooling,
+    build_embedding,
+    embedding_spec,
+)
 
-__all__ = ["MLP", "CNN1d", "CNN2d", "DeepSet", "Identity", "build_embedding", "embedding_spec"]
+__all__ = [
+    "MLP",
+    "CNN1d",
+    "CNN2d",
+    "DeepSet",
+    "Identity",
+    "SetAttention",
+    "SetPooling",
+    "build_embedding",
+    "embedding_spec",
+]
