@@ -9,6 +9,7 @@
 from . import diagnostics, plots, sequential
 from .diagnostics import diagnose
 from .errors import SimgenError
+from .external import ExternalSimulator
 from .inference import NLE, NPE, NRE
 from .joint import Joint
 from .mcmc import MCMCConfig, MCMCResult, run_mcmc
@@ -29,6 +30,7 @@ __all__ = [
     "read_bank",
     "Simulator",
     "FunctionSimulator",
+    "ExternalSimulator",
     "Trace",
     "PyroSimulator",
     "from_pyro",

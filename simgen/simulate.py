@@ -108,14 +108,15 @@ def check_runner(
     executor: Any, workers: object, timeout: object, retries: object
 ) -> dict[str, Any]:
     """The checked ``executor``, ``workers``, ``timeout`` and ``retries`` of a run."""
-    if executor is not None and not callable(getattr(executor, "submit", None)):
+    own_dask = isinstance(executor, str) and executor == "dask"
+    if executor is not None and not own_dask and not callable(getattr(executor, "submit", None)):
         raise ConfigError(
             f"executor must have submit(fn, *args) (a concurrent.futures pool or a "
-            f"dask.distributed.Client), got {type(executor).__name__}."
+            f"dask.distributed.Client) or be 'dask', got {executor!r}."
         )
     if workers is not None:
         workers = check_count(workers, "workers", 1, MAX_WORKERS)
-        if executor is not None:
+        if executor is not None and not own_dask:
             raise ConfigError(
                 "Pass workers= (simgen makes its own process pool) or executor= (your pool or "
                 "Dask client), not both."
@@ -371,12 +372,15 @@ def simulate(
             (and, once it is complete, just reads it back); the result is identical to an
             uninterrupted run. One run writes to a bank at a time; another is refused.
         executor: Run batches in parallel: a ``concurrent.futures`` pool (e.g.
-            ``ProcessPoolExecutor`` for local processes) or a ``dask.distributed.Client`` for
-            a cluster. Batches are seeded by their index, so the result is the same as a
-            serial run; the simulator must be picklable for other processes. In a thread
-            pool, pyro programs (and functions without ``generator=``) run one batch at a
-            time, since pyro's handler stack and torch's global RNG are process-wide: use
-            processes or dask to run them in parallel.
+            ``ProcessPoolExecutor`` for local processes), a ``dask.distributed.Client`` for
+            a cluster, or ``"dask"``: a local Dask cluster of ``workers`` processes (default:
+            one per CPU) that simgen starts, owns and closes, so that a θ that kills its
+            worker is recorded as ``"crash"`` as on ``workers=N``. Batches are seeded by
+            their index, so the result is the same as a serial run; the simulator must be
+            picklable for other processes. In a thread pool, pyro programs (and functions
+            without ``generator=``) run one batch at a time, since pyro's handler stack and
+            torch's global RNG are process-wide: use processes or dask to run them in
+            parallel.
         joint: Also keep each simulation's joint log-density and joint score from the
             simulator's ``trace`` (a :class:`~simgen.simulator.PyroSimulator`, or any
             simulator with ``trace(theta, generator=)``), as ``.joint_log_prob`` ``(N,)`` and
@@ -386,9 +390,11 @@ def simulate(
             runs its rows together. A call past it is stopped and bisected like one that
             raises: its rows end as ``"timeout"`` in ``result.failed_reason`` and the run goes
             on (a θ that hangs costs about ``log2(batch_size)`` timeouts). Needs workers simgen
-            can stop: ``workers=``, a Dask client, or, when neither is given, one worker
-            process. On an executor you passed, a call past it stops the run
-            (:class:`~simgen.errors.SimulationStopped` naming the rows).
+            can stop: ``workers=``, a Dask client whose workers have nannies (simgen ends
+            the worker process running the late call; the clock starts when the worker
+            starts the call), or, when neither is given, one worker process. On a
+            ``concurrent.futures`` pool you passed, or Dask workers that are threads, a call
+            past it stops the run (:class:`~simgen.errors.SimulationStopped` naming the rows).
         retries: How many more times a call that raises, runs past ``timeout`` or crashes
             its worker is tried before it is bisected and its rows recorded as failed. A
             retry reuses the call's generator, so a call that succeeds on a retry gives what
@@ -399,7 +405,8 @@ def simulate(
         workers: Run batches on a process pool of this many workers that simgen makes and
             owns: a worker that dies (``os.abort()``, a segfault) is replaced, the rows that
             killed it are found by bisection and recorded as ``"crash"``, and the run goes
-            on. The simulator must be picklable. Not together with ``executor``.
+            on. The simulator must be picklable. Not together with an executor you pass;
+            with ``executor="dask"``, the number of Dask worker processes.
         retry_failed: With ``bank``, simulate again the batches whose rows ran past the
             timeout or crashed (by default a resume keeps them as failed and does not try
             them again, so a θ that hangs cannot stall the resume).

@@ -6,10 +6,10 @@ simgen passes a seeded :class:`torch.Generator` as ``generator=`` when the calla
 and otherwise seeds torch's global generator around the call, so that the same seed always
 gives the same simulations.
 
-Two ways in:
+The ways in:
 
 * any batched function (wrapped by :class:`FunctionSimulator`, or passed directly — simgen
-  wraps it for you);
+  wraps it for you), or a function of one θ, ``FunctionSimulator(fn, vectorized=False)``;
 * a subclass of :class:`Simulator`, which may also offer ``trace(theta, seed=...)`` returning
   the latent variables, the joint log-density :math:`\\log p(x, z \\mid \\theta)` and the
   joint score :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)`;
@@ -29,17 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = [
-    "Simulator",
-    "FunctionSimulator",
-    "PyroSimulator",
-    "Trace",
-    "RatioSimulations",
-    "as_simulator",
-    "accepts_generator",
-    "simulator_identity",
-    "from_pyro",
-]
+__all__ = ["Simulator", "FunctionSimulator", "PyroSimulator", "Trace", "RatioSimulations"]
+__all__ += ["as_simulator", "accepts_generator", "simulator_identity", "from_pyro"]
 
 
 @dataclass
@@ -138,13 +129,20 @@ class FunctionSimulator(Simulator):
 
     Without a ``generator`` keyword the function draws from torch's global generator, which
     simgen seeds (inside :func:`torch.random.fork_rng`, leaving the caller's state untouched).
+    ``vectorized=False`` marks a function of one θ row ``(D,)``, called once per row with its
+    own seed and sent to workers alone by ``simulate`` (:mod:`simgen.external`).
     """
 
-    def __init__(self, fn: Callable[..., Tensor]):
-        self.fn = fn
+    def __init__(self, fn: Callable[..., Tensor], vectorized: bool = True):
+        self.fn, self.vectorized = fn, bool(vectorized)
         self._takes_generator = accepts_generator(fn)
+        self.default_batch_size = 1000 if self.vectorized else 1
 
     def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if not self.vectorized:
+            from .external import call_one, each_row
+
+            return each_row(functools.partial(call_one, self.fn), theta, generator)
         if self._takes_generator:
             return self.fn(theta, generator=generator)
         if generator is None:
@@ -155,7 +153,8 @@ class FunctionSimulator(Simulator):
             return self.fn(theta)
 
     def __repr__(self) -> str:
-        return f"FunctionSimulator({getattr(self.fn, '__name__', self.fn)!r})"
+        flag = "" if self.vectorized else ", vectorized=False"
+        return f"FunctionSimulator({getattr(self.fn, '__name__', self.fn)!r}{flag})"
 
 
 def as_simulator(obj: Callable | Simulator) -> Simulator:
@@ -182,17 +181,17 @@ def simulator_identity(sim: Simulator) -> str:
     """A name for the code behind ``sim``, stored in banks so that a resume with another
     simulator is refused: the module and qualified name of the function, class or pyro
     program (not its state, which may legitimately change between runs)."""
+    if callable(getattr(sim, "identity", None)):  # e.g. an external program's command
+        return sim.identity()
     if isinstance(sim, FunctionSimulator):
-        return _qualified(sim.fn)
+        return _qualified(sim.fn) + ("" if getattr(sim, "vectorized", True) else ":per-call")
     if isinstance(sim, PyroSimulator):
         return f"pyro:{_qualified(sim.model)}"
     return _qualified(type(sim))
 
 
 def _seed_from(generator: torch.Generator | None) -> int | None:
-    if generator is None:
-        return None
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+    return None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 class PyroSimulator(Simulator):
