@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Tutorial 2: simulators with latent variables
 #
@@ -196,7 +211,7 @@ x_o, theta_o = particle_shower.x_o, particle_shower.theta_o
 samples = posterior.sample((2000,), x=x_o, seed=0)
 print("posterior mean", samples.mean(0), "std", samples.std(0), "true", theta_o)
 plots.corner(
-    samples, truth=theta_o, param_names=[r"$\alpha$", r"$E_0$"], path="tutorial2_corner.png"
+    samples, truth=theta_o, labels=[r"$\alpha$", r"$E_0$"], path="tutorial2_corner.png"
 )
 
 # %% [markdown]

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Tutorial 3: likelihood and ratio estimation (NLE, NRE, BNRE)
 #
@@ -93,7 +108,7 @@ print(
 print("posterior mean", samples.mean(0).numpy().round(3), "std", samples.std(0).numpy().round(3))
 print("true theta", theta_o.numpy())
 plots.corner(
-    samples, truth=theta_o, param_names=["centre", "amplitude"], path="tutorial3_nle_corner.png"
+    samples, truth=theta_o, labels=["centre", "amplitude"], path="tutorial3_nle_corner.png"
 )
 
 # %% [markdown]

@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Tutorial 4: estimator families and embedding nets
 #
@@ -143,7 +158,7 @@ print("true theta", theta_o.numpy())
 plots.corner(
     samples,
     truth=theta_o,
-    param_names=[r"$\Omega_m$", r"$\sigma_8$"],
+    labels=[r"$\Omega_m$", r"$\sigma_8$"],
     path="tutorial4_cosmology_corner.png",
 )
 

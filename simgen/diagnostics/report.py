@@ -54,6 +54,12 @@ class DiagnosisReport:
         path: Where the report was written, if it was.
         alpha: Family-wise level of the verdict.
         level: Level of each test, ``alpha / m`` (Bonferroni over the ``m`` tests).
+        labels: Axis labels of the figures: a :class:`simgen.plots.Labels` (parameter names
+            and units, feature names) or one label per parameter; ``None`` for
+            :math:`\theta_d` and ``x[f]``.
+        reference_samples: Reference posterior samples at ``x_o``, overlaid on the corner plot.
+        history: The posterior's training :class:`~simgen.training.History`, if it has one
+            (drawn as the training curve).
     """
 
     results: dict[str, Any]
@@ -64,6 +70,9 @@ class DiagnosisReport:
     path: Path | None = None
     alpha: float = 0.05
     level: float = 0.05
+    labels: Any = None
+    reference_samples: Tensor | None = None
+    history: Any = None
 
     @property
     def passed(self) -> bool:
@@ -115,20 +124,44 @@ class DiagnosisReport:
             "skipped": dict(self.skipped),
         }
 
+    def figures(self) -> dict[str, Any]:
+        """Every figure of the report, name → :class:`matplotlib.figure.Figure`, labelled
+        with ``labels``: the posterior at ``x_o`` (over the reference when there is one),
+        the training curve, then one figure per diagnostic (two for SBC: the ECDF band that
+        decides it and the rank histograms). :data:`CAPTIONS` says what each one shows."""
+        from .. import plots
+
+        labels = plots.as_labels(self.labels)
+        figures: dict[str, Any] = {}
+        if self.samples_o is not None:
+            sets: Any = self.samples_o
+            if self.reference_samples is not None:
+                sets = {"posterior": self.samples_o, "reference": self.reference_samples}
+            figures["posterior"] = plots.corner(sets, truth=self.theta_o, labels=labels)
+        if self.history is not None and getattr(self.history, "validation_loss", None):
+            figures["training"] = plots.training_curve(self.history)
+        for name, result in self.results.items():
+            if name == "sbc":
+                figures["sbc"] = plots.sbc_ecdf(result, labels=labels)
+                figures["sbc_ranks"] = plots.sbc_ranks(result, labels=labels)
+            elif name == "zscore":
+                figures[name] = plots.zscore(result, labels=labels)
+            elif name == "predictive":
+                figures[name] = plots.predictive(result, labels=labels)
+            else:
+                figures[name] = result.plot()
+        return figures
+
     def write(self, path: str | Path) -> Path:
-        """Write the report; ``.html`` gives one self-contained HTML file, else Markdown
-        with figures in ``<stem>_figures/`` next to it."""
+        """Write the report; ``.html`` gives one self-contained HTML file (figures embedded
+        as PNG), else Markdown with figures in ``<stem>_figures/`` next to it."""
         path = Path(path)
         fig_dir = path.parent / f"{path.stem}_figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
         figures = {}
-        for name, result in self.results.items():
+        for name, fig in self.figures().items():
             figures[name] = fig_dir / f"{name}.png"
-            result.plot(path=figures[name])
-        if self.samples_o is not None:
-            from .. import plots
-
-            figures["posterior"] = fig_dir / "posterior.png"
-            plots.corner(self.samples_o, truth=self.theta_o, path=figures["posterior"])
+            fig.savefig(figures[name], dpi=FIGURE_DPI, bbox_inches="tight")
         text = (
             _html(self, figures)
             if path.suffix.lower() in (".html", ".htm")
@@ -138,6 +171,27 @@ class DiagnosisReport:
         path.write_text(text)
         self.path = path
         return path
+
+
+FIGURE_DPI = 150
+CAPTIONS = {
+    "posterior": "Posterior samples at x_o (over the reference samples when given); the true "
+    "parameters marked where known; axis ranges from the 0.5%-99.5% quantiles.",
+    "training": "Training and validation loss per epoch; the dot marks the epoch whose "
+    "weights are kept.",
+    "sbc": "SBC: ECDF of the normalised ranks minus the uniform CDF; the verdict is whether "
+    "every curve stays inside the simultaneous band (its level in the legend).",
+    "sbc_ranks": "SBC rank histograms with the pointwise binomial band per bin (level in the "
+    "legend): U shape overconfident, cap underconfident, slope biased.",
+    "tarp": "TARP expected coverage probability against credibility, with its bootstrap band.",
+    "coverage": "Expected HPD coverage against credibility, with its binomial band; below "
+    "the diagonal is overconfident.",
+    "zscore": "Posterior z-score against contraction, per parameter.",
+    "predictive": "Posterior predictive distribution of each feature, x_o marked.",
+    "lc2st": "L-C2ST at x_o: local PP plot with its null band, and marginals.",
+    "misspecification": "Atypicality of x_o among prior-predictive simulations.",
+    "c2st": "C2ST accuracy per fold against chance and the pass threshold.",
+}
 
 
 def _summary(result: Any) -> str:
@@ -167,6 +221,7 @@ def _markdown(report: DiagnosisReport, figures: dict[str, Path], root: Path) -> 
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(report)]
     for name, fig in figures.items():
         lines += ["", f"## {name}", "", f"![{name}]({fig.relative_to(root).as_posix()})"]
+        lines += ["", CAPTIONS.get(name, "")]
     lines += ["", "## Raw numbers", "", "```json", json.dumps(report.to_dict(), indent=1), "```"]
     return "\n".join(lines) + "\n"
 
@@ -179,8 +234,10 @@ def _html(report: DiagnosisReport, figures: dict[str, Path]) -> str:
         for a, b, c, d in _rows(report)
     )
     images = "".join(
-        f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
+        f"<figure><h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
+        f"style='max-width:100%' "
         f"src='data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}'/>"
+        f"<figcaption>{html.escape(CAPTIONS.get(name, ''))}</figcaption></figure>"
         for name, fig in figures.items()
     )
     return (
@@ -204,6 +261,7 @@ def diagnose(
     seed: int = 0,
     path: str | Path | None = None,
     alpha: float = 0.05,
+    labels: Any = None,
 ) -> DiagnosisReport:
     """Run SBC, TARP, HPD coverage (if ``log_prob`` works), z-scores and, given ``x_o``, a
     predictive check, L-C2ST, the misspecification test (and C2ST against
@@ -223,6 +281,8 @@ def diagnose(
         seed: Makes the whole run deterministic.
         path: Write the report here (``.md`` or ``.html``).
         alpha: Family-wise level: the probability that an exact posterior fails.
+        labels: Axis labels of the report's figures, a :class:`simgen.plots.Labels` (names
+            and units) or one label per parameter.
 
     Returns:
         A :class:`DiagnosisReport`; ``report.passed``, ``print(report)`` (verdict, one line
@@ -280,7 +340,18 @@ def diagnose(
     else:
         for name in ("predictive", "lc2st", "misspecification"):
             skipped[name] = "no x_o given"
-    report = DiagnosisReport(results, skipped, x_o, theta_o, samples_o, alpha=alpha, level=level)
+    report = DiagnosisReport(
+        results,
+        skipped,
+        x_o,
+        theta_o,
+        samples_o,
+        alpha=alpha,
+        level=level,
+        labels=labels,
+        reference_samples=reference_samples,
+        history=getattr(posterior, "history", None),
+    )
     if path is not None:
         report.write(path)
     return report
