@@ -1,13 +1,20 @@
 """Sequential inference for one observation: simgen next to sbi at the same total budget.
 
-For each task, observation and seed, every method gets the same simulator, the same
-observation (from ``benchmarks.harness``'s ``report`` set, drawn from the prior predictive
-with fixed seeds) and the same total number of simulations, in one process. Every method
-is scored by C2ST of 2,000 posterior draws against 2,000 draws of the cached reference
-posterior. CPU seconds (``time.process_time``, one thread) cover everything a method does
-with its budget: proposals, simulation and training (not the final scoring draws).
+One *run* is (task, budget, method, observation, seed). Every method of a run gets the same
+simulator, the same observation (``benchmarks.harness``'s ``report`` set) and the same total
+number of simulations, in one process, and the **same first round**: round 1's θ and x are
+``simgen.simulate(task.simulator, task.prior, n_1, seed=round_seed(seed, 1))``, exactly what
+``simgen.sequential`` simulates; later rounds draw from each method's own proposal
+(necessarily different) with seeds ``round_seed(seed, r)``. The amortised row
+(``simgen_npe``) trains on ``simgen.simulate`` of the whole budget from the prior with the
+same seed. Each run is scored by C2ST of ``num_samples`` posterior draws against as many
+draws of the harness's cached reference posterior (``evaluation``'s convention: reference
+first). CPU seconds (``time.process_time``, one thread) cover everything a method does with
+its budget (proposals, simulations, training), not the scoring.
 
-Methods (``--methods``):
+Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
+for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
+``max_epochs`` ...), for sbi ``num_rounds`` only):
 
 - ``simgen_npe``: simgen NPE (nsf) trained once on the prior (amortised, 1 round).
 - ``simgen_tsnpe``: ``simgen.sequential(simgen.NPE(prior), ...)``, nsf, truncated proposals.
@@ -15,22 +22,29 @@ Methods (``--methods``):
 - ``simgen_snle``: ``simgen.sequential(simgen.NLE(prior), ...)``, posterior proposals.
 - ``sbi_tsnpe``: sbi's TSNPE recipe: ``NPE_C(prior)`` with ``force_first_round_loss``,
   ``get_density_thresholder(posterior, quantile=1e-4)`` from 20,000 draws (as simgen's;
-  sbi's default 10⁶ took ~25 minutes a round on gaussian_linear_uniform here) and
+  sbi's default 10⁶ took ~25 minutes a round on gaussian_linear_uniform) and
   ``RestrictedPrior`` (rejection).
 - ``sbi_snpec``: sbi's SNPE-C (APT), the previous round's posterior as the proposal.
 - ``sbi_snle``: sbi's SNLE, the previous round's MCMC posterior as the proposal.
 
-Every sequential method splits the budget equally over ``--rounds`` (4) rounds.
+Every sequential method splits the budget equally over ``--rounds`` (4) rounds. Each run is
+cached as JSON in ``benchmarks/.cache/sequential/<task>/`` keyed by the run, the spec, the
+sample count, the observation and the code (sbi's version or a hash of simgen's source), so
+the script can be stopped at any time and rerun: it skips finished runs and rewrites the
+table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) from every cached
+run of the current code. simgen runs also record, per round, the prior mass of the next
+proposal region and the share of reference draws outside it (what a too-narrow region cuts);
+``--per-round`` adds each round's C2ST (not timed).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \
-        --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_tsnpe
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
+        --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import os
 import statistics
 import time
 import warnings
@@ -41,11 +55,14 @@ import torch
 import simgen
 from benchmarks import harness, warm_up_torch
 from simgen.diagnostics.c2st import c2st
+from simgen.errors import ConfigError
+from simgen.sequential import TruncatedPrior
+from simgen.sequential.rounds import round_seed, split_budget
 
 OUT = Path(__file__).with_name("results_sequential.md")
-N_SAMPLES = 2000
+CACHE = harness.CACHE / "sequential"
 #: Posterior draws behind sbi's TSNPE threshold: simgen's ``REGION_DRAWS``, not sbi's default
-#: 10⁶ (10⁶ leakage-rejected draws of a 10-D posterior took ~25 minutes a round here).
+#: 10⁶ (10⁶ leakage-rejected draws of a 10-D posterior took ~25 minutes a round).
 THRESHOLD_DRAWS = 20_000
 METHODS = [
     "simgen_npe",
@@ -56,6 +73,48 @@ METHODS = [
     "sbi_snpec",
     "sbi_snle",
 ]
+#: simgen method -> the sbi method its CPU ratio is taken against (the issue's 1k baseline).
+BASELINES = {
+    "simgen_npe": "sbi_snpec",
+    "simgen_tsnpe": "sbi_snpec",
+    "simgen_tsnpe_fm": "sbi_snpec",
+    "simgen_snle": "sbi_snle",
+}
+START, END = "<!-- table -->", "<!-- /table -->"
+
+
+def _source_key() -> str:
+    """A hash of ``simgen/sequential/`` as imported: the code these runs measure. Edits
+    elsewhere in simgen (other helpers' modules) do not relabel the runs."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(simgen.__file__).parent / "sequential").glob("*.py")):
+        digest.update(path.read_bytes())
+    return f"seq-{digest.hexdigest()[:12]}"
+
+
+SOURCE_KEY = _source_key()
+
+
+def _code_key(library: str) -> str:
+    if library == "sbi":
+        import sbi
+
+        return f"sbi-{sbi.__version__}"
+    return SOURCE_KEY
+
+
+def parse(spec: str) -> tuple[str, dict]:
+    """``name[:key=json;...]`` -> (name, options)."""
+    name, _, opts = spec.partition(":")
+    if name not in METHODS:
+        raise ConfigError(f"Unknown method {name!r}; choose from {METHODS}.")
+    options = {}
+    for item in filter(None, opts.split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"Method option {item!r} must read key=value (value in JSON).")
+        options[key] = json.loads(value)
+    return name, options
 
 
 def sbi_prior(prior):
@@ -66,127 +125,230 @@ def sbi_prior(prior):
     return prior
 
 
-def _simulate(task, theta: torch.Tensor, seed: int) -> torch.Tensor:
-    return task.simulator(theta.float(), generator=torch.Generator().manual_seed(seed))
+class Scorer:
+    """Per-round diagnostics of a simgen run against the reference (the callback)."""
+
+    def __init__(self, reference: torch.Tensor, x_o, num_samples: int, per_round: bool):
+        self.reference, self.x_o = reference, x_o
+        self.num_samples, self.per_round = num_samples, per_round
+        self.rows: list[dict] = []
+        self.cpu = 0.0
+
+    def __call__(self, record, posterior, proposal) -> None:
+        start = time.process_time()
+        row: dict = {"round": record.index, "acceptance": record.acceptance}
+        row["energy"] = record.energy_distance
+        if isinstance(proposal, TruncatedPrior):
+            inside = proposal.region.contains(self.reference.float())
+            row["next_mass"] = proposal.mass
+            row["reference_outside"] = 1 - float(inside.float().mean())
+        if self.per_round:
+            draws = posterior.sample((self.num_samples,), x=self.x_o, seed=record.index)
+            row["c2st"] = float(c2st(self.reference, draws.reshape(self.num_samples, -1)))
+        self.rows.append(row)
+        self.cpu += time.process_time() - start
 
 
-def run_simgen(method: str, task, x_o, budget: int, rounds: int, seed: int):
-    if method == "simgen_snle":
-        front = simgen.NLE(task.prior)
-    else:
-        family = "flow_matching" if method == "simgen_tsnpe_fm" else "nsf"
-        front = simgen.NPE(task.prior, estimator=family)
+def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
+    options = dict(options)
+    estimator = options.pop("estimator", "flow_matching" if name == "simgen_tsnpe_fm" else "nsf")
+    front = simgen.NLE(task.prior) if name == "simgen_snle" else None
+    front = front or simgen.NPE(task.prior, estimator=estimator)
+    options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
     posterior = simgen.sequential(
-        front,
-        task.simulator,
-        x_o,
-        num_simulations=budget,
-        num_rounds=1 if method == "simgen_npe" else rounds,
-        seed=seed,
+        front, task.simulator, x_o, num_simulations=budget, seed=seed, callback=scorer, **options
     )
-    return lambda n: posterior.sample((n,), x=x_o, seed=seed), posterior.rounds
+    return lambda n: posterior.sample((n,), x=x_o, seed=seed)
 
 
-def run_sbi(method: str, task, x_o, budget: int, rounds: int, seed: int):
+def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
     from sbi.inference import NLE, NPE_C
     from sbi.utils import RestrictedPrior, get_density_thresholder
 
     torch.manual_seed(seed)
     prior = sbi_prior(task.prior)
-    share = budget // rounds
-    sizes = [budget - share * (rounds - 1)] + [share] * (rounds - 1)
-    inference = (NLE if method == "sbi_snle" else NPE_C)(prior=prior, show_progress_bars=False)
-    proposal = prior
-    posterior = None
-    for r, n in enumerate(sizes):
-        theta = proposal.sample((n,))
-        x = _simulate(task, theta, 1000 * seed + r)
-        if method == "sbi_tsnpe":
+    sizes = split_budget(budget, options.get("num_rounds", rounds))
+    inference = (NLE if name == "sbi_snle" else NPE_C)(prior=prior, show_progress_bars=False)
+    proposal, posterior = prior, None
+    for r, n in enumerate(sizes, start=1):
+        if r == 1:  # the same first round as simgen.sequential's
+            sims = simgen.simulate(task.simulator, task.prior, n, seed=round_seed(seed, 1))
+            theta, x = sims.theta, sims.x
+        else:
+            torch.manual_seed(round_seed(seed, r))
+            theta = proposal.sample((n,)).float()
+            x = task.simulator(theta, generator=torch.Generator().manual_seed(round_seed(seed, r)))
+            keep = torch.isfinite(x.reshape(n, -1)).all(-1)
+            theta, x = theta[keep], x[keep]
+        if name == "sbi_tsnpe":
             inference.append_simulations(theta, x).train(force_first_round_loss=True)
-        elif method == "sbi_snpec":
+        elif name == "sbi_snpec":
             inference.append_simulations(theta, x, proposal=proposal).train()
         else:
             inference.append_simulations(theta, x).train()
         posterior = inference.build_posterior().set_default_x(x_o)
-        if r == len(sizes) - 1:
+        if r == len(sizes):
             break
-        if method == "sbi_tsnpe":
+        if name == "sbi_tsnpe":
             threshold = get_density_thresholder(
                 posterior, quantile=1e-4, num_samples_to_estimate_support=THRESHOLD_DRAWS
             )
             proposal = RestrictedPrior(prior, threshold, sample_with="rejection")
         else:
             proposal = posterior
+    return lambda k: posterior.sample((k,), show_progress_bars=False)
 
-    return lambda k: posterior.sample((k,), show_progress_bars=False), None
+
+def cell_path(task: str, budget: int, spec: str, index: int, seed: int, args) -> Path:
+    name = parse(spec)[0]
+    _, xs = harness.observations(task, "report", index + 1)
+    digest = hashlib.sha256(
+        "|".join(
+            [harness.source_hash(task), spec, str(args.num_samples), str(args.rounds)]
+        ).encode()
+    )
+    digest.update(xs[index].double().contiguous().numpy().tobytes())
+    code = _code_key("sbi" if name.startswith("sbi") else "simgen")
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
+    return CACHE / task / f"n{budget}-{safe}-o{index}-s{seed}-{digest.hexdigest()[:12]}-{code}.json"
 
 
-def one(task_name: str, method: str, index: int, x_o, seed: int, args) -> dict:
+def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args) -> dict:
+    name, options = parse(spec)
     task = harness.load_task(task_name)
-    runner = run_sbi if method.startswith("sbi") else run_simgen
+    reference = harness.reference(task_name, "report", index)["samples"][: args.num_samples]
+    scorer = Scorer(reference, x_o, args.num_samples, args.per_round)
+    runner = run_sbi if name.startswith("sbi") else run_simgen
     torch.manual_seed(seed)
-    start_cpu, start_wall = time.process_time(), time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        draw, rounds = runner(method, task, x_o, args.budget, args.rounds, seed)
-        cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start_wall
-        samples = draw(N_SAMPLES).reshape(N_SAMPLES, -1)
-    reference = harness.reference(task_name, "report", index)["samples"][:N_SAMPLES]
-    row = {
-        "task": task_name,
-        "method": method,
-        "observation": index,
-        "seed": seed,
-        "budget": args.budget,
-        "rounds": 1 if method == "simgen_npe" else args.rounds,
-        "c2st": float(c2st(samples, reference, seed=0)),
-        "cpu_s": cpu,
-        "wall_s": wall,
-    }
-    if rounds is not None:
-        row["acceptance"] = [r.acceptance for r in rounds]
-        row["energy"] = [r.energy_distance for r in rounds]
+    row = {"task": task_name, "budget": budget, "method": spec, "observation": index}
+    row.update(
+        seed=seed, rounds=options.get("num_rounds", 1 if name == "simgen_npe" else args.rounds)
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            draw = runner(name, options, task, x_o, budget, args.rounds, seed, scorer)
+            row["cpu_s"] = time.process_time() - start_cpu - scorer.cpu
+            row["wall_s"] = time.perf_counter() - start_wall
+            with torch.no_grad():
+                samples = draw(args.num_samples).reshape(args.num_samples, -1)
+        finite = torch.isfinite(samples).all(-1)
+        row["c2st"] = 1.0 if int(finite.sum()) < 10 else float(c2st(reference, samples[finite]))
+    except Exception as exc:  # a failing method is a result to report, not a crash
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    row["per_round"] = scorer.rows
+    row["code"], row["num_samples"] = (
+        _code_key("sbi" if name.startswith("sbi") else ""),
+        args.num_samples,
+    )
     return row
 
 
-def write_markdown(rows: list[dict], command: str) -> None:
-    lines = [
-        "# Sequential inference for one observation: simgen vs sbi",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Written by `benchmarks/bench_sequential.py` (its docstring lists the methods). Each",
-        "cell is the mean [min, max] over observations x seeds of the C2ST of 2,000 posterior",
-        "draws against 2,000 reference draws (0.5 is perfect), and the mean CPU seconds of the",
-        "whole run (proposals, simulations, training; one thread). Observations: the first",
-        "ones of `benchmarks.harness`'s `report` set. Sequential methods: the budget split",
-        "equally over the rounds.",
-        "",
-        "| task | budget | method | rounds | runs | C2ST mean [min, max] | CPU s |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def cached_rows(args) -> list[dict]:
+    """Every cached run of the current code (simgen's source hash, sbi's version)."""
+    codes = {_code_key("sbi"), _code_key("simgen")}
+    rows = []
+    for path in sorted(CACHE.glob("*/*.json")):
+        row = json.loads(path.read_text())
+        if row["code"] in codes or args.any_code:
+            rows.append(row)
+    return rows
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean C2ST over runs; spread = sd over seeds of the per-seed mean; worst observation =
+    the highest C2ST averaged over seeds; mean CPU s per run."""
+    ok = [r for r in runs if "error" not in r]
+    out = {"runs": len(ok), "errors": [r["error"] for r in runs if "error" in r]}
+    if not ok:
+        return out
+    by_seed: dict[int, list[float]] = {}
+    by_obs: dict[int, list[float]] = {}
+    for r in ok:
+        by_seed.setdefault(r["seed"], []).append(r["c2st"])
+        by_obs.setdefault(r["observation"], []).append(r["c2st"])
+    seed_means = [statistics.mean(v) for v in by_seed.values()]
+    obs_means = {k: statistics.mean(v) for k, v in by_obs.items()}
+    worst = max(obs_means, key=obs_means.__getitem__)
+    out.update(
+        mean=statistics.mean(r["c2st"] for r in ok),
+        spread=statistics.stdev(seed_means) if len(seed_means) > 1 else float("nan"),
+        seeds=len(by_seed),
+        observations=len(by_obs),
+        worst_obs=worst,
+        worst=obs_means[worst],
+        cpu_s=statistics.mean(r["cpu_s"] for r in ok),
+        keys={(r["observation"], r["seed"]) for r in ok},
+        cpu={(r["observation"], r["seed"]): r["cpu_s"] for r in ok},
+    )
+    return out
+
+
+def table(rows: list[dict]) -> list[str]:
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        key = (row["task"], row["budget"], row["method"], row["rounds"])
-        groups.setdefault(key, []).append(row)
-    for (task, budget, method, rounds), group in sorted(groups.items()):
-        scores = [g["c2st"] for g in group]
-        cpu = statistics.mean(g["cpu_s"] for g in group)
-        lines.append(
-            f"| {task} | {budget} | {method} | {rounds} | {len(group)} | "
-            f"{statistics.mean(scores):.3f} [{min(scores):.3f}, {max(scores):.3f}] | {cpu:.1f} |"
-        )
-    lines += ["", "Per run (acceptance: prior mass of each round's proposal region):", ""]
-    lines += ["| task | method | obs | seed | C2ST | CPU s | acceptance per round |"]
-    lines += ["|---|---|---|---|---|---|---|"]
     for r in rows:
-        acc = r.get("acceptance")
-        acc = "-" if acc is None else ", ".join("-" if a is None else f"{a:.3g}" for a in acc)
+        groups.setdefault((r["task"], r["budget"], r["method"]), []).append(r)
+    summary = {k: summarise(v) for k, v in groups.items()}
+    lines = [
+        "| task | sims | method | obs x seeds | mean C2ST | spread (sd over seeds) | "
+        "worst obs | CPU s / run | CPU / sbi SNPE-C (SNLE) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, budget, spec), s in sorted(summary.items()):
+        if not s["runs"]:
+            lines.append(f"| {task} | {budget} | {spec} | 0 | error: {s['errors'][0][:80]} |||||")
+            continue
+        ratio = ""
+        base = summary.get((task, budget, BASELINES.get(parse(spec)[0], "")))
+        if base and base.get("runs"):
+            common = s["keys"] & base["keys"]
+            if common:
+                own = sum(s["cpu"][k] for k in common)
+                ratio = f"{own / sum(base['cpu'][k] for k in common):.2f} ({len(common)} runs)"
+        errors = f" ({len(s['errors'])} failed)" if s["errors"] else ""
         lines.append(
-            f"| {r['task']} | {r['method']} | {r['observation']} | {r['seed']} | "
-            f"{r['c2st']:.3f} | {r['cpu_s']:.1f} | {acc} |"
+            f"| {task} | {budget} | {spec} | {s['observations']} x {s['seeds']}{errors} | "
+            f"{s['mean']:.3f} | {s['spread']:.3f} | {s['worst']:.3f} (#{s['worst_obs']}) | "
+            f"{s['cpu_s']:.1f} | {ratio} |"
         )
-    OUT.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def rounds_table(rows: list[dict]) -> list[str]:
+    """Per round of the simgen sequential runs: mean over runs of the region's prior mass,
+    the reference mass outside it, and (with --per-round) the round's C2ST."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        for pr in r.get("per_round", []):
+            groups.setdefault((r["task"], r["budget"], r["method"], pr["round"]), []).append(pr)
+    lines = [
+        "| task | sims | method | round | runs | C2ST of round | prior mass of next region | "
+        "reference mass outside it |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return f"{statistics.mean(values):.3g}" if values else "-"
+
+    for (task, budget, spec, r), prs in sorted(groups.items()):
+        lines.append(
+            f"| {task} | {budget} | {spec} | {r} | {len(prs)} | "
+            f"{mean(p.get('c2st') for p in prs)} | {mean(p.get('next_mass') for p in prs)} | "
+            f"{mean(p.get('reference_outside') for p in prs)} |"
+        )
+    return lines
+
+
+def write_markdown(rows: list[dict]) -> None:
+    body = [START, "", *table(rows), "", "Per round (simgen):", "", *rounds_table(rows), "", END]
+    text = OUT.read_text() if OUT.exists() else f"# Sequential inference\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    OUT.write_text(head + "\n".join(body) + tail)
 
 
 def main() -> None:
@@ -197,37 +359,27 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--log", default=str(OUT.with_suffix(".jsonl")))
-    parser.add_argument("--merge", default="", help="comma-separated logs: only write the table")
-    parser.add_argument("--command", default="", help="with --merge: the command to state")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--per-round", action="store_true", help="C2ST of every round")
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
+    parser.add_argument("--any-code", action="store_true", help="table: runs of any code")
     args = parser.parse_args()
-    if args.merge:
-        logs = [Path(p) for p in args.merge.split(",")]
-        rows = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
-        write_markdown(rows, args.command)
-        return
     torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    warm_up_torch()
-    command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "log"
-    )
-    log = Path(args.log)
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    done = {(r["task"], r["method"], r["observation"], r["seed"], r["budget"]) for r in rows}
-    for task_name in args.tasks.split(","):
-        _, xs = harness.observations(task_name, "report", args.observations)
+    if not args.table_only:
+        warm_up_torch()
         for seed in map(int, args.seeds.split(",")):
-            for index, x_o in enumerate(xs):
-                for method in args.methods.split(","):
-                    if (task_name, method, index, seed, args.budget) in done:
-                        continue
-                    row = one(task_name, method, index, x_o, seed, args)
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
-                    with log.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    write_markdown(rows, command)
+            for index in range(args.observations):
+                for task_name in args.tasks.split(","):
+                    x_o = harness.observations(task_name, "report", index + 1)[1][index]
+                    for spec in args.methods.split(","):
+                        path = cell_path(task_name, args.budget, spec, index, seed, args)
+                        if path.exists():
+                            continue
+                        row = one(task_name, args.budget, spec, index, x_o, seed, args)
+                        print(json.dumps(row), flush=True)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(json.dumps(row, indent=1))
+    write_markdown(cached_rows(args))
 
 
 if __name__ == "__main__":

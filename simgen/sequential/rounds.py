@@ -237,6 +237,7 @@ def sequential(
     batch_size: int = 1000,
     executor: Any = None,
     progress: bool = False,
+    callback: Any = None,
     **fit_options: Any,
 ) -> Any:
     """Spend ``num_simulations`` over ``num_rounds`` rounds focused on ``x_o``.
@@ -259,6 +260,9 @@ def sequential(
             it (off by default; see the module docstring).
         batch_size, executor: As for :func:`simgen.simulate`.
         progress: Progress bars for simulation and training.
+        callback: Called as ``callback(round, posterior, proposal)`` after each round, with
+            the :class:`Round`, its posterior and the proposal of the next round (the last
+            proposal after the last round), e.g. to score each round against a reference.
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
@@ -324,6 +328,8 @@ def sequential(
             )
             _save_record(folder, record)
         history.append(record)
+        if callback is not None:
+            callback(record, posterior, current)
         previous_draws = draws
         if stop:
             history.stopped_early = True
