@@ -74,6 +74,11 @@ SECTIONS = [
         "Fault battery: banks, simulate arguments, model files (issue 17)",
         "python -m pytest tests/test_faults.py tests/test_model_files.py; -m slow for kills",
     ),
+    (
+        "results_throughput.md",
+        "Expensive one-theta-per-call simulators on workers and Dask; bank write/read rates (issue 22)",
+        "OMP_NUM_THREADS=1 python -m benchmarks.bench_throughput",
+    ),
 ]
 
 HEADER = """# Benchmark results
