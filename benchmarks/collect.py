@@ -76,7 +76,7 @@ SECTIONS = [
     ),
     (
         "results_throughput.md",
-        "Expensive one-theta-per-call simulators on workers and Dask; bank write/read rates (issue 22)",
+        "One-theta-per-call simulators on workers and Dask; bank write/read rates (issue 22)",
         "OMP_NUM_THREADS=1 python -m benchmarks.bench_throughput",
     ),
 ]
