@@ -282,6 +282,7 @@ def stage_sample(project: Project, echo: Callable[[str], None], quiet: bool) -> 
 
 def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -> None:
     from .diagnostics import diagnose
+    from .priors import prior_dim
 
     report, data = project.out / "report.html", project.out / "diagnostics.json"
     if _done(project, "diagnose", [report, data]):
@@ -297,15 +298,17 @@ def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -
         echo("diagnose: skipped calibration (a sequential posterior is trained for x_o only)")
         return
     d = project.diagnose
+    prior = project.make_prior()
     result = diagnose(
         _posterior(project),
-        project.make_prior(),
+        prior,
         project.make_simulator(),
         x_o=project.x_o(),
         num_simulations=d.num_simulations,
         num_samples=d.num_samples,
         seed=project.seed,
         path=report,
+        labels=project.labels(prior_dim(prior)),
     )
     data.write_text(
         json.dumps({**result.to_dict(), "summary": result.summary()}, indent=1, default=str)
