@@ -233,6 +233,10 @@ class ExternalSimulator(Simulator):
         if isinstance(stderr_lines, bool) or not isinstance(stderr_lines, int) or stderr_lines < 0:
             raise ConfigError(f"stderr_lines must be an int >= 0, got {stderr_lines!r}.")
 
+    def __hash__(self) -> int:  # env is a dict; Dask and caches may hash a simulator
+        fields = (self.command, self.x_shape, self.format, self.timeout, self.cwd)
+        return hash((*fields, tuple(sorted(self.env.items())), self.stderr_lines))
+
     def identity(self) -> str:
         """What a bank's fingerprint records: the command (a resume with another is refused)."""
         return f"external:{shlex.join(self.command)}"

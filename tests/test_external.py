@@ -143,7 +143,7 @@ def _ends(pid: int) -> bool:
 def test_it_pickles_and_runs_on_workers_with_the_serial_result():
     sim = ExternalSimulator(ECHO, x_shape=(4,), env={"A": "1"}, timeout=30)
     copy = pickle.loads(pickle.dumps(sim))
-    assert copy == sim
+    assert copy == sim and hash(copy) == hash(sim)
     serial = simgen.simulate(sim, PRIOR, N, seed=SEED)
     two = simgen.simulate(sim, PRIOR, N, seed=SEED, workers=2)
     assert torch.equal(two.theta, serial.theta) and torch.equal(two.x, serial.x)
@@ -207,3 +207,29 @@ def test_simulate_timeout_on_workers_ends_the_program_with_its_worker(tmp_path):
     with pytest.raises(SimulationError, match="All 1 simulations failed"):
         simgen.simulate(sim, PRIOR, 1, seed=0, workers=1, timeout=1.0)
     assert _ends(int(pid_file.read_text())), "the program outlived its worker"
+
+
+@pytest.mark.slow
+def test_on_dask_the_own_timeout_fails_one_row_and_the_rest_match_the_serial_run():
+    from dask.distributed import Client, LocalCluster
+
+    script = (
+        'read a b; if awk -v a="$a" "BEGIN { exit !(a > 0.8) }"; then exec sleep 30; fi; '
+        'echo "$a $b $SIMGEN_SEED"'
+    )
+    sim = ExternalSimulator(["sh", "-c", script], x_shape=(3,), timeout=1.0)
+    theta = sample_prior(PRIOR, 16, SEED)
+    hangs = theta[:, 0] > 0.8
+    assert 0 < int(hangs.sum()) < 16
+    with pytest.warns(SimulationWarning):
+        serial = simgen.simulate(sim, PRIOR, 16, seed=SEED)
+    with (
+        LocalCluster(n_workers=2, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+        pytest.warns(SimulationWarning),
+    ):
+        result = simgen.simulate(sim, PRIOR, 16, seed=SEED, executor=client)
+    for run in (serial, result):
+        assert torch.equal(run.failed_theta, theta[hangs])
+        assert any("ran past timeout=1.0 s" in e for e in run.errors)
+    assert torch.equal(result.theta, serial.theta) and torch.equal(result.x, serial.x)
