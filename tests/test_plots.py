@@ -192,6 +192,8 @@ def test_training_curve_marks_best_epoch_per_run() -> None:
     marker = ax.get_lines()[2]
     assert marker.get_xdata()[0] == 3 and marker.get_ydata()[0] == 2.0
     assert all(float(t).is_integer() for t in ax.get_xticks())
+    from_dict = plots.training_curve(run.to_dict())  # as a model file keeps it
+    assert list(from_dict.axes[0].get_lines()[1].get_ydata()) == run.validation_loss
     rounds = plots.training_curve({"round 1": run, "round 2": run})
     assert len(rounds.axes[0].get_legend().get_texts()) == 6
     with pytest.raises(ConfigError, match="History"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -156,14 +157,17 @@ def training_curve(
     """Training and validation loss against epoch, the best (kept) epoch marked.
 
     Args:
-        history: A :class:`~simgen.training.History` (``posterior.history``), or a mapping
-            name → History to overlay several runs (e.g. the rounds of a sequential fit).
+        history: A :class:`~simgen.training.History` (``posterior.history``) or its
+            ``to_dict()``, or a mapping name → History to overlay several runs (e.g. the
+            rounds of a sequential fit).
         path: Where to write the figure.
         loss_label: The y-axis label; the loss is the method's training objective (for NPE
             and NLE the negative log-density of a held-out pair).
     """
     from matplotlib.ticker import MaxNLocator
 
+    if isinstance(history, Mapping) and "validation_loss" in history:
+        history = SimpleNamespace(**history)  # a History's to_dict(), as model files keep it
     runs = dict(history) if isinstance(history, Mapping) else {"": history}
     if not runs:
         raise ShapeError("history is an empty mapping; give at least one History.")
