@@ -4,7 +4,10 @@ The loop knows nothing but ``loss(theta_batch, x_batch) -> scalar``. It holds ou
 validation split, runs Adam over shuffled in-memory minibatches (plain tensor slicing: no
 DataLoader, whose per-batch collation dominates small-model training on CPU), clips the
 gradient norm, evaluates the validation loss in large chunks without gradients, stops when
-it has not improved for ``patience`` epochs and restores the best weights.
+it has not improved for ``patience`` epochs and restores the best weights. Given a
+:class:`~simgen.streaming.Stream` instead of tensors (``fit(loss, stream=...)``), the same
+loop takes its validation set and minibatches from the stream's fixed blocks and shuffle
+buffer.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, ConvergenceWarning
+
+if TYPE_CHECKING:
+    from .streaming import Stream
 
 __all__ = ["TrainConfig", "History", "fit", "make_config"]
 
@@ -248,24 +255,81 @@ def _snapshot(module: nn.Module) -> dict:
     }
 
 
+Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
+
+
 @torch.no_grad()
-def _mean_loss(
-    loss: nn.Module, theta: Tensor, x: Tensor, chunk: int, extras: dict[str, Tensor]
-) -> float:
-    total = 0.0
-    for start in range(0, len(theta), chunk):
-        part = slice(start, start + chunk)
-        rows = {k: v[part] for k, v in extras.items()}
-        total += float(loss(theta[part], x[part], **rows)) * len(theta[part])
-    return total / len(theta)
+def _mean_loss(loss: nn.Module, parts: Iterable[Batch], chunk: int) -> float:
+    """The mean of ``loss`` over the rows of ``parts``, evaluated ``chunk`` rows at a time."""
+    total, count = 0.0, 0
+    for theta, x, extras in parts:
+        for start in range(0, len(theta), chunk):
+            part = slice(start, start + chunk)
+            rows = {k: v[part] for k, v in extras.items()}
+            total += float(loss(theta[part], x[part], **rows)) * len(theta[part])
+            count += len(theta[part])
+    return total / max(count, 1)
+
+
+class _InMemory:
+    """The seeded split of tensors in memory and its shuffled minibatches."""
+
+    def __init__(self, theta, x, extras, config: TrainConfig, g: torch.Generator, device):
+        train_idx, val_idx = _split(len(theta), config.validation_fraction, g)
+        self.theta_tr, self.x_tr = theta[train_idx].to(device), x[train_idx].to(device)
+        self.val = (
+            theta[val_idx].to(device),
+            x[val_idx].to(device),
+            {k: v[val_idx].to(device) for k, v in extras.items()},
+        )
+        self.extras_tr = {k: v[train_idx].to(device) for k, v in extras.items()}
+        self.g, self.device = g, device
+        self.num_train, self.num_validation = len(train_idx), len(val_idx)
+        self.batch_size = min(config.batch_size, self.num_train)
+
+    def batches(self) -> Iterator[Batch]:
+        n, bs = self.num_train, self.batch_size
+        perm = torch.randperm(n, generator=self.g).to(self.device)
+        for i in range(0, n - bs + 1, bs):  # drop the ragged last batch
+            idx = perm[i : i + bs]
+            yield self.theta_tr[idx], self.x_tr[idx], {k: v[idx] for k, v in self.extras_tr.items()}
+
+    def validation(self) -> Iterator[Batch]:
+        yield self.val
+
+
+class _Streamed:
+    """The fixed validation blocks of a :class:`~simgen.streaming.Stream` and its shuffled
+    batches (see :mod:`simgen.streaming`)."""
+
+    def __init__(self, stream: Stream, config: TrainConfig, g: torch.Generator, device):
+        self.stream, self.g, self.device = stream, g, device
+        self.split = stream.split(config.validation_fraction, g)
+        share = float(self.split.is_validation.float().mean())
+        expected = int(stream.kept * (1 - share)) if stream.kept else config.batch_size
+        self.batch_size = max(1, min(config.batch_size, expected))
+        self.num_train = self.num_validation = 0
+
+    def batches(self) -> Iterator[Batch]:
+        stream = self.stream
+        for theta, x in stream.train_batches(self.split, self.batch_size, self.g, self.device):
+            yield theta, x, {}
+        self.num_train = stream.train_rows
+
+    def validation(self) -> Iterator[Batch]:
+        for theta, x in self.stream.validation_chunks(self.split):
+            yield theta.to(self.device), x.to(self.device), {}
+        self.num_validation = self.stream.validation_rows
 
 
 def fit(
     loss: nn.Module,
-    theta: Tensor,
-    x: Tensor,
+    theta: Tensor | None = None,
+    x: Tensor | None = None,
     config: TrainConfig | None = None,
     extras: dict[str, Tensor] | None = None,
+    *,
+    stream: Stream | None = None,
 ) -> History:
     """Train the parameters of ``loss`` (which owns the estimator) on ``(theta, x)``.
 
@@ -277,6 +341,9 @@ def fit(
         config: Training options; defaults to ``TrainConfig()``.
         extras: More per-simulation tensors ``(N, ...)`` (e.g. ``joint_score``), split,
             shuffled and batched with ``theta`` and passed to ``loss`` by name.
+        stream: Instead of ``theta`` and ``x``, a :class:`~simgen.streaming.Stream` (a bank
+            or a dataset read in chunks): the validation set is a fixed, seeded set of its
+            blocks and each epoch's batches come through its shuffle buffer.
 
     Returns:
         The :class:`History`; ``loss`` holds the weights of the best validation epoch.
@@ -286,11 +353,15 @@ def fit(
     g = torch.Generator().manual_seed(
         config.seed if config.seed is not None else int(torch.seed() % 2**62)
     )
-    train_idx, val_idx = _split(len(theta), config.validation_fraction, g)
-    theta_tr, x_tr = theta[train_idx].to(device), x[train_idx].to(device)
-    theta_va, x_va = theta[val_idx].to(device), x[val_idx].to(device)
-    extras_tr = {k: v[train_idx].to(device) for k, v in (extras or {}).items()}
-    extras_va = {k: v[val_idx].to(device) for k, v in (extras or {}).items()}
+    if (stream is None) == (theta is None or x is None) or (stream is not None and extras):
+        raise ConfigError(
+            "fit takes either theta and x (with optional extras) or stream=, not both."
+        )
+    data: _InMemory | _Streamed = (
+        _Streamed(stream, config, g, device)
+        if stream is not None
+        else _InMemory(theta, x, extras or {}, config, g, device)
+    )
     loss.to(device)
     params = [p for p in loss.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
@@ -303,11 +374,10 @@ def fit(
         fused=device.type in FUSED_ADAM_DEVICES or None,
     )
     average = _WeightAverage(params, config.ema) if config.ema > 0 else None
-    history = History(num_train=len(train_idx), num_validation=len(val_idx))
+    history = History()
     best_state = _snapshot(loss)
     since_best, total_steps = 0, 0
-    n, bs = len(theta_tr), min(config.batch_size, len(theta_tr))
-    chunk = max(bs, 4096)
+    chunk = max(data.batch_size, 4096)
     bar = None
     if config.progress or (config.progress is None and sys.stderr.isatty()):
         from tqdm.auto import tqdm
@@ -317,11 +387,9 @@ def fit(
     try:
         for epoch in range(config.max_epochs):
             loss.train()
-            perm = torch.randperm(n, generator=g).to(device)
             running, steps = 0.0, 0
-            for i in range(0, n - bs + 1, bs):  # drop the ragged last batch
-                idx = perm[i : i + bs]
-                value = loss(theta_tr[idx], x_tr[idx], **{k: v[idx] for k, v in extras_tr.items()})
+            for theta_b, x_b, extras_b in data.batches():
+                value = loss(theta_b, x_b, **extras_b)
                 for p in params:  # optimizer.zero_grad(set_to_none=True), minus its hooks
                     p.grad = None
                 value.backward()
@@ -335,7 +403,8 @@ def fit(
             loss.eval()
             if average is not None:
                 average.swap()  # validate (and keep) the averaged weights
-            val = _mean_loss(loss, theta_va, x_va, chunk, extras_va)
+            val = _mean_loss(loss, data.validation(), chunk)
+            history.num_train, history.num_validation = data.num_train, data.num_validation
             history.train_loss.append(float(running) / max(steps, 1))
             history.validation_loss.append(val)
             history.epochs = epoch + 1

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..errors import ConfigError
+from ..moments import Chunks, Moments, in_chunks
 from ..nets import Identity, build_embedding, embedding_spec
 
 __all__ = ["Standardizer", "ConditionalEstimator", "DensityEstimator", "SampleOnlyEstimator"]
@@ -46,11 +47,16 @@ class Standardizer(nn.Module):
         self.register_buffer("loc", torch.zeros(tuple(shape)))
         self.register_buffer("scale", torch.ones(tuple(shape)))
 
-    @torch.no_grad()
     def fit(self, data: Tensor) -> None:
         """Set the statistics from ``data`` of shape ``(N, *shape)``."""
-        self.loc.copy_(data.mean(0))
-        scale = data.std(0) if len(data) > 1 else torch.ones_like(self.scale)
+        self.fit_moments(Moments.of(data))
+
+    @torch.no_grad()
+    def fit_moments(self, moments: Moments) -> None:
+        """Set the statistics from :class:`~simgen.streaming.Moments` of the data (a scale
+        below ``1e-6``, a constant entry, stays 1)."""
+        scale = moments.std.to(self.scale)
+        self.loc.copy_(moments.mean)
         self.scale.copy_(torch.where(scale > _MIN_SCALE, scale, torch.ones_like(scale)))
 
     def forward(self, data: Tensor) -> Tensor:
@@ -117,8 +123,12 @@ class ConditionalEstimator(nn.Module, abc.ABC):
 
     def fit_standardization(self, target: Tensor, context: Tensor) -> None:
         """Learn the z-scoring from the training data (called once, before training)."""
-        self.target_standardizer.fit(target)
-        self.context_standardizer.fit(context)
+        self.fit_standardization_chunks(in_chunks(target, context))
+
+    def fit_standardization_chunks(self, chunks: Chunks) -> None:
+        """The same from data in chunks (:mod:`simgen.streaming`: a bank read in passes);
+        families with more data-dependent set-up extend this one method."""
+        fit_standardizers(self.target_standardizer, self.context_standardizer, chunks)
 
     def embed(self, context: Tensor) -> Tensor:
         """Standardise and embed: ``(*batch, *context_shape) -> (*batch, F)``."""
@@ -177,6 +187,16 @@ class DensityEstimator(ConditionalEstimator):
 
 class SampleOnlyEstimator(ConditionalEstimator):
     """An estimator that can sample but has no density (``log_prob`` raises)."""
+
+
+def fit_standardizers(target: Standardizer, context: Standardizer, chunks: Chunks) -> None:
+    """Fit both standardisers in one pass over ``chunks`` of ``(target, context)``."""
+    target_moments, context_moments = Moments(), Moments()
+    for target_rows, context_rows in chunks():
+        target_moments.update(target_rows)
+        context_moments.update(context_rows)
+    target.fit_moments(target_moments)
+    context.fit_moments(context_moments)
 
 
 def _out_features(net: nn.Module, context_shape: tuple[int, ...]) -> int:

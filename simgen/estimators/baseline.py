@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from ..errors import ConfigError, NoDensityError, NotFittedError
+from ..moments import Chunks, CrossMoments, in_chunks
 from ._nets import GenerativeDistribution, NetConfig
 from .base import DensityEstimator
 from .compose import StandardPrior, compose_denoisers, composed_precision, standard_prior
@@ -100,30 +102,50 @@ class GaussianBaseline(nn.Module):
         self.register_buffer("eigvecs", torch.eye(target_dim))
         self.register_buffer("eigvals", torch.ones(target_dim))
 
-    @torch.no_grad()
     def fit(self, target: Tensor, context: Tensor, ridge: float = 1e-3) -> None:
         """Ridge regression of ``target`` ``(N, D)`` on ``context`` ``(N, F)`` (both
         standardised, the context flattened)."""
-        y, x = target.double(), context.double()
-        residual = y - y.mean(0)
+        self.fit_chunks(in_chunks(target, context), ridge)
+
+    @torch.no_grad()
+    def fit_chunks(self, chunks: Chunks, ridge: float = 1e-3) -> None:
+        r"""The same from :data:`~simgen.streaming.Chunks` of ``(target, context)``, in two
+        passes: the means and cross-moments (:class:`~simgen.streaming.CrossMoments`) give
+        :math:`W`, :math:`b` and the residual covariance
+        :math:`\Sigma = C_{yy} - C_{xy}^\top W - W^\top C_{xy} + W^\top C_{xx} W`; the
+        second pass sums the whitened residual's third and fourth powers."""
+        m = CrossMoments()
+        for y, x in chunks():
+            m.update(y, x if self.regress else x[:, :0])
+        n = m.count
+        d = m.cyy.shape[0]
+        cov = m.cyy / n
+        weight = None
         if self.regress:
-            xc = x - x.mean(0)
-            gram = xc.T @ xc / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
-            weight = torch.linalg.solve(gram, xc.T @ residual / len(x))
-            residual = residual - xc @ weight
+            cxx, cxy = m.cxx / n, m.cxy / n
+            gram = cxx + ridge * torch.eye(cxx.shape[0], dtype=cxx.dtype)
+            weight = torch.linalg.solve(gram, cxy)
+            cov = cov - cxy.T @ weight - weight.T @ cxy + weight.T @ cxx @ weight
             self.weight.copy_(weight)
-            self.bias.copy_(y.mean(0) - x.mean(0) @ weight)
+            self.bias.copy_(m.mean_y - m.mean_x @ weight)
         else:
-            self.bias.copy_(y.mean(0))
-        cov = residual.T @ residual / len(y) + 1e-6 * torch.eye(y.shape[1], dtype=y.dtype)
+            self.bias.copy_(m.mean_y)
+        cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(d, dtype=cov.dtype)
         eigvals, eigvecs = torch.linalg.eigh(cov)
         self.eigvals.copy_(eigvals.clamp_min(1e-6))
         self.eigvecs.copy_(eigvecs)
-        z = residual @ eigvecs / eigvals.clamp_min(1e-12).sqrt()
-        skew, kurt = z.pow(3).mean(0), z.pow(4).mean(0) - 3
+        whiten = eigvecs / eigvals.clamp_min(1e-12).sqrt()
+        third = fourth = torch.zeros(d, dtype=cov.dtype)
+        for y, x in chunks():
+            residual = y.double() - m.mean_y
+            if weight is not None:
+                residual = residual - (x.double() - m.mean_x) @ weight
+            z = residual @ whiten
+            third, fourth = third + z.pow(3).sum(0), fourth + z.pow(4).sum(0)
+        skew, kurt = third / n, fourth / n - 3
         self.non_gaussianity = float((skew.square() + kurt.square() / 4).mean())
         if self.auto:
-            threshold = max(self.threshold, 36 / len(y))
+            threshold = max(self.threshold, 36 / n)
             self.active.fill_(float(self.non_gaussianity <= threshold))
 
     @property
@@ -221,10 +243,16 @@ class BaselineEstimator(DensityEstimator):
         fields = [f.name for f in dataclasses.fields(NetConfig) + dataclasses.fields(SolverConfig)]
         return sorted({*super().option_names(), *fields})
 
-    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
-        super().fit_standardization(target, context)
+    def fit_standardization_chunks(self, chunks: Chunks) -> None:
+        super().fit_standardization_chunks(chunks)
         if self.baseline is not None:
-            self.baseline.fit(self.target_standardizer(target), self._flat_context(context))
+            standard = self.target_standardizer
+
+            def standardised() -> Iterator[tuple[Tensor, Tensor]]:
+                for target, context in chunks():
+                    yield standard(target), self._flat_context(context)
+
+            self.baseline.fit_chunks(standardised)
 
     def _flat_context(self, context: Tensor) -> Tensor:
         nd = len(self.context_shape)

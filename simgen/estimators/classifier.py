@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..moments import Chunks, in_chunks
 from ..nets import Identity, build_embedding, embedding_spec
-from .base import Standardizer, _out_features
+from .base import Standardizer, _out_features, fit_standardizers
 
 __all__ = ["RatioClassifier"]
 
@@ -87,8 +88,11 @@ class RatioClassifier(nn.Module):
 
     def fit_standardization(self, target: Tensor, context: Tensor) -> None:
         """Learn the z-scoring from the training data (called once, before training)."""
-        self.target_standardizer.fit(target)
-        self.context_standardizer.fit(context)
+        self.fit_standardization_chunks(in_chunks(target, context))
+
+    def fit_standardization_chunks(self, chunks: Chunks) -> None:
+        """The same from data in chunks (:mod:`simgen.streaming`)."""
+        fit_standardizers(self.target_standardizer, self.context_standardizer, chunks)
 
     def embed(self, context: Tensor) -> Tensor:
         """Standardise and embed ``(*batch, *context_shape)`` → ``(*batch, F)``."""

@@ -22,7 +22,7 @@ the column choices are buffers and spec fields, so saved models keep them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -30,15 +30,22 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from ..errors import ConfigError, SupportError
+from ..moments import Chunks
 from .base import DensityEstimator
 
 __all__ = ["TransformedEstimator", "integer_columns"]
 
 
-def integer_columns(data: Tensor) -> list[int]:
-    """Columns of ``data`` ``(N, F)`` whose values are all integers (and not all equal)."""
-    whole = (data == data.round()).all(0)
-    varies = (data != data[:1]).any(0)
+def integer_columns(data: Tensor | Iterable[Tensor]) -> list[int]:
+    """Columns of ``data`` ``(N, F)`` (or of its chunks, an iterable of ``(n, F)``) whose
+    values are all integers (and not all equal)."""
+    whole = varies = first = None
+    for chunk in [data] if isinstance(data, Tensor) else data:
+        first = chunk[:1] if first is None else first
+        w, v = (chunk == chunk.round()).all(0), (chunk != first).any(0)
+        whole, varies = (w, v) if whole is None else (whole & w, varies | v)
+    if whole is None:
+        return []
     return [int(i) for i in torch.nonzero(whole & varies).flatten()]
 
 
@@ -151,9 +158,13 @@ class TransformedEstimator(DensityEstimator):
             )
 
     # -- the estimator interface ------------------------------------------------------
-    def fit_standardization(self, target: Tensor, context: Tensor) -> None:
-        self.check_data(target)
-        self.inner.fit_standardization(self.to_model(target, midpoint=True)[0], context)
+    def fit_standardization_chunks(self, chunks: Chunks) -> None:
+        def mapped() -> Iterator[tuple[Tensor, Tensor]]:
+            for target, context in chunks():
+                self.check_data(target)
+                yield self.to_model(target, midpoint=True)[0], context
+
+        self.inner.fit_standardization_chunks(mapped)
 
     def forward(self, context: Tensor) -> Distribution:
         return _TransformedDistribution(self.inner(context), self)

@@ -13,11 +13,14 @@ from ..estimators.flows import Flow
 from ..estimators.registry import estimator_class
 from ..posterior import as_tensor
 from ..priors import check_in_support, check_prior, prior_dim
+from ..streaming import Stream, as_stream
 from ..training import TrainConfig, fit, make_config
 
 __all__ = [
     "Method",
     "check_simulations",
+    "check_stream",
+    "data_source",
     "check_joint_score",
     "check_joint_score_weight",
 ]
@@ -57,6 +60,51 @@ def check_simulations(prior: Distribution, theta: Any, x: Any) -> tuple[Tensor, 
         raise SimulationError("theta contains NaN or inf.")
     check_in_support(prior, theta)
     return theta, x
+
+
+def data_source(theta: Any, x: Any, bank: Any) -> Stream | None:
+    """The stream ``fit`` trains from when given ``bank=`` (a bank's path, a dataset or a
+    :class:`~simgen.streaming.Stream`), or None for ``theta`` and ``x`` in memory; a
+    :class:`ConfigError` when both or neither are given."""
+    if bank is not None:
+        if theta is not None or x is not None:
+            raise ConfigError(
+                "fit takes theta and x, or bank=, not both: pass the simulations in memory "
+                "or the bank (a path written by simulate(bank=), or a dataset) to read them from."
+            )
+        return as_stream(bank)
+    if theta is None or x is None:
+        raise ConfigError(
+            "fit needs the simulations: theta and x (tensors or arrays), or bank= (a path "
+            "written by simulate(bank=), or a dataset of (theta, x) rows or batches)."
+        )
+    return None
+
+
+def check_stream(prior: Distribution, stream: Stream, map_theta: Any = None) -> Stream:
+    """``stream`` with every chunk checked as :func:`check_simulations` checks tensors
+    (θ ``(n, D)``, one x shape throughout, θ in the support), then θ mapped by
+    ``map_theta`` (NPE's support transform), as it is read."""
+    d, shapes = prior_dim(prior), []
+
+    def transform(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x[:, None] if x.ndim == 1 else x
+        if theta.ndim != 2 or theta.shape[1] != d:
+            raise ShapeError(
+                f"theta in the bank has shape {tuple(theta.shape[1:])} per row; it must be "
+                f"({d},) for this {d}-parameter prior."
+            )
+        if not shapes:
+            shapes.append(tuple(x.shape[1:]))
+        if tuple(x.shape[1:]) != shapes[0]:
+            raise ShapeError(
+                f"x in the bank changes shape from {shapes[0]} to {tuple(x.shape[1:])}; every "
+                "row of a bank or dataset must have the same shape."
+            )
+        check_in_support(prior, theta)
+        return (theta if map_theta is None else map_theta(theta)), x
+
+    return stream.with_transform(transform)
 
 
 def check_joint_score_weight(weight: Any) -> float:

@@ -22,7 +22,7 @@ at 100 simulations and from 0.032 to 0.015 at 1,000, at 2.2-2.7x the training ti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -36,8 +36,16 @@ from ..estimators.transformed import TransformedEstimator, integer_columns
 from ..losses import JointScoreNLELoss, NLELoss
 from ..mcmc import MCMCConfig
 from ..mcmc_posterior import MCMCPosterior, SurrogateSimulator
-from ..training import TrainConfig
-from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
+from ..moments import swapped
+from ..training import TrainConfig, fit
+from .base import (
+    Method,
+    check_joint_score,
+    check_joint_score_weight,
+    check_simulations,
+    check_stream,
+    data_source,
+)
 
 __all__ = ["NLE", "SurrogateSimulator"]
 
@@ -128,13 +136,19 @@ class NLE(Method):
 
     def fit(
         self,
-        theta: Any,
-        x: Any,
+        theta: Any = None,
+        x: Any = None,
         config: TrainConfig | None = None,
         joint_score: Any = None,
+        *,
+        bank: Any = None,
         **config_options: Any,
     ) -> MCMCPosterior:
         """Train :math:`q_\\phi(x\\mid\\theta)` and return the MCMC posterior.
+
+        ``bank=`` (a bank's path, a dataset of ``(theta, x)`` rows or batches, or a
+        :class:`~simgen.streaming.Stream`) trains from chunks read as needed instead of
+        ``theta`` and ``x`` in memory (:mod:`simgen.streaming`).
 
         With ``joint_score`` (``(N, D)``, :math:`\\nabla_\\theta \\log p(x, z\\mid\\theta)` of
         each simulation, e.g. ``simgen.simulate(..., joint=True).joint_score``) the loss is
@@ -143,11 +157,22 @@ class NLE(Method):
         The posterior's ``likelihood`` attribute is the :class:`SurrogateSimulator`.
         """
         config = self._config(config, config_options, estimator_class(self.estimator_name))
-        theta, x = check_simulations(self.prior, theta, x)
-        joint_score = check_joint_score(joint_score, theta, self.estimator_name)
-        if x.ndim != 2:
+        stream = data_source(theta, x, bank)
+        if stream is not None:
+            if joint_score is not None:
+                raise ConfigError(
+                    "fit(bank=...) trains on (theta, x) rows; joint_score needs the "
+                    "simulations in memory: read_bank(path) and pass theta, x, joint_score."
+                )
+            stream = check_stream(self.prior, stream)
+            x_shape = tuple(stream.peek()[1].shape[1:])
+        else:
+            theta, x = check_simulations(self.prior, theta, x)
+            joint_score = check_joint_score(joint_score, theta, self.estimator_name)
+            x_shape = tuple(x.shape[1:])
+        if len(x_shape) != 1:
             raise ShapeError(
-                f"NLE models x as a flat vector, but x has shape {tuple(x.shape[1:])} per "
+                f"NLE models x as a flat vector, but x has shape {x_shape} per "
                 "simulation. Flatten it (x.flatten(1)) if its entries are a vector of "
                 "statistics, or use NPE with an embedding net (simgen.nets) for images or "
                 "sequences."
@@ -156,32 +181,42 @@ class NLE(Method):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             estimator = build_estimator(
-                self.estimator_name, x.shape[1], (self.theta_dim,), **self.estimator_options
+                self.estimator_name, x_shape[0], (self.theta_dim,), **self.estimator_options
             )
-            estimator = self._wrap(estimator, x)
-            estimator.fit_standardization(x, theta)
-            self.history = self._fit_losses(
-                estimator,
-                NLELoss,
-                JointScoreNLELoss,
-                theta,
-                x,
-                config,
-                joint_score,
-            )
+            if stream is not None:
+                estimator = self._wrap(
+                    estimator, x_shape[0], lambda: (v for _, v in stream.chunks())
+                )
+                estimator.fit_standardization_chunks(swapped(stream.chunks))
+                stream.check_counts()
+                self.history = fit(NLELoss(estimator), config=config, stream=stream)
+            else:
+                estimator = self._wrap(estimator, x_shape[0], lambda: [x])
+                estimator.fit_standardization(x, theta)
+                self.history = self._fit_losses(
+                    estimator,
+                    NLELoss,
+                    JointScoreNLELoss,
+                    theta,
+                    x,
+                    config,
+                    joint_score,
+                )
         estimator = estimator.cpu() if config.device == "cpu" else estimator
         self.estimator = estimator
         return MCMCPosterior.from_likelihood(
-            estimator, self.prior, x.shape[1:], history=self.history, mcmc=self.mcmc
+            estimator, self.prior, x_shape, history=self.history, mcmc=self.mcmc
         )
 
-    def _wrap(self, estimator: ConditionalEstimator, x: Tensor) -> ConditionalEstimator:
-        """The estimator with dequantised and log-scale columns, when any are asked for."""
-        features = x.shape[1]
+    def _wrap(
+        self, estimator: ConditionalEstimator, features: int, x: Callable[[], Iterable[Tensor]]
+    ) -> ConditionalEstimator:
+        """The estimator with dequantised and log-scale columns, when any are asked for;
+        ``x()`` gives the training x, whole or in chunks."""
         if self.dequantize == "auto":
-            counts = integer_columns(x)
+            counts = integer_columns(x())
         elif self.dequantize is True:
-            counts = integer_columns(x)
+            counts = integer_columns(x())
             if len(counts) == 0:
                 raise ConfigError("dequantize=True, but no column of x is integer-valued.")
         else:

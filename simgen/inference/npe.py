@@ -30,9 +30,17 @@ from ..iid import check_set_simulations, fit_set_standardizer
 from ..losses import JointScoreNPELoss, NPELoss
 from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
-from ..training import TrainConfig
-from ..typicality import training_sample
-from .base import Method, check_joint_score, check_joint_score_weight, check_simulations
+from ..streaming import Stream
+from ..training import TrainConfig, fit
+from ..typicality import MAX_REFERENCE_ROWS, training_sample
+from .base import (
+    Method,
+    check_joint_score,
+    check_joint_score_weight,
+    check_simulations,
+    check_stream,
+    data_source,
+)
 
 __all__ = ["NPE"]
 
@@ -89,10 +97,12 @@ class NPE(Method):
 
     def fit(
         self,
-        theta: Any,
-        x: Any,
+        theta: Any = None,
+        x: Any = None,
         config: TrainConfig | None = None,
         joint_score: Any = None,
+        *,
+        bank: Any = None,
         **config_options: Any,
     ) -> DirectPosterior:
         """Train on simulations and return the posterior.
@@ -100,6 +110,10 @@ class NPE(Method):
         Args:
             theta: ``(N, D)`` parameters drawn from the prior.
             x: ``(N, *x_shape)`` simulations, ``x[i] ~ p(x | theta[i])``.
+            bank: Instead of ``theta`` and ``x``: a bank's path (``simulate(bank=...)``), a
+                dataset with ``len`` and ``[i]`` giving ``(theta, x)`` rows or batches, or a
+                :class:`~simgen.streaming.Stream`, read in chunks (:mod:`simgen.streaming`),
+                so the simulations need not fit in memory.
             config: A :class:`~simgen.training.TrainConfig`; keyword options override it
                 (``batch_size``, ``learning_rate``, ``max_epochs``, ``patience``,
                 ``validation_fraction``, ``device``, ``seed``, ``progress``, ...).
@@ -108,6 +122,9 @@ class NPE(Method):
                 the score regression of :class:`~simgen.losses.JointScoreNPELoss`.
         """
         config = self._config(config, config_options, estimator_class(self.estimator_name))
+        stream = data_source(theta, x, bank)
+        if stream is not None:
+            return self._fit_stream(stream, config, joint_score)
         sets = getattr(self.embedding_net, "takes_sets", False)  # x (N, n_max, *x_shape)
         if sets:
             theta, x = check_set_simulations(
@@ -149,6 +166,39 @@ class NPE(Method):
             support=self.support,
         )
         posterior.training_x = None if sets else training_sample(x)
+        return posterior
+
+    def _fit_stream(self, stream: Stream, config: TrainConfig, joint_score: Any) -> DirectPosterior:
+        """:meth:`fit` from a :class:`~simgen.streaming.Stream`: the same estimator, set up
+        from passes over the stream and trained from its chunks."""
+        if joint_score is not None or getattr(self.embedding_net, "takes_sets", False):
+            raise ConfigError(
+                "fit(bank=...) trains on (theta, x) rows; joint_score and set embeddings need "
+                "the simulations in memory: read_bank(path) and pass theta, x."
+            )
+        inverse = None if self.support == "reject" else support_transform(self.prior).inv
+        stream = check_stream(self.prior, stream, inverse)
+        with torch.random.fork_rng(devices=[]):
+            if config.seed is not None:
+                torch.manual_seed(config.seed)
+            estimator = build_estimator(
+                self.estimator_name,
+                self.theta_dim,
+                stream.peek()[1].shape[1:],
+                self.embedding_net,
+                **self.estimator_options,
+            )
+            estimator.fit_standardization_chunks(stream.chunks)
+            stream.check_counts()
+            self.history = fit(NPELoss(estimator), config=config, stream=stream)
+        posterior = DirectPosterior(
+            estimator.cpu() if config.device == "cpu" else estimator,
+            self.prior,
+            history=self.history,
+            method="npe",
+            support=self.support,
+        )
+        posterior.training_x = training_sample(stream.sample_rows(MAX_REFERENCE_ROWS))
         return posterior
 
     def _target_score(self, joint_score: Tensor | None, theta: Tensor, u: Tensor) -> Tensor | None:

@@ -34,7 +34,7 @@ from ..losses.ratio import REFERENCE_LOSSES, BNRELoss, NRECLoss, reference_ratio
 from ..mcmc import MCMCConfig
 from ..mcmc_posterior import MCMCPosterior
 from ..training import TrainConfig, fit
-from .base import Method, check_joint_score_weight, check_simulations
+from .base import Method, check_joint_score_weight, check_simulations, check_stream, data_source
 
 #: The losses ``NRE(loss=...)`` accepts; ``"nrec"`` (or BNRE with ``balanced=True``) is the
 #: default, the others need ``from_reference`` and the joint quantities in ``fit``.
@@ -111,10 +111,11 @@ class NRE(Method):
 
     def fit(
         self,
-        theta: Any,
-        x: Any,
+        theta: Any = None,
+        x: Any = None,
         config: TrainConfig | None = None,
         *,
+        bank: Any = None,
         from_reference: Any = None,
         joint_log_ratio: Any = None,
         joint_score: Any = None,
@@ -127,17 +128,36 @@ class NRE(Method):
         row was drawn at θ₁), ``joint_log_ratio`` ``(N,)`` (ROLR, RASCAL, ALICES) and
         ``joint_score`` ``(N, D)`` (with a positive ``joint_score_weight``), e.g.
         ``nre.fit(data.theta, data.x, **data.extras())``.
+
+        ``bank=`` (a bank's path, a dataset of ``(theta, x)`` rows or batches, or a
+        :class:`~simgen.streaming.Stream`) trains from chunks read as needed instead of
+        ``theta`` and ``x`` in memory (:mod:`simgen.streaming`); NRE-C and BNRE only.
         """
         config = self._config(config, config_options, RatioClassifier)
-        theta, x = check_simulations(self.prior, theta, x)
-        extras = self._extras(theta, from_reference, joint_log_ratio, joint_score)
+        stream = data_source(theta, x, bank)
+        if stream is not None:
+            if self.loss in REFERENCE_LOSSES:
+                raise ConfigError(
+                    f"NRE(loss={self.loss!r}) needs the per-row joint quantities, which "
+                    "fit(bank=...) does not read; pass the simulations in memory."
+                )
+            stream = check_stream(self.prior, stream)
+            x_shape = tuple(stream.peek()[1].shape[1:])
+        else:
+            theta, x = check_simulations(self.prior, theta, x)
+            extras = self._extras(theta, from_reference, joint_log_ratio, joint_score)
+            x_shape = tuple(x.shape[1:])
         with torch.random.fork_rng(devices=[]):
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             classifier = RatioClassifier(
-                self.theta_dim, x.shape[1:], self.embedding_net, self.hidden_features
+                self.theta_dim, x_shape, self.embedding_net, self.hidden_features
             )
-            classifier.fit_standardization(theta, x)
+            if stream is not None:
+                classifier.fit_standardization_chunks(stream.chunks)
+                stream.check_counts()
+            else:
+                classifier.fit_standardization(theta, x)
             if self.loss in REFERENCE_LOSSES:
                 score = extras.get("joint_score")
                 own = ~extras["from_reference"]
@@ -147,10 +167,13 @@ class NRE(Method):
                 loss = BNRELoss(classifier, self.regularization)
             else:
                 loss = NRECLoss(classifier, self.num_atoms, self.gamma)
-            self.history = fit(loss, theta, x, config, extras)
+            if stream is not None:
+                self.history = fit(loss, config=config, stream=stream)
+            else:
+                self.history = fit(loss, theta, x, config, extras)
         classifier = classifier.cpu() if config.device == "cpu" else classifier
         return MCMCPosterior.from_ratio(
-            classifier, self.prior, x.shape[1:], history=self.history, mcmc=self.mcmc
+            classifier, self.prior, x_shape, history=self.history, mcmc=self.mcmc
         )
 
     def _extras(self, theta, from_reference, joint_log_ratio, joint_score) -> dict[str, Any]:

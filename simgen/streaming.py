@@ -1,0 +1,411 @@
+r"""Training data read chunk by chunk: a simulation bank, or any dataset larger than memory.
+
+``NPE(prior).fit(bank="run.zarr")`` (and NLE's, NRE's) trains from a :class:`Stream` instead
+of tensors. A stream reads its source one *chunk* at a time: a bank's chunk is one of its
+zarr chunks (``batch_size`` rows, :mod:`simgen.bank`); a dataset with ``len`` and
+``__getitem__`` returning ``(theta, x)`` is read item by item, an item being a batch
+(``theta`` of shape ``(n, D)``) or one row (``theta`` of shape ``(D,)``, grouped
+``chunk_rows`` at a time). Rows whose x or θ holds NaN or inf, and a bank's rows that failed
+or were never simulated, are dropped as they are read, as :func:`simgen.read_bank` drops
+them. Nothing holds more than the shuffle buffer and a few chunks.
+
+**Set-up statistics.** Estimator set-up reads :meth:`Stream.chunks`, one pass over every
+kept row, through the same :mod:`simgen.moments` code as tensors in memory.
+
+**Validation split.** The held-out rows are a fixed set of *blocks*, decided once per fit from
+the seed: each chunk is cut by position into ``blocks_per_chunk`` near-equal blocks
+(``max(1, ceil(min_blocks / chunks))``, so a bank of few large chunks still holds out close
+to ``validation_fraction`` of its rows), and ``max(1, round(f · blocks))`` blocks, drawn by a
+seeded permutation, are the validation set. Training reads every chunk holding a training
+block and skips the validation rows; validation reads only the chunks holding a validation
+block.
+
+**Shuffling.** Each epoch reads the training chunks in a seeded random order into a shuffle
+buffer of ``shuffle_bytes`` (at least one batch of rows); a full buffer is permuted and cut
+into batches, and the fewer than ``batch_size`` rows left over stay in the buffer for the next
+fill. A buffer that holds the whole training set makes this an in-memory shuffle; a smaller
+one mixes rows within the chunks that share a fill. The same seed gives the same batches.
+``prefetch`` chunks are read ahead in a thread, so reading and decompression overlap the
+optimizer steps (``benchmarks/results_streaming.md`` measures the throughput).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .bank import OK, Bank
+from .errors import BankError, ConfigError, ShapeError, SimulationWarning
+
+__all__ = ["Split", "Stream", "StreamConfig", "as_stream"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a :class:`Stream` reads its source (see the module docstring).
+
+    Attributes:
+        shuffle_bytes: Size of the shuffle buffer. 32 MiB holds a whole bank of up to a
+            million rows of 8 numbers (an in-memory shuffle) and keeps wide x (4 KB a row:
+            8,192 rows, eight bank chunks) well inside the 100 MB budget that
+            ``tests/test_streaming.py`` checks.
+        chunk_rows: Rows per chunk for a dataset whose items are single rows.
+        min_blocks: The split cuts chunks into blocks until there are at least this many,
+            so the validation share is within about ``1 / min_blocks`` of the fraction.
+        prefetch: Chunks read ahead in a background thread (0 reads in the training loop).
+    """
+
+    shuffle_bytes: int = 32 << 20
+    chunk_rows: int = 1024
+    min_blocks: int = 100
+    prefetch: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("shuffle_bytes", "chunk_rows", "min_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(
+                    f"StreamConfig: {name} must be a positive integer, got {value!r}."
+                )
+        if (
+            isinstance(self.prefetch, bool)
+            or not isinstance(self.prefetch, int)
+            or self.prefetch < 0
+        ):
+            raise ConfigError(
+                f"StreamConfig: prefetch must be a non-negative integer, got {self.prefetch!r}."
+            )
+
+
+def _rows(value: Any) -> Tensor:
+    tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.as_tensor(value)
+    return tensor.float() if tensor.dtype != torch.bool else tensor
+
+
+class _BankSource:
+    """A bank's zarr chunks; rows not marked ok are dropped."""
+
+    def __init__(self, path: str | Path):
+        self.bank = Bank.reader(path)
+        group = self.bank.group
+        if self.bank._array("x") is None:
+            raise BankError(f"The bank {self.bank.path} holds no simulated x yet.")
+        self.theta, self.x, self.status = group["theta"], group["x"], group["status"]
+        self.rows = self.bank.batch_size
+        self.num_chunks = max(1, -(-self.bank.num_simulations // self.rows))
+
+    def read(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        rows = slice(i * self.rows, (i + 1) * self.rows)
+        try:
+            theta, x, status = self.theta[rows], self.x[rows], self.status[rows]
+        except Exception as exc:  # noqa: BLE001 - any unreadable chunk is the same mistake
+            raise BankError(
+                f"Chunk {i} of the bank {self.bank.path} is unreadable ({exc}); call simulate "
+                "again with the arguments that made it (and bank=) to simulate it again."
+            ) from exc
+        return _rows(theta), _rows(x), torch.from_numpy(status == OK)
+
+
+class _DatasetSource:
+    """Any ``len``/``__getitem__`` dataset of ``(theta, x)`` batches or rows."""
+
+    def __init__(self, dataset: Any, chunk_rows: int):
+        if len(dataset) < 1:
+            raise ShapeError("The dataset is empty; it must hold (theta, x) batches or rows.")
+        self.dataset = dataset
+        theta, _ = self._item(0)
+        self.batched = theta.ndim == 2
+        if theta.ndim not in (1, 2):
+            raise ShapeError(
+                f"dataset[0] gives theta of shape {tuple(theta.shape)}; items must be (theta, "
+                "x) with theta (D,) for one row or (n, D) for a batch."
+            )
+        self.rows = 1 if self.batched else chunk_rows
+        self.num_chunks = len(dataset) if self.batched else -(-len(dataset) // chunk_rows)
+
+    def _item(self, j: int) -> tuple[Tensor, Tensor]:
+        item = self.dataset[j]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ShapeError(f"dataset[{j}] must be a (theta, x) pair; got {type(item).__name__}.")
+        return _rows(item[0]), _rows(item[1])
+
+    def read(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        if self.batched:
+            theta, x = self._item(i)
+        else:
+            items = [
+                self._item(j)
+                for j in range(i * self.rows, min((i + 1) * self.rows, len(self.dataset)))
+            ]
+            theta = torch.stack([t for t, _ in items])
+            x = torch.stack([v for _, v in items])
+        if len(theta) != len(x):
+            raise ShapeError(
+                f"Chunk {i} of the dataset has {len(theta)} theta rows but {len(x)} x rows."
+            )
+        return theta, x, torch.ones(len(theta), dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The fixed validation blocks of one fit: ``is_validation`` ``(chunks * per_chunk,)``."""
+
+    is_validation: Tensor
+    per_chunk: int
+    train_chunks: Tensor
+    validation_chunks: Tensor
+
+
+#: ``transform(theta, x) -> (theta, x)``, applied to every chunk's kept rows as it is read.
+Transform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class Stream:
+    """Chunks of ``(theta, x)`` from a bank path or a dataset (see the module docstring).
+
+    Args:
+        data: A bank's path (``str`` or ``Path``), or a dataset with ``len`` and
+            ``__getitem__`` giving ``(theta, x)`` batches or rows.
+        config: A :class:`StreamConfig`.
+    """
+
+    def __init__(self, data: Any, config: StreamConfig | None = None):
+        self.config = config or StreamConfig()
+        if isinstance(data, (str, Path)):
+            self.source: Any = _BankSource(data)
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self.source = _DatasetSource(data, self.config.chunk_rows)
+        else:
+            raise ConfigError(
+                f"bank must be a bank's path or a dataset with len() and [i] giving (theta, x); "
+                f"got {type(data).__name__}."
+            )
+        self.num_chunks = self.source.num_chunks
+        self.per_chunk = max(1, math.ceil(self.config.min_blocks / self.num_chunks))
+        self.transform: Transform | None = None
+        #: Rows kept and dropped (failed, never simulated, NaN or inf) by the last full pass.
+        self.kept = self.dropped = 0
+        #: Rows of the last epoch's training pass and validation pass.
+        self.train_rows = self.validation_rows = 0
+
+    def with_transform(self, transform: Transform) -> Stream:
+        """A stream over the same source whose chunks are ``transform(theta, x)``."""
+        other = object.__new__(Stream)
+        other.__dict__.update(self.__dict__)
+        other.transform = transform
+        return other
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, i: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Chunk ``i``'s kept rows ``(theta, x, block, dropped)``: ``block`` is each row's
+        block index within the chunk (by its position before rows were dropped), ``dropped``
+        the number of rows dropped."""
+        theta, x, keep = self.source.read(i)
+        keep = keep & torch.isfinite(x.reshape(len(x), -1)).all(1)
+        keep = keep & torch.isfinite(theta.reshape(len(theta), -1)).all(1)
+        sizes = [len(p) for p in torch.arange(len(theta)).tensor_split(self.per_chunk)]
+        block = torch.repeat_interleave(torch.arange(self.per_chunk), torch.tensor(sizes))
+        dropped = int((~keep).sum())
+        if dropped:
+            theta, x, block = theta[keep], x[keep], block[keep]
+        if self.transform is not None and len(theta):
+            theta, x = self.transform(theta, x)
+        return theta, x, block, dropped
+
+    def _reads(self, chunks: Iterable[int]) -> Iterator[tuple[int, Tensor, Tensor, Tensor, int]]:
+        items = [int(i) for i in chunks]
+        if self.config.prefetch == 0:
+            for i in items:
+                yield (i, *self.read(i))
+            return
+        yield from _prefetch(lambda i: (i, *self.read(i)), items, self.config.prefetch)
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One pass over every kept row, chunk by chunk (``(theta, x)``); at its end,
+        :attr:`kept` and :attr:`dropped` count the rows of the pass."""
+        kept = dropped = 0
+        for _, theta, x, _, lost in self._reads(range(self.num_chunks)):
+            kept, dropped = kept + len(theta), dropped + lost
+            if len(theta):
+                yield theta, x
+        self.kept, self.dropped = kept, dropped
+
+    def peek(self) -> tuple[Tensor, Tensor]:
+        """The first chunk that keeps any rows (``(theta, x)``, transformed)."""
+        for i in range(self.num_chunks):
+            theta, x, _, _ = self.read(i)
+            if len(theta):
+                return theta, x
+        raise ShapeError("The bank or dataset holds no usable rows (every row failed or is NaN).")
+
+    def check_counts(self, what: str = "bank") -> None:
+        """After a pass: a :class:`ShapeError` below 2 kept rows, a
+        :class:`SimulationWarning` counting the dropped ones."""
+        if self.kept < 2:
+            raise ShapeError(
+                f"The {what} holds {self.kept} usable rows; at least 2 are needed to train."
+            )
+        if self.dropped:
+            warnings.warn(
+                f"{self.dropped} of {self.kept + self.dropped} rows of the {what} failed, were "
+                "never simulated or hold NaN or inf; they are skipped.",
+                SimulationWarning,
+                stacklevel=3,
+            )
+
+    # -- the split and the batches -------------------------------------------------------
+    def split(self, fraction: float, generator: torch.Generator) -> Split:
+        """The seeded validation blocks (see the module docstring)."""
+        n = self.num_chunks * self.per_chunk
+        n_val = max(1, int(round(fraction * n)))
+        if n - n_val < 1:
+            raise ConfigError(
+                f"The data has {self.num_chunks} chunk(s), too few to hold out a validation "
+                "set; give it more rows or lower validation_fraction."
+            )
+        is_val = torch.zeros(n, dtype=torch.bool)
+        is_val[torch.randperm(n, generator=generator)[:n_val]] = True
+        per_chunk = is_val.reshape(self.num_chunks, self.per_chunk)
+        return Split(
+            is_val,
+            self.per_chunk,
+            torch.nonzero(~per_chunk.all(1)).flatten(),
+            torch.nonzero(per_chunk.any(1)).flatten(),
+        )
+
+    def train_batches(
+        self, split: Split, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of shuffled training batches of exactly ``batch_size`` rows."""
+        order = split.train_chunks[torch.randperm(len(split.train_chunks), generator=generator)]
+        buffer: _Buffer | None = None
+        rows = 0
+        for i, theta, x, block, _ in self._reads(order.tolist()):
+            keep = ~split.is_validation[i * split.per_chunk + block]
+            theta, x = theta[keep], x[keep]
+            rows += len(theta)
+            if buffer is None and len(theta):
+                buffer = _Buffer(theta, x, batch_size, self.config.shuffle_bytes)
+            start = 0
+            while buffer is not None and start < len(theta):
+                start += buffer.add(theta[start:], x[start:])
+                if buffer.full:
+                    yield from buffer.emit(generator, device)
+        if buffer is not None:
+            yield from buffer.emit(generator, device)
+        #: Training rows of the last epoch (the ragged rest of the last batch included).
+        self.train_rows = rows
+
+    def validation_chunks(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
+        """The validation rows, chunk by chunk."""
+        rows = 0
+        for i, theta, x, block, _ in self._reads(split.validation_chunks.tolist()):
+            keep = split.is_validation[i * split.per_chunk + block]
+            rows += int(keep.sum())
+            if bool(keep.any()):
+                yield theta[keep], x[keep]
+        self.validation_rows = rows
+
+    def sample_rows(self, rows: int, seed: int = 0) -> Tensor:
+        """About ``rows`` x rows drawn evenly from every chunk (seeded)."""
+        per = max(1, math.ceil(rows / self.num_chunks))
+        generator = torch.Generator().manual_seed(seed)
+        parts = []
+        for _, _theta, x, _, _ in self._reads(range(self.num_chunks)):
+            parts.append(x[torch.randperm(len(x), generator=generator)[:per]])
+        return torch.cat(parts)[:rows]
+
+
+class _Buffer:
+    """The shuffle buffer: preallocated rows, permuted and cut into batches when full."""
+
+    def __init__(self, theta: Tensor, x: Tensor, batch_size: int, nbytes: int):
+        row = (theta[0].numel() * theta.element_size()) + (x[0].numel() * x.element_size())
+        capacity = max(2 * batch_size, nbytes // max(row, 1))
+        self.theta = theta.new_empty(capacity, *theta.shape[1:])
+        self.x = x.new_empty(capacity, *x.shape[1:])
+        self.size, self.batch_size = 0, batch_size
+
+    @property
+    def full(self) -> bool:
+        return self.size == len(self.theta)
+
+    def add(self, theta: Tensor, x: Tensor) -> int:
+        take = min(len(theta), len(self.theta) - self.size)
+        self.theta[self.size : self.size + take] = theta[:take]
+        self.x[self.size : self.size + take] = x[:take]
+        self.size += take
+        return take
+
+    def emit(
+        self, generator: torch.Generator, device: torch.device
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        perm = torch.randperm(self.size, generator=generator)
+        bs = self.batch_size
+        whole = self.size - self.size % bs
+        for i in range(0, whole, bs):
+            idx = perm[i : i + bs]
+            yield self.theta[idx].to(device), self.x[idx].to(device)
+        rest = perm[whole:]
+        self.theta[: len(rest)] = self.theta[rest]
+        self.x[: len(rest)] = self.x[rest]
+        self.size = len(rest)
+
+
+def _prefetch(read: Callable[[int], Any], items: list[int], depth: int) -> Iterator[Any]:
+    """``read(i)`` for each item, computed up to ``depth`` items ahead in a thread."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for i in items:
+                value = read(i)
+                while not stop.is_set():
+                    try:
+                        results.put((True, value), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            results.put((False, exc))
+            return
+        results.put((True, _DONE))
+
+    thread = threading.Thread(target=work, daemon=True, name="simgen-stream")
+    thread.start()
+    try:
+        while True:
+            ok, value = results.get()
+            if not ok:
+                raise value
+            if value is _DONE:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                results.get(timeout=0.1)
+        thread.join()
+
+
+_DONE = object()
+
+
+def as_stream(data: Any) -> Stream:
+    """``data`` as a :class:`Stream` (a stream is taken as it is)."""
+    return data if isinstance(data, Stream) else Stream(data)
