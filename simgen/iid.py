@@ -198,7 +198,9 @@ def check_trials_x(posterior: Any, x: Any, batched: bool) -> Tensor:
     if compose is None:
         name = getattr(estimator, "name", type(posterior).__name__)
         raise no_trials_error(f"NPE with the {name!r} estimator")
-    compose(posterior.prior, getattr(posterior, "support", "transform"))
+    placed = getattr(posterior, "placed", None)  # the prior on the estimator's device
+    prior = posterior.prior if placed is None else placed.prior
+    compose(prior, getattr(posterior, "support", "transform"))
     return trials
 
 
@@ -223,10 +225,12 @@ def set_observation(x: Any, element_shape: Sequence[int], n_max: int, batched: b
     ``(B, *element_shape)`` as B sets of one trial.
     """
     element_shape = tuple(int(s) for s in element_shape)
-    if batched and not _is_list_of_sets(x):
+    if not _is_list_of_sets(x):
         x = as_tensor(x, "x")
-        if x.ndim == len(element_shape) + 1:
+        if batched and x.ndim == len(element_shape) + 1:
             x = x[:, None]
+        elif not batched and x.ndim == len(element_shape):
+            x = x[None]
     trials = as_trials(x, element_shape, batched=batched)
     n = int(trials.shape[1])
     if n > n_max:
