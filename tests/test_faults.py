@@ -249,7 +249,7 @@ def test_a_full_disk_mid_run_keeps_the_saved_batches_and_resumes(tmp_path, monke
         ({"num_simulations": 10**12}, "num_simulations must be between"),
         ({"batch_size": 0}, "batch_size must be between 1"),
         ({"batch_size": 2.5}, "batch_size must be a whole number"),
-        ({"batch_size": None}, "batch_size must be a whole number"),
+        ({"batch_size": "10"}, "batch_size must be a whole number"),
         ({"executor": "dask"}, "executor must have submit"),
         ({"bank": 3}, "bank must be a path"),
     ],
