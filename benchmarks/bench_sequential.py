@@ -56,7 +56,7 @@ import simgen
 from benchmarks import harness, warm_up_torch
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
-from simgen.sequential import TruncatedPrior
+from simgen.sequential import HPDRegion, TruncatedPrior
 from simgen.sequential.rounds import round_seed, split_budget
 
 OUT = Path(__file__).with_name("results_sequential.md")
@@ -80,6 +80,9 @@ BASELINES = {
     "simgen_tsnpe_fm": "sbi_snpec",
     "simgen_snle": "sbi_snle",
 }
+#: ε values of the per-round region sweep (the default 1e-4 and larger).
+SWEEP = (1e-4, 1e-3, 1e-2)
+REGION_DRAWS = 20_000
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
@@ -142,11 +145,33 @@ class Scorer:
             inside = proposal.region.contains(self.reference.float())
             row["next_mass"] = proposal.mass
             row["reference_outside"] = 1 - float(inside.float().mean())
+        if isinstance(proposal, TruncatedPrior) and isinstance(proposal.region, HPDRegion):
+            row["epsilons"] = self.region_sweep(posterior)
         if self.per_round:
             draws = posterior.sample((self.num_samples,), x=self.x_o, seed=record.index)
             row["c2st"] = float(c2st(self.reference, draws.reshape(self.num_samples, -1)))
         self.rows.append(row)
         self.cpu += time.process_time() - start
+
+    def region_sweep(self, posterior) -> dict:
+        """For each ε of :data:`SWEEP`: the prior mass of the HPD region at ε of this round's
+        posterior and the reference mass outside it (the same fit, no retraining)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            draws = posterior.sample((REGION_DRAWS,), x=self.x_o).reshape(REGION_DRAWS, -1)
+            prior = posterior.prior.sample((REGION_DRAWS,)).float()
+        region = HPDRegion(posterior, self.x_o, draws=draws)
+        log_q = region.log_q(draws)
+        log_q = torch.sort(log_q[torch.isfinite(log_q)]).values
+        at_prior, at_reference = region.log_q(prior), region.log_q(self.reference.float())
+        out = {}
+        for eps in SWEEP:
+            tau = log_q[int(eps * len(log_q))]
+            out[f"{eps:g}"] = {
+                "mass": float((at_prior >= tau).float().mean()),
+                "reference_outside": float((at_reference < tau).float().mean()),
+            }
+        return out
 
 
 def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
