@@ -151,7 +151,7 @@ def test_sbc_ecdf_states_band_level_and_keeps_legend_outside(truths_and_samples)
     fig = plots.sbc_ecdf(result, labels=LABELS)
     (ax,) = fig.axes
     texts = _legend_texts(ax.get_legend())
-    assert texts[0] == "97.50% simultaneous band per parameter (95% jointly)"
+    assert texts[0] == "97.5% simultaneous band per parameter (95% jointly)"
     assert [t.removesuffix(" (outside)") for t in texts[1:]] == ["mass [GeV]", "width"]
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 RANK_BAND_LEVEL = 0.99  # Talts et al. (2018) draw the 99 % binomial interval per bin
 
 
+def _percent(p: float) -> str:
+    """A level as a percentage to 4 significant digits: 0.975 -> '97.5%'."""
+    return f"{100 * p:.4g}%"
+
+
 def sbc_ecdf(
     result: Any, path: str | Path | None = None, labels: Labels | Sequence[str] | None = None
 ) -> Figure:
@@ -44,8 +49,8 @@ def sbc_ecdf(
         result.band_upper,
         color="0.85",
         label=(
-            f"{result.band_level:.2%} simultaneous band per parameter "
-            f"({1 - result.alpha:.0%} jointly)"
+            f"{_percent(result.band_level)} simultaneous band per parameter "
+            f"({_percent(1 - result.alpha)} jointly)"
         ),
     )
     inside = result.within_band
@@ -155,7 +160,9 @@ def sbc_ranks(
             color="0.85",
             label=f"{hist.level:.0%} binomial band per bin",
         )
-        ax.stairs(hist.counts[d], hist.edges, color="tab:blue", lw=1.4, label="ranks")
+        ax.stairs(
+            hist.counts[d], hist.edges, baseline=None, color="tab:blue", lw=1.4, label="ranks"
+        )
         ax.set(xlim=(hist.edges[0], hist.edges[-1]), xlabel=f"rank of {names[d]}")
         if d % cols == 0:
             ax.set_ylabel("simulations per bin")
