@@ -193,8 +193,10 @@ class ExternalSimulator(Simulator):
 
     def __post_init__(self) -> None:
         command = self.command
-        if isinstance(command, (str, Path)):
-            command = shlex.split(str(command))
+        if isinstance(command, Path):  # a program's path, spaces and all
+            command = (str(command),)
+        elif isinstance(command, str):
+            command = shlex.split(command)
         if isinstance(command, (bytes, Mapping)) or not isinstance(command, Sequence):
             raise ConfigError(
                 f"command must be a string or a list of arguments, got {type(command).__name__}."

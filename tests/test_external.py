@@ -194,6 +194,7 @@ def test_the_string_form_is_split_like_a_shell():
     assert sim.command == ("prog", "--out", "{x_file}", "-n", "3") and sim.x_shape == (3,)
     assert sim.default_batch_size == 1
     assert sim.identity() == "external:prog --out '{x_file}' -n 3"
+    assert ExternalSimulator(Path("/opt/my solver")).command == ("/opt/my solver",)
 
 
 @pytest.mark.slow
