@@ -14,6 +14,10 @@ and chain-count rules); the diagnostics of the last run (R-hat, ESS, acceptance)
 An x of shape ``(n, *x_shape)`` is n i.i.d. trials (:mod:`simgen.iid`): the potential is
 then :math:`\sum_i \ell_\phi(\theta, x_i) + \log p(\theta)`, and ``sample_batched``
 takes a list of trial sets of different sizes, all chains of all sets run in one batch.
+
+Sampling, ``log_prob`` and the surrogate simulator compute on the estimator's device and
+dtype and return tensors there (:mod:`simgen.devices`); the prior draws that start the chains
+are taken on the CPU, so a seed gives the same starting points on every device.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from . import iid
+from .devices import home, to_home
 from .errors import ConfigError, NoDensityError, NotFittedError, ShapeError
 from .estimators.base import ConditionalEstimator
 from .estimators.classifier import RatioClassifier
@@ -63,14 +68,17 @@ class SurrogateSimulator:
 
     @torch.no_grad()
     def sample(self, theta: Any, generator: torch.Generator | None = None) -> Tensor:
-        """Draw one x per row of ``theta`` ``(N, D)`` → ``(N, F)``."""
+        """Draw one x per row of ``theta`` ``(N, D)`` → ``(N, F)``, on the estimator's device
+        (``generator`` may live anywhere: it only seeds the draw)."""
         theta = as_tensor(theta, "theta")
         d = self.estimator.context_shape[0]
         if theta.ndim != 2 or theta.shape[1] != d:
             raise ShapeError(f"theta has shape {tuple(theta.shape)}; expected (N, {d}).")
+        theta = to_home(theta, home(self.estimator))
         if generator is None:
             return self.estimator.draw(1, theta)[0]
-        with torch.random.fork_rng(devices=[]):
+        devices = [] if theta.device.type == "cpu" else [theta.device]
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
             return self.estimator.draw(1, theta)[0]
 
@@ -79,8 +87,10 @@ class SurrogateSimulator:
 
     def log_prob(self, x: Any, theta: Any) -> Tensor:
         """:math:`\\log q_\\phi(x \\mid \\theta)` for matching rows ``(N, F)``, ``(N, D)``."""
+        where = home(self.estimator)
+        theta, x = to_home(as_tensor(theta, "theta"), where), to_home(as_tensor(x, "x"), where)
         with torch.no_grad():
-            return self.estimator(as_tensor(theta, "theta")).log_prob(as_tensor(x, "x"))
+            return self.estimator(theta).log_prob(x)
 
 
 class MCMCPosterior(Posterior):
@@ -147,24 +157,21 @@ class MCMCPosterior(Posterior):
         return cls(ratio_potential(classifier, prior, x_shape), prior, x_shape, classifier,
                    "nre", history, mcmc)  # fmt: skip
 
-    @property
-    def device(self) -> torch.device:
-        """Where the estimator's tensors live (CPU for one without any)."""
-        for tensor in (*self.estimator.buffers(), *self.estimator.parameters()):
-            return tensor.device
-        return torch.device("cpu")
-
     # -- sampling -----------------------------------------------------------------------
     def _init_chains(self, x: Tensor, num_chains: int, seed: int | None) -> Tensor:
-        """Sampling–importance–resampling from the prior: ``(num_chains, B, D)`` in u-space."""
+        """Sampling–importance–resampling from the prior: ``(num_chains, B, D)`` in u-space.
+
+        The prior draws and the resampling run on the CPU's generator (seeded by ``seed``),
+        the weights on the estimator's device, so every device starts from the same chains."""
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            candidates = self.prior.sample((num_chains * 20, len(x))).to(x.device)
-            lw = self.potential(candidates, x) - self.prior.log_prob(candidates)
+            candidates = self._home(self.prior.sample((num_chains * 20, len(x))).cpu())
+            lw = self.potential(candidates, x) - self.placed.prior.log_prob(candidates)
             lw = torch.nan_to_num(lw, nan=-math.inf)
             lw = torch.where(torch.isfinite(lw).any(0, keepdim=True), lw, torch.zeros_like(lw))
-            idx = torch.multinomial(torch.softmax(lw, 0).T, num_chains, replacement=True)
+            weights = torch.softmax(lw, 0).T.cpu()
+            idx = torch.multinomial(weights, num_chains, replacement=True).to(x.device)
             theta = torch.gather(candidates, 0, idx.T[..., None].expand(-1, -1, self.theta_dim))
         return self._transform.inv(theta)
 
@@ -206,7 +213,7 @@ class MCMCPosterior(Posterior):
         check = getattr(self.estimator, "check_data", None)
         if check is not None:
             rows = x if x.ndim == len(self.x_shape) + 1 else x[iid.present(x, self.x_shape)]
-            check(rows, "x_o")
+            check(self._home(rows), "x_o")
         return x
 
     def sample(self, sample_shape: Sequence[int] = (), x: Any = None, **options: Any) -> Tensor:
@@ -224,13 +231,13 @@ class MCMCPosterior(Posterior):
         R-hat > 1.1. sbi's ``show_progress_bars`` is accepted and ignored; any other keyword
         raises :class:`~simgen.errors.ConfigError`.
         """
-        xo = self._single_x(x).to(self.device)
+        xo = self._home(self._single_x(x))
         return self._run(sample_shape, xo, options)[..., 0, :]
 
     def sample_batched(self, sample_shape: Sequence[int], x: Any, **options: Any) -> Tensor:
         """``(*sample_shape, B, D)``: chains for all ``B`` observations run in one batch
         (options as in :meth:`sample`)."""
-        xs = self._batch_x(x).to(self.device)
+        xs = self._home(self._batch_x(x))
         return self._run(sample_shape, xs, options)
 
     def log_prob(
@@ -246,8 +253,8 @@ class MCMCPosterior(Posterior):
         """
         check_options(options, (), "MCMCPosterior.log_prob")
         _no_normaliser(norm_posterior)
-        theta = self._theta(theta).to(self.device)
-        xo = self._single_x(x).to(self.device)
+        theta = self._home(self._theta(theta))
+        xo = self._home(self._single_x(x))
         with torch.set_grad_enabled(theta.requires_grad):
             return self.potential(theta[..., None, :], xo)[..., 0]
 
@@ -257,9 +264,9 @@ class MCMCPosterior(Posterior):
         """Unnormalised ``theta`` ``(*, B, D)`` against ``B`` observations → ``(*, B)``."""
         check_options(options, (), "MCMCPosterior.log_prob_batched")
         _no_normaliser(norm_posterior)
-        theta = self._theta(theta).to(self.device)
+        theta = self._home(self._theta(theta))
         with torch.set_grad_enabled(theta.requires_grad):
-            return self.potential(theta, self._batch_x(x).to(self.device))
+            return self.potential(theta, self._home(self._batch_x(x)))
 
     def to_arviz(self, x: Any = None, num_samples: int = 1000, **kwargs: Any) -> Any:
         """InferenceData with ``(chains, draws)`` posterior draws and the MCMC sample stats."""

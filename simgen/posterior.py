@@ -27,7 +27,8 @@ a flow's tails map cleanly through a logit, while a flow-matching or diffusion f
 on 1,000 slcp simulations stays broad in logit space and piles mass against the box's faces
 (C2ST over 8 seeds 0.952 with the transform, 0.932 with rejection;
 ``benchmarks/results_seeds.md``).
-Each family states its default (``npe_support``).
+Each family states its default (``npe_support``). Posteriors compute and return tensors on
+their estimator's device and dtype, the prior placed there (:mod:`simgen.devices`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from torch import Tensor
 from torch.distributions import Distribution, TransformedDistribution
 
 from . import iid
+from .devices import OnDevice
 from .errors import (
     ConfigError,
     NoDensityError,
@@ -63,7 +65,7 @@ from .posterior_args import (
     sample_shape_of,
 )
 from .prior_specs import prior_from_spec, prior_to_spec
-from .priors import box_bounds, in_support, support_transform
+from .priors import box_bounds, in_support
 from .serialization import save_model
 from .typicality import TRAINING_X_KEY, warn_if_atypical
 
@@ -85,7 +87,7 @@ MIN_ACCEPTANCE = 1e-3
 SUPPORT_MODES = ("transform", "reject")
 
 
-class Posterior(abc.ABC):
+class Posterior(OnDevice, abc.ABC):
     """Shared machinery of every posterior over ``D`` parameters given ``x`` of ``x_shape``.
 
     Arguments are checked here for every subclass, by :mod:`simgen.posterior_args`:
@@ -107,7 +109,6 @@ class Posterior(abc.ABC):
         self.x_shape = tuple(int(s) for s in x_shape)
         self.theta_dim = int(theta_dim)
         self._default_x: Tensor | None = None
-        self._transform = support_transform(prior)
 
     # -- observations -------------------------------------------------------------------
     def set_default_x(self, x: Any) -> Posterior:
@@ -197,15 +198,9 @@ class Posterior(abc.ABC):
         return to_inference_data(samples.detach().cpu(), x_o=xo[0].cpu(), **kwargs)
 
     def _mask_support(self, theta: Tensor, logp: Tensor) -> Tensor:
-        inside = in_support(self.prior, theta.to(self._prior_device()))
+        inside = in_support(self.placed.prior, theta)
         logp = torch.where(torch.isnan(logp), torch.full_like(logp, -torch.inf), logp)
-        return torch.where(inside.to(logp.device), logp, torch.full_like(logp, -torch.inf))
-
-    def _prior_device(self) -> torch.device:
-        try:
-            return self.prior.sample((1,)).device
-        except Exception:  # noqa: BLE001
-            return torch.device("cpu")
+        return torch.where(inside, logp, torch.full_like(logp, -torch.inf))
 
     # -- files ----------------------------------------------------------------------------
     #: The ``"posterior"`` field of saved specs (see ``serialization.POSTERIOR_KINDS``).
@@ -287,19 +282,14 @@ class DirectPosterior(Posterior):
         self.support = support
         self._log_z: dict[bytes, Tensor] = {}
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.estimator.buffers()).device
-
     def distribution(self, x: Any = None) -> Distribution:
         """:math:`q(\\theta \\mid x)` as a torch distribution (batch shape ``(1,)``)."""
-        xo = self._single_x(x).to(self.device)
-        return self._dist(xo)
+        return self._dist(self._home(self._single_x(x)))
 
     def _dist(self, x: Tensor) -> Distribution:
         if self.support == "reject":
             return self.estimator(x)
-        transform = support_transform(self.prior)
+        transform = self.placed.transform
         return TransformedDistribution(self.estimator(x), [transform], validate_args=False)
 
     def _extra_spec(self) -> dict[str, Any]:
@@ -320,9 +310,9 @@ class DirectPosterior(Posterior):
         """
         check_options(options, (), "DirectPosterior.sample")
         check_seed(seed)
-        xo = self._single_x(x).to(self.device)
+        xo = self._single_x(x)
         warn_if_atypical(self, xo)
-        return self._draw(tuple(sample_shape), xo, seed)[..., 0, :]
+        return self._draw(tuple(sample_shape), self._home(xo), seed)[..., 0, :]
 
     @torch.no_grad()
     def sample_batched(
@@ -336,7 +326,7 @@ class DirectPosterior(Posterior):
         (``seed`` and options as in :meth:`sample`)."""
         check_options(options, (), "DirectPosterior.sample_batched")
         check_seed(seed)
-        xs = self._batch_x(x).to(self.device)
+        xs = self._home(self._batch_x(x))
         n = int(np.prod(tuple(sample_shape))) if len(tuple(sample_shape)) else 1
         per_chunk = max(1, _CHUNK // max(len(xs), 1))
         if n <= per_chunk:
@@ -359,7 +349,7 @@ class DirectPosterior(Posterior):
                 u = draw(num, x)
         if self.support == "reject":
             return u.reshape(*sample_shape, *u.shape[1:])
-        theta = support_transform(self.prior)(u)
+        theta = self.placed.transform(u)
         return self._clamp_into_support(theta).reshape(*sample_shape, *theta.shape[1:])
 
     def _draw_rejected(self, num: int, x: Tensor) -> Tensor:
@@ -377,7 +367,7 @@ class DirectPosterior(Posterior):
             # At most ~_CHUNK rows a round, whatever the number of observations.
             k = min(max(int(1.1 * need / rate) + 16, 64), max(_CHUNK // len(x), 64))
             theta = self.estimator.draw(k, x)
-            inside = in_support(self.prior, theta.to(self._prior_device())).to(theta.device)
+            inside = in_support(self.placed.prior, theta)
             drawn, accepted = drawn + k * len(x), accepted + int(inside.sum())
             for b in range(len(x)):
                 rows = theta[inside[:, b], b][: num - filled[b]]
@@ -404,15 +394,15 @@ class DirectPosterior(Posterior):
                 with torch.no_grad(), torch.random.fork_rng(devices=devices):
                     torch.manual_seed(0)
                     theta = self.estimator.draw(LEAKAGE_DRAWS, x[part])
-                    inside = in_support(self.prior, theta.to(self._prior_device()))
+                    inside = in_support(self.placed.prior, theta)
                     share = inside.float().mean(0).clamp_min(1.0 / LEAKAGE_DRAWS)
                 for i, value in zip(part, share.log()):
                     self._log_z[keys[i]] = value.to(x.device)
-        return torch.stack([self._log_z[key] for key in keys])
+        return torch.stack([self._log_z[key].to(x) for key in keys])
 
     def _clamp_into_support(self, theta: Tensor) -> Tensor:
         # A sigmoid saturating in float32 can land exactly on a bound; nudge it inside.
-        low, high = box_bounds(self.prior)
+        low, high = box_bounds(self.placed.prior)
         if low is None:
             return theta
         low, high = low.to(theta), high.to(theta)
@@ -435,8 +425,8 @@ class DirectPosterior(Posterior):
                 "Use a family with one: 'nsf', 'maf', 'realnvp', 'flow_matching', "
                 "'diffusion' (or 'vae' for an estimate)."
             )
-        theta = self._theta(theta).to(self.device)
-        xo = self._single_x(x).to(self.device)
+        theta = self._home(self._theta(theta))
+        xo = self._home(self._single_x(x))
         # Differentiable in theta when theta requires grad (MAP, HMC); otherwise no graph is
         # built and the result never requires grad, whatever the family.
         with torch.set_grad_enabled(theta.requires_grad):
@@ -451,8 +441,8 @@ class DirectPosterior(Posterior):
         """``theta`` ``(*, B, D)`` against ``B`` observations ``x`` → ``(*, B)``
         (``norm_posterior`` and options as in :meth:`log_prob`)."""
         check_options(options, (), "DirectPosterior.log_prob_batched")
-        theta = self._theta(theta).to(self.device)
-        xs = self._batch_x(x).to(self.device)
+        theta = self._home(self._theta(theta))
+        xs = self._home(self._batch_x(x))
         if theta.ndim < 2 or theta.shape[-2] not in (1, len(xs)):
             raise ShapeError(
                 f"theta has shape {tuple(theta.shape)} for {len(xs)} observations; "

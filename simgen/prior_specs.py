@@ -4,6 +4,10 @@ Covered: :class:`~simgen.priors.BoxUniform` (and sbi's), ``MultivariateNormal``,
 ``Independent`` over ``Normal``, ``Uniform``, ``LogNormal``, ``Gamma``, ``Beta``,
 ``Exponential``, ``HalfNormal``. Any other prior saves as ``None``; pass it again to
 :func:`simgen.load` (``prior=``).
+
+:func:`prior_on` places a prior on a device and dtype: the priors above are rebuilt from their
+spec there (float32 and float64 values survive the spec exactly), any other is wrapped in a
+:class:`~simgen.priors.RelocatedPrior`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from torch.distributions import (
     Uniform,
 )
 
-from .priors import BoxUniform
+from .priors import BoxUniform, RelocatedPrior, prior_home
 
-__all__ = ["prior_to_spec", "prior_from_spec"]
+__all__ = ["prior_to_spec", "prior_from_spec", "prior_on"]
 
 _UNIVARIATE: dict[str, tuple[type[Distribution], tuple[str, ...]]] = {
     "Normal": (Normal, ("loc", "scale")),
@@ -73,18 +77,39 @@ def prior_to_spec(prior: Distribution) -> dict[str, Any] | None:
     return None
 
 
-def prior_from_spec(spec: dict[str, Any]) -> Distribution:
-    """Rebuild a prior from :func:`prior_to_spec`'s output."""
+def prior_from_spec(
+    spec: dict[str, Any],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Distribution:
+    """Rebuild a prior from :func:`prior_to_spec`'s output, its tensors on ``device`` in
+    ``dtype``."""
     kind = spec["type"]
+
+    def tensor(values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
     if kind == "BoxUniform":
-        return BoxUniform(torch.tensor(spec["low"]), torch.tensor(spec["high"]))
+        return BoxUniform(tensor(spec["low"]), tensor(spec["high"]), dtype=dtype)
     if kind == "MultivariateNormal":
-        return MultivariateNormal(
-            torch.tensor(spec["loc"], dtype=torch.float32),
-            scale_tril=torch.tensor(spec["scale_tril"], dtype=torch.float32),
-        )
+        return MultivariateNormal(tensor(spec["loc"]), scale_tril=tensor(spec["scale_tril"]))
     if kind == "Independent":
         cls, params = _UNIVARIATE[spec["base"]]
-        base = cls(*[torch.tensor(spec["params"][p], dtype=torch.float32) for p in params])
+        base = cls(*[tensor(spec["params"][p]) for p in params])
         return Independent(base, spec["ndims"])
     raise KeyError(kind)
+
+
+def prior_on(prior: Distribution, device: str | torch.device, dtype: torch.dtype) -> Distribution:
+    """``prior`` with every tensor on ``device`` in ``dtype``: rebuilt from its spec when
+    simgen knows it, else a :class:`~simgen.priors.RelocatedPrior`; ``prior`` itself when it
+    already lives there."""
+    device = torch.device(device)
+    if isinstance(prior, RelocatedPrior):
+        prior = prior.base
+    if prior_home(prior) == (device, dtype):
+        return prior
+    spec = prior_to_spec(prior)
+    if spec is None:
+        return RelocatedPrior(prior, device, dtype)
+    return prior_from_spec(spec, device=device, dtype=dtype)

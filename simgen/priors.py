@@ -9,9 +9,19 @@ The prior's ``support`` decides how simgen keeps samples inside it: estimators a
 :math:`u = T^{-1}(\\theta)` where :math:`T` = ``torch.distributions.biject_to(prior.support)``
 maps :math:`\\mathbb{R}^D` onto the support, so every sample :math:`T(u)` lies in the support
 and densities carry the exact change-of-variables term, with no rejection and no leakage.
+
+**Devices.** A posterior computes on its estimator's device and floating dtype, and so must
+its prior terms. The priors simgen knows (:class:`BoxUniform`, ``MultivariateNormal``,
+``Independent`` over the families of :mod:`simgen.prior_specs`) are rebuilt there
+(:func:`simgen.prior_specs.prior_on`), and with them their support bijection; any other
+prior is wrapped in a :class:`RelocatedPrior`, which evaluates it where it lives with θ moved
+there and moves the result back (its bijection likewise, :class:`RelocatedTransform`), so no
+op ever mixes two devices.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +38,9 @@ __all__ = [
     "in_support",
     "check_in_support",
     "box_bounds",
+    "RelocatedPrior",
+    "RelocatedTransform",
+    "prior_home",
 ]
 
 
@@ -37,6 +50,8 @@ class BoxUniform(Independent):
     Args:
         low: Lower bounds, shape ``(D,)`` (a scalar is broadcast against ``high``).
         high: Upper bounds, shape ``(D,)``; must exceed ``low`` everywhere.
+        device: Where the bounds live (``None``: where ``low`` is, else the CPU).
+        dtype: Their floating dtype; float32 like simgen's networks.
 
     Example:
         >>> prior = BoxUniform(low=-torch.ones(2), high=torch.ones(2))
@@ -44,9 +59,15 @@ class BoxUniform(Independent):
         torch.Size([5, 2])
     """
 
-    def __init__(self, low: Tensor | float, high: Tensor | float, device: str | None = None):
-        low_t = torch.as_tensor(low, dtype=torch.float32, device=device)
-        high_t = torch.as_tensor(high, dtype=torch.float32, device=device)
+    def __init__(
+        self,
+        low: Tensor | float,
+        high: Tensor | float,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        low_t = torch.as_tensor(low, dtype=dtype, device=device)
+        high_t = torch.as_tensor(high, dtype=dtype, device=low_t.device)
         low_t, high_t = torch.broadcast_tensors(low_t, high_t)
         if low_t.ndim != 1:
             raise PriorError(
@@ -63,6 +84,13 @@ class BoxUniform(Independent):
         inside = ((value >= self.low) & (value < self.high)).all(-1)
         logp = -torch.log(self.high - self.low).sum()
         return torch.where(inside, logp, torch.full_like(inside, -torch.inf, dtype=value.dtype))
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> BoxUniform:
+        """The same box with its bounds on ``device`` in ``dtype`` (each kept if ``None``)."""
+        device = self.low.device if device is None else device
+        return BoxUniform(self.low, self.high, device=device, dtype=dtype or self.low.dtype)
 
 
 def prior_dim(prior: Distribution) -> int:
@@ -91,8 +119,12 @@ def check_prior(prior: object) -> None:
 def support_transform(prior: Distribution) -> Transform:
     """The bijection :math:`T: \\mathbb{R}^D \\to \\operatorname{supp}(p)` of the prior.
 
-    Falls back to the identity when the prior does not declare a support.
+    Falls back to the identity when the prior does not declare a support. Its tensors live
+    where the prior's do; a :class:`RelocatedPrior`'s is a :class:`RelocatedTransform`.
     """
+    if isinstance(prior, RelocatedPrior):
+        base = support_transform(prior.base)
+        return RelocatedTransform(base, prior.base_home, prior.device, prior.dtype)
     try:
         support = prior.support
     except (NotImplementedError, AttributeError):
@@ -107,6 +139,9 @@ def support_transform(prior: Distribution) -> Transform:
 
 def in_support(prior: Distribution, theta: Tensor) -> Tensor:
     """Boolean mask, shape ``theta.shape[:-1]``: which rows have non-zero prior density."""
+    if isinstance(prior, RelocatedPrior):
+        home = prior.base_home
+        return in_support(prior.base, theta.to(*home)).to(theta.device)
     try:
         inside = prior.support.check(theta)
         if inside.ndim == theta.ndim:
@@ -142,3 +177,97 @@ def box_bounds(prior: Distribution) -> tuple[Tensor | None, Tensor | None]:
     if isinstance(low, Tensor) and isinstance(high, Tensor) and low.ndim == 1:
         return low, high
     return None, None
+
+
+def _probe(prior: object) -> Tensor:
+    """One draw of ``prior``, taken inside a forked random state (CPU and every CUDA device),
+    so the caller's generators are left as they were."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        return prior.sample((1,))  # type: ignore[attr-defined]
+
+
+def prior_home(prior: object) -> tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` of the prior's draws: where its tensors live."""
+    probe = _probe(prior)
+    dtype = probe.dtype if probe.is_floating_point() else torch.get_default_dtype()
+    return probe.device, dtype
+
+
+class RelocatedPrior(Distribution):
+    """A prior simgen cannot rebuild, seen from ``device`` and ``dtype``.
+
+    ``log_prob(theta)`` is ``base.log_prob(theta moved to base's device and dtype)`` moved
+    back (``.to`` is differentiable, so gradients in θ flow through, for MAP and HMC), and
+    ``sample`` draws where ``base`` lives and moves the draws. :func:`in_support` and
+    :func:`support_transform` treat it the same way.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: Distribution, device: torch.device, dtype: torch.dtype):
+        self.base, self.device, self.dtype = base, torch.device(device), dtype
+        self.base_home = prior_home(base)
+        super().__init__(torch.Size(), _probe(base).shape[-1:], validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.base.support
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        return self.base.sample(torch.Size(sample_shape)).to(self.device, self.dtype)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        out = self.base.log_prob(value.to(*self.base_home))
+        return out.to(self.device, self.dtype)
+
+
+class RelocatedTransform(Transform):
+    """``base``, a bijection whose tensors live at ``base_home`` (``(device, dtype)``),
+    applied to inputs on ``device``: each call moves its input there and the result back."""
+
+    bijective = True
+
+    def __init__(
+        self,
+        base: Transform,
+        base_home: tuple[torch.device, torch.dtype],
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        super().__init__(cache_size=0)
+        self.base, self.base_home = base, base_home
+        self.device, self.dtype = torch.device(device), dtype
+
+    @property
+    def domain(self) -> constraints.Constraint:  # type: ignore[override]
+        return self.base.domain
+
+    @property
+    def codomain(self) -> constraints.Constraint:  # type: ignore[override]
+        return self.base.codomain
+
+    @property
+    def sign(self) -> int:
+        return self.base.sign
+
+    def _there(self, value: Tensor) -> Tensor:
+        return value.to(*self.base_home)
+
+    def _back(self, value: Tensor) -> Tensor:
+        return value.to(self.device, self.dtype)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self._back(self.base(self._there(x)))
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self._back(self.base.inv(self._there(y)))
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._back(self.base.log_abs_det_jacobian(self._there(x), self._there(y)))
+
+    def forward_shape(self, shape: torch.Size) -> torch.Size:
+        return self.base.forward_shape(shape)
+
+    def inverse_shape(self, shape: torch.Size) -> torch.Size:
+        return self.base.inverse_shape(shape)

@@ -31,6 +31,10 @@ per-trial term over the trials present,
 with :math:`\ell_\phi` the log-likelihood (NLE) or the logit (NRE), in one network call over
 trials × chains × observations. For NRE this is the sum of :math:`\log r(\theta, x_i)`,
 exact for the ratio :math:`p(x\mid\theta)/p(x)` (the :math:`p(x_i)` are constants in θ).
+
+**Devices.** A potential computes at its network's device and dtype (:mod:`simgen.devices`):
+θ and x are moved there, the prior is placed there (rebuilt once per device and dtype), and
+the value is returned there, wherever the network is moved after the potential is built.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform
 
+from ..devices import Placement, home, to_home
 from ..iid import filled
-from ..priors import in_support, prior_dim, support_transform
+from ..priors import in_support
 from .base import Potential
 
 __all__ = ["PosteriorPotential", "likelihood_potential", "ratio_potential", "unconstrained"]
@@ -54,13 +59,15 @@ PosteriorPotential = Callable[[Tensor, Tensor], Tensor]
 
 def _with_prior(prior: Distribution) -> Callable[[Tensor, Tensor], Tensor]:
     """``(theta, log_term) -> log_term + log p(theta)``, ``-inf`` outside the support; a NaN
-    inside it is kept, so that MCMC reports it (:class:`~simgen.errors.MCMCError`)."""
-    inner = support_transform(prior)(torch.zeros(prior_dim(prior)))  # a point inside
+    inside it is kept, so that MCMC reports it (:class:`~simgen.errors.MCMCError`). The prior
+    is evaluated at ``theta``'s device and dtype."""
+    placement = Placement(prior)
 
     def add(theta: Tensor, log_term: Tensor) -> Tensor:
-        inside = in_support(prior, theta)
-        safe = torch.where(inside[..., None], theta, inner.to(theta))
-        value = log_term + prior.log_prob(safe)
+        placed = placement.at(theta.device, theta.dtype)
+        inside = in_support(placed.prior, theta)
+        safe = torch.where(inside[..., None], theta, placed.inside)
+        value = log_term + placed.prior.log_prob(safe)
         return torch.where(inside, value, torch.full_like(value, -math.inf))
 
     return add
@@ -85,6 +92,8 @@ def likelihood_potential(
         return estimator(theta.expand(*batch, -1)).log_prob(x.expand(*batch, *x_shape))
 
     def potential(theta: Tensor, x: Tensor) -> Tensor:
+        where = home(estimator)
+        theta, x = to_home(theta, where), to_home(x, where)
         return with_prior(theta, _summed(loglik, theta, x, x_shape))
 
     return potential
@@ -100,6 +109,8 @@ def ratio_potential(
     shape = x_shape if x_shape is not None else getattr(classifier, "context_shape", None)
 
     def potential(theta: Tensor, x: Tensor) -> Tensor:
+        where = home(classifier)
+        theta, x = to_home(theta, where), to_home(x, where)
         if shape is None:
             return with_prior(theta, classifier(theta, x))
         return with_prior(theta, _summed(classifier, theta, x, shape))
