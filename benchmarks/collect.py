@@ -75,6 +75,11 @@ SECTIONS = [
         "python -m pytest tests/test_faults.py tests/test_model_files.py; -m slow for kills",
     ),
     (
+        "results_gpu.md",
+        "GPU smoke (every family on CUDA) and training throughput, GPU vs CPU (issue 22)",
+        "python -m benchmarks.gpu_smoke --out DIR",
+    ),
+    (
         "results_throughput.md",
         "One-theta-per-call simulators on workers and Dask; bank write/read rates (issue 22)",
         "OMP_NUM_THREADS=1 python -m benchmarks.bench_throughput",
