@@ -13,7 +13,9 @@ Both are ordinary batched simulators to the rest of simgen: a call on ``(N, D)``
 ``default_batch_size`` is 1, so :func:`simgen.simulate` without ``batch_size=`` sends each θ
 to a worker on its own: ``workers=N`` (or a Dask client) keeps N calls running, a row that
 fails costs only itself (a batch of several is bisected, which runs its good rows again),
-and ``timeout=`` is per simulation.
+and ``timeout=`` is per simulation. What one row per batch costs is a bank write per row in
+the calling process (``benchmarks/results_throughput.md``): nothing next to a call of
+seconds; pass a larger ``batch_size`` for calls of a fraction of a second into a bank.
 
 **Seeds.** Row ``i`` of a call gets its own seed :math:`s_i`, the ``i``-th of ``N`` integers
 drawn from the call's generator, which :mod:`simgen.batches` seeds from ``(seed, batch,
@@ -41,14 +43,17 @@ programs (two rows may then share a seed, at different θ, with probability abou
 4. A non-zero exit status, output that does not parse (or has the wrong size for
    ``x_shape``) or a run past the program's own ``timeout`` raises a
    :class:`~simgen.errors.SimulationError` naming θ, the seed, the exit status and the last
-   lines of stderr; :func:`simgen.simulate` records that row as failed (``"raised"``) with
-   that message in ``result.errors`` and goes on.
+   lines of stderr; :func:`simgen.simulate` records that row as failed (``"raised"``), keeps
+   the message in ``result.errors`` (the first five distinct ones) and goes on.
 
 Each run has its own temporary folder for the two files, removed afterwards; the program
 runs in ``cwd`` (the caller's folder by default) in a session of its own, so a timeout or a
-Ctrl-C ends it and every process it started. On Linux the program also dies with the
-worker process that runs it (``PR_SET_PDEATHSIG``), so when :func:`simgen.simulate` stops a
-worker past its ``timeout=`` (``workers=N``), the program goes with it.
+Ctrl-C ends it and every process it started. On Linux, started from a single-threaded
+process such as simgen's own workers (``workers=N``), the program also dies with that
+process (``PR_SET_PDEATHSIG``), so when :func:`simgen.simulate` stops a worker past its
+``timeout=``, the program goes with it. Dask workers run calls in threads, where that hook
+is unsafe; there ``setpriv --pdeathsig KILL`` (util-linux) does the same where it is
+installed, so a worker that Dask or simgen ends takes its program with it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,9 +284,10 @@ class ExternalSimulator(Simulator):
         return self._parse(stdout, where, tail)
 
     def _run(self, argv: list[str], stdin: str | None, env: dict) -> tuple[str, str, int]:
+        launch, hook = _die_with_parent(argv, self.cwd, env)
         try:
             process = subprocess.Popen(
-                argv,
+                launch,
                 stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -288,7 +295,7 @@ class ExternalSimulator(Simulator):
                 env=env,
                 text=True,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=hook,
             )
         except OSError as exc:
             raise SimulationError(
@@ -362,16 +369,27 @@ def _end(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, in a single-threaded process (simgen's own worker processes), a hook that
-    makes the program receive SIGKILL when the process that started it dies. Not with other
-    threads running, where code between fork and exec is unsafe."""
-    if not sys.platform.startswith("linux") or threading.active_count() > 1:
-        return None
+def _die_with_parent(
+    argv: list[str], cwd: str | None, env: dict
+) -> tuple[list[str], Callable[[], None] | None]:
+    """How to start the program so that, on Linux, it receives SIGKILL when the process (or
+    thread) that started it dies: ``(argv to run, hook to run between fork and exec)``.
+
+    A single-threaded process (simgen's own workers) sets ``PR_SET_PDEATHSIG`` in a hook; with
+    other threads running (Dask workers), where Python code between fork and exec is unsafe,
+    ``setpriv --pdeathsig KILL`` does it instead, if installed (util-linux). Elsewhere the
+    program starts as it is."""
+    if not sys.platform.startswith("linux"):
+        return argv, None
+    if threading.active_count() > 1:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None or not _found(argv[0], cwd, env):
+            return argv, None  # Popen names a missing program itself
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv], None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
-        return None
+        return argv, None
     prctl, parent = libc.prctl, os.getpid()
 
     def hook() -> None:
@@ -379,4 +397,11 @@ def _die_with_parent() -> Callable[[], None] | None:
         if os.getppid() != parent:  # the parent died before the hook ran
             os._exit(1)
 
-    return hook
+    return argv, hook
+
+
+def _found(program: str, cwd: str | None, env: dict) -> bool:
+    if os.sep in program:
+        path = Path(cwd or ".") / program
+        return path.is_file() and os.access(path, os.X_OK)
+    return shutil.which(program, path=env.get("PATH")) is not None

@@ -9,6 +9,9 @@ its input gives back θ and the row's seed, which :func:`simgen.external.row_see
 
 import os
 import pickle
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -234,3 +237,42 @@ def test_on_dask_the_own_timeout_fails_one_row_and_the_rest_match_the_serial_run
         assert torch.equal(run.failed_theta, theta[hangs])
         assert any("ran past timeout=1.0 s" in e for e in run.errors)
     assert torch.equal(result.theta, serial.theta) and torch.equal(result.x, serial.x)
+
+
+ORPHAN = """
+import shutil, sys, threading, time, torch
+from simgen.external import ExternalSimulator
+if sys.argv[2] == "no-setpriv":
+    shutil.which = lambda *a, **k: None
+sim = ExternalSimulator(["sh", "-c", 'echo $$ > "$1"; exec sleep 60', "hang", sys.argv[1]])
+threading.Thread(target=lambda: sim(torch.zeros(1, 2)), daemon=True).start()
+time.sleep(120)
+"""
+
+
+def _killed_thread_owner(tmp_path, mode):
+    """Start a program from a thread of a process, SIGKILL the process; the program's pid."""
+    pid_file = tmp_path / f"pid-{mode}"
+    owner = subprocess.Popen([sys.executable, "-c", ORPHAN, str(pid_file), mode])
+    try:
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            time.sleep(0.1)
+    finally:
+        owner.kill()
+        owner.wait()
+    return int(pid_file.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_a_program_started_from_a_thread_dies_with_its_process(tmp_path):
+    """As on a Dask worker that is ended: the program started from a worker thread goes
+    too. Control: without setpriv the same program outlives its process."""
+    assert _ends(_killed_thread_owner(tmp_path, "setpriv"))
+    orphan = _killed_thread_owner(tmp_path, "no-setpriv")
+    try:
+        assert not _ends(orphan)
+    finally:
+        os.kill(orphan, signal.SIGKILL)
