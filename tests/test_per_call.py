@@ -227,3 +227,31 @@ def test_progress_on_a_terminal_is_a_live_line_in_simulations(monkeypatch):
     quiet.close()
     assert plain.getvalue().startswith("simulate: 7 of 10 simulations (1 failed) in ")
     assert "4 from the bank" in plain.getvalue()
+
+
+def test_a_resumed_run_counts_the_bank_s_rows_in_the_total_not_the_rate(tmp_path, capsys):
+    path = tmp_path / "run.zarr"
+
+    class StopAt:
+        """``one_theta``, but Ctrl-C on the ``stop``-th θ."""
+
+        def __init__(self, stop):
+            self.stop, self.calls = stop, 0
+
+        def __call__(self, theta, generator=None):
+            self.calls += 1
+            if self.calls == self.stop:
+                raise KeyboardInterrupt
+            return one_theta(theta, generator)
+
+    first = simgen.FunctionSimulator(StopAt(5), vectorized=False)
+    with pytest.raises(simgen.errors.SimulationInterrupted):
+        simgen.simulate(first, PRIOR, N, seed=SEED, bank=path, progress=True)
+    stopped = capsys.readouterr().err.strip().splitlines()
+    assert stopped[-1].startswith(f"simulate: 4 of {N} simulations in ")
+    resumed = simgen.FunctionSimulator(StopAt(0), vectorized=False)
+    result = simgen.simulate(resumed, PRIOR, N, seed=SEED, bank=path, progress=True)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"simulate: {N} of {N} simulations in ")
+    assert ", 4 from the bank, " in line and resumed.fn.calls == N - 4
+    assert torch.equal(result.x, simgen.simulate(PER_CALL, PRIOR, N, seed=SEED).x)
