@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import time
 import warnings
@@ -376,6 +377,36 @@ def write_markdown(rows: list[dict]) -> None:
     OUT.write_text(head + "\n".join(body) + tail)
 
 
+def _log_likelihood(task, name: str, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The closed-form log-likelihood of the two tasks :func:`true_regions` covers."""
+    d2 = ((x - theta) ** 2).sum(-1)
+    if name == "gaussian_linear_uniform":
+        return -0.5 * d2 / task.LIKELIHOOD_VAR
+    parts = [-0.5 * d2 / s**2 - theta.shape[-1] * math.log(s) for s in task.SCALES]
+    return torch.logaddexp(*parts)
+
+
+def true_regions(num_observations: int, epsilon: float = 1e-4) -> list[str]:
+    """Prior mass of the exact posterior's HPD region holding 1 - ε (the region a perfect
+    round-1 fit would give), on the tasks with a closed-form likelihood and a uniform prior
+    (so the posterior density is the likelihood inside the box): 10⁵ exact posterior draws
+    set the threshold, 2·10⁵ prior draws the mass."""
+    lines = ["| task | observation | prior mass of the exact 1e-4 HPD region |", "|---|---|---|"]
+    for name in ("gaussian_linear_uniform", "gaussian_mixture"):
+        task = harness.load_task(name)
+        _, xs = harness.observations(name, "report", num_observations)
+        for i, x in enumerate(xs):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(i)
+                draws = task.reference_posterior(x, 100_000, seed=1)
+                prior = task.prior.sample((200_000,))
+            log_q = torch.sort(_log_likelihood(task, name, draws, x)).values
+            tau = log_q[int(epsilon * len(log_q))]
+            mass = float((_log_likelihood(task, name, prior, x) >= tau).float().mean())
+            lines.append(f"| {name} | {i} | {mass:.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="two_moons,gaussian_linear_uniform")
@@ -388,7 +419,11 @@ def main() -> None:
     parser.add_argument("--per-round", action="store_true", help="C2ST of every round")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
     parser.add_argument("--any-code", action="store_true", help="table: runs of any code")
+    parser.add_argument("--true-regions", action="store_true", help="exact regions' prior mass")
     args = parser.parse_args()
+    if args.true_regions:
+        print("\n".join(true_regions(args.observations)))
+        return
     torch.set_num_threads(1)
     if not args.table_only:
         warm_up_torch()
