@@ -352,7 +352,10 @@ def load(
         path: File written by ``posterior.save(path)`` (``~`` expanded).
         prior: Needed only when the model's prior could not be stored as a spec.
         embedding_net: Needed only when the model was trained with a custom embedding net.
-        device: Where to put the weights.
+        device: Where the posterior computes and returns its tensors (``"cpu"``, ``"cuda"``,
+            ``"cuda:1"``, ...; :mod:`simgen.devices`). The weights are read on the CPU
+            whatever device saved them (``map_location="cpu"``), checked, then moved, so a
+            model trained on a GPU loads on a machine without one.
 
     Raises:
         ModelFileError: The file is missing, not a simgen model, damaged, or inconsistent;

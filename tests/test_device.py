@@ -386,3 +386,16 @@ def test_placing_the_prior_leaves_the_callers_random_state_alone():
     state = torch.get_rng_state()
     posterior.log_prob(torch.ones(3, 2), x=x[0])
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_a_round_trip_through_another_home_changes_nothing():
+    """Seeded draws and densities after float32 → float64 → float32 equal those before, and
+    the float64 ones agree with them to float32 precision."""
+    posterior, x = _train("npe", PRIORS["box"]())
+    theta = torch.tensor([[0.3, -0.2], [1.5, 1.9]])
+    before = posterior.sample((6,), x=x[0], seed=3), posterior.log_prob(theta, x=x[0])
+    wide = posterior.to(torch.float64).log_prob(theta, x=x[0])
+    after = posterior.to(torch.float32)
+    torch.testing.assert_close(after.sample((6,), x=x[0], seed=3), before[0])
+    torch.testing.assert_close(after.log_prob(theta, x=x[0]), before[1])
+    torch.testing.assert_close(wide.float(), before[1], rtol=1e-4, atol=1e-4)
