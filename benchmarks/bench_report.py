@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import time
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks = harness.TASKS if args.tasks == ["all"] else args.tasks
     for name in tasks:
         harness.load_task(name)
-    methods = [m for m in args.methods.split(",") if m]
+    # Commas inside a JSON list (hidden_features=[64, 64]) do not separate methods.
+    methods = [m for m in re.split(r",(?![^\[]*\])", args.methods) if m]
     for spec in methods:
         evaluation.parse_method(spec)
     # The command that computes these cells (--cached-only and --note do not change them).

@@ -20,6 +20,11 @@ SECTIONS = [
         "python -m benchmarks.bench_report --tasks all --budgets 1000 10000 --seeds 0 1 2"
         " --set report --methods npe,sbi_npe",
     ),
+    (
+        "results_defaults.md",
+        "NPE default chosen on the tuning observations (issue 24)",
+        "python -m benchmarks.bench_defaults --seeds 0 1 --c2st-samples 1000",
+    ),
     ("results_npe.md", "NPE vs sbi (issue 3)", "python -m benchmarks.bench_npe"),
     ("results_step.md", "Where sbi's training time goes", "python -m benchmarks.bench_step"),
     (
