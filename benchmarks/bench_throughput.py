@@ -10,10 +10,12 @@ vectorized=False)``, batch size 1), in this process, on simgen's own pool of 1 a
 processes (``workers=``), on a Dask ``LocalCluster`` of 2 single-threaded worker processes
 (``executor=client``; the cluster's start-up is timed apart), and as an external program
 (``ExternalSimulator``, ``sh`` sleeping 0.1 s) on 2 workers, and on 2 workers into a bank
-(one row per batch, so every row is a bank write in this process). With ``w`` workers the ideal
-wall time is ``NUM_SIMS * DELAY / w``; the overhead per task is ``(wall - ideal) * w /
-NUM_SIMS``, the time a worker spends on a task beyond its 0.1 s. The pool's start-up and
-shut-down are inside the wall time (a ``simulate`` call makes and ends its pool).
+(one row per batch, so every row is a bank write in this process); beside them, sbi's
+``simulate_for_sbi`` on 1 and 2 workers (joblib, ``simulation_batch_size=1``; sbi is
+imported before the clock starts). With ``w`` workers the ideal wall time is ``NUM_SIMS *
+DELAY / w``; the overhead per task is ``(wall - ideal) * w / NUM_SIMS``, the time a worker
+spends on a task beyond its 0.1 s. The pool's start-up and shut-down are inside the wall
+time (a ``simulate`` call makes and ends its pool; so does ``simulate_for_sbi``).
 
 **Banks.** A cheap vectorised simulator (x of ``X_DIM`` float32 per θ) writes ``BANK_ROWS``
 rows into a zarr bank in batches of 1,000; the write rate is the banked ``simulate`` call's
@@ -42,7 +44,7 @@ import torch
 import simgen
 from simgen.external import ExternalSimulator
 
-__all__ = ["slow_one", "cheap_batch", "time_call", "main"]
+__all__ = ["slow_one", "slow_rows", "cheap_batch", "time_call", "main"]
 
 DELAY = 0.1
 NUM_SIMS = 40
@@ -88,8 +90,44 @@ def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(mean)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
+def slow_rows(theta: torch.Tensor) -> torch.Tensor:
+    """``slow_one`` batched the way sbi calls a simulator, ``(N, 2) -> (N, 2)`` (sbi's workers
+    pass numpy arrays)."""
+    return torch.stack([slow_one(row) for row in torch.as_tensor(theta, dtype=torch.float32)])
+
+
+def _simgen(sim: object, options: dict) -> Callable[[int], object]:
+    def go(seed: int) -> object:
+        folder = Path(tempfile.mkdtemp(prefix="simgen-bench-"))
+        run = {**options, "bank": folder / "run.zarr"} if "bank" in options else options
+        try:
+            return simgen.simulate(sim, PRIOR, NUM_SIMS, seed=seed, **run)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return go
+
+
+def _sbi(workers: int) -> Callable[[int], object]:
+    def go(seed: int) -> object:
+        from sbi.inference import simulate_for_sbi
+
+        return simulate_for_sbi(
+            slow_rows,
+            PRIOR,
+            NUM_SIMS,
+            num_workers=workers,
+            simulation_batch_size=1,
+            seed=seed,
+            show_progress_bar=False,
+        )
+
+    return go
+
+
 def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str]]:
     """The workers table, the Dask cluster's start-up seconds and the identity check."""
+    import sbi.inference  # noqa: F401 - its import is not a simulation cost
     from dask.distributed import Client, LocalCluster
 
     per_call = simgen.FunctionSimulator(slow_one, vectorized=False)
@@ -100,27 +138,22 @@ def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str]]:
     client = Client(cluster)
     client.submit(sum, [1]).result()  # workers up and answering
     startup = time.perf_counter() - t0
-    setups: list[tuple[str, object, int, dict]] = [
-        ("in this process", per_call, 1, {}),
-        ("workers=1", per_call, 1, {"workers": 1}),
-        ("workers=2", per_call, 2, {"workers": 2}),
-        ("Dask LocalCluster, 2 workers", per_call, 2, {"executor": client}),
-        ("workers=2, into a bank", per_call, 2, {"workers": 2, "bank": True}),
-        ("external program, workers=2", program, 2, {"workers": 2}),
+    setups = [
+        ("in this process", per_call, 1, _simgen(per_call, {})),
+        ("workers=1", per_call, 1, _simgen(per_call, {"workers": 1})),
+        ("workers=2", per_call, 2, _simgen(per_call, {"workers": 2})),
+        ("Dask LocalCluster, 2 workers", per_call, 2, _simgen(per_call, {"executor": client})),
+        ("workers=2, into a bank", per_call, 2, _simgen(per_call, {"workers": 2, "bank": True})),
+        ("external program, workers=2", program, 2, _simgen(program, {"workers": 2})),
+        ("sbi simulate_for_sbi, num_workers=1", None, 1, _sbi(1)),
+        ("sbi simulate_for_sbi, num_workers=2", None, 2, _sbi(2)),
     ]
     rows, checks = [], []
     try:
-        for name, sim, w, options in setups:
+        for name, sim, w, go in setups:
             walls, cpus, results = [], [], []
             for seed in range(repeats):
-                folder = Path(tempfile.mkdtemp(prefix="simgen-bench-"))
-                run = {**options, "bank": folder / "run.zarr"} if "bank" in options else options
-                wall, cpu, out = time_call(
-                    lambda sim=sim, seed=seed, run=run: simgen.simulate(
-                        sim, PRIOR, NUM_SIMS, seed=seed, **run
-                    )
-                )
-                shutil.rmtree(folder, ignore_errors=True)
+                wall, cpu, out = time_call(lambda go=go, seed=seed: go(seed))
                 walls.append(wall)
                 cpus.append(cpu)
                 results.append(out)
@@ -137,7 +170,8 @@ def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str]]:
                     _spread(cpus),
                 ]
             )
-            checks.append((name, sim, results))
+            if sim is not None:
+                checks.append((name, sim, results))
     finally:
         client.close()
         cluster.close()
@@ -243,6 +277,10 @@ its {DELAY} s, pool start-up and shut-down included. CPU s is this process's
 {_table(WORKER_HEADER, workers)}
 
 {chr(10).join(f"- {line}" for line in same)}
+
+`simulate_for_sbi` with `num_workers` > 1 starts joblib's worker processes (which import
+torch and sbi) in its first call and reuses them in later ones, hence its range; simgen's
+`workers=` forks a pool in every `simulate` call and ends it at the end.
 
 ## Banks (zarr): write and read rates
 
