@@ -4,20 +4,31 @@
 handled inside the worker (:func:`simgen.batches.batch_job` retries and bisects it). A call
 that runs past ``timeout`` or takes its worker down is retried ``retries`` times, then split
 in halves until the rows that cause it are isolated and recorded as ``TIMEOUT`` or
-``CRASHED``; the run goes on. simgen can do that where it may stop workers:
+``CRASHED``; the run goes on. simgen does that where it may stop workers:
 
 * its own process pool (``workers=N``): a call past its timeout is stopped by ending the
   pool's processes; a dead worker breaks the whole pool, so the pool is rebuilt, the calls
   that were running are requeued as suspects and run one at a time until the one that
   crashes alone is found;
-* a Dask client, for dead workers only: Dask replaces a worker that dies and gives up on a
-  call after its allowed failures with ``KilledWorker``, which simgen bisects.
+* its own Dask cluster (``executor="dask"``: a ``LocalCluster`` of ``workers`` processes
+  with one thread each, started with ``allowed-failures`` 0, so that the scheduler gives up
+  on a call at the first worker it kills): every call that loses its worker is requeued as
+  a suspect, and a suspect that loses one alone is retried and bisected;
+* any Dask cluster whose workers have a nanny (``processes=True``, the default of
+  ``LocalCluster`` and the job-queue clusters), for timeouts: the clock of a call starts
+  when its worker starts running it (the task notes that in its worker process, and simgen
+  asks the workers when a deadline passes, so a call waiting for a worker or for its
+  worker's imports is never late). A late call is cancelled and its worker process ended
+  (its nanny starts a fresh one); simgen's other calls on that worker are cancelled first
+  and requeued untouched.
 
-A running Dask task cannot be stopped (its thread keeps running; restarting its worker
-also kills innocent calls, which would then be recorded as failed), and simgen cannot stop
-or replace a worker of a ``concurrent.futures`` pool the caller passed. So on those a call
-past its timeout, or a dead worker of a passed pool, stops the run with a
-:class:`~simgen.errors.SimulationStopped` naming the rows (what had finished is kept).
+simgen cannot stop a thread (a Dask cluster without nannies, ``processes=False``) nor stop
+or replace a worker of a ``concurrent.futures`` pool the caller passed, and it does not
+kill the workers of a Dask client it was given over and over to find a crashing row. So a
+call past its timeout there, a dead worker of a passed pool, and a call on a passed Dask
+client that Dask gave up on (``KilledWorker``: it took its allowed number of workers down)
+stop the run with a :class:`~simgen.errors.SimulationStopped` naming the rows (what had
+finished is kept).
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import math
+import os
 import pickle
 import time
 from collections.abc import Iterable, Iterator
@@ -45,6 +57,12 @@ __all__ = ["run_batches", "Workers", "schedule"]
 
 #: Seconds between looks at Dask calls (they cannot be waited on with concurrent.futures).
 POLL = 0.05
+
+#: Seconds to wait for the Dask scheduler to drop cancelled calls before ending a worker.
+CANCEL_WAIT = 10.0
+
+#: In a Dask worker process: when each running call started, by (worker address, task key).
+STARTED: dict[tuple[str, str], float] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,29 +115,39 @@ def run_batches(
 
 
 class Workers:
-    """The executor a run uses, and what simgen may do to its workers."""
+    """The executor a run uses, and what simgen may do to its workers.
+
+    ``kind`` is ``"own"`` (simgen's process pool), ``"dask"`` or ``"user"`` (a
+    ``concurrent.futures`` pool passed in); ``owned`` says whether simgen started the
+    workers, and so may kill them to find a row that crashes one."""
 
     def __init__(self, executor: Any, workers: int | None, timeout: float | None, sim: Any):
-        if executor is None:
+        self.cluster: Any = None
+        if executor is None or executor == "dask":
             try:
                 pickle.dumps(sim)
             except Exception as exc:  # noqa: BLE001 - any pickling failure is the same mistake
                 raise ConfigError(
-                    f"workers= and timeout= run the simulator in other processes, so it must "
-                    f"be picklable, and {sim!r} is not ({type(exc).__name__}: {exc}). Define it "
-                    "as a module-level function or class instead of a lambda or closure."
+                    f"workers=, timeout= and executor='dask' run the simulator in other "
+                    f"processes, so it must be picklable, and {sim!r} is not "
+                    f"({type(exc).__name__}: {exc}). Define it as a module-level function or "
+                    "class instead of a lambda or closure."
                 ) from exc
-            self.kind, self.size = "own", int(workers or 1)
+        if executor is None:
+            self.kind, self.owned, self.size = "own", True, int(workers or 1)
             self.executor: Any = cf.ProcessPoolExecutor(self.size)
+        elif executor == "dask":
+            self.kind, self.owned, self.size = "dask", True, int(workers or os.cpu_count() or 1)
+            self.cluster, self.executor = _dask_cluster(self.size)
         else:
             self.kind = "dask" if type(executor).__module__.startswith("distributed") else "user"
-            self.size, self.executor = _num_workers(executor), executor
-        queued = timeout is None and self.kind != "own"
+            self.owned, self.size, self.executor = False, _num_workers(executor), executor
+        queued = timeout is None and not (self.kind == "own" or self.cluster is not None)
         self.limit = max(8, 2 * self.size) if queued else self.size
 
     def submit(self, *args: Any) -> Any:
         if self.kind == "dask":  # a new key for every call: a retry is not the cancelled one
-            return self.executor.submit(batch_job, *args, pure=False)
+            return self.executor.submit(dask_job, *args, pure=False)
         return self.executor.submit(batch_job, *args)
 
     def lost_worker(self, exc: BaseException) -> bool:
@@ -130,9 +158,93 @@ class Workers:
         _kill(self.executor)
         self.executor = cf.ProcessPoolExecutor(self.size)
 
+    def started(self) -> tuple[dict[str, tuple[str, float]], set[str]]:
+        """Dask: the worker running each call that has started and for how many seconds,
+        by task key, and the addresses of the workers that have a nanny (may be ended)."""
+        report = self.executor.run(_running, on_error="ignore")
+        elapsed = {k: (a, t) for a, r in report.items() for k, t in r["running"].items()}
+        return elapsed, {a for a, r in report.items() if r["nanny"]}
+
+    def where(self, keys: set[str]) -> dict[str, set[str]]:
+        """Dask: the keys among ``keys`` that each worker holds (running or waiting)."""
+        held = self.executor.processing()
+        return {a: set(k) & keys for a, k in held.items() if set(k) & keys}
+
+    def end_workers(self, addresses: set[str], cancelled: set[str]) -> None:
+        """Dask: end these worker processes (their nannies start fresh ones), once the
+        scheduler has dropped the ``cancelled`` keys: a key it still held would be run
+        again on another worker, where a thread that hangs could not be stopped."""
+        end = time.monotonic() + CANCEL_WAIT
+        while time.monotonic() < end and any(set(self.where(cancelled))):
+            time.sleep(POLL)
+        self.executor.run(_exit_worker, workers=list(addresses), wait=False, on_error="ignore")
+
+    def done_with(self, future: Any) -> None:
+        """Dask: drop a delivered result from the cluster's memory at once (a worker that
+        is ended later would otherwise make the scheduler compute it again)."""
+        if self.kind == "dask":
+            future.release()
+
     def close(self) -> None:
         if self.kind == "own":
             _kill(self.executor)
+        elif self.cluster is not None:
+            with contextlib.suppress(Exception):  # already closing
+                self.executor.close()
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+            self.cluster.simgen_settings.__exit__(None, None, None)
+
+
+def _dask_cluster(size: int) -> tuple[Any, Any]:
+    """A local Dask cluster of ``size`` worker processes (one thread each) that gives up on
+    a call at the first worker it kills, and a client of it."""
+    import logging
+
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    # A worker that takes longer than lost-worker-timeout (15 s) to come back after being
+    # ended would be dropped by the cluster for good; on a loaded machine it may well.
+    settings = dask.config.set({"distributed.deploy.lost-worker-timeout": "1 hour"})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=size,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # a killed worker is reported by simgen's warning
+        )
+    cluster.simgen_settings = settings  # restored by Workers.close
+    return cluster, Client(cluster)
+
+
+def dask_job(*args: Any) -> Any:
+    """:func:`~simgen.batches.batch_job` in a Dask worker, noting when it started."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    key = (worker.address, str(worker.get_current_task()))
+    STARTED[key] = time.monotonic()
+    try:
+        return batch_job(*args)
+    finally:
+        STARTED.pop(key, None)
+
+
+def _running(dask_worker: Any) -> dict[str, Any]:
+    """Run by Dask on each worker: the calls running there and for how long, and whether
+    the worker has a nanny."""
+    now, address = time.monotonic(), dask_worker.address
+    running = {k: now - t for (a, k), t in list(STARTED.items()) if a == address}
+    return {"running": running, "nanny": getattr(dask_worker, "nanny", None)}
+
+
+async def _exit_worker(dask_worker: Any) -> None:
+    """Run by Dask on a worker with a nanny: end its process at once (a thread that hangs
+    cannot be stopped otherwise, and a graceful close would wait for it)."""
+    if getattr(dask_worker, "nanny", None):
+        os._exit(70)
 
 
 def _kill(pool: cf.ProcessPoolExecutor) -> None:
@@ -218,14 +330,17 @@ def schedule(
                 exc = future.exception()
                 if exc is None:
                     outputs, status, errs, attempts = future.result()
+                    pool.done_with(future)
                     done = settle(call, (outputs, status, attempts), errs)
                 elif not pool.lost_worker(exc):
                     raise exc
-                elif pool.kind == "user":
-                    lost = [call, *(c for c, _ in running.values())]
-                    raise _stopped(lost, batch_size, "crash")
-                elif pool.kind == "dask":
-                    done = fail(call, CRASHED)
+                elif not pool.owned:
+                    others = [c for c, _ in running.values()] if pool.kind == "user" else []
+                    raise _stopped([call, *others], batch_size, "crash", kind=pool.kind)
+                elif pool.kind == "dask":  # alone, it crashed its worker; else find out
+                    done = fail(call, CRASHED) if call.suspect else None
+                    if not call.suspect:
+                        requeue([dataclasses.replace(call, suspect=True)])
                 else:
                     broken.append(call)
                     done = None
@@ -245,12 +360,16 @@ def schedule(
             late = [f for f, (_, deadline) in running.items() if now > deadline and not f.done()]
             if not late:
                 continue
-            if pool.kind != "own":
+            if pool.kind == "dask":
+                late = _dask_late(pool, late, running, timeout, batch_size, requeue)
+                calls = [running.pop(f)[0] for f in late]
+            elif pool.kind == "user":
                 raise _stopped([running[f][0] for f in late], batch_size, "timeout", timeout)
-            calls = [running.pop(f)[0] for f in late]
-            requeue(c for c, _ in running.values())
-            running.clear()
-            pool.restart()
+            else:
+                calls = [running.pop(f)[0] for f in late]
+                requeue(c for c, _ in running.values())
+                running.clear()
+                pool.restart()
             for call in calls:
                 done = fail(call, TIMEOUT)
                 if done is not None:
@@ -258,6 +377,37 @@ def schedule(
     finally:
         for future in running:
             future.cancel()
+
+
+def _dask_late(pool: Workers, late: list, running: dict, timeout, batch_size: int, requeue):
+    """The calls among ``late`` that have run past ``timeout`` on a Dask worker, now
+    cancelled and their workers ended; simgen's other calls on those workers are cancelled
+    and requeued, and a late call that had not started yet gets a new deadline."""
+    elapsed, stoppable = pool.started()
+    now, over, workers = time.monotonic(), [], set()
+    for future in late:
+        call, _ = running[future]
+        address, ran = elapsed.get(str(future.key), (None, 0.0))
+        if address is None or ran < timeout:  # waiting for a worker, or started late
+            running[future] = (call, now + timeout - ran)
+        else:
+            over.append(future)
+            workers.add(address)
+    if not over:
+        return []
+    if not workers <= stoppable:
+        calls = [running[f][0] for f in over]
+        raise _stopped(calls, batch_size, "timeout", timeout, "threads")
+    keys = {str(f.key): f for f in running}
+    held = pool.where(set(keys))
+    innocent = {keys[k] for a in workers for k in held.get(a, ())} - set(over)
+    innocent |= {keys[k] for k, (a, _) in elapsed.items() if a in workers and k in keys}
+    innocent -= set(over)
+    for future in [*over, *innocent]:
+        future.cancel()
+    requeue(running.pop(f)[0] for f in sorted(innocent, key=lambda f: running[f][0].batch))
+    pool.end_workers(workers, {str(f.key) for f in [*over, *innocent]})
+    return over
 
 
 def _first(item: tuple[int, Piece]) -> int:
@@ -307,16 +457,36 @@ def _wait(pool: Workers, running: dict[Any, tuple[Call, float]]) -> None:
     cf.wait(list(running), timeout=wait, return_when=cf.FIRST_COMPLETED)
 
 
-def _stopped(calls: list[Call], batch_size: int, why: str, timeout: float | None = None):
+def _stopped(
+    calls: list[Call],
+    batch_size: int,
+    why: str,
+    timeout: float | None = None,
+    kind: str = "user",
+) -> SimulationStopped:
     rows = "; ".join(c.rows(batch_size) for c in calls)
+    if why == "timeout" and kind == "threads":
+        return SimulationStopped(
+            f"The simulation of {rows} ran past timeout={timeout} s on a Dask worker without "
+            "a nanny (a thread, as in LocalCluster(processes=False)), which is still running "
+            "it: a thread cannot be stopped. Use worker processes (LocalCluster(processes="
+            "True), dask-worker with its nanny), executor='dask' or workers=N, so that simgen "
+            "ends such calls and records those rows as failed."
+        )
     if why == "timeout":
         return SimulationStopped(
             f"The simulation of {rows} ran past timeout={timeout} s on a worker of the "
             "executor passed in, which is still running it: simgen cannot stop a worker of "
-            "a pool or Dask cluster it was given (shut it down, or restart that worker). "
-            "Pass workers=N "
-            "instead of executor= so that simgen stops such calls and records those rows "
-            "as failed."
+            "a pool it was given (shut it down). Pass workers=N or a Dask client instead of "
+            "executor=pool so that simgen stops such calls and records those rows as failed."
+        )
+    if kind == "dask":
+        return SimulationStopped(
+            f"The simulation of {rows} took down every Dask worker that ran it (os.abort, a "
+            "segfault, out of memory) until Dask gave up on it (KilledWorker); simgen does "
+            "not keep killing the workers of a cluster it was given to find the row. Pass "
+            "executor='dask' (a local cluster simgen owns) or workers=N so that simgen "
+            "records the rows that crash as failed and goes on."
         )
     return SimulationStopped(
         f"A worker process of the executor passed in died (os.abort, a segfault, out of "

@@ -250,7 +250,7 @@ def test_a_full_disk_mid_run_keeps_the_saved_batches_and_resumes(tmp_path, monke
         ({"batch_size": 0}, "batch_size must be between 1"),
         ({"batch_size": 2.5}, "batch_size must be a whole number"),
         ({"batch_size": "10"}, "batch_size must be a whole number"),
-        ({"executor": "dask"}, "executor must have submit"),
+        ({"executor": "spark"}, "executor must have submit.*or be .dask."),
         ({"bank": 3}, "bank must be a path"),
     ],
 )

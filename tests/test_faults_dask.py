@@ -1,0 +1,145 @@
+"""Fault battery on Dask: a hanging θ and a θ that kills its worker process.
+
+The cluster is ``LocalCluster(processes=True, n_workers=2, threads_per_worker=1)``, whose
+workers have nannies. A simulator misbehaves for one θ (row ``TARGET`` of the seeded prior
+draws): it hangs until the test releases it, or ends its process with ``os._exit``. Where
+simgen isolates the row, the others must come out exactly as in a serial run where that θ
+merely raises (same bisection, same generators); where it cannot, the run stops naming the
+rows and the bank keeps exactly what had finished. The fast case is in the default run;
+the crash cases are ``slow``.
+"""
+
+import os
+import time
+
+import pytest
+import torch
+
+import simgen
+from simgen.bank import Bank
+from simgen.errors import SimulationStopped, SimulationWarning
+from simgen.simulate import sample_prior
+
+PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
+N, SEED, BATCH, TARGET = 16, 3, 4, 5
+
+
+def noisy(theta, generator=None):
+    return theta + 0.1 * torch.randn(theta.shape, generator=generator)
+
+
+class Bad:
+    """``noisy``, except for rows equal to ``target``: ``"raise"``, ``"exit"`` (the worker
+    process ends at once) or ``"hang"`` (until the file ``release`` exists); ``log`` gets a
+    line per bad call."""
+
+    def __init__(self, what, target, folder):
+        self.what, self.target = what, target
+        self.release, self.log = folder / "release", folder / "bad_calls"
+
+    def __call__(self, theta, generator=None):
+        if (theta == self.target).all(1).any():
+            with open(self.log, "a") as f:
+                f.write(f"{len(theta)}\n")
+            if self.what == "raise":
+                raise RuntimeError("bad theta")
+            if self.what == "exit":
+                os._exit(3)
+            end = time.monotonic() + 120
+            while not self.release.exists() and time.monotonic() < end:
+                time.sleep(0.02)
+        return noisy(theta, generator)
+
+    def calls(self):
+        return len(self.log.read_text().split()) if self.log.exists() else 0
+
+
+def _target():
+    return sample_prior(PRIOR, N, SEED)[TARGET]
+
+
+def _serial_with_raise(tmp_path):
+    with pytest.warns(SimulationWarning):
+        return simgen.simulate(
+            Bad("raise", _target(), tmp_path), PRIOR, N, seed=SEED, batch_size=BATCH
+        )
+
+
+def _same(a, b):
+    return torch.equal(a.theta, b.theta) and torch.equal(a.x, b.x)
+
+
+@pytest.fixture
+def client():
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    # A LocalCluster drops a worker that takes over 15 s to come back after it was ended,
+    # as it may on a loaded 2-core machine; simgen's own cluster raises this limit itself.
+    with (
+        dask.config.set({"distributed.deploy.lost-worker-timeout": "10 minutes"}),
+        LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
+
+
+def test_a_hanging_theta_on_a_dask_client_is_recorded_as_timeout(tmp_path, client):
+    # Control: the serial run where that θ raises is the answer; a run that stopped, or
+    # one whose other rows were bisected or lost, would differ from it.
+    expected = _serial_with_raise(tmp_path)
+    sim = Bad("hang", _target(), tmp_path / "hang")
+    (tmp_path / "hang").mkdir()
+    try:
+        with pytest.warns(SimulationWarning, match="1 ran past the timeout"):
+            result = simgen.simulate(
+                sim, PRIOR, N, seed=SEED, batch_size=BATCH, executor=client, timeout=1.0
+            )
+    finally:
+        sim.release.touch()
+    assert _same(result, expected) and len(result.theta) == N - 1
+    assert result.failed_reason == ["timeout"] and result.failed_attempts.tolist() == [1]
+    assert torch.equal(result.failed_theta, _target()[None])
+    assert sim.calls() == 3  # the batch of 4, the half of 2 holding the row, the row itself
+    # The workers whose calls were stopped came back: the client still runs work.
+    assert client.submit(sum, [1, 2]).result() == 3
+
+
+@pytest.mark.slow
+def test_a_theta_that_kills_its_worker_on_simgens_dask_cluster_is_recorded_as_crash(tmp_path):
+    expected = _serial_with_raise(tmp_path)
+    (tmp_path / "exit").mkdir()
+    sim = Bad("exit", _target(), tmp_path / "exit")
+    path = tmp_path / "b.zarr"
+    run = dict(seed=SEED, batch_size=BATCH, bank=path, executor="dask", workers=2, retries=1)
+    with pytest.warns(SimulationWarning, match="1 crashed"):
+        result = simgen.simulate(sim, PRIOR, N, **run)
+    assert _same(result, expected)
+    assert result.failed_reason == ["crash"] and result.failed_attempts.tolist() == [2]
+    calls = sim.calls()
+    with pytest.warns(SimulationWarning):  # the resume keeps the row failed, runs nothing
+        again = simgen.simulate(sim, PRIOR, N, **run)
+    assert _same(again, expected) and sim.calls() == calls
+
+
+@pytest.mark.slow
+def test_a_theta_that_kills_workers_of_a_passed_client_stops_the_run_intact(tmp_path, client):
+    sim = Bad("exit", _target(), tmp_path)
+    path = tmp_path / "b.zarr"
+    with pytest.raises(SimulationStopped, match="rows 4 to 7 \\(batch 1\\)") as info:
+        simgen.simulate(sim, PRIOR, N, seed=SEED, batch_size=BATCH, bank=path, executor=client)
+    assert "KilledWorker" in str(info.value) and "executor='dask'" in str(info.value)
+    assert sim.calls() == 4  # Dask's default allowed-failures (3): four workers, then it stops
+    _, outputs, status, _ = Bank.reader(path).read()
+    reference = simgen.simulate(noisy, PRIOR, N, seed=SEED, batch_size=BATCH)
+    saved = torch.from_numpy(status == 0)
+    assert (status[4:8] == -1).all()
+    assert torch.equal(outputs["x"][saved], reference.x[saved])
+    # The resume on simgen's own cluster finishes the run, the row recorded as a crash.
+    with pytest.warns(SimulationWarning, match="1 crashed"):
+        resumed = simgen.simulate(
+            sim, PRIOR, N, seed=SEED, batch_size=BATCH, bank=path, executor="dask", workers=2
+        )
+    assert _same(resumed, _serial_with_raise(tmp_path))
