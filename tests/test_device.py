@@ -399,3 +399,22 @@ def test_a_round_trip_through_another_home_changes_nothing():
     torch.testing.assert_close(after.sample((6,), x=x[0], seed=3), before[0])
     torch.testing.assert_close(after.log_prob(theta, x=x[0]), before[1])
     torch.testing.assert_close(wide.float(), before[1], rtol=1e-4, atol=1e-4)
+
+
+def test_diagnostics_meet_posterior_samples_and_theta_on_one_device():
+    """SBC, TARP, coverage and z-scores draw θ from the prior (CPU) and samples from the
+    posterior (its device): the draws are brought to the CPU, so no op mixes the two."""
+    from simgen import diagnostics
+
+    posterior, _ = _train("npe", PRIORS["box"]())
+    posterior.to(torch.float64)
+
+    def simulator(theta):
+        return theta + 0.3 * torch.randn_like(theta)
+
+    options = {"num_simulations": 10, "num_samples": 20}
+    with SimulatedDevice() as audit, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for check in (diagnostics.tarp, diagnostics.coverage, diagnostics.zscore_contraction):
+            check(posterior, posterior.prior, simulator, **options)
+    assert not audit.mixed, audit.report()

@@ -54,7 +54,8 @@ def sample_posterior(
         chunk_size: Observations per ``sample_batched`` call; default keeps about 2e6 samples.
 
     Returns:
-        Samples of shape ``(num_samples, B, D)``.
+        Samples of shape ``(num_samples, B, D)``, on the CPU (where θ and the diagnostics
+        are, whatever device the posterior computes on), one chunk at a time.
     """
     num_obs = xs.shape[0]
     if chunk_size is None:
@@ -66,11 +67,11 @@ def sample_posterior(
             kwargs = quiet_kwargs(batched)
             for start in range(0, num_obs, chunk_size):
                 chunk = xs[start : start + chunk_size]
-                parts.append(batched((num_samples,), x=chunk, **kwargs))
+                parts.append(batched((num_samples,), x=chunk, **kwargs).cpu())
         else:
             kwargs = quiet_kwargs(posterior.sample)
             for i in range(num_obs):
-                parts.append(posterior.sample((num_samples,), x=xs[i], **kwargs)[:, None])
+                parts.append(posterior.sample((num_samples,), x=xs[i], **kwargs)[:, None].cpu())
     samples = torch.cat(parts, dim=1)
     if samples.ndim != 3 or samples.shape[:2] != (num_samples, num_obs):
         raise ShapeError(
