@@ -418,3 +418,17 @@ def test_diagnostics_meet_posterior_samples_and_theta_on_one_device():
         for check in (diagnostics.tarp, diagnostics.coverage, diagnostics.zscore_contraction):
             check(posterior, posterior.prior, simulator, **options)
     assert not audit.mixed, audit.report()
+
+
+@pytest.mark.parametrize(("method", "family"), [("npe", "flow_matching"), ("nle", "maf")])
+def test_iid_trial_sets_compute_on_the_estimators_device(method, family):
+    """Trial sets: NPE composes per-trial scores with the placed prior's closed form
+    (:mod:`simgen.estimators.compose`); NLE sums per-trial log-likelihoods."""
+    posterior, x = _train(method, PRIORS["box"](), family)
+    posterior.to(torch.float64)
+    options = {"warmup": 3, "num_chains": 4, "thin": 1} if method == "nle" else {}
+    with SimulatedDevice() as audit, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = posterior.sample((5,), x=x[:4], **options)  # four trials
+    assert not audit.mixed, audit.report()
+    assert samples.shape == (5, 2) and samples.dtype == torch.float64
