@@ -33,6 +33,10 @@ __all__ = ["Chunks", "CrossMoments", "Moments", "in_chunks", "swapped"]
 #: A re-iterable of data in chunks: calling it starts a new pass over ``(target, context)``.
 Chunks = Callable[[], Iterable[tuple[Tensor, Tensor]]]
 
+#: Numbers per float64 piece in :meth:`Moments.update` (2 MB), so that merging a wide chunk
+#: needs no more memory than that whatever the chunk's size.
+PIECE_NUMBERS = 1 << 18
+
 #: Rows per chunk when :func:`in_chunks` cuts in-memory tensors (bounds float64 copies).
 MEMORY_CHUNK_ROWS = 1 << 16
 
@@ -70,9 +74,13 @@ class Moments:
         n = len(rows)
         if n == 0:
             return
-        r = rows.detach().double()
-        mean = r.mean(0)
-        m2 = (r - mean).square().sum(0)
+        per = max(1, PIECE_NUMBERS // max(rows[0].numel(), 1))
+        if n > per:  # bound the float64 copies: a wide chunk is merged in pieces
+            for start in range(0, n, per):
+                self.update(rows[start : start + per])
+            return
+        var, mean = torch.var_mean(rows.detach().double(), 0, correction=0)
+        m2 = var * n
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return

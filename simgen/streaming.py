@@ -56,23 +56,31 @@ class StreamConfig:
     """How a :class:`Stream` reads its source (see the module docstring).
 
     Attributes:
-        shuffle_bytes: Size of the shuffle buffer. 32 MiB holds a whole bank of up to a
-            million rows of 8 numbers (an in-memory shuffle) and keeps wide x (4 KB a row:
-            8,192 rows, eight bank chunks) well inside the 100 MB budget that
-            ``tests/test_streaming.py`` checks.
+        shuffle_bytes: Size of the shuffle buffer. 16 MiB holds a whole bank of up to half a
+            million rows of 8 numbers (an in-memory shuffle), and 4,096 rows of wide x (4 KB
+            a row: four bank chunks mixed), which keeps training from the 400 MB bank of
+            ``tests/test_streaming.py`` under its 100 MB budget (32 MiB came within 2% of it
+            on a 120 MB bank).
         chunk_rows: Rows per chunk for a dataset whose items are single rows.
         min_blocks: The split cuts chunks into blocks until there are at least this many,
             so the validation share is within about ``1 / min_blocks`` of the fraction.
-        prefetch: Chunks read ahead in a background thread (0 reads in the training loop).
+        prefetch: Chunks read ahead in a background thread (0, the default, reads in the
+            training loop). Read-ahead overlaps reading with the optimizer steps in wall time
+            but not in CPU time, and the thread's allocator arena keeps freed chunks
+            resident: on the 400 MB bank of ``tests/test_streaming.py`` two chunks ahead
+            doubled the peak RSS growth (``benchmarks/results_streaming.md``).
+        sample_rows: Rows of x a full pass keeps as a seeded sample (:attr:`Stream.x_sample`;
+            NPE's training-x sample, :mod:`simgen.typicality`).
     """
 
-    shuffle_bytes: int = 32 << 20
+    shuffle_bytes: int = 16 << 20
     chunk_rows: int = 1024
     min_blocks: int = 100
-    prefetch: int = 2
+    prefetch: int = 0
+    sample_rows: int = 2000
 
     def __post_init__(self) -> None:
-        for name in ("shuffle_bytes", "chunk_rows", "min_blocks"):
+        for name in ("shuffle_bytes", "chunk_rows", "min_blocks", "sample_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(
@@ -196,6 +204,8 @@ class Stream:
         self.transform: Transform | None = None
         #: Rows kept and dropped (failed, never simulated, NaN or inf) by the last full pass.
         self.kept = self.dropped = 0
+        #: A seeded sample of x from the last full pass (``config.sample_rows`` rows).
+        self.x_sample: Tensor | None = None
         #: Rows of the last epoch's training pass and validation pass.
         self.train_rows = self.validation_rows = 0
 
@@ -228,6 +238,7 @@ class Stream:
         if self.config.prefetch == 0:
             for i in items:
                 yield (i, *self.read(i))
+                _release()
             return
         yield from _prefetch(lambda i: (i, *self.read(i)), items, self.config.prefetch)
 
@@ -235,11 +246,15 @@ class Stream:
         """One pass over every kept row, chunk by chunk (``(theta, x)``); at its end,
         :attr:`kept` and :attr:`dropped` count the rows of the pass."""
         kept = dropped = 0
+        per = max(1, math.ceil(self.config.sample_rows / self.num_chunks))
+        generator, sample = torch.Generator().manual_seed(0), []
         for _, theta, x, _, lost in self._reads(range(self.num_chunks)):
             kept, dropped = kept + len(theta), dropped + lost
             if len(theta):
+                sample.append(x[torch.randperm(len(x), generator=generator)[:per]].clone())
                 yield theta, x
         self.kept, self.dropped = kept, dropped
+        self.x_sample = torch.cat(sample)[: self.config.sample_rows] if sample else None
 
     def peek(self) -> tuple[Tensor, Tensor]:
         """The first chunk that keeps any rows (``(theta, x)``, transformed)."""
@@ -293,7 +308,8 @@ class Stream:
         rows = 0
         for i, theta, x, block, _ in self._reads(order.tolist()):
             keep = ~split.is_validation[i * split.per_chunk + block]
-            theta, x = theta[keep], x[keep]
+            if not bool(keep.all()):
+                theta, x = theta[keep], x[keep]
             rows += len(theta)
             if buffer is None and len(theta):
                 buffer = _Buffer(theta, x, batch_size, self.config.shuffle_bytes)
@@ -316,15 +332,6 @@ class Stream:
             if bool(keep.any()):
                 yield theta[keep], x[keep]
         self.validation_rows = rows
-
-    def sample_rows(self, rows: int, seed: int = 0) -> Tensor:
-        """About ``rows`` x rows drawn evenly from every chunk (seeded)."""
-        per = max(1, math.ceil(rows / self.num_chunks))
-        generator = torch.Generator().manual_seed(seed)
-        parts = []
-        for _, _theta, x, _, _ in self._reads(range(self.num_chunks)):
-            parts.append(x[torch.randperm(len(x), generator=generator)[:per]])
-        return torch.cat(parts)[:rows]
 
 
 class _Buffer:
@@ -361,6 +368,28 @@ class _Buffer:
         self.theta[: len(rest)] = self.theta[rest]
         self.x[: len(rest)] = self.x[rest]
         self.size = len(rest)
+
+
+def _trim() -> Callable[[], Any]:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back
+        return lambda *_: 0
+
+
+_malloc_trim = _trim()
+
+
+def _release() -> None:
+    """Hand the pages of freed chunks back to the system (glibc's ``malloc_trim``).
+
+    A chunk's buffers are freed in the thread that drops them, but glibc keeps freed memory
+    of every thread's arena resident; without this a pass over the 400 MB bank of
+    ``tests/test_streaming.py`` kept about 60 MB more resident than it held.
+    """
+    _malloc_trim(0)
 
 
 def _prefetch(read: Callable[[int], Any], items: list[int], depth: int) -> Iterator[Any]:

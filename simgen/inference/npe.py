@@ -32,7 +32,7 @@ from ..posterior import SUPPORT_MODES, DirectPosterior
 from ..priors import support_transform
 from ..streaming import Stream
 from ..training import TrainConfig, fit
-from ..typicality import MAX_REFERENCE_ROWS, training_sample
+from ..typicality import training_sample
 from .base import (
     Method,
     check_joint_score,
@@ -198,7 +198,7 @@ class NPE(Method):
             method="npe",
             support=self.support,
         )
-        posterior.training_x = training_sample(stream.sample_rows(MAX_REFERENCE_ROWS))
+        posterior.training_x = training_sample(stream.x_sample)
         return posterior
 
     def _target_score(self, joint_score: Tensor | None, theta: Tensor, u: Tensor) -> Tensor | None:
