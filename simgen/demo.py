@@ -50,6 +50,8 @@ def run_demo(
         posterior = NPE(task.prior, estimator=estimator).fit(
             theta, x, seed=seed, progress=progress, max_epochs=300, patience=15
         )
+    model_path = out / f"{task_name}.simgen"
+    posterior.save(model_path)  # first: an error in the checks or plots keeps the model
     history = posterior.history
     print(
         f"  trained in {history.seconds:.1f} s ({history.epochs} epochs, best validation "
@@ -87,7 +89,5 @@ def run_demo(
     plots.corner(samples, truth=task.theta_o, path=corner_path)
     sbc_path = out / f"{task_name}_sbc.png"
     calibration.plot(path=sbc_path)
-    model_path = out / f"{task_name}.simgen"
-    posterior.save(model_path)
     print(f"  wrote {corner_path}, {sbc_path} and the model {model_path}")
     return results

@@ -217,7 +217,7 @@ def stage_train(project: Project, echo: Callable[[str], None], quiet: bool) -> N
             batch_size=project.simulate.batch_size,
             **options,
         )
-        echo(posterior.rounds.table())
+        lines = [posterior.rounds.table()]
     else:
         if not _done(project, "simulate", [project.out / "bank.zarr"]):
             raise ConfigError(
@@ -227,14 +227,17 @@ def stage_train(project: Project, echo: Callable[[str], None], quiet: bool) -> N
         sims = read_bank(project.out / "bank.zarr")
         posterior = _method(project, prior).fit(sims.theta, sims.x, seed=project.seed, **options)
         h = posterior.history
-        echo(
+        lines = [
             f"train: {h.epochs} epochs in {h.seconds:.1f} s, best validation loss "
             f"{h.best_validation_loss:.3f}"
-        )
+        ]
+    # Saved before anything else can fail (a closed stdout, a bad setting): no error after
+    # training may lose the trained model.
     posterior.save(model)
     write_task(model, project, list(posterior.x_shape), posterior.theta_dim)
     _record(project, "train")
-    echo(f"train: saved {model}")
+    for line in [*lines, f"train: saved {model}"]:
+        echo(line)
 
 
 def _posterior(project: Project) -> Any:
@@ -307,12 +310,13 @@ def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -
         num_simulations=d.num_simulations,
         num_samples=d.num_samples,
         seed=project.seed,
-        path=report,
         labels=project.labels(prior_dim(prior)),
     )
+    # The results first, then the report and its figures, which may fail on their own.
     data.write_text(
         json.dumps({**result.to_dict(), "summary": result.summary()}, indent=1, default=str)
     )
+    result.write(report)
     _record(project, "diagnose")
     echo(f"diagnose: {result.summary()}\ndiagnose: report in {report}")
 
