@@ -23,12 +23,17 @@ wall time, the read rate ``read_bank``'s. The same for a per-call simulator's ba
 per batch (``PER_CALL_ROWS`` rows), which is what ``batch_size``'s default of 1 for one θ per
 call costs per row. MB counts θ and x (float32).
 
+**Faults.** On 2 workers, one θ of the ``NUM_SIMS`` hangs (with ``timeout=`` 1 s) or
+calls ``os.abort()``: the wall time against the other rows' ideal is what the fault costs,
+and the other rows must equal a clean run's.
+
 Every figure is the mean and the range over ``REPEATS`` repeats (prior seeds 0, 1, 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import platform
@@ -36,6 +41,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +63,8 @@ RESULTS = Path(__file__).with_name("results_throughput.md")
 COMMAND = "OMP_NUM_THREADS=1 python -m benchmarks.bench_throughput"
 WORKER_HEADER = ["where", "workers", "ideal s", "wall s", "simulations/s", "overhead ms/task"]
 WORKER_HEADER += ["CPU s"]
+FAULT_HEADER = ["the bad θ", "ideal s", "wall s", "cost s", "kept"]
+FAULT_ROW, FAULT_TIMEOUT = 7, 1.0
 BANK_HEADER = ["bank", "rows", "MB", "in memory rows/s", "write rows/s", "write MB/s"]
 BANK_HEADER += ["read rows/s", "read MB/s"]
 
@@ -125,8 +133,9 @@ def _sbi(workers: int) -> Callable[[int], object]:
     return go
 
 
-def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str]]:
-    """The workers table, the Dask cluster's start-up seconds and the identity check."""
+def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str], list]:
+    """The workers table, the Dask cluster's start-up seconds, the identity check and the
+    runs in this process."""
     import sbi.inference  # noqa: F401 - its import is not a simulation cost
     from dask.distributed import Client, LocalCluster
 
@@ -186,7 +195,61 @@ def worker_rows(repeats: int) -> tuple[list[list[str]], float, list[str]]:
         equal = all(torch.equal(a.x, b.x) for a, b in zip(results, base, strict=True))
         kind = "identical to" if equal else "DIFFERENT from"
         same.append(f"{name}: x {kind} the run in this process, same seeds")
-    return rows, startup, same
+    return rows, startup, same, serial
+
+
+class OneBad:
+    """``slow_one``, except for the row equal to ``target``: it hangs (``"hang"``, 60 s) or
+    takes its worker process down (``"abort"``)."""
+
+    def __init__(self, what: str, target: torch.Tensor):
+        self.what, self.target = what, target
+
+    def __call__(self, theta: torch.Tensor, generator=None) -> torch.Tensor:
+        if torch.equal(theta, self.target):
+            if self.what == "abort":
+                faulthandler.disable()  # no traceback of the dying worker in the output
+                os.abort()
+            time.sleep(60)
+        return slow_one(theta, generator)
+
+
+def fault_rows(clean: list) -> list[list[str]]:
+    """What one hanging or one crashing θ among ``NUM_SIMS`` costs on ``workers=2``; ``clean``
+    holds the runs of seeds 0, 1, ... in this process without a bad θ."""
+    from simgen.simulate import sample_prior
+
+    rows = []
+    for what, options in (("hang", {"timeout": FAULT_TIMEOUT}), ("abort", {})):
+        walls, kept = [], []
+        for seed, reference in enumerate(clean):
+            target = sample_prior(PRIOR, NUM_SIMS, seed)[FAULT_ROW]
+            sim = simgen.FunctionSimulator(OneBad(what, target), vectorized=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the one failed row's SimulationWarning
+                wall, _, out = time_call(
+                    lambda sim=sim, seed=seed, options=options: simgen.simulate(
+                        sim, PRIOR, NUM_SIMS, seed=seed, workers=2, **options
+                    )
+                )
+            others = torch.ones(NUM_SIMS, dtype=torch.bool)
+            others[FAULT_ROW] = False
+            same = torch.equal(out.x, reference.x[others]) and out.failed_reason == [
+                {"hang": "timeout", "abort": "crash"}[what]
+            ]
+            walls.append(wall)
+            kept.append(same)
+        ideal = (NUM_SIMS - 1) * DELAY / 2
+        rows.append(
+            [
+                {"hang": f"hangs (timeout={FAULT_TIMEOUT} s)", "abort": "os.abort()"}[what],
+                f"{ideal:.2f}",
+                _spread(walls),
+                _spread([w - ideal for w in walls]),
+                f"{sum(kept)} of {len(kept)}",
+            ]
+        )
+    return rows
 
 
 def bank_rows(repeats: int) -> list[list[str]]:
@@ -255,7 +318,8 @@ def main() -> None:
     logging.getLogger("distributed").setLevel(logging.ERROR)  # the cluster's shutdown chatter
     load_before = os.getloadavg()
     started = time.perf_counter()
-    workers, startup, same = worker_rows(repeats)
+    workers, startup, same, serial = worker_rows(repeats)
+    faults = fault_rows(serial)
     banks = bank_rows(repeats)
     load_after = os.getloadavg()
     total = time.perf_counter() - started
@@ -281,6 +345,16 @@ its {DELAY} s, pool start-up and shut-down included. CPU s is this process's
 `simulate_for_sbi` with `num_workers` > 1 starts joblib's worker processes (which import
 torch and sbi) in its first call and reuses them in later ones, hence its range; simgen's
 `workers=` forks a pool in every `simulate` call and ends it at the end.
+
+## One bad θ among {NUM_SIMS}, on workers=2
+
+Row {FAULT_ROW} of the prior draws hangs or calls `os.abort()`; the other rows are the 0.1 s
+simulator. Ideal = the other rows' {DELAY} s on 2 workers; cost = wall − ideal (the timeout,
+ending and restarting the pool, the calls running beside it tried again). Kept = repeats in
+which the bad row alone failed, with the right reason, and every other x equals the clean
+run's.
+
+{_table(FAULT_HEADER, faults)}
 
 ## Banks (zarr): write and read rates
 
