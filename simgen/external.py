@@ -180,7 +180,8 @@ class ExternalSimulator(Simulator):
         format: ``"text"`` (numbers separated by white space) or ``"json"``, both ways.
         timeout: Seconds one run may take before the program is killed and its row
             recorded as failed (None: no limit of its own). It works wherever the program
-            runs, Dask workers included, where ``simulate(timeout=)`` can only stop the run.
+            runs, in this process and on any executor's workers, including those that
+            ``simulate(timeout=)`` cannot stop (:mod:`simgen.workers`).
         env: Variables added to the program's environment.
         cwd: The folder the program runs in (None: the caller's).
         stderr_lines: How many of the last lines of stderr a failure's message keeps.
