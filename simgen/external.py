@@ -264,7 +264,8 @@ class ExternalSimulator(Simulator):
         with tempfile.TemporaryDirectory(prefix="simgen-run-") as folder:
             theta_file = Path(folder) / f"theta{suffix}"
             x_file = Path(folder) / f"x{suffix}"
-            paths = {"{seed}": str(seed), "{theta_file}": str(theta_file), "{x_file}": str(x_file)}
+            values_of = (str(seed), str(theta_file), str(x_file))
+            paths = dict(zip(PLACEHOLDERS, values_of, strict=True))
             argv = [_fill(a, paths) for a in self.command]
             to_file = any("{theta_file}" in a for a in self.command)
             if to_file:
