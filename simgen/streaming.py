@@ -61,6 +61,9 @@ class StreamConfig:
             a row: four bank chunks mixed), which keeps training from the 400 MB bank of
             ``tests/test_streaming.py`` under its 100 MB budget (32 MiB came within 2% of it
             on a 120 MB bank).
+        validation_bytes: The validation rows are kept in memory after the first epoch when
+            they take at most this much (a bank of up to 160 MB at the default 10%), and
+            read again every epoch otherwise.
         chunk_rows: Rows per chunk for a dataset whose items are single rows.
         min_blocks: The split cuts chunks into blocks until there are at least this many,
             so the validation share is within about ``1 / min_blocks`` of the fraction.
@@ -74,13 +77,20 @@ class StreamConfig:
     """
 
     shuffle_bytes: int = 16 << 20
+    validation_bytes: int = 16 << 20
     chunk_rows: int = 1024
     min_blocks: int = 100
     prefetch: int = 0
     sample_rows: int = 2000
 
     def __post_init__(self) -> None:
-        for name in ("shuffle_bytes", "chunk_rows", "min_blocks", "sample_rows"):
+        for name in (
+            "shuffle_bytes",
+            "validation_bytes",
+            "chunk_rows",
+            "min_blocks",
+            "sample_rows",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(
@@ -101,6 +111,23 @@ def _rows(value: Any) -> Tensor:
     return tensor.float() if tensor.dtype != torch.bool else tensor
 
 
+#: A bank's θ and status are read whole when they take at most this much (1.3 million rows
+#: of 3 parameters), so that reading a chunk is one zarr call instead of three.
+SMALL_COLUMNS_BYTES = 16 << 20
+
+
+def _finite_rows(data: Tensor) -> Tensor:
+    """Which rows of ``data`` are all finite: a row's sum is NaN or inf when any entry is, so
+    one pass over the sums finds the candidates and only they are checked entry by entry (a
+    sum that overflows alone is not a NaN row)."""
+    flat = data.reshape(len(data), -1)
+    finite = torch.isfinite(flat.sum(1))
+    if not bool(finite.all()):
+        suspects = torch.nonzero(~finite).flatten()
+        finite[suspects] = torch.isfinite(flat[suspects]).all(1)
+    return finite
+
+
 class _BankSource:
     """A bank's zarr chunks; rows not marked ok are dropped."""
 
@@ -112,6 +139,9 @@ class _BankSource:
         self.theta, self.x, self.status = group["theta"], group["x"], group["status"]
         self.rows = self.bank.batch_size
         self.num_chunks = max(1, -(-self.bank.num_simulations // self.rows))
+        n, d = self.theta.shape
+        if n * (4 * d + 1) <= SMALL_COLUMNS_BYTES:  # one zarr read per chunk, not three
+            self.theta, self.status = self.theta[:], self.status[:]
 
     def read(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         rows = slice(i * self.rows, (i + 1) * self.rows)
@@ -204,6 +234,7 @@ class Stream:
         self.transform: Transform | None = None
         #: Rows kept and dropped (failed, never simulated, NaN or inf) by the last full pass.
         self.kept = self.dropped = 0
+        self._validation: tuple[Split, list[tuple[Tensor, Tensor]] | None] | None = None
         #: A seeded sample of x from the last full pass (``config.sample_rows`` rows).
         self.x_sample: Tensor | None = None
         #: Rows of the last epoch's training pass and validation pass.
@@ -222,8 +253,7 @@ class Stream:
         block index within the chunk (by its position before rows were dropped), ``dropped``
         the number of rows dropped."""
         theta, x, keep = self.source.read(i)
-        keep = keep & torch.isfinite(x.reshape(len(x), -1)).all(1)
-        keep = keep & torch.isfinite(theta.reshape(len(theta), -1)).all(1)
+        keep = keep & _finite_rows(x) & _finite_rows(theta)
         sizes = [len(p) for p in torch.arange(len(theta)).tensor_split(self.per_chunk)]
         block = torch.repeat_interleave(torch.arange(self.per_chunk), torch.tensor(sizes))
         dropped = int((~keep).sum())
@@ -324,14 +354,24 @@ class Stream:
         self.train_rows = rows
 
     def validation_chunks(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
-        """The validation rows, chunk by chunk."""
-        rows = 0
+        """The validation rows, chunk by chunk; held in memory after the first pass when
+        they take at most ``config.validation_bytes``, else read again each time."""
+        cache = self._validation
+        if cache is not None and cache[0] is split and cache[1] is not None:
+            yield from cache[1]
+            return
+        rows, size, parts = 0, 0, []
         for i, theta, x, block, _ in self._reads(split.validation_chunks.tolist()):
             keep = split.is_validation[i * split.per_chunk + block]
             rows += int(keep.sum())
             if bool(keep.any()):
-                yield theta[keep], x[keep]
+                part = (theta[keep], x[keep])
+                size += part[0].nbytes + part[1].nbytes
+                if parts is not None:
+                    parts = parts + [part] if size <= self.config.validation_bytes else None
+                yield part
         self.validation_rows = rows
+        self._validation = (split, parts)
 
 
 class _Buffer:
