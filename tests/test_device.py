@@ -219,9 +219,14 @@ def test_mcmc_posteriors_compute_on_their_estimators_device(method, prior_name):
     posterior, x = _train(method, PRIORS[prior_name]())
     _audit(posterior, x, mcmc=True)
     with SimulatedDevice() as audit:
-        theta = posterior.potential(torch.zeros(3, 1, 2), x[:1])  # float32 in, moved home
+        value = posterior.potential(torch.zeros(3, 1, 2), x[:1])  # float32 in, moved home
+        if method == "nle":  # the surrogate simulator, seeded by a CPU generator
+            generator = torch.Generator().manual_seed(0)
+            drawn = posterior.likelihood(torch.zeros(3, 2), generator=generator)
+            posterior.likelihood.log_prob(x[:3], torch.zeros(3, 2))
+            assert drawn.dtype == torch.float64
     assert not audit.mixed, audit.report()
-    assert theta.dtype == torch.float64
+    assert value.dtype == torch.float64
 
 
 def test_the_audit_records_a_prior_left_behind(monkeypatch):
