@@ -89,6 +89,11 @@ SECTIONS = [
         "One-theta-per-call simulators on workers and Dask; bank write/read rates (issue 22)",
         "OMP_NUM_THREADS=1 python -m benchmarks.bench_throughput",
     ),
+    (
+        "results_streaming.md",
+        "Training from a bank vs in memory: steps/s and peak memory (issue 22)",
+        "python -m benchmarks.bench_streaming",
+    ),
 ]
 
 HEADER = """# Benchmark results
