@@ -92,6 +92,8 @@ PROGRAM_SEEDS = 2**31 - 1
 FORMATS = ("text", "json")
 #: Placeholders replaced in the arguments of a command.
 PLACEHOLDERS = ("{seed}", "{theta_file}", "{x_file}")
+#: The most of stdout and of stderr a failure's log keeps (their ends).
+LOG_CHARS = 1_000_000
 
 
 def row_seeds(n: int, generator: torch.Generator | None, bound: int) -> list[int]:
@@ -185,6 +187,10 @@ class ExternalSimulator(Simulator):
         env: Variables added to the program's environment.
         cwd: The folder the program runs in (None: the caller's).
         stderr_lines: How many of the last lines of stderr a failure's message keeps.
+        log_folder: A folder where each failed run leaves its whole stdout and stderr, in
+            ``failed-seed<seed>.log`` (named in the row's message): ``result.errors`` keeps
+            only the first five messages of a run. On a cluster, a folder the workers share.
+            None: the message's stderr tail only.
     """
 
     command: str | Sequence[str]
@@ -194,6 +200,7 @@ class ExternalSimulator(Simulator):
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     stderr_lines: int = 10
+    log_folder: str | None = None
 
     #: One θ per call, so ``simulate`` sends each θ to a worker alone (module docstring).
     default_batch_size = 1
@@ -241,10 +248,17 @@ class ExternalSimulator(Simulator):
         stderr_lines = self.stderr_lines
         if isinstance(stderr_lines, bool) or not isinstance(stderr_lines, int) or stderr_lines < 0:
             raise ConfigError(f"stderr_lines must be an int >= 0, got {stderr_lines!r}.")
+        if self.log_folder is not None:
+            if not isinstance(self.log_folder, (str, Path)) or not str(self.log_folder):
+                raise ConfigError(
+                    f"log_folder must be a folder's path or None, got {self.log_folder!r}."
+                )
+            object.__setattr__(self, "log_folder", str(Path(self.log_folder).expanduser()))
 
     def __hash__(self) -> int:  # env is a dict; Dask and caches may hash a simulator
         fields = (self.command, self.x_shape, self.format, self.timeout, self.cwd)
-        return hash((*fields, tuple(sorted(self.env.items())), self.stderr_lines))
+        env = tuple(sorted(self.env.items()))
+        return hash((*fields, env, self.stderr_lines, self.log_folder))
 
     def identity(self) -> str:
         """What a bank's fingerprint records: the command (a resume with another is refused)."""
@@ -273,19 +287,47 @@ class ExternalSimulator(Simulator):
             env = {**os.environ, **self.env, "SIMGEN_SEED": str(seed), "SIMGEN_THETA": line}
             stdout, stderr, status = self._run(argv, None if to_file else payload + "\n", env)
             tail = _tail(stderr, self.stderr_lines)
-            if status != 0:
-                how = f"was killed by signal {-status}" if status < 0 else f"exited {status}"
-                raise SimulationError(f"{self._name()} {how} at {where}.{tail}")
-            if any("{x_file}" in a for a in self.command):
-                if not x_file.exists():
+            try:
+                if status is None:
                     raise SimulationError(
-                        f"{self._name()} wrote no {{x_file}} at {where}; it must write x to "
-                        f"the path that replaces {{x_file}} in its arguments.{tail}"
+                        f"{self._name()} ran past timeout={self.timeout} s at {where} and was "
+                        f"killed.{tail}"
                     )
-                stdout = x_file.read_text()
-        return self._parse(stdout, where, tail)
+                if status != 0:
+                    how = f"was killed by signal {-status}" if status < 0 else f"exited {status}"
+                    raise SimulationError(f"{self._name()} {how} at {where}.{tail}")
+                if any("{x_file}" in a for a in self.command):
+                    if not x_file.exists():
+                        raise SimulationError(
+                            f"{self._name()} wrote no {{x_file}} at {where}; it must write x "
+                            f"to the path that replaces {{x_file}} in its arguments.{tail}"
+                        )
+                    stdout = x_file.read_text()
+                return self._parse(stdout, where, tail)
+            except SimulationError as exc:
+                if self.log_folder is None:
+                    raise
+                log = self._log(argv, line, seed, status, stdout, stderr)
+                raise SimulationError(f"{exc} {log}") from None
 
-    def _run(self, argv: list[str], stdin: str | None, env: dict) -> tuple[str, str, int]:
+    def _log(self, argv: list[str], line: str, seed: int, status, stdout: str, stderr: str) -> str:
+        """Write a failed run's whole output under ``log_folder``; the sentence naming it."""
+        path = Path(self.log_folder) / f"failed-seed{seed}.log"
+        text = (
+            f"command: {shlex.join(argv)}\ntheta: {line}\nseed: {seed}\n"
+            f"exit status: {'timeout' if status is None else status}\n"
+            f"--- stdout ---\n{(stdout or '')[-LOG_CHARS:]}\n"
+            f"--- stderr ---\n{(stderr or '')[-LOG_CHARS:]}\n"
+        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as exc:
+            return f"(Its output could not be written to {path}: {exc}.)"
+        return f"Its whole output: {path}."
+
+    def _run(self, argv: list[str], stdin: str | None, env: dict) -> tuple[str, str, int | None]:
+        """The program's stdout, stderr and exit status (None: killed past ``timeout``)."""
         launch, hook = _die_with_parent(argv, self.cwd, env)
         try:
             process = subprocess.Popen(
@@ -309,11 +351,8 @@ class ExternalSimulator(Simulator):
             stdout, stderr = process.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:
             _end(process)
-            _, stderr = process.communicate()
-            raise SimulationError(
-                f"{self._name()} ran past timeout={self.timeout} s and was killed."
-                f"{_tail(stderr, self.stderr_lines)}"
-            ) from None
+            stdout, stderr = process.communicate()
+            return stdout, stderr, None
         except BaseException:  # Ctrl-C, or the run stopping: never leave the program behind
             _end(process)
             raise

@@ -99,6 +99,24 @@ def test_failures_are_failed_rows_with_the_stderr_tail():
     assert any("not text numbers" in e and "oops" in e for e in result.errors)
 
 
+def test_a_log_folder_keeps_each_failed_run_s_whole_output(tmp_path):
+    script = 'read a b; for i in $(seq 30); do echo "step $i" >&2; done; echo "out"; exit 2'
+    sim = ExternalSimulator(["sh", "-c", script], log_folder=tmp_path / "logs", stderr_lines=2)
+    with pytest.raises(SimulationError, match="Its whole output: ") as info:
+        sim(torch.zeros(1, 2), generator=batch_generator(SEED, 0))
+    seed = row_seeds(1, batch_generator(SEED, 0), PROGRAM_SEEDS)[0]
+    log = tmp_path / "logs" / f"failed-seed{seed}.log"
+    assert str(log) in str(info.value)
+    assert "step 28" not in str(info.value) and "step 30" in str(info.value)
+    text = log.read_text()
+    assert "exit status: 2" in text and "theta: 0.0 0.0" in text and "out" in text
+    assert all(f"step {i}\n" in text for i in range(1, 31))
+    timed = ExternalSimulator(["sleep", "5"], timeout=0.1, log_folder=tmp_path / "logs")
+    with pytest.raises(SimulationError, match=r"ran past timeout=0.1 s at theta = \[0, 0\]"):
+        timed(torch.zeros(1, 2))
+    assert sum("exit status: timeout" in p.read_text() for p in log.parent.iterdir()) == 1
+
+
 def test_unparsable_and_wrong_sized_output():
     theta = torch.zeros(1, 2)
     with pytest.raises(SimulationError, match="printed no numbers"):
@@ -125,7 +143,9 @@ def test_the_own_timeout_kills_the_program_and_what_it_started(tmp_path):
     sim = ExternalSimulator(
         ["sh", "-c", 'sleep 30 & echo $! > "$1"; wait', "slow", str(pid_file)], timeout=0.1
     )
-    with pytest.raises(SimulationError, match=r"ran past timeout=0.1 s and was killed"):
+    with pytest.raises(
+        SimulationError, match=r"ran past timeout=0.1 s at theta = .* and was killed"
+    ):
         sim(torch.zeros(1, 2))
     assert _ends(int(pid_file.read_text())), "the program's child is still running"
 
@@ -185,6 +205,7 @@ def test_environment_and_working_folder(tmp_path):
         ({"command": "a", "timeout": True}, "timeout must be a positive number"),
         ({"command": "a", "env": {"A": 1}}, "env must map names to strings"),
         ({"command": "a", "stderr_lines": -1}, "stderr_lines must be an int"),
+        ({"command": "a", "log_folder": 3}, "log_folder must be a folder's path"),
     ],
 )
 def test_bad_arguments_are_config_errors(kwargs, match):
