@@ -163,7 +163,8 @@ class MCMCPosterior(Posterior):
 
         The prior draws and the resampling run on the CPU's generator (seeded by ``seed``),
         the weights on the estimator's device, so every device starts from the same chains."""
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        devices = [] if x.device.type == "cpu" else [x.device]  # a prior there draws there
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
             candidates = self._home(self.prior.sample((num_chains * 20, len(x))).cpu())
