@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = ROOT / "tutorials"
 
 
+FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n\s*", re.DOTALL)
+
+
 def _pages() -> list[Path]:
     return sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
 
@@ -25,6 +28,7 @@ def _markdown(path: Path) -> str:
     notebook = jupytext.read(path)
     notebook.metadata = {}
     body = jupytext.writes(notebook, fmt="md")
+    body = FRONT_MATTER.sub("", body, count=1)  # jupytext's own header, not page text
     how = (
         f'!!! note "Run it"\n    `python tutorials/{path.name}` (`SIMGEN_FAST=1` for a quick '
         f"pass), or open `tutorials/{path.name}` as a notebook with jupytext.\n\n"
