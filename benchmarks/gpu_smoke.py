@@ -20,10 +20,12 @@ wall-clock seconds (the GPU synchronised), steps per second as the median and ra
 ``--seeds`` (default 3), after one untimed warm-up fit per device.
 
 Writes ``DIR/results_gpu.md`` and ``DIR/gpu_smoke.json``, and copies the table to
-``benchmarks/results_gpu.md`` unless ``--no-copy``. Without a CUDA device it says so on
-stderr and exits with status 0 having measured and written nothing; with one, the status
-is 1 if any smoke check failed. ``--device cpu`` rehearses the smoke checks on the CPU (to
-check this script where no GPU is lent): no throughput, nothing copied into ``benchmarks/``.
+``benchmarks/results_gpu.md`` unless ``--no-copy`` (on a lent machine whose working tree does
+not come back, run it with ``--out $OUT`` and commit the returned ``results_gpu.md``).
+Without a CUDA device it says so on stderr and exits with status 0 having measured and
+written nothing; with one, the status is 1 if any smoke check failed. ``--device cpu``
+rehearses the smoke checks on the CPU (to check this script where no GPU is lent): no
+throughput, nothing copied into ``benchmarks/``.
 """
 
 from __future__ import annotations
