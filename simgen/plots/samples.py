@@ -45,10 +45,10 @@ def corner(
     Diagonal: each set's marginal histogram, normalised to unit mass so sets of different
     sizes compare. Off the diagonal: each set's 2-D contours at the mass a 2-D Gaussian holds
     within 1 and 2 standard deviations (39.3 % and 86.5 %), from a histogram smoothed by a
-    Gaussian one bin wide, so a few hundred draws give contours rather than noise. Axis ranges come from the sets'
-    quantiles (:func:`quantile_ranges`, 0.5 %–99.5 % by default), not from their extremes, so
-    one stray draw does not squash the bulk. Several sets get a legend; one set gets its
-    16 %/50 %/84 % quantiles as titles.
+    Gaussian one bin wide, so a few hundred draws give contours rather than noise. Axis
+    ranges come from the sets' quantiles (:func:`quantile_ranges`, 0.5 %–99.5 % by default),
+    not from their extremes, so one stray draw does not squash the bulk. Several sets get a
+    legend; one set gets its 16 %/50 %/84 % quantiles as titles.
 
     Args:
         samples: An array or tensor ``(n, D)``, or a mapping name → ``(n_i, D)`` to overlay
