@@ -13,20 +13,22 @@ them. Nothing holds more than the shuffle buffer and a few chunks.
 kept row, through the same :mod:`simgen.moments` code as tensors in memory.
 
 **Validation split.** The held-out rows are a fixed set of *blocks*, decided once per fit from
-the seed: each chunk is cut by position into ``blocks_per_chunk`` near-equal blocks
+the seed: each chunk is cut by position into ``per_chunk`` near-equal blocks
 (``max(1, ceil(min_blocks / chunks))``, so a bank of few large chunks still holds out close
 to ``validation_fraction`` of its rows), and ``max(1, round(f · blocks))`` blocks, drawn by a
 seeded permutation, are the validation set. Training reads every chunk holding a training
 block and skips the validation rows; validation reads only the chunks holding a validation
-block.
+block, once if the validation rows fit in ``validation_bytes`` (they are then kept), else
+every epoch.
 
 **Shuffling.** Each epoch reads the training chunks in a seeded random order into a shuffle
 buffer of ``shuffle_bytes`` (at least one batch of rows); a full buffer is permuted and cut
 into batches, and the fewer than ``batch_size`` rows left over stay in the buffer for the next
 fill. A buffer that holds the whole training set makes this an in-memory shuffle; a smaller
 one mixes rows within the chunks that share a fill. The same seed gives the same batches.
-``prefetch`` chunks are read ahead in a thread, so reading and decompression overlap the
-optimizer steps (``benchmarks/results_streaming.md`` measures the throughput).
+With ``prefetch`` > 0 that many chunks are read ahead in a thread, overlapping reading with
+the optimizer steps in wall time (not in CPU time, and at a cost in memory: off by default;
+``benchmarks/results_streaming.md`` measures both).
 """
 
 from __future__ import annotations
@@ -266,9 +268,15 @@ class Stream:
     def _reads(self, chunks: Iterable[int]) -> Iterator[tuple[int, Tensor, Tensor, Tensor, int]]:
         items = [int(i) for i in chunks]
         if self.config.prefetch == 0:
+            freed = 0
             for i in items:
-                yield (i, *self.read(i))
-                _release()
+                item = (i, *self.read(i))
+                freed += item[2].nbytes
+                yield item
+                del item
+                if freed >= TRIM_BYTES:
+                    _release()
+                    freed = 0
             return
         yield from _prefetch(lambda i: (i, *self.read(i)), items, self.config.prefetch)
 
@@ -422,12 +430,16 @@ def _trim() -> Callable[[], Any]:
 _malloc_trim = _trim()
 
 
+#: Bytes of chunks read between two :func:`_release` calls.
+TRIM_BYTES = 8 << 20
+
+
 def _release() -> None:
     """Hand the pages of freed chunks back to the system (glibc's ``malloc_trim``).
 
-    A chunk's buffers are freed in the thread that drops them, but glibc keeps freed memory
-    of every thread's arena resident; without this a pass over the 400 MB bank of
-    ``tests/test_streaming.py`` kept about 60 MB more resident than it held.
+    glibc keeps freed memory resident in each thread's arena (zarr decodes in its own
+    threads); on a 120 MB bank of 4 MB chunks this lowered a pass's peak RSS growth from 61
+    to 48 MB. It costs a few milliseconds, so it runs once per ``TRIM_BYTES`` read.
     """
     _malloc_trim(0)
 
