@@ -281,3 +281,24 @@ def test_set_npe_c2st_at_1_10_50_trials(embedding: str) -> None:
             if n > 1:
                 wrong = simgen.diagnostics.c2st(control.sample((2000,), x=x, seed=0), reference)
                 assert wrong > C2ST_TOL, (n, seed, wrong)
+
+
+# -- particle_shower's many-event observation ------------------------------------------------
+def test_particle_shower_events_reference_runs_seeded_with_tiny_settings() -> None:
+    """The observation of n events is a set of n i.i.d. trials; the pseudo-marginal reference
+    takes it (tiny settings: the contract, not the accuracy), and one event as ``(1, 5)``
+    gives the same likelihood estimate as ``(5,)`` under the same generator."""
+    from simgen.priors import in_support
+    from simulators import particle_shower as ps
+
+    assert ps.x_o_events.shape == (ps.MAX_EVENTS, 5) and torch.isfinite(ps.x_o_events).all()
+    theta = ps.prior.sample((4,))
+    one = ps.log_likelihood_estimate(theta, ps.x_o, 50, torch.Generator().manual_seed(0))
+    row = ps.log_likelihood_estimate(theta, ps.x_o[None], 50, torch.Generator().manual_seed(0))
+    assert torch.equal(one, row)
+    three = ps.log_likelihood_estimate(theta, ps.x_o_events[:3], 50, torch.Generator())
+    assert three.shape == (4,) and torch.isfinite(three).all()
+    tiny = dict(num_particles=10, fit_points=32, fit_particles=10)
+    s = ps.reference_posterior(ps.x_o_events[:3], 40, seed=0, **tiny)
+    assert s.shape == (40, 2) and bool(in_support(ps.prior, s).all())
+    assert torch.equal(s, ps.reference_posterior(ps.x_o_events[:3], 40, seed=0, **tiny))
