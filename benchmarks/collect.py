@@ -94,6 +94,11 @@ SECTIONS = [
         "Training from a bank vs in memory: steps/s and peak memory (issue 22)",
         "python -m benchmarks.bench_streaming",
     ),
+    (
+        "results_tutorials.md",
+        "Tutorials executed as notebooks in fast mode: CPU seconds per tutorial (issue 21)",
+        "OMP_NUM_THREADS=1 python -m benchmarks.bench_tutorials",
+    ),
 ]
 
 HEADER = """# Benchmark results
