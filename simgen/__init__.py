@@ -8,6 +8,7 @@
 
 from . import diagnostics, plots, sequential
 from .diagnostics import diagnose
+from .ensemble import Ensemble
 from .errors import SimgenError
 from .external import ExternalSimulator
 from .inference import NLE, NPE, NRE
@@ -42,6 +43,7 @@ __all__ = [
     "History",
     "Posterior",
     "DirectPosterior",
+    "Ensemble",
     "MCMCPosterior",
     "SurrogateSimulator",
     "run_mcmc",

@@ -49,6 +49,7 @@ VERSION = 1
 POSTERIOR_KINDS: dict[str, str] = {
     "direct": "simgen.posterior:DirectPosterior",
     "mcmc": "simgen.mcmc_posterior:MCMCPosterior",
+    "ensemble": "simgen.ensemble:Ensemble",
 }
 
 
@@ -114,6 +115,7 @@ SPEC_FIELDS: dict[str, tuple[type, ...]] = {
     "default_x": (list, int, float, type(None)),
     "mcmc": (dict,),
     "task": (dict, type(None)),  # simgen.project: parameter names, simulator, config
+    "members": (list,),  # simgen.ensemble: the members' specs
 }
 REQUIRED_FIELDS = ("posterior", "method", "estimator", "x_shape", "theta_dim")
 #: Deeper JSON than this is not something simgen writes (its specs nest about 6 deep).

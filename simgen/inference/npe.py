@@ -62,6 +62,12 @@ class NPE(Method):
             :mod:`simgen.posterior`. ``None`` (default) takes the family's measured choice,
             ``npe_support``: ``"reject"`` for flow matching and diffusion,
             ``"transform"`` for the others.
+        ensemble: K > 1 trains K members on the same simulations, each with its own seed
+            (:func:`~simgen.ensemble.member_seed` of the config's seed), and ``fit`` returns
+            their equal-weight mixture, an :class:`~simgen.ensemble.Ensemble`
+            (``benchmarks/results_ensemble.md``).
+        bootstrap: With ``ensemble=K``, each member also trains on N rows resampled with
+            replacement (in-memory simulations only).
         joint_score_weight: :math:`\\lambda` of the joint-score term
             (:class:`~simgen.losses.JointScoreNPELoss`), used when ``fit`` is given
             ``joint_score`` (from ``simgen.simulate(..., joint=True)``); flows only.
@@ -80,6 +86,8 @@ class NPE(Method):
         embedding_net: nn.Module | None = None,
         support: str | None = None,
         joint_score_weight: float = 1.0,
+        ensemble: int = 1,
+        bootstrap: bool = False,
         **estimator_options: Any,
     ):
         super().__init__(prior)
@@ -94,6 +102,9 @@ class NPE(Method):
         self.embedding_net = embedding_net
         self.estimator_options = estimator_options
         self.history = None
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+            raise ConfigError(f"ensemble must be a positive int (members), got {ensemble!r}.")
+        self.ensemble, self.bootstrap = ensemble, bool(bootstrap)
 
     def fit(
         self,
@@ -121,6 +132,10 @@ class NPE(Method):
                 of each simulation (``simgen.simulate(..., joint=True).joint_score``): adds
                 the score regression of :class:`~simgen.losses.JointScoreNPELoss`.
         """
+        if self.ensemble > 1:
+            from ..ensemble import fit_ensemble
+
+            return fit_ensemble(self, theta, x, config, joint_score, bank=bank, **config_options)
         config = self._config(config, config_options, estimator_class(self.estimator_name))
         stream = data_source(theta, x, bank)
         if stream is not None:
