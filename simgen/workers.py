@@ -96,9 +96,10 @@ def run_batches(
     """Yield ``(b, result)`` for each batch as it finishes, computed here or on workers.
 
     ``executor`` is anything with ``submit(fn, *args) -> future`` (a ``concurrent.futures``
-    pool or a ``dask.distributed.Client``); ``workers=N`` makes a process pool of N that
-    simgen owns and rebuilds when a worker dies or runs past ``timeout`` (seconds per call,
-    counted from when a free worker gets it). Without ``timeout`` up to ``max(8, 2 *
+    pool or a ``dask.distributed.Client``) or ``"dask"`` (a local cluster of ``workers``
+    processes that simgen owns); ``workers=N`` alone makes a process pool of N that simgen
+    owns and rebuilds when a worker dies or runs past ``timeout`` (seconds per call, counted
+    from when a free worker gets it). Without ``timeout`` up to ``max(8, 2 *
     workers)`` calls are in flight on an executor; with it, one per worker, so that no call
     waits in a queue on its own clock.
     """
@@ -199,22 +200,20 @@ class Workers:
 def _dask_cluster(size: int) -> tuple[Any, Any]:
     """A local Dask cluster of ``size`` worker processes (one thread each) that gives up on
     a call at the first worker it kills, and a client of it."""
-    import logging
-
     import dask
     from dask.distributed import Client, LocalCluster
 
     # A worker that takes longer than lost-worker-timeout (15 s) to come back after being
     # ended would be dropped by the cluster for good; on a loaded machine it may well.
     settings = dask.config.set({"distributed.deploy.lost-worker-timeout": "1 hour"})
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = LocalCluster(
-            n_workers=size,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,  # a killed worker is reported by simgen's warning
-        )
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = LocalCluster(
+                n_workers=size, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+    except BaseException:
+        settings.__exit__(None, None, None)
+        raise
     cluster.simgen_settings = settings  # restored by Workers.close
     return cluster, Client(cluster)
 

@@ -244,22 +244,3 @@ def test_worker_count_does_not_change_the_result(tmp_path):
             )
         )
     assert _same(results[0], results[1]) and _same(results[0], expected)
-
-
-@pytest.mark.slow
-def test_a_call_past_the_timeout_on_dask_stops_the_run_naming_rows(tmp_path):
-    from dask.distributed import Client, LocalCluster
-
-    sim = Bad("hang", _target(), tmp_path)
-    try:
-        with (
-            LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
-            Client(cluster) as client,
-        ):
-            with pytest.raises(SimulationStopped, match="rows 40 to 59 \\(batch 2\\)"):
-                simgen.simulate(
-                    sim, PRIOR, N, seed=SEED, batch_size=BATCH, executor=client, timeout=1.0
-                )
-            (tmp_path / "release").touch()
-    finally:
-        (tmp_path / "release").touch()
