@@ -76,8 +76,8 @@ SECTIONS = [
     ),
     (
         "results_faults.md",
-        "Fault battery: banks, simulate arguments, model files (issue 17)",
-        "python -m pytest tests/test_faults.py tests/test_model_files.py; -m slow for kills",
+        "Fault battery: banks, stalls, Dask, late errors, model files (issue 17)",
+        "python -m pytest tests/test_faults*.py tests/test_model_files.py; -m slow for kills",
     ),
     (
         "results_gpu.md",
