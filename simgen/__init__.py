@@ -11,6 +11,7 @@ from .diagnostics import diagnose
 from .ensemble import Ensemble
 from .errors import SimgenError
 from .external import ExternalSimulator
+from .importance import ImportanceResult, importance_sample
 from .inference import NLE, NPE, NRE
 from .joint import Joint
 from .mcmc import MCMCConfig, MCMCResult, run_mcmc
@@ -44,6 +45,8 @@ __all__ = [
     "Posterior",
     "DirectPosterior",
     "Ensemble",
+    "importance_sample",
+    "ImportanceResult",
     "MCMCPosterior",
     "SurrogateSimulator",
     "run_mcmc",

@@ -115,13 +115,10 @@ class Ensemble(Posterior):
     # -- sampling ---------------------------------------------------------------------
     def _assignments(self, n: int, batch: int, seed: int | None) -> tuple[Tensor, list[int | None]]:
         """``(n, batch)`` member indices, uniform over members, and each member's seed."""
-        generator = torch.Generator()
-        if seed is None:
-            generator.seed()
-            seeds: list[int | None] = [None] * len(self.members)
-        else:
-            generator.manual_seed(member_seed(seed, 0, "assign"))
-            seeds = [member_seed(seed, k) for k in range(len(self.members))]
+        if seed is None:  # from torch's global generator, so fork_rng + manual_seed fix it
+            seed = int(torch.randint(2**62, ()))
+        generator = torch.Generator().manual_seed(member_seed(seed, 0, "assign"))
+        seeds: list[int | None] = [member_seed(seed, k) for k in range(len(self.members))]
         idx = torch.randint(len(self.members), (n, batch), generator=generator)
         return idx, seeds
 

@@ -134,6 +134,10 @@ class MCMCPosterior(Posterior):
         self.history = history
         self.mcmc = mcmc if mcmc is not None else MCMCConfig()
         self.last_mcmc: MCMCResult | None = None
+        #: A posterior with ``sample_batched`` and ``log_prob_batched`` (NPE's) whose draws,
+        #: reweighted by the potential, start the chains instead of the prior's
+        #: (:mod:`simgen.importance`); not saved with the file.
+        self.proposal: Any = None
 
     #: An x of shape ``(n, *x_shape)`` is n i.i.d. trials; the potential sums over them
     #: (:mod:`simgen.iid`, :mod:`simgen.mcmc.potentials`).
@@ -167,8 +171,13 @@ class MCMCPosterior(Posterior):
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             if seed is not None:
                 torch.manual_seed(seed)
-            candidates = self._home(self.prior.sample((num_chains * 20, len(x))).cpu())
-            lw = self.potential(candidates, x) - self.placed.prior.log_prob(candidates)
+            if self.proposal is not None:  # simgen.importance: an NPE posterior proposes
+                candidates = self._home(self.proposal.sample_batched((num_chains * 20,), x))
+                log_q = self._home(self.proposal.log_prob_batched(candidates, x))
+            else:
+                candidates = self._home(self.prior.sample((num_chains * 20, len(x))).cpu())
+                log_q = self.placed.prior.log_prob(candidates)
+            lw = self.potential(candidates, x) - log_q
             lw = torch.nan_to_num(lw, nan=-math.inf)
             lw = torch.where(torch.isfinite(lw).any(0, keepdim=True), lw, torch.zeros_like(lw))
             weights = torch.softmax(lw, 0).T.cpu()
