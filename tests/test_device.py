@@ -437,3 +437,12 @@ def test_iid_trial_sets_compute_on_the_estimators_device(method, family):
         samples = posterior.sample((5,), x=x[:4], **options)  # four trials
     assert not audit.mixed, audit.report()
     assert samples.shape == (5, 2) and samples.dtype == torch.float64
+
+
+def test_an_ensemble_computes_on_its_members_device():
+    """``Ensemble.to`` moves every member's estimator; the mixture's paths follow them."""
+    from simgen.ensemble import Ensemble
+
+    first, x = _train("npe", PRIORS["box"]())
+    second, _ = _train("npe", PRIORS["box"](), "maf")
+    _audit(Ensemble([first, second]), x)
