@@ -241,7 +241,11 @@ def set_observation(x: Any, element_shape: Sequence[int], n_max: int, batched: b
                 f"of at most {n_max}; pass at most {n_max} trials, or train on larger sets "
                 f"(simgen.simulate(..., trials=(1, {largest})))."
             )
-        trials = trials[:, :n_max]
+        # present trials first (a caller's set may hold NaN rows between them), then cut
+        absent = (~present(trials, element_shape)).to(torch.int8)
+        order = torch.argsort(absent, dim=1, stable=True)[:, :n_max]
+        index = order.reshape(*order.shape, *([1] * len(element_shape)))
+        trials = torch.gather(trials, 1, index.expand(-1, -1, *element_shape))
     if n < n_max:
         pad = trials.new_full((len(trials), n_max - n, *element_shape), float("nan"))
         trials = torch.cat([trials, pad], 1)

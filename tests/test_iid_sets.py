@@ -226,6 +226,21 @@ def test_set_npe_takes_sets_of_any_size_up_to_the_trained_one(set_posterior, tmp
     assert torch.equal(loaded.sample((20,), x=x7, seed=1), a)
 
 
+def test_set_observation_pads_and_compacts_to_the_trained_size() -> None:
+    x = torch.full((2, 6, D), float("nan"))
+    x[0, [0, 4]] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # NaN rows between trials
+    x[1, 5] = 7.0
+    out = iid.set_observation(x, (D,), 3, batched=True)
+    assert out.shape == (2, 3, D)
+    assert torch.equal(out[0, :2], x[0, [0, 4]]) and torch.equal(out[1, 0], x[1, 5])
+    assert torch.isnan(out[0, 2]).all() and torch.isnan(out[1, 1:]).all()
+    one = iid.set_observation(torch.ones(2, D), (D,), 5, batched=False)
+    assert one.shape == (1, 5, D) and iid.counts(one, (D,)).tolist() == [2]
+    assert iid.set_observation(torch.ones(4, D), (D,), 5, batched=True).shape == (4, 5, D)
+    with pytest.raises(ShapeError, match="at most 3"):
+        iid.set_observation(torch.ones(4, D), (D,), 3, batched=False)
+
+
 def test_set_npe_checks_its_training_sets() -> None:
     data = simgen.simulate(simulator, PRIOR, 20, seed=0, trials=(1, 4))
     npe = simgen.NPE(PRIOR, embedding_net=SetPooling(D))
