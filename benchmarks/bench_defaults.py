@@ -89,6 +89,14 @@ CANDIDATES: dict[str, tuple[str, str]] = {
         "3 transforms: less capacity to overfit 900 pairs, and cheaper",
     ),
 }
+
+
+def label(name: str) -> str:
+    """A candidate's row name in the tables (``npe:<name>``, so its CPU ratio is taken
+    against sbi's NPE as :func:`benchmarks.evaluation.table` does for ``npe``)."""
+    return f"npe:{name}"
+
+
 #: The sbi method every candidate is compared with (its CPU ratio column).
 BASELINE = "sbi_npe"
 
@@ -122,7 +130,8 @@ def write(out: Path, command: str, args, results: dict, names: list[str]) -> Non
         "",
         *evaluation.table(results),
         "",
-        "Columns as in `results_report.md` (mean C2ST over observations and seeds; spread = "
+        "Rows `npe:<name>` are the candidates above. Columns as in `results_report.md` "
+        "(mean C2ST over observations and seeds; spread = "
         "sd over seeds of the per-seed mean; worst obs = highest C2ST of one observation "
         "averaged over seeds; CPU simgen/sbi against sbi's NPE(nsf) on the same seeds).",
         "",
@@ -137,8 +146,7 @@ def write(out: Path, command: str, args, results: dict, names: list[str]) -> Non
         for t in tasks
     }
     for name in names:
-        spec = CANDIDATES[name][0]
-        rows = {t: results.get((t, args.budget, spec), {}) for t in tasks}
+        rows = {t: results.get((t, args.budget, label(name)), {}) for t in tasks}
         done = {t: r for t, r in rows.items() if r.get("seeds")}
         if len(done) < len(tasks):
             lines.append(f"| {name} | incomplete ({len(done)}/{len(tasks)} tasks) | | | | |")
@@ -219,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
         for spec in specs:
-            results[(name, args.budget, spec)] = evaluation.summarise(cells[spec])
+            shown_as = next((label(n) for n in names if CANDIDATES[n][0] == spec), spec)
+            results[(name, args.budget, shown_as)] = evaluation.summarise(cells[spec])
         write(Path(args.out), command, args, results, names)
 
 
