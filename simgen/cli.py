@@ -264,7 +264,9 @@ def train(
     x_obs: Path | None = typer.Option(None, help="--sequential: x_o (.npy, .pt or .csv)."),
     num_simulations: int = typer.Option(1000, help="--sequential: total over all rounds."),
     num_rounds: int = typer.Option(4, help="--sequential: rounds."),
-    bank: Path | None = typer.Option(None, help="--sequential: folder of per-round banks."),
+    bank: Path | None = typer.Option(
+        None, help="--sequential: folder of per-round banks (default: OUT.rounds, until done)."
+    ),
     method: str = typer.Option("npe", help="npe, nle, nre or bnre (balanced NRE)."),
     estimator: str = typer.Option("nsf", help="Estimator family for npe/nle."),
     seed: int = 0,
@@ -301,20 +303,32 @@ def train(
         _count(num_simulations, "--num-simulations", low=2)
         _count(num_rounds, "--num-rounds")
         t = _task(task)
-        posterior = rounds(
-            _method(method, t.prior, estimator),
-            t.simulator,
-            read_observation(x_obs.expanduser()),
-            num_simulations=num_simulations,
-            num_rounds=num_rounds,
-            seed=seed,
-            bank=None if bank is None else bank.expanduser(),
-            progress=_bars(),
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            device=device,
-        )
+        # Without --bank the rounds are kept beside OUT until the run has finished, so that a
+        # late error or Ctrl-C loses no finished round: the same command resumes.
+        folder = out.with_name(f"{out.stem}.rounds") if bank is None else bank.expanduser()
+        try:
+            posterior = rounds(
+                _method(method, t.prior, estimator),
+                t.simulator,
+                read_observation(x_obs.expanduser()),
+                num_simulations=num_simulations,
+                num_rounds=num_rounds,
+                seed=seed,
+                bank=folder,
+                progress=_bars(),
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                device=device,
+            )
+        except (SimgenError, SimulationInterrupted):
+            if any(folder.glob("round_*")):
+                typer.echo(f"the finished rounds are kept in {folder}; rerun to resume", err=True)
+            raise
         posterior.save(out)
+        if bank is None:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
         typer.echo(posterior.rounds.table())
         return _echo(f"saved {out}")
     from .pipeline import read_data

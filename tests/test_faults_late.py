@@ -130,3 +130,30 @@ def test_an_error_in_the_demo_after_training_keeps_the_trained_model(tmp_path, m
     with pytest.raises(MemoryError, match="reference check"):
         run_demo("gaussian_linear", 200, out_dir=tmp_path, progress=False)
     simgen.load(tmp_path / "gaussian_linear.simgen")
+
+
+def test_ctrl_c_in_a_sequential_cli_run_keeps_the_finished_rounds(tmp_path, monkeypatch):
+    from simulators import gaussian_linear
+
+    calls, stop = [], [True]
+
+    def simulator(theta, generator=None):  # Ctrl-C during the second round's simulations
+        calls.append(len(theta))
+        if len(calls) == 2 and stop[0]:
+            raise KeyboardInterrupt
+        return gaussian_linear.simulator(theta, generator=generator)
+
+    task = types.SimpleNamespace(simulator=simulator, prior=gaussian_linear.prior)
+    monkeypatch.setattr("simgen.cli._task", lambda name: task)
+    x_obs, model = tmp_path / "x_o.pt", tmp_path / "seq.simgen"
+    torch.save(gaussian_linear.x_o, x_obs)
+    args = ["train", "gl", str(model), "--sequential", "--x-obs", str(x_obs)]
+    args += ["--num-simulations", "200", "--num-rounds", "2", "--max-epochs", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    folder = tmp_path / "seq.rounds"
+    assert f"kept in {folder}" in result.output and list(folder.glob("round_1*"))
+    stop[0], calls[:] = False, []
+    result = CliRunner().invoke(app, args)  # the same command resumes at the second round
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1 and model.exists() and not folder.exists()
