@@ -20,7 +20,7 @@ in halves until the rows that cause it are isolated and recorded as ``TIMEOUT`` 
   asks the workers when a deadline passes, so a call waiting for a worker or for its
   worker's imports is never late). A late call is cancelled and its worker process ended
   (its nanny starts a fresh one); simgen's other calls on that worker are cancelled first
-  and requeued untouched.
+  and requeued untouched, and other work there is rerun by Dask as after any lost worker.
 
 simgen cannot stop a thread (a Dask cluster without nannies, ``processes=False``) nor stop
 or replace a worker of a ``concurrent.futures`` pool the caller passed, and it does not
