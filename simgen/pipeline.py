@@ -286,6 +286,7 @@ def stage_sample(project: Project, echo: Callable[[str], None], quiet: bool) -> 
 def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -> None:
     from .diagnostics import diagnose
     from .priors import prior_dim
+    from .serialization import read_model
 
     report, data = project.out / "report.html", project.out / "diagnostics.json"
     if _done(project, "diagnose", [report, data]):
@@ -302,8 +303,11 @@ def stage_diagnose(project: Project, echo: Callable[[str], None], quiet: bool) -
         return
     d = project.diagnose
     prior = project.make_prior()
+    posterior = _posterior(project)
+    if getattr(posterior, "history", None) is None:  # the report's training curve
+        posterior.history = read_model(project.out / "posterior.simgen")[0].get("history")
     result = diagnose(
-        _posterior(project),
+        posterior,
         prior,
         project.make_simulator(),
         x_o=project.x_o(),

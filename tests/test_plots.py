@@ -277,6 +277,9 @@ def test_report_draws_the_training_curve_of_a_trained_posterior() -> None:
     assert list(figures) == ["training", "sbc", "sbc_ranks", "tarp", "coverage", "zscore"]
     (ax,) = figures["training"].axes
     assert list(ax.get_lines()[1].get_ydata()) == [2.1, 1.2, 1.3]
+    # a History's to_dict(), as a model file keeps it, draws the same curve
+    report.history = posterior.history.to_dict()
+    assert list(report.figures()["training"].axes[0].get_lines()[1].get_ydata()) == [2.1, 1.2, 1.3]
     # a posterior without a history (sbi's, a closed form) gets no training curve
     assert (
         "training"

@@ -18,7 +18,7 @@ import base64
 import html
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,8 @@ class DiagnosisReport:
             and units, feature names) or one label per parameter; ``None`` for
             :math:`\theta_d` and ``x[f]``.
         reference_samples: Reference posterior samples at ``x_o``, overlaid on the corner plot.
-        history: The posterior's training :class:`~simgen.training.History`, if it has one
-            (drawn as the training curve).
+        history: The posterior's training :class:`~simgen.training.History` (or its
+            ``to_dict()``), if it has one (drawn as the training curve).
     """
 
     results: dict[str, Any]
@@ -138,8 +138,13 @@ class DiagnosisReport:
             if self.reference_samples is not None:
                 sets = {"posterior": self.samples_o, "reference": self.reference_samples}
             figures["posterior"] = plots.corner(sets, truth=self.theta_o, labels=labels)
-        if self.history is not None and getattr(self.history, "validation_loss", None):
-            figures["training"] = plots.training_curve(self.history)
+        history = self.history
+        if isinstance(history, Mapping):  # a History's to_dict(), as a model file keeps it
+            losses = history.get("validation_loss")
+        else:
+            losses = getattr(history, "validation_loss", None)
+        if losses:
+            figures["training"] = plots.training_curve(history)
         for name, result in self.results.items():
             if name == "sbc":
                 figures["sbc"] = plots.sbc_ecdf(result, labels=labels)
