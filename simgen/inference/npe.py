@@ -114,6 +114,7 @@ class NPE(Method):
         joint_score: Any = None,
         *,
         bank: Any = None,
+        init: DirectPosterior | None = None,
         **config_options: Any,
     ) -> DirectPosterior:
         """Train on simulations and return the posterior.
@@ -131,6 +132,8 @@ class NPE(Method):
             joint_score: ``(N, D)`` joint score :math:`\\nabla_\\theta \\log p(x, z\\mid\\theta)`
                 of each simulation (``simgen.simulate(..., joint=True).joint_score``): adds
                 the score regression of :class:`~simgen.losses.JointScoreNPELoss`.
+            init: A posterior of this method whose weights (z-scoring included) training
+                starts from instead of a fresh initialisation (sequential rounds' warm start).
         """
         if self.ensemble > 1:
             from ..ensemble import fit_ensemble
@@ -162,6 +165,8 @@ class NPE(Method):
                 **self.estimator_options,
             )
             estimator.fit_standardization(u, x)
+            if init is not None:
+                estimator.load_state_dict(init.estimator.state_dict())
             if sets:
                 fit_set_standardizer(estimator.context_standardizer, x, x.shape[2:])
             self.history = self._fit_losses(

@@ -80,8 +80,9 @@ MIN_ACCEPTANCE = 1e-3
 ELLIPSOID_ENLARGE = 1.2
 #: Weight of the prior in SIR's defensive proposal, and the kernel bandwidth's factor.
 DEFENSIVE_WEIGHT, BANDWIDTH_FACTOR = 0.1, 2.0
-#: Proposals per SIR draw.
-SIR_OVERSAMPLING = 16
+#: Proposals per SIR draw, and the fewest proposals of one call (a call for a handful of
+#: draws, such as ``simulate``'s two-draw probe of the prior, still finds the region).
+SIR_OVERSAMPLING, SIR_MIN_PROPOSALS = 16, 4096
 _CHUNK = 50_000
 
 
@@ -376,7 +377,7 @@ class TruncatedPrior(Distribution):
         return torch.cat(out) if out else self.prior.sample((0,)).float()
 
     def _sample_sir(self, n: int) -> Tensor:
-        k = SIR_OVERSAMPLING * max(n, 1)
+        k = max(SIR_OVERSAMPLING * n, SIR_MIN_PROPOSALS)
         theta = self._propose(k)
         log_w = self._log_weights(theta)
         if not bool(torch.isfinite(log_w).any()):
