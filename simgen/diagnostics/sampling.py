@@ -3,6 +3,12 @@
 Posterior interfaces (simgen's and sbi's) take no generator, so the diagnostics seed torch's
 global generator inside :func:`torch.random.fork_rng`, which restores it afterwards: a call is
 deterministic under its ``seed`` and leaves the caller's random state untouched.
+
+Each use of randomness in a call (the θ, the simulator's noise, the posterior draws) has its
+own stream, seeded by :func:`stream_seed` from a hash of ``(seed, purpose)``. Offsets such as
+``seed + 1`` would not do: every torch generator seeded with the same integer replays the same
+numbers, so the θ of a call with seed 1 would be the noise of the call with seed 0, and two
+diagnostics run with consecutive seeds would share draws.
 """
 
 from __future__ import annotations
@@ -13,12 +19,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
 
-__all__ = ["Draws", "draw", "seeded", "quiet_kwargs", "sample_posterior", "simulate_pairs"]
+__all__ = [
+    "Draws",
+    "draw",
+    "seeded",
+    "stream_seed",
+    "quiet_kwargs",
+    "sample_posterior",
+    "simulate_pairs",
+]
+
+
+def stream_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for the stream ``purpose`` of a call seeded ``seed``: numpy's
+    ``SeedSequence`` hash of both, so distinct ``(seed, purpose)`` pairs give unrelated
+    streams whatever the seeds' arithmetic."""
+    words = [int(seed) % 2**64, *purpose.encode()]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @contextlib.contextmanager
@@ -85,14 +108,16 @@ def sample_posterior(
 def simulate_pairs(
     prior: Any, simulator: Callable[..., Tensor], num_simulations: int, seed: int
 ) -> tuple[Tensor, Tensor]:
-    """Draw ``theta ~ prior`` and ``x ~ simulator(theta)``, deterministic under ``seed``."""
-    with seeded(seed):
+    """Draw ``theta ~ prior`` and ``x ~ simulator(theta)``, deterministic under ``seed``
+    (streams ``"theta"`` and ``"x"`` of :func:`stream_seed`)."""
+    with seeded(stream_seed(seed, "theta")):
         theta = prior.sample((num_simulations,))
-    generator = torch.Generator().manual_seed(seed + 1)
+    x_seed = stream_seed(seed, "x")
+    generator = torch.Generator().manual_seed(x_seed)
     try:
         x = simulator(theta, generator=generator)
     except TypeError:
-        with seeded(seed + 1):
+        with seeded(x_seed):
             x = simulator(theta)
     return theta, x
 
@@ -132,6 +157,6 @@ def draw(
             f"{num_simulations} and {num_samples}."
         )
     theta, x = simulate_pairs(prior, simulator, num_simulations, seed)
-    with seeded(seed + 2):
+    with seeded(stream_seed(seed, "posterior")):
         samples = sample_posterior(posterior, x, num_samples, chunk_size)
     return Draws(theta=theta.to(samples.dtype), x=x, samples=samples)
