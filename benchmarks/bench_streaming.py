@@ -8,9 +8,10 @@ thread is charged) and wall seconds of the whole ``fit`` call: set-up passes, tr
 validation. Steps per second are optimizer steps over those seconds. Seeds are run in turn;
 the table reports each seed and the spread.
 
-Cases: ``narrow`` (gaussian_linear, 10 numbers of x a row, 20,000 rows, NSF) and ``wide``
-(1,000 float32 of x a row, 20,000 rows, 80 MB, a small NSF), where reading and
-decompressing chunks is a larger share of each step.
+Cases: ``narrow`` (gaussian_linear, 10 numbers of x a row, 10,000 rows, NSF) and ``wide``
+(1,000 float32 of x a row, 10,000 rows, 40 MB, a small NSF), where reading and
+decompressing chunks is a larger share of each step. Each fit runs 4 epochs (3 with
+``--quick``, on 5,000 rows and one seed).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming            # 3 seeds, both cases
     OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming --quick    # 1 seed, fewer rows
@@ -209,14 +210,14 @@ def main() -> None:
     torch.set_num_threads(1)
     warm_up_torch()
     seeds = [0] if quick else [0, 1, 2]
-    rows = 5000 if quick else 20000
-    epochs = 3 if quick else 5
+    rows = 5000 if quick else 10000
+    epochs = 3 if quick else 4
     results = run_case("narrow", _narrow_case, rows, seeds, epochs)
     results += run_case("wide", _wide_case, rows, seeds, epochs)
     command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming" + (
         " --quick" if quick else ""
     )
-    memory = memory_table(5000 if quick else 30000)
+    memory = memory_table(5000 if quick else 20000)
     RESULTS.write_text(
         "# Training from a bank vs in memory (issue 22)\n\n"
         "NPE trained for a fixed number of epochs on the same simulations, from "

@@ -61,8 +61,8 @@ class StreamConfig:
         shuffle_bytes: Size of the shuffle buffer. 16 MiB holds a whole bank of up to half a
             million rows of 8 numbers (an in-memory shuffle), and 4,096 rows of wide x (4 KB
             a row: four bank chunks mixed), which keeps training from the 400 MB bank of
-            ``tests/test_streaming.py`` under its 100 MB budget (32 MiB came within 2% of it
-            on a 120 MB bank).
+            ``tests/test_streaming.py`` under its 100 MB budget (one epoch from a 120 MB bank
+            of wide x grew peak RSS by 84 MB with 16 MiB, by 102 MB with 32 MiB).
         validation_bytes: The validation rows are kept in memory after the first epoch when
             they take at most this much (a bank of up to 160 MB at the default 10%), and
             read again every epoch otherwise.
@@ -72,8 +72,7 @@ class StreamConfig:
         prefetch: Chunks read ahead in a background thread (0, the default, reads in the
             training loop). Read-ahead overlaps reading with the optimizer steps in wall time
             but not in CPU time, and the thread's allocator arena keeps freed chunks
-            resident: on the 400 MB bank of ``tests/test_streaming.py`` two chunks ahead
-            doubled the peak RSS growth (``benchmarks/results_streaming.md``).
+            resident (``benchmarks/results_streaming.md`` measures both).
         sample_rows: Rows of x a full pass keeps as a seeded sample (:attr:`Stream.x_sample`;
             NPE's training-x sample, :mod:`simgen.typicality`).
     """
@@ -368,15 +367,17 @@ class Stream:
         if cache is not None and cache[0] is split and cache[1] is not None:
             yield from cache[1]
             return
-        rows, size, parts = 0, 0, []
+        rows, parts = 0, []
+        share = float(split.is_validation.float().mean())
         for i, theta, x, block, _ in self._reads(split.validation_chunks.tolist()):
             keep = split.is_validation[i * split.per_chunk + block]
             rows += int(keep.sum())
             if bool(keep.any()):
                 part = (theta[keep], x[keep])
-                size += part[0].nbytes + part[1].nbytes
-                if parts is not None:
-                    parts = parts + [part] if size <= self.config.validation_bytes else None
+                if parts is not None:  # kept only if all of them will fit, judged by one row
+                    row = (part[0].nbytes + part[1].nbytes) / len(part[0])
+                    fits = share * max(self.kept, rows) * row <= self.config.validation_bytes
+                    parts = parts + [part] if fits else None
                 yield part
         self.validation_rows = rows
         self._validation = (split, parts)
@@ -431,7 +432,7 @@ _malloc_trim = _trim()
 
 
 #: Bytes of chunks read between two :func:`_release` calls.
-TRIM_BYTES = 8 << 20
+TRIM_BYTES = 4 << 20
 
 
 def _release() -> None:
@@ -439,7 +440,9 @@ def _release() -> None:
 
     glibc keeps freed memory resident in each thread's arena (zarr decodes in its own
     threads); on a 120 MB bank of 4 MB chunks this lowered a pass's peak RSS growth from 61
-    to 48 MB. It costs a few milliseconds, so it runs once per ``TRIM_BYTES`` read.
+    to 48 MB. It costs a few milliseconds, so it runs once per ``TRIM_BYTES`` read (every
+    chunk of wide x; at 8 MB, every other one, the 400 MB bank of ``tests/test_streaming.py``
+    went 2% over its 100 MB budget).
     """
     _malloc_trim(0)
 

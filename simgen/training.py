@@ -286,6 +286,7 @@ class _InMemory:
         self.g, self.device = g, device
         self.num_train, self.num_validation = len(train_idx), len(val_idx)
         self.batch_size = min(config.batch_size, self.num_train)
+        self.eval_rows = max(self.batch_size, 4096)  # validation rows per network call
 
     def batches(self) -> Iterator[Batch]:
         n, bs = self.num_train, self.batch_size
@@ -308,6 +309,7 @@ class _Streamed:
         share = float(self.split.is_validation.float().mean())
         expected = int(stream.kept * (1 - share)) if stream.kept else config.batch_size
         self.batch_size = max(1, min(config.batch_size, expected))
+        self.eval_rows = self.batch_size  # bounded memory: a batch's rows per call
         self.num_train = self.num_validation = 0
 
     def batches(self) -> Iterator[Batch]:
@@ -377,7 +379,7 @@ def fit(
     history = History()
     best_state = _snapshot(loss)
     since_best, total_steps = 0, 0
-    chunk = max(data.batch_size, 4096)
+    chunk = data.eval_rows
     bar = None
     if config.progress or (config.progress is None and sys.stderr.isatty()):
         from tqdm.auto import tqdm
