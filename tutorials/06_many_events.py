@@ -66,8 +66,9 @@ NUM_SETS = 600 if FAST else 5000  # sets of events for set-NPE
 MAX_EVENTS = 50 if FAST else 1000  # set-NPE's largest set (its trials=(1, MAX_EVENTS))
 EVENTS = (10, 50) if FAST else (10, 100, 1000)  # observations of n events
 MAX_EPOCHS = 15 if FAST else 300
-NUM_SAMPLES = 100 if FAST else 2000  # posterior samples per observation
-NUM_DATASETS = 2 if FAST else 20  # observations at θ drawn from the prior, for coverage
+NUM_SAMPLES = 100 if FAST else 1000  # posterior samples at θ_o
+NUM_DATASETS = 2 if FAST else 10  # observations at θ drawn from the prior, for coverage
+NUM_COVERAGE = 50 if FAST else 200  # posterior samples per observation for coverage
 REFERENCE_EVENTS = 3  # the pseudo-marginal reference (full mode only: minutes)
 torch.manual_seed(0)
 
@@ -154,7 +155,7 @@ coverage = {}
 for n in EVENTS:
     observed = [ps.simulator(t.expand(n, 2).clone(), generator=generator) for t in truth]
     for name, posterior in posteriors.items():
-        draws = posterior.sample_batched((NUM_SAMPLES,), observed, seed=0)  # (S, B, 2)
+        draws = posterior.sample_batched((NUM_COVERAGE,), observed, seed=0)  # (S, B, 2)
         low, high = draws.quantile(0.05, 0), draws.quantile(0.95, 0)
         hit = ((truth[:, 0] >= low[:, 0]) & (truth[:, 0] <= high[:, 0])).float()
         coverage[name, n] = float(hit.mean())
