@@ -166,3 +166,19 @@ def test_bad_input_is_refused():
 def test_member_seeds_do_not_overlap_across_base_seeds():
     seeds = {member_seed(base, k) for base in range(20) for k in range(5)}
     assert len(seeds) == 100  # seed + k would give only 24 distinct values
+
+
+def test_a_damaged_ensemble_file_is_refused(tmp_path):
+    theta = PRIOR.sample((200,))
+    x = simulator(theta, torch.Generator().manual_seed(1))
+    ens = simgen.NPE(PRIOR, ensemble=2, transforms=1, hidden_features=(8,)).fit(
+        theta, x, max_epochs=1, progress=False
+    )
+    path = tmp_path / "ensemble.model"
+    ens.save(path)
+    payload = torch.load(path, weights_only=True)
+    key = next(k for k in payload["state_dict"] if k.startswith("members.1.") and "loc" in k)
+    payload["state_dict"][key] = payload["state_dict"][key] * float("nan")
+    torch.save(payload, path)
+    with pytest.raises(simgen.errors.ModelFileError, match=r"members\.1\..*NaN"):
+        simgen.load(path)
