@@ -153,11 +153,13 @@ def test_truncated_prior_is_a_prior_for_simulate():
 def test_sequential_npe_beats_amortised_npe_at_the_same_budget():
     # Wide prior (sd 2), narrow likelihood (sd 0.1): 400 simulations, MAF, seed 0. Check:
     # the KL of a Gaussian fitted to 5,000 posterior draws from the exact posterior is at
-    # most 0.1 nats. Sequential (4 rounds) passes; amortised (1 round) is worse (0.56
-    # measured); the control, whose regions hold only half the posterior mass
-    # (epsilon = 0.5), fails the same check (0.20 measured).
-    # 400 simulations is a single-seed check that keeps the default run short: at this
-    # budget seeds 1 and 3 fail; the slow test checks seeds 1-4 at 800.
+    # most 0.1 nats. Sequential (4 rounds of 100, warm-started: at 100 simulations a round a
+    # from-scratch refit is the noisiest step and fails on seed 1) passes; amortised
+    # (1 round) fails; the control, whose regions hold a tenth of the posterior's mass
+    # (epsilon = 0.9, cutting true posterior mass), fails the same check.
+    # Measured on seeds 0-4 (benchmarks/results_sequential.md, "The fast test"): sequential
+    # 0.010, 0.041, 0.032, 0.005, 0.020; amortised 0.56, 0.13, 0.16, 0.38, 0.21; the
+    # control 0.18, 0.36, 0.13, 0.03, 0.20. The slow test checks seeds 1-4.
     def run(num_rounds, epsilon=1e-4):
         posterior = simgen.sequential(
             simgen.NPE(PRIOR, estimator="maf"),
@@ -167,14 +169,15 @@ def test_sequential_npe_beats_amortised_npe_at_the_same_budget():
             num_rounds=num_rounds,
             seed=0,
             epsilon=epsilon,
+            warm_start=True,
         )
         return posterior, gaussian_fit_kl(posterior.sample((5000,), x=X_O, seed=0))
 
     posterior, kl_sequential = run(4)
     _, kl_amortised = run(1)
-    _, kl_control = run(4, epsilon=0.5)
+    _, kl_control = run(4, epsilon=0.9)
     assert kl_sequential <= 0.1
-    assert kl_amortised > kl_sequential
+    assert kl_amortised > 0.1
     assert kl_control > 0.1
     rounds = posterior.rounds
     assert [r.num_simulations for r in rounds] == [100] * 4
