@@ -342,16 +342,24 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def rounds_table(rows: list[dict]) -> list[str]:
-    """Per round of the simgen sequential runs: mean over runs of the region's prior mass,
-    the reference mass outside it, and (with --per-round) the round's C2ST."""
+    """Per round of the simgen sequential runs, means over runs: the round's C2ST (with
+    --per-round), the prior mass of the region the round builds and the reference mass
+    outside it, and the same two at the larger ε of the sweep (same fit, no retraining).
+    The last round builds no region."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
+        last = max((pr["round"] for pr in r.get("per_round", [])), default=0)
         for pr in r.get("per_round", []):
-            groups.setdefault((r["task"], r["budget"], r["method"], pr["round"]), []).append(pr)
+            if pr["round"] < last or "c2st" in pr:
+                key = (r["task"], r["budget"], r["method"], pr["round"])
+                groups.setdefault(key, []).append({**pr, "last": pr["round"] == last})
+    sweep = [f"{e:g}" for e in SWEEP[1:]]
     lines = [
-        "| task | sims | method | round | runs | C2ST of round | prior mass of next region | "
-        "reference mass outside it |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | sims | method | round | runs | C2ST of round | region's prior mass | "
+        "reference outside | "
+        + " | ".join(f"ε={e}: mass, reference outside" for e in sweep)
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(sweep),
     ]
 
     def mean(values):
@@ -359,10 +367,19 @@ def rounds_table(rows: list[dict]) -> list[str]:
         return f"{statistics.mean(values):.3g}" if values else "-"
 
     for (task, budget, spec, r), prs in sorted(groups.items()):
+        built = [p for p in prs if not p["last"]]
+        cells = [
+            mean(p.get("c2st") for p in prs),
+            mean(p.get("next_mass") for p in built),
+            mean(p.get("reference_outside") for p in built),
+        ]
+        for e in sweep:
+            at = [p["epsilons"][e] for p in built if e in p.get("epsilons", {})]
+            cells.append(
+                f"{mean(a['mass'] for a in at)}, {mean(a['reference_outside'] for a in at)}"
+            )
         lines.append(
-            f"| {task} | {budget} | {spec} | {r} | {len(prs)} | "
-            f"{mean(p.get('c2st') for p in prs)} | {mean(p.get('next_mass') for p in prs)} | "
-            f"{mean(p.get('reference_outside') for p in prs)} |"
+            f"| {task} | {budget} | {spec} | {r} | {len(prs)} | " + " | ".join(cells) + " |"
         )
     return lines
 
