@@ -5,11 +5,11 @@ equally over the rounds (the remainder goes to round 1). An equal split is the T
 and sbi's tutorial scheme. Each round simulates from a proposal, pools the simulations of
 every round so far, and retrains the method from scratch on the pool. ``warm_start=True``
 (NPE) starts round r's training from round r-1's weights and z-scoring instead. It is off
-by default because it did not help across tasks (``benchmarks/results_sequential.md``):
-on a 2-D Gaussian with 100 simulations a round it removed the from-scratch refit's failures
-(KL <= 0.1 nats on all of seeds 0-4; from scratch, seed 1 went from KL 0.067 in round 3 to
-1.10 in round 4), on gaussian_linear_uniform at 1k it changed nothing (C2ST 0.703 vs 0.698)
-and on two_moons at 1k it was worse (0.655 vs 0.575), one run each. The rounds are:
+by default because its effect depends on the task (``benchmarks/results_sequential.md``):
+on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit's failures
+(KL <= 0.1 nats on all of seeds 0-4; from scratch, seed 1 goes from KL 0.067 in round 3 to
+1.10 in round 4), on gaussian_linear_uniform at 1k it changes nothing (C2ST 0.703 vs 0.698)
+and on two_moons at 1k it is worse (0.655 vs 0.575), one run each. The rounds are:
 
 * **NPE** (any family; TSNPE, Deistler et al. 2022). Round 1 simulates from the prior. Round
   :math:`r \ge 2` simulates from the prior truncated to the HPD region of round
