@@ -32,10 +32,11 @@ def leaky_posterior():
 
 
 def test_each_family_states_its_support_mode():
-    assert simgen.NPE(PRIOR, estimator="nsf").support == "transform"
+    assert simgen.NPE(PRIOR, estimator="nsf").support == "reject"
+    assert simgen.NPE(PRIOR, estimator="maf").support == "transform"
     assert simgen.NPE(PRIOR, estimator="flow_matching").support == "reject"
     assert simgen.NPE(PRIOR, estimator="diffusion").support == "reject"
-    assert simgen.NPE(PRIOR, estimator="nsf", support="reject").support == "reject"
+    assert simgen.NPE(PRIOR, estimator="nsf", support="transform").support == "transform"
     with pytest.raises(ConfigError, match="support"):
         simgen.NPE(PRIOR, estimator="nsf", support="clip")
 
