@@ -60,7 +60,7 @@ class NPE(Method):
             :math:`T^{-1}(\\theta)`, samples inside by construction) or ``"reject"`` (model
             :math:`\\theta`, reject draws outside, renormalise the density); see
             :mod:`simgen.posterior`. ``None`` (default) takes the family's measured choice,
-            ``npe_support``: ``"reject"`` for flow matching and diffusion,
+            ``npe_support``: ``"reject"`` for nsf, flow matching and diffusion,
             ``"transform"`` for the others.
         ensemble: K > 1 trains K members on the same simulations, each with its own seed
             (:func:`~simgen.ensemble.member_seed` of the config's seed), and ``fit`` returns
