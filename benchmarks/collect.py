@@ -99,6 +99,12 @@ SECTIONS = [
         "Tutorials executed as notebooks in fast mode: CPU seconds per tutorial (issue 21)",
         "OMP_NUM_THREADS=1 python -m benchmarks.bench_tutorials",
     ),
+    (
+        "results_ensemble.md",
+        "NPE ensembles (K = 5) vs one member: C2ST and HPD coverage (issue 20)",
+        "python -m benchmarks.bench_ensemble --tasks two_moons slcp --sims 1000 --seeds 0 1 2"
+        " --k 5 --obs 2 --samples 1000 --coverage 200",
+    ),
 ]
 
 HEADER = """# Benchmark results
