@@ -303,7 +303,8 @@ def fit_ensemble(
     Member k trains with ``seed = member_seed(config seed, k)`` (initialisation, validation
     split, shuffling; ``seed=None`` leaves every member unseeded) and its own copy of the
     embedding net. With ``method.bootstrap`` it trains on N rows drawn with replacement,
-    seeded the same way, so members also see different data (not with ``bank=``).
+    seeded the same way, so members also see different data (not with ``bank=``). An ensemble
+    as ``init`` warm-starts member k from its member k.
     """
     from .training import TrainConfig
 
@@ -323,8 +324,11 @@ def fit_ensemble(
         th, xx, js = theta, x, joint_score
         if method.bootstrap:
             th, xx, js = _resample(theta, x, joint_score, seed)
+        start = init.members[k % len(init)] if isinstance(init, Ensemble) else init
         members.append(
-            member.fit(th, xx, config, js, bank=bank, init=init, **{**config_options, "seed": seed})
+            member.fit(
+                th, xx, config, js, bank=bank, init=start, **{**config_options, "seed": seed}
+            )
         )
     method.history = [m.history for m in members]
     return Ensemble(members)

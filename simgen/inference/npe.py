@@ -138,7 +138,8 @@ class NPE(Method):
         if self.ensemble > 1:
             from ..ensemble import fit_ensemble
 
-            return fit_ensemble(self, theta, x, config, joint_score, bank=bank, **config_options)
+            return fit_ensemble(self, theta, x, config, joint_score, bank=bank, init=init,
+                                **config_options)  # fmt: skip
         config = self._config(config, config_options, estimator_class(self.estimator_name))
         stream = data_source(theta, x, bank)
         if stream is not None:
