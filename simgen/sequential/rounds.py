@@ -8,8 +8,8 @@ every round so far, and retrains the method from scratch on the pool. ``warm_sta
 by default because its effect depends on the task (``benchmarks/results_sequential.md``):
 on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit's failures
 (KL <= 0.1 nats on all of seeds 0-4; from scratch, seed 1 goes from KL 0.067 in round 3 to
-1.10 in round 4), on gaussian_linear_uniform at 1k it changes nothing (C2ST 0.703 vs 0.698)
-and on two_moons at 1k it is worse (0.655 vs 0.575), one run each. The rounds are:
+1.10 in round 4), on gaussian_linear_uniform at 1k it does not help (C2ST 0.714 vs 0.693)
+and on two_moons at 1k it is worse (0.652 vs 0.610), two observations each. The rounds are:
 
 * **NPE** (any family; TSNPE, Deistler et al. 2022). Round 1 simulates from the prior. Round
   :math:`r \ge 2` simulates from the prior truncated to the HPD region of round
