@@ -210,9 +210,7 @@ print(f"trained {h.epochs} epochs in {h.seconds:.1f}s")
 x_o, theta_o = particle_shower.x_o, particle_shower.theta_o
 samples = posterior.sample((2000,), x=x_o, seed=0)
 print("posterior mean", samples.mean(0), "std", samples.std(0), "true", theta_o)
-plots.corner(
-    samples, truth=theta_o, labels=[r"$\alpha$", r"$E_0$"], path="tutorial2_corner.png"
-)
+plots.corner(samples, truth=theta_o, labels=[r"$\alpha$", r"$E_0$"], path="tutorial2_corner.png")
 
 # %% [markdown]
 # ### The joint score: more from every simulation
