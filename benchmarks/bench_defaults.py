@@ -215,17 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                         num_obs=args.observations,
                     )  # fmt: skip
                 cells[spec].append(cell)
-                scores = cell.get("c2st")
-                print(
-                    f"{name} seed={seed} {spec}: "
-                    + (
-                        f"C2ST {sum(scores) / len(scores):.3f}, "
-                        f"{cell['train_cpu_s'] + cell['sample_cpu_s']:.1f} CPU s"
-                        if scores
-                        else cell.get("error", "")
-                    ),
-                    flush=True,
-                )
+                print(f"{name} seed={seed} {spec}: " + evaluation.cell_line(cell), flush=True)
         for spec in specs:
             shown_as = next((label(n) for n in names if CANDIDATES[n][0] == spec), spec)
             results[(name, args.budget, shown_as)] = evaluation.summarise(cells[spec])

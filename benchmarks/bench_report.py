@@ -194,15 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                             reference_samples=args.reference_samples,
                         )  # fmt: skip
                     cells[spec].append(cell)
-                    scores = cell.get("c2st")
                     print(
-                        f"{name} n={budget} {spec} seed={seed}: "
-                        + (
-                            f"C2ST {sum(scores) / len(scores):.3f}, "
-                            f"{cell['train_cpu_s'] + cell['sample_cpu_s']:.1f} CPU s"
-                            if scores
-                            else cell.get("error", "")
-                        ),
+                        f"{name} n={budget} {spec} seed={seed}: " + evaluation.cell_line(cell),
                         flush=True,
                     )
             for spec in methods:

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 import simgen
-from benchmarks import harness, warm_up_torch
+from benchmarks import evaluation, harness, warm_up_torch
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
 from simgen.sequential import HPDRegion, TruncatedPrior
@@ -112,13 +112,7 @@ def parse(spec: str) -> tuple[str, dict]:
     name, _, opts = spec.partition(":")
     if name not in METHODS:
         raise ConfigError(f"Unknown method {name!r}; choose from {METHODS}.")
-    options = {}
-    for item in filter(None, opts.split(";")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"Method option {item!r} must read key=value (value in JSON).")
-        options[key] = json.loads(value)
-    return name, options
+    return name, evaluation.parse_options(opts)
 
 
 def sbi_prior(prior):

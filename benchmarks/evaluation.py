@@ -137,14 +137,28 @@ def parse_method(spec: str) -> tuple[str, str, Method]:
     name, _, opts = spec.partition(":")
     if name not in METHODS:
         raise ConfigError(f"Unknown method {name!r}; choose from {sorted(METHODS)}.")
+    library, factory = METHODS[name]
+    return name, library, factory(**parse_options(opts))
+
+
+def parse_options(opts: str) -> dict:
+    """``key=json;key=json`` -> a dict of options (the part of a method spec after ``:``)."""
     options = {}
     for item in filter(None, opts.split(";")):
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"Method option {item!r} must read key=value (value in JSON).")
         options[key] = json.loads(value)
-    library, factory = METHODS[name]
-    return name, library, factory(**options)
+    return options
+
+
+def cell_line(cell: dict) -> str:
+    """One cell's mean C2ST and CPU seconds (or its error) for a progress line."""
+    scores = cell.get("c2st")
+    if not scores:
+        return cell.get("error", "")
+    cpu = cell["train_cpu_s"] + cell["sample_cpu_s"]
+    return f"C2ST {sum(scores) / len(scores):.3f}, {cpu:.1f} CPU s"
 
 
 def training_data(task, budget: int, seed: int):
