@@ -266,6 +266,30 @@ def test_resume_mid_round_loses_nothing(tmp_path):
     assert again_simulator.calls == 0
 
 
+def test_an_interrupted_run_without_a_bank_keeps_its_finished_rounds():
+    # Ctrl-C on call 5 (round 2's second batch): the exception carries round 1's record and
+    # its 150 simulations, the ones an uninterrupted run makes in round 1.
+    def run(simulator):
+        return simgen.sequential(
+            simgen.NPE(PRIOR, estimator="maf"),
+            simulator,
+            X_O,
+            num_simulations=300,
+            num_rounds=2,
+            seed=3,
+            batch_size=50,
+            max_epochs=30,
+        )
+
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run(InterruptingSimulator(interrupt_at=5))
+    kept = stopped.value.rounds
+    assert [r.index for r in kept] == [1]
+    fresh = run(InterruptingSimulator())
+    assert torch.equal(kept.theta, fresh.rounds.theta[:150])
+    assert torch.equal(kept.x, fresh.rounds.x[:150])
+
+
 def test_bad_arguments_raise_simgen_errors(tmp_path):
     npe = simgen.NPE(PRIOR, estimator="maf")
     with pytest.raises(ShapeError, match="shape"):

@@ -297,61 +297,80 @@ def sequential(
     thetas, xs = [], []
     current: Distribution = prior
     posterior, previous_draws, stop = None, None, False
-    for r, n_r in enumerate(split_budget(num_simulations, num_rounds), start=1):
-        wall, cpu = time.perf_counter(), time.process_time()
-        sims, sim_seconds = _simulate_round(
-            simulator, current, n_r, r, seed, folder, batch_size, executor, progress
-        )
-        thetas.append(sims.theta)
-        xs.append(sims.x)
-        x_obs = _match_observation(x_o, sims.x)
-        theta_all, x_all = torch.cat(thetas), torch.cat(xs)
-        init = posterior if warm_start and isinstance(method, NPE) else None
-        options = fit_options if init is None else {**fit_options, "init": init}
-        posterior = _fit_round(method, theta_all, x_all, r, seed, folder, progress, options)
-        record = _load_record(folder, r)
-        wide = proposal == "truncated" and r < num_rounds
-        n_draws = num_region_draws if wide else ENERGY_DRAWS
-        draws = _seeded_draws(posterior, x_obs, n_draws, round_seed(seed, r) + 1)
-        energy = (
-            None
-            if previous_draws is None
-            else energy_distance(previous_draws[:ENERGY_DRAWS], draws[:ENERGY_DRAWS])
-        )
-        described, acc, acc_se, extra = _describe(current)
-        if r < num_rounds:
-            stop = stop_tol is not None and energy is not None and energy < stop_tol
-            if not stop:
-                current = _next_proposal(
-                    prior, posterior, x_obs, draws, proposal, epsilon, region, round_seed(seed, r)
-                )
-        if record is None:
-            record = Round(
-                index=r,
-                num_simulations=len(sims.theta),
-                num_failed=len(sims.failed_theta),
-                proposal=described,
-                acceptance=acc,
-                acceptance_se=acc_se,
-                energy_distance=energy,
-                wall_seconds=time.perf_counter() - wall,
-                cpu_seconds=time.process_time() - cpu,
-                simulate_seconds=sim_seconds,
-                extra=extra,
+    try:
+        for r, n_r in enumerate(split_budget(num_simulations, num_rounds), start=1):
+            wall, cpu = time.perf_counter(), time.process_time()
+            sims, sim_seconds = _simulate_round(
+                simulator, current, n_r, r, seed, folder, batch_size, executor, progress
             )
-            _save_record(folder, record)
-        history.append(record)
-        if callback is not None:
-            callback(record, posterior, current)
-        previous_draws = draws
-        if stop:
-            history.stopped_early = True
-            break
+            thetas.append(sims.theta)
+            xs.append(sims.x)
+            x_obs = _match_observation(x_o, sims.x)
+            theta_all, x_all = torch.cat(thetas), torch.cat(xs)
+            init = posterior if warm_start and isinstance(method, NPE) else None
+            options = fit_options if init is None else {**fit_options, "init": init}
+            posterior = _fit_round(method, theta_all, x_all, r, seed, folder, progress, options)
+            record = _load_record(folder, r)
+            wide = proposal == "truncated" and r < num_rounds
+            n_draws = num_region_draws if wide else ENERGY_DRAWS
+            draws = _seeded_draws(posterior, x_obs, n_draws, round_seed(seed, r) + 1)
+            energy = (
+                None
+                if previous_draws is None
+                else energy_distance(previous_draws[:ENERGY_DRAWS], draws[:ENERGY_DRAWS])
+            )
+            described, acc, acc_se, extra = _describe(current)
+            if r < num_rounds:
+                stop = stop_tol is not None and energy is not None and energy < stop_tol
+                if not stop:
+                    current = _next_proposal(
+                        prior,
+                        posterior,
+                        x_obs,
+                        draws,
+                        proposal,
+                        epsilon,
+                        region,
+                        round_seed(seed, r),
+                    )
+            if record is None:
+                record = Round(
+                    index=r,
+                    num_simulations=len(sims.theta),
+                    num_failed=len(sims.failed_theta),
+                    proposal=described,
+                    acceptance=acc,
+                    acceptance_se=acc_se,
+                    energy_distance=energy,
+                    wall_seconds=time.perf_counter() - wall,
+                    cpu_seconds=time.process_time() - cpu,
+                    simulate_seconds=sim_seconds,
+                    extra=extra,
+                )
+                _save_record(folder, record)
+            history.append(record)
+            if callback is not None:
+                callback(record, posterior, current)
+            previous_draws = draws
+            if stop:
+                history.stopped_early = True
+                break
+    except BaseException as exc:  # a late error or Ctrl-C keeps every finished simulation
+        _attach_finished(exc, history, thetas, xs)
+        raise
     history.theta, history.x = torch.cat(thetas), torch.cat(xs)
     posterior.rounds = history
     posterior.proposal = current
     posterior.set_default_x(x_obs)
     return posterior
+
+
+def _attach_finished(exc: BaseException, history: RoundHistory, thetas: list, xs: list) -> None:
+    """Put the finished rounds (``exc.rounds``, whose ``theta``/``x`` pool every finished
+    round's simulations) on an exception raised mid-run, so nothing simulated is lost."""
+    if thetas:
+        history.theta, history.x = torch.cat(thetas), torch.cat(xs)
+    exc.rounds = history
 
 
 def _simulate_round(
