@@ -277,7 +277,8 @@ def sequential(
 
     Returns:
         The last round's posterior, with ``.rounds``, a :class:`RoundHistory`, and
-        ``.proposal``, the last proposal.
+        ``.proposal``, the last proposal. An error or Ctrl-C mid-run carries the finished
+        rounds as ``exc.rounds`` (their simulations pooled in ``.theta`` and ``.x``).
 
     Example:
         >>> posterior = sequential(NPE(prior), simulator, x_o, num_simulations=2000,
