@@ -8,7 +8,8 @@ range is a :class:`~simgen.errors.ConfigError` that names ``[section] key`` and 
 Sections (all but ``[simulator]``, ``[prior]`` and ``[observation]`` optional)::
 
     seed, device, output          top level
-    [simulator] path, batched     "module:function", importable from the project folder
+    [simulator] path, batched     "module:function", importable from the project folder;
+                kind = function | pyro; theta_site, x_site (a pyro model's sample sites)
     [prior] kind = box | gaussian | object; low/high, mean/std, or object = "module:name"
     [parameters] names, units
     [observation] file            .npy, .pt or .csv
@@ -65,16 +66,26 @@ def _check_positive(value: int | float | None, section: str, key: str, low: floa
 
 @dataclass(frozen=True)
 class SimulatorSection:
-    """``path``: "module:function"; ``batched``: whether it takes θ ``(N, D)`` (else one θ)."""
+    """``path``: "module:function"; ``batched``: whether it takes θ ``(N, D)`` (else one θ);
+    ``kind = "pyro"``: the function is a pyro model ``model(num_simulations)`` read through
+    :func:`simgen.from_pyro` with its θ and x sample sites ``theta_site`` and ``x_site``."""
 
     path: str = ""
     batched: bool = False
+    kind: str = "function"
+    theta_site: str = "theta"
+    x_site: str = "x"
 
     def __post_init__(self) -> None:
         if self.path.count(":") != 1 or not all(self.path.split(":")):
             raise ConfigError(
                 f"simgen.toml: [simulator] path = {self.path!r}; write it as "
                 '"module:function", e.g. path = "my_simulator:simulate".'
+            )
+        if self.kind not in ("function", "pyro"):
+            raise ConfigError(
+                f'simgen.toml: [simulator] kind = {self.kind!r}; use "function" (a Python '
+                'simulator) or "pyro" (a pyro model).'
             )
 
 
@@ -351,6 +362,10 @@ class Project:
                 f"simgen.toml: [simulator] path = {self.simulator.path!r} is a "
                 f"{type(fn).__name__}, not a function."
             )
+        if self.simulator.kind == "pyro":
+            from .simulator import from_pyro
+
+            return from_pyro(fn, theta_site=self.simulator.theta_site, x_site=self.simulator.x_site)
         return fn if self.simulator.batched else one_at_a_time(fn)
 
 

@@ -45,6 +45,7 @@ output = "simgen_output"        # bank, model, samples and report go here
 [simulator]
 path = "my_simulator:simulate"  # "module:function", importable from this folder
 batched = false                 # false: simulate(theta) gets one theta (D,) per call
+# kind = "pyro"                 # a pyro model(num_simulations) instead: set theta_site, x_site
 
 [prior]
 kind = "box"                    # "box" (low, high), "gaussian" (mean, std) or "object"

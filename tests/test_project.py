@@ -5,7 +5,7 @@ import textwrap
 import pytest
 import torch
 
-from simgen.errors import ConfigError
+from simgen.errors import ConfigError, SimgenError
 from simgen.project import load_project, one_at_a_time, read_observation
 
 VALID = """
@@ -131,3 +131,37 @@ def test_one_at_a_time_seeds_a_generator_free_function():
     c = sim(theta, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert sim.__qualname__.endswith("noisy")
+
+
+PYRO_SIM = """
+import pyro
+import pyro.distributions as dist
+import torch
+
+def model(num_simulations):
+    with pyro.plate("sims", num_simulations):
+        theta = pyro.sample("theta", dist.Uniform(torch.zeros(2), torch.ones(2)).to_event(1))
+        z = pyro.sample("z", dist.Normal(theta, 0.1).to_event(1))
+        pyro.sample("obs", dist.Normal(z, 0.1).to_event(1))
+"""
+
+
+def test_a_pyro_model_is_a_project_simulator(tmp_path):
+    import simgen
+    from simgen.simulator import PyroSimulator
+
+    text = VALID.replace('path = "sim_mod:simulate"', 'path = "sim_mod:model"\nkind = "pyro"')
+    text = text.replace("high = [1.0, 2.0]", "high = [1.0, 1.0]")
+    project = load_project(_write(tmp_path, text, sim=PYRO_SIM))
+    with pytest.raises(SimgenError, match="'x'"):  # the model has no site "x"
+        simgen.simulate(project.make_simulator(), project.make_prior(), 6, seed=0)
+    text = text.replace('kind = "pyro"', 'kind = "pyro"\nx_site = "obs"')
+    project = load_project(_write(tmp_path, text, sim=PYRO_SIM))
+    sim = project.make_simulator()
+    assert isinstance(sim, PyroSimulator)
+    sims = simgen.simulate(sim, project.make_prior(), 6, seed=0)
+    assert sims.x.shape == (6, 2) and torch.isfinite(sims.x).all()
+    again = simgen.simulate(sim, project.make_prior(), 6, seed=0)
+    assert torch.equal(sims.x, again.x)
+    with pytest.raises(ConfigError, match="kind"):
+        load_project(_write(tmp_path, text.replace('"pyro"', '"julia"'), sim=PYRO_SIM))
