@@ -86,10 +86,10 @@ def test_joint_score_brings_the_likelihood_closer_and_a_wrong_score_does_not():
 
 
 def test_npe_target_score_in_transformed_coordinates():
-    """On a box prior NPE models u = T^-1(θ); a posterior with θ-score g has u-score
-    J^T g + d/du log|det J| (checked by finite differences of the u-density)."""
+    """Under support="transform" on a box prior NPE models u = T^-1(θ); a posterior with
+    θ-score g has u-score J^T g + d/du log|det J| (checked by finite differences)."""
     prior = simgen.BoxUniform(-torch.ones(2), 2 * torch.ones(2))
-    npe = simgen.NPE(prior)
+    npe = simgen.NPE(prior, support="transform")
     torch.manual_seed(0)
     theta = prior.sample((16,))
     g = torch.randn(16, 2)
