@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
-from .sampling import Draws, draw, quiet_kwargs, seeded
+from .sampling import Draws, draw, quiet_kwargs, seeded, stream_seed
 
 __all__ = ["LC2STResult", "lc2st", "lc2st_from_samples"]
 
@@ -339,7 +339,7 @@ def lc2st(
     if draws is None:
         draws = draw(posterior, prior, simulator, num_simulations, 1, seed)
     x_o = torch.as_tensor(x_o)
-    with seeded(seed + 5), torch.no_grad():
+    with seeded(stream_seed(seed, "lc2st draws at x_o")), torch.no_grad():
         samples_o = posterior.sample((num_samples,), x=x_o, **quiet_kwargs(posterior.sample))
     return lc2st_from_samples(
         draws.theta,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sampling import quiet_kwargs, seeded
+from .sampling import quiet_kwargs, seeded, stream_seed
 
 __all__ = ["PredictiveResult", "predictive_check"]
 
@@ -117,13 +117,14 @@ def predictive_check(
         >>> result.quantile, result.passed
     """
     x_o = torch.as_tensor(x_o)
-    with seeded(seed), torch.no_grad():
+    with seeded(stream_seed(seed, "predictive draws")), torch.no_grad():
         theta = posterior.sample((num_samples,), x=x_o, **quiet_kwargs(posterior.sample))
-    generator = torch.Generator().manual_seed(seed + 1)
+    noise_seed = stream_seed(seed, "predictive noise")
+    generator = torch.Generator().manual_seed(noise_seed)
     try:
         x_pred = simulator(theta, generator=generator)
     except TypeError:
-        with seeded(seed + 1):
+        with seeded(noise_seed):
             x_pred = simulator(theta)
     xp = x_pred.detach().cpu().double().reshape(num_samples, -1).numpy()
     xo = x_o.detach().cpu().double().reshape(-1).numpy()

@@ -33,7 +33,7 @@ from .coverage import coverage_from_log_probs, posterior_log_probs
 from .lc2st import lc2st_from_samples
 from .misspecification import misspecification
 from .predictive import predictive_check
-from .sampling import draw, quiet_kwargs, seeded
+from .sampling import draw, quiet_kwargs, seeded, stream_seed
 from .sbc import sbc_from_samples
 from .tarp import tarp_from_samples
 from .zscore import _prior_variance, zscore_from_samples
@@ -317,7 +317,10 @@ def diagnose(
     if log_probs is not None:
         results["coverage"] = coverage_from_log_probs(*log_probs, alpha=level)
     results["zscore"] = zscore_from_samples(
-        draws.theta, draws.samples, _prior_variance(prior, seed + 3), alpha=level
+        draws.theta,
+        draws.samples,
+        _prior_variance(prior, stream_seed(seed, "prior variance")),
+        alpha=level,
     )
     samples_o = None
     if x_o is not None:
@@ -325,7 +328,7 @@ def diagnose(
         results["predictive"] = predictive_check(
             posterior, simulator, x_o, num_samples=num_samples, seed=seed, alpha=level
         )
-        with seeded(seed + 4), torch.no_grad():
+        with seeded(stream_seed(seed, "draws at x_o")), torch.no_grad():
             samples_o = posterior.sample((num_samples,), x=x_o, **quiet_kwargs(posterior.sample))
         results["lc2st"] = lc2st_from_samples(
             draws.theta,

@@ -27,7 +27,7 @@ from scipy import stats
 from torch import Tensor
 
 from ..errors import ShapeError
-from .sampling import Draws, draw, seeded
+from .sampling import Draws, draw, seeded, stream_seed
 
 __all__ = ["ZScoreResult", "zscore_contraction", "zscore_from_samples"]
 
@@ -159,5 +159,8 @@ def zscore_contraction(
     if draws is None:
         draws = draw(posterior, prior, simulator, num_simulations, num_samples, seed)
     return zscore_from_samples(
-        draws.theta, draws.samples, _prior_variance(prior, seed + 3), alpha=alpha
+        draws.theta,
+        draws.samples,
+        _prior_variance(prior, stream_seed(seed, "prior variance")),
+        alpha=alpha,
     )
