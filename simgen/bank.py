@@ -245,10 +245,16 @@ class Bank:
         return ["x", *(JOINT_ARRAYS if self.joint else ())]
 
     def _array(self, name: str) -> object | None:
-        try:
-            return self.group[name]
-        except KeyError:
-            return None
+        """The array ``name`` (None if absent), its handle kept once found: the writer holds
+        the bank's lock, so an array it has seen is not removed under it, and each lookup
+        of zarr metadata costs milliseconds (a row-per-batch campaign's write rate)."""
+        handles = self.__dict__.setdefault("_handles", {})
+        if name not in handles:
+            try:
+                handles[name] = self.group[name]
+            except KeyError:
+                return None
+        return handles[name]
 
     def status(self) -> np.ndarray:
         """Per-row status codes, ``(N,)`` (see the module docstring); a damaged status chunk
@@ -299,14 +305,14 @@ class Bank:
                         chunks=(self.batch_size, *array.shape[1:]),
                         fill_value=_fill(array.dtype),
                     )
-                self.group[name][rows] = array
+                self._array(name)[rows] = array
         known = list(self.group.attrs.get("errors", []))
         new = [e for e in errors if e not in known]
         if new:
             self.group.attrs["errors"] = (known + new)[:5]
         if attempts is not None and self._array("attempts") is not None:
-            self.group["attempts"][rows] = attempts.astype(np.int16)
-        self.group["status"][rows] = status.astype(np.int8)
+            self._array("attempts")[rows] = attempts.astype(np.int16)
+        self._array("status")[rows] = status.astype(np.int8)
 
     def attempts(self) -> np.ndarray:
         """Per-row tries, ``(N,)`` (zeros where a version-2 bank does not record them)."""
