@@ -234,58 +234,48 @@ class InterruptingSimulator:
         return gaussian_simulator(theta, generator)
 
 
+def _two_rounds(simulator, bank=None):
+    """2 rounds x 150 simulations in batches of 50 (calls 1-3 are round 1, 4-6 round 2)."""
+    return simgen.sequential(
+        simgen.NPE(PRIOR, estimator="maf"),
+        simulator,
+        X_O,
+        num_simulations=300,
+        num_rounds=2,
+        seed=3,
+        bank=bank,
+        batch_size=50,
+        max_epochs=30,
+    )
+
+
 def test_resume_mid_round_loses_nothing(tmp_path):
     # 2 rounds x 150 simulations in batches of 50: calls 1-3 are round 1, 4-6 round 2.
     # Ctrl-C on call 5: round 1 and the first batch of round 2 are banked. The rerun makes
     # only the 2 missing calls, and gives what an uninterrupted run gives.
-    def run(simulator, bank):
-        return simgen.sequential(
-            simgen.NPE(PRIOR, estimator="maf"),
-            simulator,
-            X_O,
-            num_simulations=300,
-            num_rounds=2,
-            seed=3,
-            bank=bank,
-            batch_size=50,
-            max_epochs=30,
-        )
-
     with pytest.raises(KeyboardInterrupt):
-        run(InterruptingSimulator(interrupt_at=5), tmp_path / "run")
+        _two_rounds(InterruptingSimulator(interrupt_at=5), tmp_path / "run")
     assert (tmp_path / "run" / "round_1.simgen").exists()
     resumed_simulator = InterruptingSimulator()
-    resumed = run(resumed_simulator, tmp_path / "run")
+    resumed = _two_rounds(resumed_simulator, tmp_path / "run")
     assert resumed_simulator.calls == 2
-    fresh = run(InterruptingSimulator(), tmp_path / "fresh")
+    fresh = _two_rounds(InterruptingSimulator(), tmp_path / "fresh")
     assert torch.equal(resumed.rounds.theta, fresh.rounds.theta)
     assert torch.equal(resumed.rounds.x, fresh.rounds.x)
     # A finished run is read back without simulating again.
     again_simulator = InterruptingSimulator()
-    run(again_simulator, tmp_path / "run")
+    _two_rounds(again_simulator, tmp_path / "run")
     assert again_simulator.calls == 0
 
 
 def test_an_interrupted_run_without_a_bank_keeps_its_finished_rounds():
     # Ctrl-C on call 5 (round 2's second batch): the exception carries round 1's record and
     # its 150 simulations, the ones an uninterrupted run makes in round 1.
-    def run(simulator):
-        return simgen.sequential(
-            simgen.NPE(PRIOR, estimator="maf"),
-            simulator,
-            X_O,
-            num_simulations=300,
-            num_rounds=2,
-            seed=3,
-            batch_size=50,
-            max_epochs=30,
-        )
-
     with pytest.raises(KeyboardInterrupt) as stopped:
-        run(InterruptingSimulator(interrupt_at=5))
+        _two_rounds(InterruptingSimulator(interrupt_at=5))
     kept = stopped.value.rounds
     assert [r.index for r in kept] == [1]
-    fresh = run(InterruptingSimulator())
+    fresh = _two_rounds(InterruptingSimulator())
     assert torch.equal(kept.theta, fresh.rounds.theta[:150])
     assert torch.equal(kept.x, fresh.rounds.x[:150])
 
