@@ -5,14 +5,16 @@ A bank (format ``simgen-bank``, version 3) is a zarr group holding
 * ``theta`` ``(N, D)`` float32: all parameters, written when the bank is created;
 * ``x`` ``(N, *x_shape)``: simulator outputs, created with the first batch that returns;
 * with ``joint=True`` also ``joint_log_prob`` ``(N,)`` and ``joint_score`` ``(N, D)``, from the
-  simulator's ``trace``, created and written like ``x``;
+  simulator's ``trace``, created and written like ``x``; with ``theta_1=`` also
+  ``joint_log_ratio`` ``(N,)`` and ``theta_1`` ``(N, D)`` (:mod:`simgen.joint_ratio`);
 * ``status`` ``(N,)`` int8: ``-1`` not simulated yet, ``0`` ok, ``1`` the simulator raised,
   ``2`` the output held NaN or inf, ``3`` it ran past the timeout, ``4`` it took its worker
   process down;
 * ``attempts`` ``(N,)`` int16: how many times the call that settled each row was tried
   (version 3; a version-2 bank has no attempts and reads as 0);
 * attributes: format name and version, the run's fingerprint (``seed``, ``batch_size``,
-  ``joint``, ``num_simulations``, ``theta_dim``, ``simulator``, ``prior``, ``simgen`` version),
+  ``joint``, ``theta_1``, ``num_simulations``, ``theta_dim``, ``simulator``, ``prior``,
+  ``simgen`` version),
   the first error messages, and ``complete``, written last, once every batch is saved and
   has been read back.
 
@@ -31,11 +33,11 @@ leaves only the temporary folder, which the next run removes. Every writer holds
 of :mod:`simgen.bank_lock` for the whole run; a second run on the same path is refused with
 a message naming the first.
 
-Resuming checks the fingerprint: a different seed, batch size, θ, ``joint``, simulator or
-simgen version is refused (the two runs' rows would be mixed), and every batch's outputs
-must have the shape and dtype of the first batch's. Version-1 banks (no fingerprint) are
-read by :func:`simgen.read_bank` but not resumed, since nothing in them says which simulator
-wrote them: read what they hold and start a new bank at another path.
+Resuming checks the fingerprint: a different seed, batch size, θ, ``joint``, ``theta_1``,
+simulator or simgen version is refused (the two runs' rows would be mixed), and every
+batch's outputs must have the shape and dtype of the first batch's. Version-1 banks (no
+fingerprint) are read by :func:`simgen.read_bank` but not resumed, since nothing in them says
+which simulator wrote them: read what they hold and start a new bank at another path.
 """
 
 from __future__ import annotations
@@ -62,8 +64,11 @@ VERSION = 3
 NOT_RUN, OK, RAISED, NONFINITE, TIMEOUT, CRASHED = -1, 0, 1, 2, 3, 4
 #: The arrays a ``joint=True`` bank holds beside ``x``.
 JOINT_ARRAYS = ("joint_log_prob", "joint_score")
+#: The arrays a bank made with ``theta_1=`` holds beside those (:mod:`simgen.joint_ratio`).
+RATIO_ARRAYS = ("joint_log_ratio", "theta_1")
 #: The fingerprint fields that must match for a run to resume a bank.
 CHECKED = ("seed", "batch_size", "num_simulations", "theta_dim", "joint", "simulator", "simgen")
+CHECKED += ("theta_1",)
 
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 
@@ -199,8 +204,8 @@ class Bank:
             shown = ", ".join(f"{k} {stored.get(k)!r} (now {fingerprint.get(k)!r})" for k in differ)
             raise BankError(
                 f"The bank {path} was made by another run: {shown}. Resume it with the same "
-                "simulator, prior, num_simulations, seed and batch_size (and this simgen "
-                "version), or use a new path for bank=."
+                "simulator, prior, num_simulations, seed, batch_size and theta_1 (and this "
+                "simgen version), or use a new path for bank=."
             )
         bank._check_theta(theta_np)
         return bank
@@ -242,7 +247,8 @@ class Bank:
         return bool(self.group.attrs.get("complete", False))
 
     def _names(self) -> list[str]:
-        return ["x", *(JOINT_ARRAYS if self.joint else ())]
+        ratio = RATIO_ARRAYS if self.attrs.get("theta_1") is not None else ()
+        return ["x", *(JOINT_ARRAYS if self.joint else ()), *ratio]
 
     def _array(self, name: str) -> object | None:
         """The array ``name`` (None if absent), its handle kept once found: the writer holds

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bank import JOINT_ARRAYS, NONFINITE, OK, RAISED
+from .bank import JOINT_ARRAYS, NONFINITE, OK, RAISED, RATIO_ARRAYS
 from .errors import ShapeError
 from .simulator import Simulator
 
@@ -65,7 +65,8 @@ def _call(sim: Simulator, theta: Tensor, generator: torch.Generator, joint: bool
         return {"x": _as_tensor(sim(theta.clone(), generator=generator), n)}
     trace = sim.trace(theta.clone(), generator=generator)
     outputs = {"x": _as_tensor(trace.x, n)}
-    for name in JOINT_ARRAYS:
+    ratio = getattr(trace, "joint_log_ratio", None) is not None  # simgen.joint_ratio
+    for name in (*JOINT_ARRAYS, *(RATIO_ARRAYS if ratio else ())):
         outputs[name] = _as_tensor(getattr(trace, name), n)
     return outputs
 

@@ -20,7 +20,7 @@ joint score :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` ``(N, D)`` of ev
 (``.joint_log_prob``, ``.joint_score``), banked like ``x``. ``x`` is the same as without
 ``joint``: ``trace`` and the call draw from the same seeded generator. The latents
 themselves are not kept (their size may change from batch to batch); call
-``simulator.trace`` for them.
+``simulator.trace`` for them; ``theta_1=`` re-scores them (:mod:`simgen.joint_ratio`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .errors import (
     SimulationInterrupted,
     SimulationStopped,
 )
+from .joint_ratio import RatioRun, check_ratio_simulator, reference_label, reference_rows
 from .priors import check_prior
 from .progress import Progress
 from .simulations import Simulations, assemble, collect
@@ -148,10 +149,12 @@ def run_simulator(
     retries: int = 0,
     workers: int | None = None,
     retry_failed: bool = False,
+    theta_1: Any = None,
 ) -> Simulations:
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`.
 
-    ``prior`` is only recorded in a bank's fingerprint (θ itself is what is checked)."""
+    ``prior`` is recorded in a bank's fingerprint (θ itself is checked), ``theta_1="prior"``
+    draws from it; ``theta_1`` may also be ``(N, D)`` rows."""
     sim = as_simulator(simulator)
     if joint and not callable(getattr(sim, "trace", None)):
         raise SimulationError(
@@ -165,13 +168,21 @@ def run_simulator(
         batch_size = getattr(sim, "default_batch_size", DEFAULT_BATCH_SIZE)
     batch_size = check_count(batch_size, "batch_size", 1, MAX_SIMULATIONS)
     runner = check_runner(executor, workers, timeout, retries)
+    packed = None
+    if theta_1 is not None:
+        if not joint:
+            raise ConfigError("theta_1= re-scores the joint log-density: pass joint=True too.")
+        check_ratio_simulator(sim)
+        rows = reference_rows(theta_1, theta, seed, prior)
+        sim, packed = RatioRun(sim, theta.shape[1]), torch.cat([theta, rows], 1)
     path = _check_bank(bank)
     if path is None:
-        return _run(sim, theta, seed, batch_size, progress, None, bool(joint), runner)
+        return _run(sim, theta, seed, batch_size, progress, None, bool(joint), runner, packed)
     fingerprint = {
         "seed": seed,
         "joint": bool(joint),
-        "simulator": simulator_identity(sim),
+        "theta_1": reference_label(theta_1),
+        "simulator": simulator_identity(sim.sim if packed is not None else sim),
         "prior": None if prior is None else repr(prior)[:500],
         "simgen": _version(),
     }
@@ -179,7 +190,7 @@ def run_simulator(
     try:
         if retry_failed:
             store.forget_failures((TIMEOUT, CRASHED))
-        return _run(sim, theta, seed, batch_size, progress, store, bool(joint), runner)
+        return _run(sim, theta, seed, batch_size, progress, store, bool(joint), runner, packed)
     finally:
         store.close()
 
@@ -199,7 +210,9 @@ def _run(
     store: Bank | None,
     joint: bool,
     runner: dict[str, Any],
+    packed: Tensor | None = None,
 ) -> Simulations:
+    """Run the batches not in ``store``; a ``RatioRun`` gets the ``packed`` [θ, θ₁] rows."""
     n = theta.shape[0]
     if store is not None:
         store.repair()
@@ -208,7 +221,8 @@ def _run(
     kept: dict[int, Piece] = {}
     found: dict[int, list[str]] = {}
     expected = {}
-    batches = run_batches(sim, theta, seed, batch_size, todo, joint=joint, **runner)
+    rows = theta if packed is None else packed
+    batches = run_batches(sim, rows, seed, batch_size, todo, joint=joint, **runner)
     left = sum(min(batch_size, n - b * batch_size) for b in todo)
     line = Progress(n, n - left, progress)
     try:
@@ -348,6 +362,7 @@ def simulate(
     workers: int | None = None,
     retry_failed: bool = False,
     trials: int | tuple[int, int] | None = None,
+    theta_1: Any = None,
 ) -> Simulations:
     """Draw ``num_simulations`` pairs :math:`(\\theta_i, x_i)` from :math:`p(\\theta) p(x|\\theta)`.
 
@@ -385,6 +400,9 @@ def simulate(
             simulator's ``trace`` (a :class:`~simgen.simulator.PyroSimulator`, or any
             simulator with ``trace(theta, generator=)``), as ``.joint_log_prob`` ``(N,)`` and
             ``.joint_score`` ``(N, D)``, banked with ``x``. ``x`` is the same as without it.
+        theta_1: With ``joint``, also bank ``.joint_log_ratio`` (log p(x,z|θ) - log p(x,z|θ₁))
+            and ``.theta_1``: ``"prior"`` (a θ₁ per row from the prior) or a row ``(D,)``;
+            ``result.ratio_rows()`` gives ``NRE(loss=...)``'s rows (:mod:`simgen.joint_ratio`).
         timeout: Seconds one simulator call (a batch, or a part of one being bisected) may
             run on a worker. Per call rather than per simulation because a batched simulator
             runs its rows together. A call past it is stopped and bisected like one that
@@ -460,6 +478,7 @@ def simulate(
             retries=retries,
             workers=workers,
             retry_failed=retry_failed,
+            **({} if theta_1 is None else {"theta_1": theta_1}),
         )
     theta = sample_prior(prior, num_simulations, seed)
     return run_simulator(
@@ -476,4 +495,5 @@ def simulate(
         retries=retries,
         workers=workers,
         retry_failed=retry_failed,
+        theta_1=theta_1,
     )

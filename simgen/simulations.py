@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bank import CRASHED, JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, TIMEOUT
+from .bank import CRASHED, JOINT_ARRAYS, NONFINITE, NOT_RUN, OK, RAISED, RATIO_ARRAYS, TIMEOUT
 from .batches import Outputs, Piece
-from .errors import SimulationError, SimulationWarning
+from .errors import ConfigError, SimulationError, SimulationWarning
+from .simulator import RatioSimulations
 
 __all__ = ["Simulations", "REASONS", "assemble", "collect"]
 
@@ -38,6 +39,9 @@ class Simulations(tuple):
             else None.
         joint_score: ``(N_ok, D)`` :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` with
             ``joint=True``, else None.
+        joint_log_ratio: ``(N_ok,)`` :math:`\\log p(x, z \\mid \\theta) - \\log p(x, z \\mid
+            \\theta_1)` with ``theta_1=``, else None (:mod:`simgen.joint_ratio`).
+        theta_1: ``(N_ok, D)`` the reference each simulation was re-scored at, or None.
     """
 
     theta: Tensor
@@ -52,6 +56,8 @@ class Simulations(tuple):
     num_crashed: int = 0
     joint_log_prob: Tensor | None = None
     joint_score: Tensor | None = None
+    joint_log_ratio: Tensor | None = None
+    theta_1: Tensor | None = None
 
     def __new__(cls, theta: Tensor, x: Tensor, **info: object) -> Simulations:
         self = super().__new__(cls, (theta, x))
@@ -59,6 +65,36 @@ class Simulations(tuple):
         for key, value in info.items():
             setattr(self, key, value)
         return self
+
+    def ratio_rows(self, reference: Simulations | None = None) -> RatioSimulations:
+        r"""The rows :meth:`simgen.NRE.fit` trains a reference-ratio loss on.
+
+        Without ``reference`` (a run made with ``theta_1="prior"``), each simulation gives
+        two rows, itself and its swap: :math:`(\theta_i, x_i)` drawn at its own θ with
+        :math:`\log r_i` and the joint score, and :math:`(\theta_{1,i}, x_i)` drawn at the
+        reference :math:`\theta_i`, with :math:`-\log r_i`, since θ and θ₁ are exchangeable
+        there (:mod:`simgen.joint_ratio`). With ``reference`` (a run simulated *at* the
+        references, its ``theta_1`` holding this run's θs, e.g. for one fixed θ₁), the first
+        half is this run's rows and the second half ``reference``'s, swapped; each half keeps
+        its first ``min`` of the two counts, since the losses need as many of each.
+        """
+        for run in (self, reference):
+            if run is not None and run.joint_log_ratio is None:
+                raise ConfigError(
+                    "ratio_rows needs simulations with the joint log ratio: simulate(..., "
+                    "joint=True, theta_1='prior') (or a fixed theta_1 row)."
+                )
+        ref = self if reference is None else reference
+        m = min(len(self.theta), len(ref.theta))
+        own = swap = slice(0, m)
+        return RatioSimulations(
+            theta=torch.cat([self.theta[own], ref.theta_1[swap]]),
+            x=torch.cat([self.x[own], ref.x[swap]]),
+            from_reference=torch.arange(2 * m) >= m,
+            joint_log_ratio=torch.cat([self.joint_log_ratio[own], -ref.joint_log_ratio[swap]]),
+            joint_score=torch.cat([self.joint_score[own], torch.zeros_like(ref.theta_1[swap])]),
+            theta_1=torch.cat([self.theta_1[own], ref.theta[swap]]),
+        )
 
 
 #: The name of each failure status on :attr:`Simulations.failed_reason`.
@@ -123,7 +159,8 @@ def collect(
             stacklevel=4,
         )
     ok_t, failed_t = torch.from_numpy(ok), torch.from_numpy(failed)
-    joint = {name: outputs[name][ok_t] for name in JOINT_ARRAYS if name in outputs}
+    names = (*JOINT_ARRAYS, *RATIO_ARRAYS)
+    joint = {name: outputs[name][ok_t] for name in names if name in outputs}
     return Simulations(
         theta[ok_t],
         x[ok_t],

@@ -73,7 +73,7 @@ class RatioSimulations:
         joint_score: :math:`\nabla_\theta \log p(x, z \mid \theta_i)` on rows drawn at
             :math:`\theta_i`; zero on rows drawn at :math:`\theta_1`, where no loss uses it
             (its conditional mean there is not the marginal score at :math:`\theta_i`).
-        theta_1: The reference of every θ, ``(N, D)``.
+        theta_1: The reference of every row, ``(2N, D)``.
     """
 
     theta: Tensor
@@ -87,6 +87,11 @@ class RatioSimulations:
         """The per-row tensors :meth:`simgen.NRE.fit` takes as keywords."""
         names = ("from_reference", "joint_log_ratio", "joint_score")
         return {name: getattr(self, name) for name in names}
+
+    @property
+    def simulated_at(self) -> Tensor:
+        """The parameter each row's x was drawn at (θ₁ where ``from_reference``), ``(2N, D)``."""
+        return torch.where(self.from_reference[:, None], self.theta_1, self.theta)
 
 
 class Simulator(abc.ABC):
@@ -427,15 +432,10 @@ class PyroSimulator(Simulator):
     def ratio_simulations(
         self, theta: Tensor, theta_1: Tensor, seed: int | None = None
     ) -> RatioSimulations:
-        r"""Simulate at each row of ``theta`` and as often at ``theta_1``, with the joint log
-        ratio of every row and the joint score of the rows drawn at ``theta`` (see
-        :class:`RatioSimulations`); ``2N`` simulations for ``N`` rows.
-
-        Args:
-            theta: :math:`\theta_i`, ``(N, D)``.
-            theta_1: The reference :math:`\theta_1`: one row ``(D,)``, or ``(N, D)`` rows
-                drawn from the prior independently of ``theta`` (the marginal reference).
-            seed: Makes both halves reproducible.
+        r"""Simulate at each row of ``theta`` (:math:`\theta_i`, ``(N, D)``) and as often at
+        ``theta_1`` (one row ``(D,)``, or ``(N, D)`` rows drawn from the prior independently
+        of ``theta``: the marginal reference), seeded by ``seed``: the :class:`RatioSimulations`
+        of these ``2N`` simulations (:func:`simgen.simulate` banks the same quantities).
         """
         theta = self._check_theta(theta)
         reference = self._rows(theta_1, theta)
@@ -451,7 +451,7 @@ class PyroSimulator(Simulator):
             from_reference=torch.arange(2 * len(theta)) >= len(theta),
             joint_log_ratio=torch.cat([log_r_own, log_r_ref]),
             joint_score=torch.cat([at_theta.joint_score, torch.zeros_like(theta)]),
-            theta_1=reference.clone(),
+            theta_1=torch.cat([reference, reference]),
         )
 
     @_one_thread_at_a_time

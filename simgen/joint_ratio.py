@@ -1,0 +1,126 @@
+r"""Banking the joint likelihood ratio: ``simulate(..., joint=True, theta_1=...)``.
+
+Each simulation :math:`i` is drawn at :math:`\theta_i` and its recorded latents are re-scored
+at a second parameter :math:`\theta_{1,i}`, so the run keeps, beside ``x``, the joint score
+and the joint log-density,
+
+.. math:: \log r_i = \log p(x_i, z_i \mid \theta_i) - \log p(x_i, z_i \mid \theta_{1,i})
+
+(``joint_log_ratio`` ``(N,)``) and :math:`\theta_{1,i}` itself (``theta_1`` ``(N, D)``).
+``theta_1="prior"`` draws every :math:`\theta_{1,i}` from the prior, independently of
+:math:`\theta_i`, from a stream of the run's seed that θ's own draws do not share; a row
+``(D,)`` uses one reference for every simulation; ``run_simulator`` also takes ``(N, D)``.
+
+:meth:`simgen.simulations.Simulations.ratio_rows` turns such a run into the training rows of
+:mod:`simgen.losses.ratio` (a :class:`~simgen.simulator.RatioSimulations`). With
+``theta_1="prior"`` the pair :math:`(\theta_i, \theta_{1,i})` is exchangeable, so each
+simulation gives two rows: :math:`(\theta_i, x_i)` drawn at its own parameter, with
+:math:`\log r_i` and the joint score, and :math:`(\theta_{1,i}, x_i)` drawn at the reference
+:math:`\theta_i` of the parameter :math:`\theta_{1,i}`, with :math:`-\log r_i`. Both halves
+have the distributions the losses assume (θ from the prior; x from :math:`p(x\mid\theta)` or,
+independently of θ, from the evidence :math:`p(x)`), so N simulations give 2N rows. A fixed
+reference needs simulations drawn *at* it: ``ratio_rows(reference=...)`` takes a second run
+made by ``run_simulator(sim, theta_1_rows, joint=True, theta_1=thetas)``.
+
+Runs go through the batches of :mod:`simgen.batches` unchanged: :class:`RatioRun` is a
+simulator of the packed rows :math:`[\theta_i, \theta_{1,i}]` whose ``trace`` re-scores, so
+seeding, bisection of failing rows, workers and banks treat it like any joint run, and ``x``
+is the same as with ``joint=True`` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .errors import ConfigError, ShapeError, SimulationError
+from .simulator import Simulator, Trace
+
+__all__ = ["RatioRun", "RatioTrace", "reference_rows", "reference_label", "THETA_1_STREAM"]
+
+#: Spawn key of the stream ``theta_1="prior"`` draws from (θ itself uses the seed directly,
+#: the batches ``(seed, batch[, start])``), so the references share no draws with either.
+THETA_1_STREAM = 0x7468_6574_615F_31
+
+
+@dataclass
+class RatioTrace(Trace):
+    """A :class:`~simgen.simulator.Trace` re-scored at ``theta_1``: ``joint_log_ratio``
+    ``(N,)`` and ``theta_1`` ``(N, D)`` as well."""
+
+    joint_log_ratio: Tensor | None = None
+    theta_1: Tensor | None = None
+
+
+class RatioRun(Simulator):
+    """The simulator of packed rows ``[θ, θ₁]`` ``(N, 2D)``: ``trace`` simulates at θ with
+    the inner simulator's ``trace`` and re-scores the latents at θ₁ (``joint_log_ratio``)."""
+
+    def __init__(self, sim: Simulator, theta_dim: int):
+        self.sim, self.theta_dim = sim, int(theta_dim)
+
+    def __repr__(self) -> str:
+        return f"RatioRun({self.sim!r})"
+
+    def __call__(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.sim(theta[:, : self.theta_dim], generator=generator)
+
+    def trace(self, theta: Tensor, generator: torch.Generator | None = None) -> RatioTrace:
+        own, ref = theta[:, : self.theta_dim], theta[:, self.theta_dim :]
+        tr = self.sim.trace(own, generator=generator)
+        log_r = self.sim.joint_log_ratio(tr, ref)
+        return RatioTrace(**vars(tr), joint_log_ratio=log_r.detach(), theta_1=ref.clone())
+
+
+def check_ratio_simulator(sim: Simulator) -> None:
+    """A :class:`~simgen.errors.SimulationError` unless ``sim`` can re-score its traces."""
+    if not callable(getattr(sim, "joint_log_ratio", None)):
+        raise SimulationError(
+            f"theta_1= needs a simulator with trace() and joint_log_ratio(trace, theta_1) "
+            f"(a simgen.from_pyro program); {sim!r} has no joint_log_ratio. Drop theta_1, or "
+            "wrap a pyro program with simgen.from_pyro."
+        )
+
+
+def reference_rows(theta_1: object, theta: Tensor, seed: int, prior: Distribution | None) -> Tensor:
+    """``theta_1`` as ``(N, D)`` float32 rows for the run's ``theta`` ``(N, D)``: ``"prior"``
+    (drawn from ``prior`` on the :data:`THETA_1_STREAM` of ``seed``), one row or N rows."""
+    n, d = theta.shape
+    if isinstance(theta_1, str):
+        if theta_1 != "prior":
+            raise ConfigError(
+                f"theta_1 must be 'prior', a row (D,) or rows (N, D); got {theta_1!r}."
+            )
+        if prior is None:
+            raise ConfigError("theta_1='prior' needs the prior: pass prior= to run_simulator.")
+        state = np.random.SeedSequence(seed, spawn_key=(THETA_1_STREAM,)).generate_state(1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(state[0]))
+            return prior.sample((n,)).float().reshape(n, d)
+    try:
+        rows = torch.as_tensor(theta_1).detach().to(torch.float32)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ShapeError(f"theta_1 must be 'prior' or numeric rows; got {theta_1!r}.") from exc
+    rows = rows[None] if rows.ndim == 1 else rows
+    if rows.ndim != 2 or rows.shape[1] != d or len(rows) not in (1, n):
+        raise ShapeError(
+            f"theta_1 must be 'prior', one parameter row ({d},) or one row per simulation "
+            f"({n}, {d}); got shape {tuple(rows.shape)}."
+        )
+    if not torch.isfinite(rows).all():
+        raise ShapeError("theta_1 holds NaN or inf; every reference parameter must be finite.")
+    return rows.expand(n, d).clone()
+
+
+def reference_label(theta_1: object) -> str | None:
+    """What a bank's fingerprint records of ``theta_1``: None, ``"prior"`` or a digest of
+    the rows (a resume must pass the same references)."""
+    if theta_1 is None or isinstance(theta_1, str):
+        return theta_1
+    rows = torch.as_tensor(theta_1).detach().to(torch.float32).contiguous().numpy()
+    return f"rows {tuple(rows.shape)} sha256:{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}"
