@@ -63,6 +63,7 @@ from torch.distributions import Distribution
 from ..errors import ConfigError, ShapeError, SimulationError
 from ..inference import NLE, NPE, NRE
 from ..posterior import as_tensor
+from ..priors import prior_home
 from ..serialization import load
 from ..simulate import simulate
 from .truncation import EPSILON, REGION_DRAWS, TruncatedPrior, posterior_region
@@ -154,19 +155,20 @@ def split_budget(num_simulations: int, num_rounds: int) -> list[int]:
 
 
 class _PosteriorProposal(Distribution):
-    """θ drawn from a posterior at ``x_o`` (SNLE/SNRE's proposal); ``log_prob`` is the
-    posterior's, unnormalised for MCMC posteriors."""
+    """θ drawn from a posterior at ``x_o`` (SNLE/SNRE's proposal), returned on ``device``
+    (the prior's, where the simulator takes θ); ``log_prob`` is the posterior's,
+    unnormalised for MCMC posteriors."""
 
     arg_constraints: dict = {}
 
-    def __init__(self, posterior: Any, x_o: Tensor, dim: int):
-        self.posterior, self.x_o = posterior, x_o
+    def __init__(self, posterior: Any, x_o: Tensor, dim: int, device: torch.device):
+        self.posterior, self.x_o, self.device = posterior, x_o, device
         super().__init__(torch.Size(), torch.Size([dim]), validate_args=False)
 
     def sample(self, sample_shape: Any = ()) -> Tensor:
         shape = torch.Size(sample_shape)
         draws = self.posterior.sample((max(shape.numel(), 1),), x=self.x_o)
-        return draws[: shape.numel()].reshape(*shape, -1).float()
+        return draws[: shape.numel()].reshape(*shape, -1).to(self.device, torch.float32)
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.posterior.log_prob(value, x=self.x_o)
@@ -240,7 +242,7 @@ def sequential(
     region: str = "auto",
     num_region_draws: int = REGION_DRAWS,
     stop_tol: float | None = None,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     executor: Any = None,
     progress: bool = False,
     callback: Any = None,
@@ -265,7 +267,8 @@ def sequential(
         num_region_draws: Posterior draws behind each region.
         stop_tol: Stop when the energy distance between successive posteriors falls below
             it (off by default; see the module docstring).
-        batch_size, executor: As for :func:`simgen.simulate`.
+        batch_size, executor: As for :func:`simgen.simulate` (``None``: the simulator's own
+            ``default_batch_size``, as there).
         progress: Progress bars for simulation and training.
         callback: Called as ``callback(round, posterior, proposal)`` after each round, with
             the :class:`Round`, its posterior and the proposal of the next round (the last
@@ -381,7 +384,7 @@ def _simulate_round(
     r: int,
     seed: int,
     folder: Path | None,
-    batch_size: int,
+    batch_size: int | None,
     executor: Any,
     progress: bool,
 ) -> tuple[Any, float]:
@@ -438,7 +441,7 @@ def _next_proposal(
     seed: int,
 ) -> Distribution:
     if proposal == "posterior":
-        return _PosteriorProposal(posterior, x_o, draws.shape[-1])
+        return _PosteriorProposal(posterior, x_o, draws.shape[-1], prior_home(prior)[0])
     found, _ = posterior_region(posterior, x_o, epsilon, kind=region, draws=draws)
     return TruncatedPrior(prior, found, proposal_draws=draws, seed=seed)
 

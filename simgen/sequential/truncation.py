@@ -154,7 +154,7 @@ class HPDRegion(Region):
 
     def contains(self, theta: Tensor) -> Tensor:
         log_q = self.log_q(theta)
-        return torch.nan_to_num(log_q, nan=-torch.inf) >= self.threshold
+        return (torch.nan_to_num(log_q, nan=-torch.inf) >= self.threshold).to(theta.device)
 
     def describe(self) -> str:
         return (
@@ -174,7 +174,8 @@ class EllipsoidRegion(Region):
         draws = draws.reshape(-1, draws.shape[-1]).double()
         self.mean = draws.mean(0)
         cov = torch.cov(draws.T).reshape(draws.shape[1], draws.shape[1])
-        cov = cov + 1e-9 * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov)).double()
+        eye = torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        cov = cov + 1e-9 * cov.diagonal().mean().clamp_min(1e-12) * eye
         self.chol = torch.linalg.cholesky(cov)
         d2 = self._distance2(draws)
         q = torch.sort(d2).values[min(int((1 - epsilon) * len(d2)), len(d2) - 1)]
@@ -182,12 +183,14 @@ class EllipsoidRegion(Region):
         self.epsilon, self.enlarge, self.num_draws = float(epsilon), float(enlarge), len(draws)
 
     def _distance2(self, theta: Tensor) -> Tensor:
-        z = torch.linalg.solve_triangular(self.chol, (theta.double() - self.mean).T, upper=False).T
+        centred = theta.to(self.mean.device, torch.float64) - self.mean
+        z = torch.linalg.solve_triangular(self.chol, centred.T, upper=False).T
         return (z**2).sum(-1)
 
     def contains(self, theta: Tensor) -> Tensor:
         flat = theta.reshape(-1, theta.shape[-1])
-        return (self._distance2(flat) <= self.radius2).reshape(theta.shape[:-1])
+        inside = self._distance2(flat) <= self.radius2
+        return inside.reshape(theta.shape[:-1]).to(theta.device)
 
     def describe(self) -> str:
         return (
@@ -306,6 +309,7 @@ class TruncatedPrior(Distribution):
         self.ess: float | None = None
         self._kernel = None
         theta = _seeded(seed, lambda: prior.sample((int(num_mass_draws),)).float())
+        self.device = theta.device
         inside = self._inside(theta)
         k, n = int(inside.sum()), len(theta)
         self.mass, self.mass_se = k / n, math.sqrt(max(k, 1) / n * (1 - k / n) / n)
@@ -319,7 +323,8 @@ class TruncatedPrior(Distribution):
                     )
             else:
                 self.method = "sir"
-                self._kernel = _Kernel(proposal_draws.reshape(-1, self.dim).float())
+                draws = proposal_draws.reshape(-1, self.dim).to(self.device, torch.float32)
+                self._kernel = _Kernel(draws)
                 self.mass, self.mass_se = _seeded(seed + 1, self._importance_mass, n)
         self.acceptance = self.mass
 
@@ -341,7 +346,7 @@ class TruncatedPrior(Distribution):
         return torch.where(self._inside(theta) & torch.isfinite(log_w), log_w, -torch.inf)
 
     def _propose(self, n: int) -> Tensor:
-        from_prior = torch.rand(n) < DEFENSIVE_WEIGHT
+        from_prior = torch.rand(n, device=self.device) < DEFENSIVE_WEIGHT
         theta = self._kernel.sample(n)
         m = int(from_prior.sum())
         if m:
@@ -391,7 +396,7 @@ class TruncatedPrior(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         """:math:`\\log p(\\theta) - \\log \\hat Z` inside the region, ``-inf`` outside."""
-        value = torch.as_tensor(value, dtype=torch.float32)
+        value = torch.as_tensor(value, dtype=torch.float32, device=self.device)
         log_p = self.prior.log_prob(value) - math.log(max(self.mass, 1e-300))
         return torch.where(self._inside(value), log_p, torch.full_like(log_p, -torch.inf))
 
@@ -412,17 +417,21 @@ class _Kernel:
     def __init__(self, draws: Tensor, max_components: int = 1000):
         g = torch.Generator().manual_seed(0)
         if len(draws) > max_components:
-            draws = draws[torch.randperm(len(draws), generator=g)[:max_components]]
+            keep = torch.randperm(len(draws), generator=g)[:max_components]
+            draws = draws[keep.to(draws.device)]
         m, d = draws.shape
-        cov = torch.cov(draws.T).reshape(d, d) if m > 1 else torch.eye(d)
+        eye = torch.eye(d, dtype=draws.dtype, device=draws.device)
+        cov = torch.cov(draws.T).reshape(d, d) if m > 1 else eye
         h = BANDWIDTH_FACTOR * m ** (-1.0 / (d + 4))
-        cov = h**2 * cov + 1e-8 * torch.eye(d)
+        cov = h**2 * cov + 1e-8 * eye
         self.centres, self.chol = draws, torch.linalg.cholesky(cov)
         self.log_norm = -0.5 * d * math.log(2 * math.pi) - self.chol.diagonal().log().sum()
 
     def sample(self, n: int) -> Tensor:
-        idx = torch.randint(len(self.centres), (n,))
-        return self.centres[idx] + torch.randn(n, len(self.chol)) @ self.chol.T
+        device, dtype = self.centres.device, self.centres.dtype
+        idx = torch.randint(len(self.centres), (n,), device=device)
+        noise = torch.randn(n, len(self.chol), device=device, dtype=dtype)
+        return self.centres[idx] + noise @ self.chol.T
 
     def log_prob(self, theta: Tensor) -> Tensor:
         out = []
