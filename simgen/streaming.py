@@ -43,12 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .bank import OK, Bank
-from .errors import BankError, ConfigError, ShapeError, SimulationWarning
+from .errors import ConfigError, ShapeError, SimulationWarning
+from .stream_sources import TRIM_BYTES, BankSource, DatasetSource, finite_rows, release
 
 __all__ = ["Split", "Stream", "StreamConfig", "as_stream"]
 
@@ -109,95 +108,6 @@ class StreamConfig:
             )
 
 
-def _rows(value: Any) -> Tensor:
-    tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else torch.as_tensor(value)
-    return tensor.float() if tensor.dtype != torch.bool else tensor
-
-
-#: A bank's θ and status are read whole when they take at most this much (1.3 million rows
-#: of 3 parameters), so that reading a chunk is one zarr call instead of three.
-SMALL_COLUMNS_BYTES = 16 << 20
-
-
-def _finite_rows(data: Tensor) -> Tensor:
-    """Which rows of ``data`` are all finite: a row's sum is NaN or inf when any entry is, so
-    one pass over the sums finds the candidates and only they are checked entry by entry (a
-    sum that overflows alone is not a NaN row)."""
-    flat = data.reshape(len(data), -1)
-    finite = torch.isfinite(flat.sum(1))
-    if not bool(finite.all()):
-        suspects = torch.nonzero(~finite).flatten()
-        finite[suspects] = torch.isfinite(flat[suspects]).all(1)
-    return finite
-
-
-class _BankSource:
-    """A bank's zarr chunks; rows not marked ok are dropped."""
-
-    def __init__(self, path: str | Path):
-        self.bank = Bank.reader(path)
-        group = self.bank.group
-        if self.bank._array("x") is None:
-            raise BankError(f"The bank {self.bank.path} holds no simulated x yet.")
-        self.theta, self.x, self.status = group["theta"], group["x"], group["status"]
-        self.rows = self.bank.batch_size
-        self.num_chunks = max(1, -(-self.bank.num_simulations // self.rows))
-        n, d = self.theta.shape
-        if n * (4 * d + 1) <= SMALL_COLUMNS_BYTES:  # one zarr read per chunk, not three
-            self.theta, self.status = self.theta[:], self.status[:]
-
-    def read(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        rows = slice(i * self.rows, (i + 1) * self.rows)
-        try:
-            theta, x, status = self.theta[rows], self.x[rows], self.status[rows]
-        except Exception as exc:  # noqa: BLE001 - any unreadable chunk is the same mistake
-            raise BankError(
-                f"Chunk {i} of the bank {self.bank.path} is unreadable ({exc}); call simulate "
-                "again with the arguments that made it (and bank=) to simulate it again."
-            ) from exc
-        return _rows(theta), _rows(x), torch.from_numpy(status == OK)
-
-
-class _DatasetSource:
-    """Any ``len``/``__getitem__`` dataset of ``(theta, x)`` batches or rows."""
-
-    def __init__(self, dataset: Any, chunk_rows: int):
-        if len(dataset) < 1:
-            raise ShapeError("The dataset is empty; it must hold (theta, x) batches or rows.")
-        self.dataset = dataset
-        theta, _ = self._item(0)
-        self.batched = theta.ndim == 2
-        if theta.ndim not in (1, 2):
-            raise ShapeError(
-                f"dataset[0] gives theta of shape {tuple(theta.shape)}; items must be (theta, "
-                "x) with theta (D,) for one row or (n, D) for a batch."
-            )
-        self.rows = 1 if self.batched else chunk_rows
-        self.num_chunks = len(dataset) if self.batched else -(-len(dataset) // chunk_rows)
-
-    def _item(self, j: int) -> tuple[Tensor, Tensor]:
-        item = self.dataset[j]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ShapeError(f"dataset[{j}] must be a (theta, x) pair; got {type(item).__name__}.")
-        return _rows(item[0]), _rows(item[1])
-
-    def read(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        if self.batched:
-            theta, x = self._item(i)
-        else:
-            items = [
-                self._item(j)
-                for j in range(i * self.rows, min((i + 1) * self.rows, len(self.dataset)))
-            ]
-            theta = torch.stack([t for t, _ in items])
-            x = torch.stack([v for _, v in items])
-        if len(theta) != len(x):
-            raise ShapeError(
-                f"Chunk {i} of the dataset has {len(theta)} theta rows but {len(x)} x rows."
-            )
-        return theta, x, torch.ones(len(theta), dtype=torch.bool)
-
-
 @dataclass(frozen=True)
 class Split:
     """The fixed validation blocks of one fit: ``is_validation`` ``(chunks * per_chunk,)``."""
@@ -224,9 +134,9 @@ class Stream:
     def __init__(self, data: Any, config: StreamConfig | None = None):
         self.config = config or StreamConfig()
         if isinstance(data, (str, Path)):
-            self.source: Any = _BankSource(data)
+            self.source: Any = BankSource(data)
         elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
-            self.source = _DatasetSource(data, self.config.chunk_rows)
+            self.source = DatasetSource(data, self.config.chunk_rows)
         else:
             raise ConfigError(
                 f"bank must be a bank's path or a dataset with len() and [i] giving (theta, x); "
@@ -256,7 +166,7 @@ class Stream:
         block index within the chunk (by its position before rows were dropped), ``dropped``
         the number of rows dropped."""
         theta, x, keep = self.source.read(i)
-        keep = keep & _finite_rows(x) & _finite_rows(theta)
+        keep = keep & finite_rows(x) & finite_rows(theta)
         sizes = [len(p) for p in torch.arange(len(theta)).tensor_split(self.per_chunk)]
         block = torch.repeat_interleave(torch.arange(self.per_chunk), torch.tensor(sizes))
         dropped = int((~keep).sum())
@@ -275,8 +185,8 @@ class Stream:
                 freed += item[2].nbytes
                 yield item
                 del item
-                if freed >= TRIM_BYTES:
-                    _release()
+                if freed >= TRIM_BYTES and self.source.threaded:
+                    release()
                     freed = 0
             return
         yield from _prefetch(lambda i: (i, *self.read(i)), items, self.config.prefetch)
@@ -363,8 +273,8 @@ class Stream:
         self.train_rows = rows
 
     def validation_chunks(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
-        """The validation rows, chunk by chunk; held in memory after the first pass when
-        they take at most ``config.validation_bytes``, else read again each time."""
+        """The validation rows, chunk by chunk; held in memory (as one block) after the first
+        pass when they take at most ``config.validation_bytes``, else read again each time."""
         cache = self._validation
         if cache is not None and cache[0] is split and cache[1] is not None:
             yield from cache[1]
@@ -382,6 +292,8 @@ class Stream:
                     parts = parts + [part] if fits else None
                 yield part
         self.validation_rows = rows
+        if parts:  # kept as one block, so that later passes make the fewest network calls
+            parts = [(torch.cat([t for t, _ in parts]), torch.cat([v for _, v in parts]))]
         self._validation = (split, parts)
 
 
@@ -419,34 +331,6 @@ class _Buffer:
         self.theta[: len(rest)] = self.theta[rest]
         self.x[: len(rest)] = self.x[rest]
         self.size = len(rest)
-
-
-def _trim() -> Callable[[], Any]:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to hand back
-        return lambda *_: 0
-
-
-_malloc_trim = _trim()
-
-
-#: Bytes of chunks read between two :func:`_release` calls.
-TRIM_BYTES = 4 << 20
-
-
-def _release() -> None:
-    """Hand the pages of freed chunks back to the system (glibc's ``malloc_trim``).
-
-    glibc keeps freed memory resident in each thread's arena (zarr decodes in its own
-    threads); on a 120 MB bank of 4 MB chunks this lowered a pass's peak RSS growth from 61
-    to 48 MB. It costs a few milliseconds, so it runs once per ``TRIM_BYTES`` read (every
-    chunk of wide x; at 8 MB, every other one, the 400 MB bank of ``tests/test_streaming.py``
-    went 2% over its 100 MB budget).
-    """
-    _malloc_trim(0)
 
 
 def _prefetch(read: Callable[[int], Any], items: list[int], depth: int) -> Iterator[Any]:

@@ -34,6 +34,10 @@ __all__ = ["TrainConfig", "History", "fit", "make_config"]
 #: Devices where Adam runs as one fused kernel (torch >= 2.4 on CPU).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
+#: Validation rows per network call; from a stream, at most ``EVAL_BYTES`` of x a call (1,048
+#: rows of 1,000 float32), so that the call's activations stay small beside the stream's.
+EVAL_ROWS, EVAL_BYTES = 4096, 4 << 20
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -286,7 +290,7 @@ class _InMemory:
         self.g, self.device = g, device
         self.num_train, self.num_validation = len(train_idx), len(val_idx)
         self.batch_size = min(config.batch_size, self.num_train)
-        self.eval_rows = max(self.batch_size, 4096)  # validation rows per network call
+        self.eval_rows = max(self.batch_size, EVAL_ROWS)  # validation rows per network call
 
     def batches(self) -> Iterator[Batch]:
         n, bs = self.num_train, self.batch_size
@@ -309,7 +313,10 @@ class _Streamed:
         share = float(self.split.is_validation.float().mean())
         expected = int(stream.kept * (1 - share)) if stream.kept else config.batch_size
         self.batch_size = max(1, min(config.batch_size, expected))
-        self.eval_rows = self.batch_size  # bounded memory: a batch's rows per call
+        # Validation rows per network call: as in memory, but at most EVAL_BYTES of x.
+        sample = stream.x_sample
+        row = sample[0].nbytes if sample is not None and len(sample) else EVAL_BYTES
+        self.eval_rows = max(self.batch_size, min(EVAL_ROWS, EVAL_BYTES // max(row, 1)))
         self.num_train = self.num_validation = 0
 
     def batches(self) -> Iterator[Batch]:
