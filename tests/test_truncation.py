@@ -3,6 +3,7 @@
 The contract (``simgen/devices.py``, ``simgen/sequential/truncation.py``): a region built
 from a posterior computes where the posterior's estimator lives (its home), and a truncated
 prior samples where its prior lives, because ``simulate`` hands its draws to the simulator.
+The nested regions of ``simgen.sequential`` (``IntersectionRegion``) close the file.
 On a CPU-only machine the home is simulated with ``test_device.SimulatedDevice``: the
 posterior moved to float64 is home, the prior and the caller's float32 θ are off, and an op
 mixing the two (what raises on a GPU) is recorded. The control re-creates a tensor made
@@ -16,7 +17,8 @@ import torch
 from test_device import PRIORS, SimulatedDevice, _train
 
 import simgen
-from simgen.sequential import TruncatedPrior, posterior_region
+from simgen.errors import ConfigError
+from simgen.sequential import HPDRegion, IntersectionRegion, TruncatedPrior, posterior_region
 from simgen.sequential.truncation import _Kernel
 
 
@@ -93,3 +95,55 @@ def test_sequential_takes_the_simulators_batch_size_by_default():
         simgen.NPE(prior, estimator="maf"), simulator, torch.zeros(2), 50, 1, max_epochs=1
     )
     assert simulator.calls == [7] * 7 + [1]  # 50 rows in batches of the simulator's 7
+
+
+# -- nested regions -------------------------------------------------------------------------
+class _Disk(simgen.sequential.Region):
+    def __init__(self, centre, radius):
+        self.centre, self.radius = torch.tensor(centre), radius
+
+    def contains(self, theta):
+        return (theta - self.centre).norm(dim=-1) <= self.radius
+
+    def describe(self):
+        return f"disk at {self.centre.tolist()}"
+
+
+def test_intersection_region_holds_exactly_the_points_in_every_member():
+    a, b, c = _Disk([0.0, 0.0], 1.0), _Disk([0.5, 0.0], 1.0), _Disk([0.0, 0.5], 1.0)
+    nested = IntersectionRegion([IntersectionRegion([a, b]), c])
+    assert nested.regions == [a, b, c]  # flattened
+    theta = torch.rand(5000, 2) * 4 - 2
+    expected = a.contains(theta) & b.contains(theta) & c.contains(theta)
+    assert torch.equal(nested.contains(theta), expected)
+    assert torch.equal(nested.contains(theta.reshape(50, 100, 2)), expected.reshape(50, 100))
+    assert 0 < int(expected.sum()) < int(a.contains(theta).sum())  # a real intersection
+    assert "intersection of 3 regions" in nested.describe()
+    with pytest.raises(ConfigError, match="at least one region"):
+        IntersectionRegion([])
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_sequential_nests_its_truncated_proposals(nested):
+    prior = PRIORS["box"]()
+    proposals = []
+    simgen.sequential(
+        simgen.NPE(prior, estimator="maf"),
+        lambda theta, generator=None: theta + 0.3 * torch.randn(theta.shape, generator=generator),
+        torch.tensor([0.5, -0.5]),
+        num_simulations=150,
+        num_rounds=3,
+        num_region_draws=2000,
+        max_epochs=20,
+        nested=nested,
+        callback=lambda record, posterior, proposal: proposals.append(proposal),
+    )
+    second, third = proposals[0], proposals[1]  # the proposals of rounds 2 and 3
+    theta = third.sample((500,))
+    assert bool(third.region.contains(theta).all())
+    in_second = second.region.contains(theta)
+    if nested:
+        assert isinstance(third.region, IntersectionRegion) and bool(in_second.all())
+        assert third.region.regions[0] is second.region
+    else:
+        assert isinstance(third.region, HPDRegion)

@@ -11,7 +11,14 @@ import sys
 import types
 
 from .rounds import Round, RoundHistory, sequential
-from .truncation import EllipsoidRegion, HPDRegion, Region, TruncatedPrior, posterior_region
+from .truncation import (
+    EllipsoidRegion,
+    HPDRegion,
+    IntersectionRegion,
+    Region,
+    TruncatedPrior,
+    posterior_region,
+)
 
 __all__ = [
     "sequential",
@@ -21,6 +28,7 @@ __all__ = [
     "Region",
     "HPDRegion",
     "EllipsoidRegion",
+    "IntersectionRegion",
     "posterior_region",
 ]
 

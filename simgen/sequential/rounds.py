@@ -12,14 +12,22 @@ on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit
 and on two_moons at 1k it is worse (0.652 vs 0.610), two observations each. The rounds are:
 
 * **NPE** (any family; TSNPE, Deistler et al. 2022). Round 1 simulates from the prior. Round
-  :math:`r \ge 2` simulates from the prior truncated to the HPD region of round
-  :math:`r-1`'s posterior at :math:`x_o` (:mod:`simgen.sequential.truncation`; sample-only
-  families use an ellipsoid). Training is the plain NPE loss. The pooled proposal
-  :math:`\bar p(\theta) = \sum_r w_r p(\theta)\mathbb 1_{R_r}(\theta)/Z_r` is proportional
-  to the prior wherever every region contains θ. So the loss's minimiser
-  :math:`\bar p(\theta)p(x\mid\theta)/\bar p(x)` equals :math:`p(\theta \mid x_o)` on the
-  intersection of the regions, which holds all but about :math:`\varepsilon` of the posterior
-  mass, and no importance correction is needed.
+  :math:`r \ge 2` simulates from the prior truncated to :math:`R_1\cap\dots\cap R_{r-1}`,
+  :math:`R_s` the HPD region of round :math:`s`'s posterior at :math:`x_o`
+  (:mod:`simgen.sequential.truncation`; sample-only families use an ellipsoid). Training is
+  the plain NPE loss. The pooled proposal
+  :math:`\bar p(\theta) = \sum_r w_r p(\theta)\mathbb 1_{A_r}(\theta)/Z_r` (:math:`A_r` the
+  region round :math:`r` drew from) is proportional to the prior wherever every :math:`A_r`
+  contains θ. So the loss's minimiser :math:`\bar p(\theta)p(x\mid\theta)/\bar p(x)` equals
+  :math:`p(\theta \mid x_o)` on the intersection of the regions, which holds all but about
+  :math:`\varepsilon` per round of the posterior mass, and no importance correction is
+  needed. Outside the intersection the pooled posterior is biased whatever round r draws
+  from, so the nested proposals (``nested=True``, the default) spend no simulations there;
+  a round's own region, ``nested=False`` (the TSNPE paper's), can reach beyond an earlier
+  one. The fits' regions are several times too wide (a fit on a few hundred simulations
+  in 10-D is too broad in its tails), and each round's fit errs differently, so the
+  intersection is narrower than any one of them. The trade-off: true mass one round's
+  region cuts stays cut in every later proposal (``benchmarks/results_sequential.md``).
 * **NLE / NRE** (SNLE, SNRE). Round :math:`r \ge 2` simulates from round :math:`r-1`'s MCMC
   posterior at :math:`x_o` (``proposal="posterior"``, the default for both). NLE's loss is
   minimised by the likelihood whatever θ's distribution. NRE-C's classifier learns
@@ -48,10 +56,7 @@ fits does not show that either is right.
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +71,21 @@ from ..posterior import as_tensor
 from ..priors import prior_home
 from ..serialization import load
 from ..simulate import simulate
-from .truncation import EPSILON, REGION_DRAWS, TruncatedPrior, posterior_region
+from .history import (
+    Round,
+    RoundHistory,
+    check_fingerprint,
+    energy_distance,
+    load_record,
+    save_record,
+)
+from .truncation import (
+    EPSILON,
+    REGION_DRAWS,
+    IntersectionRegion,
+    TruncatedPrior,
+    posterior_region,
+)
 
 __all__ = ["sequential", "Round", "RoundHistory", "MIN_ROUND_SIMULATIONS"]
 
@@ -74,72 +93,6 @@ __all__ = ["sequential", "Round", "RoundHistory", "MIN_ROUND_SIMULATIONS"]
 MIN_ROUND_SIMULATIONS = 50
 #: Posterior draws per round behind the energy distance.
 ENERGY_DRAWS = 1000
-_FINGERPRINT = "sequential.json"
-
-
-@dataclass
-class Round:
-    """One round of :func:`sequential`.
-
-    Attributes:
-        index: 1, 2, ...
-        num_simulations: Successful simulations of this round.
-        num_failed: Simulations that raised or returned NaN/inf.
-        proposal: What θ was drawn from.
-        acceptance: Prior mass of the proposal's region (the rejection sampler's
-            acceptance); 1 for the prior, None for an MCMC posterior.
-        acceptance_se: Its Monte-Carlo standard error.
-        energy_distance: Between this round's and the previous round's posterior draws
-            at :math:`x_o` (None in round 1).
-        wall_seconds, cpu_seconds: Of the whole round (proposal, simulation, training).
-        simulate_seconds: Wall seconds spent in the simulator.
-    """
-
-    index: int
-    num_simulations: int
-    num_failed: int
-    proposal: str
-    acceptance: float | None
-    acceptance_se: float | None
-    energy_distance: float | None
-    wall_seconds: float
-    cpu_seconds: float
-    simulate_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class RoundHistory(list):
-    """The rounds of a :func:`sequential` run (a list of :class:`Round`).
-
-    Attributes:
-        theta, x: The pooled simulations of every round.
-        stopped_early: Whether ``stop_tol`` ended the run before ``num_rounds``.
-    """
-
-    theta: Tensor
-    x: Tensor
-    stopped_early: bool = False
-
-    def to_dict(self) -> list[dict[str, Any]]:
-        return [asdict(r) for r in self]
-
-    def table(self) -> str:
-        """The history as a markdown table."""
-        rows = [
-            "| round | sims | failed | acceptance | energy dist. | wall s | CPU s | proposal |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in self:
-            acc = "-" if r.acceptance is None else f"{r.acceptance:.3g}"
-            ed = "-" if r.energy_distance is None else f"{r.energy_distance:.3g}"
-            rows.append(
-                f"| {r.index} | {r.num_simulations} | {r.num_failed} | {acc} | {ed} | "
-                f"{r.wall_seconds:.1f} | {r.cpu_seconds:.1f} | {r.proposal} |"
-            )
-        return "\n".join(rows)
-
-    def __str__(self) -> str:
-        return self.table()
 
 
 def round_seed(seed: int, r: int) -> int:
@@ -172,15 +125,6 @@ class _PosteriorProposal(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         return self.posterior.log_prob(value, x=self.x_o)
-
-
-def energy_distance(a: Tensor, b: Tensor) -> float:
-    """Energy distance between draws ``a`` and ``b`` (``(N, D)``), z-scored by ``a``."""
-    a, b = a.double(), b.double()
-    mean, std = a.mean(0), a.std(0).clamp_min(1e-12)
-    a, b = (a - mean) / std, (b - mean) / std
-    ab = torch.cdist(a, b).mean()
-    return float(2 * ab - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
 
 
 def _check_arguments(method: Any, num_simulations: int, num_rounds: int, proposal: str) -> None:
@@ -247,6 +191,7 @@ def sequential(
     progress: bool = False,
     callback: Any = None,
     warm_start: bool = False,
+    nested: bool = True,
     **fit_options: Any,
 ) -> Any:
     """Spend ``num_simulations`` over ``num_rounds`` rounds focused on ``x_o``.
@@ -276,6 +221,9 @@ def sequential(
         warm_start: NPE only: train round r ≥ 2 from round r-1's weights (and its
             z-scoring) instead of a fresh initialisation, as sbi's sequential methods do
             (off by default; see the module docstring).
+        nested: Truncated proposals: round r draws from the intersection of the regions of
+            rounds 1..r-1 (the default; see the module docstring) rather than from round
+            r-1's region alone.
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
@@ -295,8 +243,9 @@ def sequential(
     prior = method.prior
     folder = None if bank is None else Path(bank)
     if folder is not None:
-        settings = [num_simulations, num_rounds, seed, proposal, epsilon] + ["warm"] * warm_start
-        _check_fingerprint(folder, method, *settings)
+        settings = [num_simulations, num_rounds, seed, proposal, epsilon]
+        settings += ["warm"] * warm_start + ["nested"] * nested
+        check_fingerprint(folder, method, *settings)
     history = RoundHistory()
     thetas, xs = [], []
     current: Distribution = prior
@@ -314,7 +263,7 @@ def sequential(
             init = posterior if warm_start and isinstance(method, NPE) else None
             options = fit_options if init is None else {**fit_options, "init": init}
             posterior = _fit_round(method, theta_all, x_all, r, seed, folder, progress, options)
-            record = _load_record(folder, r)
+            record = load_record(folder, r)
             wide = proposal == "truncated" and r < num_rounds
             n_draws = num_region_draws if wide else ENERGY_DRAWS
             draws = _seeded_draws(posterior, x_obs, n_draws, round_seed(seed, r) + 1)
@@ -336,6 +285,7 @@ def sequential(
                         epsilon,
                         region,
                         round_seed(seed, r),
+                        current if nested else None,
                     )
             if record is None:
                 record = Round(
@@ -351,7 +301,7 @@ def sequential(
                     simulate_seconds=sim_seconds,
                     extra=extra,
                 )
-                _save_record(folder, record)
+                save_record(folder, record)
             history.append(record)
             if callback is not None:
                 callback(record, posterior, current)
@@ -439,10 +389,13 @@ def _next_proposal(
     epsilon: float,
     region: str,
     seed: int,
+    previous: Distribution | None,
 ) -> Distribution:
     if proposal == "posterior":
         return _PosteriorProposal(posterior, x_o, draws.shape[-1], prior_home(prior)[0])
     found, _ = posterior_region(posterior, x_o, epsilon, kind=region, draws=draws)
+    if isinstance(previous, TruncatedPrior):  # nested: inside every earlier round's region
+        found = IntersectionRegion([previous.region, found])
     return TruncatedPrior(prior, found, proposal_draws=draws, seed=seed)
 
 
@@ -453,46 +406,3 @@ def _describe(proposal: Distribution) -> tuple[str, float | None, float | None, 
     if isinstance(proposal, _PosteriorProposal):
         return "posterior at x_o (MCMC)", None, None, {}
     return "prior", 1.0, 0.0, {}
-
-
-def _check_fingerprint(folder: Path, method: Any, *settings: Any) -> None:
-    """A bank directory belongs to one run: refuse to mix it with another."""
-    fingerprint = {
-        "method": type(method).__name__,
-        "estimator": getattr(method, "estimator_name", None),
-        "settings": [float(s) if isinstance(s, float) else s for s in settings],
-    }
-    path = folder / _FINGERPRINT
-    if path.exists():
-        stored = json.loads(path.read_text())
-        if stored != fingerprint:
-            raise SimulationError(
-                f"The bank directory {folder} holds another sequential run ({stored}); "
-                f"resume it with the same method, num_simulations, num_rounds, seed, proposal "
-                f"and epsilon, or use a new bank path."
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fingerprint))
-
-
-def _load_record(folder: Path | None, r: int) -> Round | None:
-    path = None if folder is None else folder / f"round_{r}.json"
-    if path is None or not path.exists():
-        return None
-    return Round(**json.loads(path.read_text()))
-
-
-def _save_record(folder: Path | None, record: Round) -> None:
-    if folder is None:
-        return
-    path = folder / f"round_{record.index}.json"
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(asdict(record), default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)

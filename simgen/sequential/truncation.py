@@ -12,7 +12,9 @@ posterior draws, so :math:`R` holds :math:`1 - \varepsilon` of the posterior's m
 :math:`\tau` from 10⁶ draws; simgen uses :data:`REGION_DRAWS` = 20,000, because a
 flow-matching or diffusion density is an ODE solve (~0.13-0.35 ms a draw,
 ``benchmarks/results_sequential.md``). :math:`\tau` is then the 3rd lowest of 20,000 values, a
-noisy estimate of the 1e-4 quantile. Normalisation constants do not matter: a threshold on an
+noisy estimate of the 1e-4 quantile; the noise moves the region's prior mass by about 15%,
+small beside what a fit's width does to it (``benchmarks/results_sequential.md``, "Why the
+regions are too wide"). Normalisation constants do not matter: a threshold on an
 unnormalised log-density is the same region.
 
 Sample-only posteriors (consistency, GAN: ``log_prob`` raises
@@ -64,6 +66,7 @@ __all__ = [
     "Region",
     "HPDRegion",
     "EllipsoidRegion",
+    "IntersectionRegion",
     "posterior_region",
     "TruncatedPrior",
 ]
@@ -197,6 +200,38 @@ class EllipsoidRegion(Region):
             f"ellipsoid of posterior draws, Mahalanobis radius {math.sqrt(self.radius2):.3g} "
             f"(1-epsilon quantile x {self.enlarge:g}, epsilon={self.epsilon:g}, "
             f"{self.num_draws} draws)"
+        )
+
+
+class IntersectionRegion(Region):
+    """The parameters in every one of ``regions``: :math:`R_1 \\cap \\dots \\cap R_k`
+    (:func:`simgen.sequential`'s nested proposals; an intersection given as a member is
+    flattened into its members)."""
+
+    def __init__(self, regions: Sequence[Region]):
+        flat: list[Region] = []
+        for region in regions:
+            flat.extend(region.regions if isinstance(region, IntersectionRegion) else [region])
+        if not flat:
+            raise ConfigError("IntersectionRegion needs at least one region.")
+        self.regions = flat
+
+    def contains(self, theta: Tensor) -> Tensor:
+        # The newest region first; each earlier one only on the rows still inside.
+        flat = theta.reshape(-1, theta.shape[-1])
+        inside = self.regions[-1].contains(flat)
+        for region in reversed(self.regions[:-1]):
+            rows = inside.nonzero().squeeze(-1)
+            if len(rows) == 0:
+                break
+            inside[rows] = region.contains(flat[rows])
+        return inside.reshape(theta.shape[:-1])
+
+    def describe(self) -> str:
+        if len(self.regions) == 1:
+            return self.regions[0].describe()
+        return (
+            f"intersection of {len(self.regions)} regions, the last {self.regions[-1].describe()}"
         )
 
 
