@@ -10,8 +10,10 @@ the table reports each seed and the spread.
 
 Cases: ``narrow`` (gaussian_linear, 10 numbers of x a row, 10,000 rows, NSF) and ``wide``
 (1,000 float32 of x a row, 10,000 rows, 40 MB, a small NSF), where reading and
-decompressing chunks is a larger share of each step. Each fit runs 4 epochs (3 with
-``--quick``, on 5,000 rows and one seed).
+decompressing chunks is a larger share of each step; ``wide, x blosc-lz4`` trains on the
+same bank with its x re-encoded by blosc (lz4, byte shuffle) instead of the bank's zstd, to
+show what the codec costs. Each fit runs 4 epochs (3 with ``--quick``, on 5,000 rows and one
+seed).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming            # 3 seeds, both cases
     OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming --quick    # 1 seed, fewer rows
@@ -54,21 +56,42 @@ def _narrow_case(rows: int):
     return gaussian_linear.prior, gaussian_linear.simulator, rows, {}
 
 
+def _recode_x(path: Path) -> None:
+    """Re-encode the bank's x with blosc (lz4, byte shuffle), chunks and values unchanged."""
+    import numpy as np
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    group = zarr.open_group(path, mode="r+")
+    data, chunks = group["x"][:], group["x"].chunks
+    del group["x"]
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    group.create_array(
+        "x", shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=np.nan,
+        compressors=[codec],
+    )  # fmt: skip
+    group["x"][:] = data
+
+
 def _timed(call):
     cpu, wall = time.process_time(), time.perf_counter()
     result = call()
     return result, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def run_case(name: str, make, rows: int, seeds: list[int], epochs: int) -> list[dict]:
+def run_case(
+    name: str, make, rows: int, seeds: list[int], epochs: int, recode: bool = False
+) -> list[dict]:
     from simgen import NPE, read_bank, simulate
     from simgen.streaming import Stream, StreamConfig
 
     prior, simulator, rows, options = make(rows)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.zarr"
+        path = Path(tmp) / "bank.zarr"
         simulate(simulator, prior, rows, seed=0, batch_size=1000, bank=path)
+        if recode:
+            _recode_x(path)
         theta, x = read_bank(path)
         train = dict(max_epochs=epochs, patience=epochs + 1, progress=False)
         for seed in seeds:
@@ -214,6 +237,7 @@ def main() -> None:
     epochs = 3 if quick else 4
     results = run_case("narrow", _narrow_case, rows, seeds, epochs)
     results += run_case("wide", _wide_case, rows, seeds, epochs)
+    results += run_case("wide, x blosc-lz4", _wide_case, rows, seeds, epochs, recode=True)
     command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming" + (
         " --quick" if quick else ""
     )

@@ -19,7 +19,8 @@ to ``validation_fraction`` of its rows), and ``max(1, round(f · blocks))`` bloc
 seeded permutation, are the validation set. Training reads every chunk holding a training
 block and skips the validation rows; validation reads only the chunks holding a validation
 block, once if the validation rows fit in ``validation_bytes`` (they are then kept), else
-every epoch.
+every epoch. When they fit, the first training pass keeps the validation rows of the chunks
+it reads, so the first validation pass reads only the chunks that hold no training block.
 
 **Shuffling.** Each epoch reads the training chunks in a seeded random order into a shuffle
 buffer of ``shuffle_bytes`` (at least one batch of rows); a full buffer is permuted and cut
@@ -148,6 +149,8 @@ class Stream:
         #: Rows kept and dropped (failed, never simulated, NaN or inf) by the last full pass.
         self.kept = self.dropped = 0
         self._validation: tuple[Split, list[tuple[Tensor, Tensor]] | None] | None = None
+        #: The validation rows of the chunks a first training pass read, by chunk.
+        self._held: tuple[Split, dict[int, tuple[Tensor, Tensor]] | None] | None = None
         #: A seeded sample of x from the last full pass (``config.sample_rows`` rows).
         self.x_sample: Tensor | None = None
         #: Rows of the last epoch's training pass and validation pass.
@@ -256,9 +259,10 @@ class Stream:
         buffer: _Buffer | None = None
         rows = 0
         for i, theta, x, block, _ in self._reads(order.tolist()):
-            keep = ~split.is_validation[i * split.per_chunk + block]
-            if not bool(keep.all()):
-                theta, x = theta[keep], x[keep]
+            is_val = split.is_validation[i * split.per_chunk + block]
+            if bool(is_val.any()):
+                self._hold(split, i, theta[is_val], x[is_val])
+                theta, x = theta[~is_val], x[~is_val]
             rows += len(theta)
             if buffer is None and len(theta):
                 buffer = _Buffer(theta, x, batch_size, self.config.shuffle_bytes)
@@ -280,21 +284,49 @@ class Stream:
             yield from cache[1]
             return
         rows, parts = 0, []
-        share = float(split.is_validation.float().mean())
-        for i, theta, x, block, _ in self._reads(split.validation_chunks.tolist()):
-            keep = split.is_validation[i * split.per_chunk + block]
-            rows += int(keep.sum())
-            if bool(keep.any()):
-                part = (theta[keep], x[keep])
-                if parts is not None:  # kept only if all of them will fit, judged by one row
-                    row = (part[0].nbytes + part[1].nbytes) / len(part[0])
-                    fits = share * max(self.kept, rows) * row <= self.config.validation_bytes
-                    parts = parts + [part] if fits else None
-                yield part
+        for part in self._validation_parts(split):
+            rows += len(part[0])
+            if parts is not None:  # kept only if all of them will fit, judged by one row
+                parts = parts + [part] if self._fits(split, part, rows) else None
+            yield part
         self.validation_rows = rows
         if parts:  # kept as one block, so that later passes make the fewest network calls
             parts = [(torch.cat([t for t, _ in parts]), torch.cat([v for _, v in parts]))]
         self._validation = (split, parts)
+
+    def _fits(self, split: Split, part: tuple[Tensor, Tensor], rows: int) -> bool:
+        """Whether all validation rows fit in ``validation_bytes``, judged by ``part``'s rows
+        and the ``rows`` seen so far."""
+        row = (part[0].nbytes + part[1].nbytes) / max(len(part[0]), 1)
+        share = float(split.is_validation.float().mean())
+        return share * max(self.kept, rows) * row <= self.config.validation_bytes
+
+    def _hold(self, split: Split, i: int, theta: Tensor, x: Tensor) -> None:
+        """Keep chunk ``i``'s validation rows, read by a training pass, for the first
+        validation pass (so it reads only chunks no training pass read), while they fit."""
+        if self._validation is not None and self._validation[0] is split:
+            return  # validated once already: the rows are kept, or too many to keep
+        if self._held is None or self._held[0] is not split:
+            self._held = (split, {})
+        held = self._held[1]
+        if held is not None:
+            held[i] = (theta, x)
+            fits = self._fits(split, (theta, x), sum(len(t) for t, _ in held.values()))
+            self._held = (split, held if fits else None)
+
+    def _validation_parts(self, split: Split) -> Iterator[tuple[Tensor, Tensor]]:
+        """The validation rows of each chunk holding any: those a training pass held, then
+        the rest read."""
+        held = self._held[1] if self._held is not None and self._held[0] is split else None
+        self._held, held = None, held or {}
+        for part in held.values():
+            if len(part[0]):
+                yield part
+        unread = [i for i in split.validation_chunks.tolist() if i not in held]
+        for i, theta, x, block, _ in self._reads(unread):
+            keep = split.is_validation[i * split.per_chunk + block]
+            if bool(keep.any()):
+                yield theta[keep], x[keep]
 
 
 class _Buffer:

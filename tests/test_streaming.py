@@ -140,6 +140,30 @@ def test_split_is_fixed_and_shuffle_reproducible(bank):
     assert 0.07 < len(validation) / len(theta) < 0.13
 
 
+def test_first_validation_pass_reads_only_chunks_no_training_pass_read(bank):
+    """The validation rows a first training epoch holds are the rows a fresh read gives, and
+    the first validation pass then reads only the chunks holding no training block. Control:
+    with ``validation_bytes`` too small to hold them, it reads every validation chunk."""
+    found = {}
+    for name, config in (("held", StreamConfig()), ("read", StreamConfig(validation_bytes=1))):
+        stream = Stream(bank, config)
+        list(stream.chunks())
+        g = torch.Generator().manual_seed(0)
+        split = stream.split(0.1, g)
+        list(stream.train_batches(split, 64, g, torch.device("cpu")))
+        reads, source_read = [], stream.source.read
+        stream.source.read = lambda i, read=source_read, reads=reads: reads.append(i) or read(i)
+        theta = torch.cat([t for t, _ in stream.validation_chunks(split)])
+        found[name] = theta[torch.argsort(theta[:, 0])]
+        wanted = split.validation_chunks.tolist()
+        if name == "held":
+            assert sorted(reads) == sorted(set(wanted) - set(split.train_chunks.tolist()))
+        else:
+            assert reads == wanted and len(wanted) > 1
+    assert len(found["held"]) > 100
+    assert torch.equal(found["held"], found["read"])
+
+
 def test_datasets_of_rows_and_of_batches_stream_like_tensors(linear2):
     theta = linear2.prior.sample((1000,))
     x = linear2.simulator(theta)
