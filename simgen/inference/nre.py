@@ -127,7 +127,9 @@ class NRE(Method):
         :class:`~simgen.simulator.RatioSimulations`: ``from_reference`` ``(N,)`` (whether the
         row was drawn at θ₁), ``joint_log_ratio`` ``(N,)`` (ROLR, RASCAL, ALICES) and
         ``joint_score`` ``(N, D)`` (with a positive ``joint_score_weight``), e.g.
-        ``nre.fit(data.theta, data.x, **data.extras())``.
+        ``nre.fit(data.theta, data.x, **data.extras())`` with ``data`` from
+        ``simulate(..., joint=True, theta_1="prior").ratio_rows()`` (or from a bank:
+        ``read_bank(path).ratio_rows()``).
 
         ``bank=`` (a bank's path, a dataset of ``(theta, x)`` rows or batches, or a
         :class:`~simgen.streaming.Stream`) trains from chunks read as needed instead of
@@ -197,8 +199,9 @@ class NRE(Method):
                 raise ConfigError(
                     f"NRE(loss={self.loss!r}, joint_score_weight={self.joint_score_weight}) "
                     f"{verb} {name}; the reference-ratio losses take the rows of "
-                    "sim.ratio_simulations(...): nre.fit(data.theta, data.x, **data.extras()) "
-                    "with the loss that uses them."
+                    "simulate(..., joint=True, theta_1='prior').ratio_rows() (or "
+                    "sim.ratio_simulations(...)): nre.fit(data.theta, data.x, "
+                    "**data.extras()) with the loss that uses them."
                 )
         shapes = {"from_reference": (len(theta),), "joint_log_ratio": (len(theta),)}
         shapes["joint_score"] = tuple(theta.shape)
