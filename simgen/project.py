@@ -66,7 +66,8 @@ def _check_positive(value: int | float | None, section: str, key: str, low: floa
 
 @dataclass(frozen=True)
 class SimulatorSection:
-    """``path``: "module:function"; ``batched``: whether it takes θ ``(N, D)`` (else one θ);
+    """``path``: "module:function"; ``batched``: whether it takes θ ``(N, D)`` (else one θ
+    ``(D,)`` a call, run as ``FunctionSimulator(fn, vectorized=False)``, a seed per row);
     ``kind = "pyro"``: the function is a pyro model ``model(num_simulations)`` read through
     :func:`simgen.from_pyro` with its θ and x sample sites ``theta_site`` and ``x_site``."""
 
@@ -366,35 +367,11 @@ class Project:
             from .simulator import from_pyro
 
             return from_pyro(fn, theta_site=self.simulator.theta_site, x_site=self.simulator.x_site)
-        return fn if self.simulator.batched else one_at_a_time(fn)
+        if self.simulator.batched:
+            return fn
+        from .simulator import FunctionSimulator  # one θ a call, a seed per row (external.py)
 
-
-def one_at_a_time(fn: Any) -> Any:
-    """A batched simulator calling ``fn(theta_i)`` (or ``fn(theta_i, generator=g)``) per row.
-
-    A function without ``generator=`` runs with torch's global generator seeded from ``g``
-    inside ``fork_rng``, so runs repeat and the caller's global state is left as it was. The
-    wrapper carries ``fn``'s module and name, which banks store to refuse another simulator.
-    """
-    import torch
-
-    from .simulator import accepts_generator
-
-    takes_generator = accepts_generator(fn)
-
-    def batched(theta: Any, generator: Any = None) -> Any:
-        if takes_generator:
-            rows = [fn(t, generator=generator) for t in theta]
-        else:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                rows = [fn(t) for t in theta]
-        return torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rows])
-
-    batched.__module__ = getattr(fn, "__module__", "?")
-    batched.__qualname__ = getattr(fn, "__qualname__", type(fn).__name__)
-    return batched
+        return FunctionSimulator(fn, vectorized=False)
 
 
 def import_object(spec: str, root: Path, key: str) -> Any:

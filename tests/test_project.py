@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from simgen.errors import ConfigError, SimgenError
-from simgen.project import load_project, one_at_a_time, read_observation
+from simgen.project import load_project, read_observation
 
 VALID = """
 seed = 3
@@ -120,17 +120,24 @@ def test_observation_formats_agree(tmp_path):
         read_observation(tmp_path / "bad.npy")
 
 
-def test_one_at_a_time_seeds_a_generator_free_function():
-    def noisy(theta):
-        return theta + torch.randn(2)
+def test_a_one_theta_function_runs_row_by_row_with_a_seed_per_row(tmp_path):
+    """``batched = false`` (the default) runs ``FunctionSimulator(fn, vectorized=False)``:
+    the same generator gives the same x, another seed other x, two equal θ rows of one call
+    get different noise, and each row is what the function gives alone with its row's seed
+    (simgen.external)."""
+    from simgen.external import FUNCTION_SEEDS, call_one, row_seeds
+    from simgen.simulator import FunctionSimulator
 
-    sim = one_at_a_time(noisy)
+    text = VALID.replace('"sim_mod:simulate"', '"sim_mod:no_generator"')
+    sim = load_project(_write(tmp_path, text)).make_simulator()
+    assert isinstance(sim, FunctionSimulator) and not sim.vectorized
     theta = torch.zeros(3, 2)
-    a = sim(theta, generator=torch.Generator().manual_seed(1))
-    b = sim(theta, generator=torch.Generator().manual_seed(1))
-    c = sim(theta, generator=torch.Generator().manual_seed(2))
+    g = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
+    a, b, c = sim(theta, generator=g(1)), sim(theta, generator=g(1)), sim(theta, generator=g(2))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert sim.__qualname__.endswith("noisy")
+    assert not torch.equal(a[0], a[1])
+    seeds = row_seeds(3, g(1), FUNCTION_SEEDS)
+    assert all(torch.equal(a[i], call_one(sim.fn, theta[i], seeds[i])) for i in range(3))
 
 
 PYRO_SIM = """
