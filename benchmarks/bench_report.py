@@ -58,6 +58,22 @@ def _references_table(tasks: list[str], set_name: str, num_obs: int, samples: in
     return rows
 
 
+def _exclusion_note(results: dict) -> list[str]:
+    """A paragraph naming the observations left out of the means, if any were."""
+    left = sorted(
+        {(t, tuple(r["excluded"])) for (t, _, _), r in results.items() if r.get("excluded")}
+    )
+    if not left:
+        return []
+    named = "; ".join(f"{t} #{', #'.join(map(str, idx))}" for t, idx in left)
+    return [
+        f"Left out of every statistic of their task: {named}, whose reference posterior fails "
+        "its check (table below); a C2ST against it would not measure the method. The task "
+        "column says `(without #i)`.",
+        "",
+    ]
+
+
 def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], note: str) -> None:
     lines = [
         "# Benchmark on many observations",
@@ -86,6 +102,7 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         "sampling at every observation, mean over seeds; CPU simgen/sbi = total CPU of the "
         "simgen method over its sbi baseline's on the same seeds.",
         "",
+        *_exclusion_note(results),
         "## Reference posteriors",
         "",
         *_references_table(ref_tasks, args.set, args.observations, args.reference_samples),
@@ -198,8 +215,12 @@ def main(argv: list[str] | None = None) -> None:
                         f"{name} n={budget} {spec} seed={seed}: " + evaluation.cell_line(cell),
                         flush=True,
                     )
+            # A C2ST against a reference that fails its check measures nothing: left out.
+            excluded = harness.failed_references(
+                name, args.set, args.observations, args.reference_samples
+            )
             for spec in methods:
-                results[(name, budget, spec)] = evaluation.summarise(cells[spec])
+                results[(name, budget, spec)] = evaluation.summarise(cells[spec], excluded)
         if any(s.get("seeds") for (t, _, _), s in results.items() if t == name):
             done.append(name)
         write(out, command, args, results, _with_references(tasks, done, args), note)

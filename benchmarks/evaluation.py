@@ -24,7 +24,7 @@ import json
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -297,15 +297,24 @@ def evaluate_cell(
     return cell
 
 
-def summarise(cells: list[dict]) -> dict:
-    """Aggregate the seeds of one (task, budget, method): see :func:`table` for the fields."""
+def summarise(cells: list[dict], exclude: Collection[int] = ()) -> dict:
+    """Aggregate the seeds of one (task, budget, method): see :func:`table` for the fields.
+
+    ``exclude`` lists observations (indices in the set) left out of every statistic, those
+    whose reference fails its check (:func:`benchmarks.harness.failed_references`); the
+    summary names them (``excluded``) so that the table says so.
+    """
     ok = [c for c in cells if "error" not in c]
     out: dict[str, Any] = {"seeds": len(ok), "errors": [c["error"] for c in cells if "error" in c]}
+    out["excluded"] = sorted(exclude)
     if not ok:
         return out
-    per_seed = [statistics.mean(c["c2st"]) for c in ok]
-    per_obs = [statistics.mean(vals) for vals in zip(*(c["c2st"] for c in ok))]
-    worst = max(range(len(per_obs)), key=per_obs.__getitem__)
+    kept = [i for i in range(len(ok[0]["c2st"])) if i not in set(exclude)]
+    if not kept:
+        raise ConfigError(f"Every observation is excluded ({out['excluded']}); nothing to score.")
+    per_seed = [statistics.mean(c["c2st"][i] for i in kept) for c in ok]
+    per_obs = {i: statistics.mean(c["c2st"][i] for c in ok) for i in kept}
+    worst = max(per_obs, key=per_obs.__getitem__)
     out.update(
         mean=statistics.mean(per_seed),
         spread=statistics.stdev(per_seed) if len(per_seed) > 1 else float("nan"),
@@ -333,10 +342,14 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
     the per-seed mean; worst obs = the observation (index in its set) with the highest C2ST
     averaged over seeds; CPU s / fit = training plus sampling at every observation, mean over
     seeds; CPU simgen/sbi = total CPU of a simgen method over that of its sbi baseline on
-    the same seeds (:data:`BASELINES`).
+    the same seeds (:data:`BASELINES`). A task whose summary excludes observations reads
+    ``task (without #i)``.
     """
     rows = list(HEADER)
-    for (task, budget, spec), s in results.items():
+    for (name, budget, spec), s in results.items():
+        task = name
+        if s.get("excluded"):
+            task += " (without " + ", ".join(f"#{i}" for i in s["excluded"]) + ")"
         if not s.get("seeds"):
             err = f"error: {s['errors'][0][:80]}" if s.get("errors") else "not run"
             rows.append(f"| {task} | {budget} | {spec} | 0 | {err} | | | | |")
@@ -345,7 +358,7 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
         base = BASELINES.get(spec.partition(":")[0])
         others = [
             r for (t, b, m), r in results.items()
-            if base and (t, b) == (task, budget) and m.partition(":")[0] == base
+            if base and (t, b) == (name, budget) and m.partition(":")[0] == base
         ]  # fmt: skip
         other = others[0] if len(others) == 1 else None
         if other and other.get("seeds") and other["seed_list"] == s["seed_list"]:

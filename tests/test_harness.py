@@ -160,3 +160,36 @@ def test_every_report_reference_passes_its_check(name):
     for i in range(harness.NUM_OBSERVATIONS):
         check = harness.reference(name, "report", i)["check"]
         assert check["passed"], (name, i, check)
+
+
+def test_observations_with_failing_references_are_left_out_and_named(cache, monkeypatch):
+    """A reference shifted off the posterior fails its check, is listed by
+    failed_references, and its observation leaves every statistic; kept in, it would
+    decide the mean and the worst observation (the control)."""
+    task = harness.load_task("gaussian_linear")
+    exact = task.reference_posterior
+    _, xs = harness.observations("gaussian_linear", "report")
+
+    def shifted_at_1(x_o, num, seed=0):
+        draws = exact(x_o, num, seed=seed)
+        return draws + 1.0 if torch.equal(x_o, xs[1]) else draws
+
+    monkeypatch.setattr(task, "reference_posterior", shifted_at_1)
+    for i in range(2):
+        harness.reference("gaussian_linear", "report", i, 2000)
+    assert harness.failed_references("gaussian_linear", "report", 3, 2000) == [1]  # #2 uncached
+
+    cells = [{"seed": s, "c2st": [0.6, 0.99, 0.7], "train_cpu_s": 1.0, "sample_cpu_s": 0.0}
+             for s in (0, 1)]  # fmt: skip
+    kept = evaluation.summarise(cells, exclude=[1])
+    assert kept["mean"] == pytest.approx(0.65) and kept["worst_obs"] == 2
+    assert kept["excluded"] == [1]
+    control = evaluation.summarise(cells)
+    assert control["mean"] == pytest.approx(0.763, abs=1e-3) and control["worst_obs"] == 1
+    row = evaluation.table({("gaussian_linear", 10, "npe"): kept})[2]
+    assert row.startswith("| gaussian_linear (without #1) | 10 | npe | 2 | 0.650 |")
+    assert bench_report._exclusion_note({("gaussian_linear", 10, "npe"): kept})[0].startswith(
+        "Left out of every statistic of their task: gaussian_linear #1,"
+    )
+    with pytest.raises(SimgenError):
+        evaluation.summarise(cells, exclude=[0, 1, 2])
