@@ -1,19 +1,32 @@
-"""The joint transformer against simgen flow matching and sbi FMPE on the same simulations.
+"""The joint transformer against simgen flow matching, sbi FMPE and sbi NPE on the same data.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_joint [--budget 1000] [--observations 3]
-        [--seeds 0] [--task two_moons]
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set tuning \\
+        --tasks two_moons gaussian_linear --seeds 0 1 --observations 3 --configs A,B,C
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set report \\
+        --tasks two_moons gaussian_mixture slcp gaussian_linear --seeds 0 1 --observations 3
 
-Each method trains once per seed on the same simulations (``evaluation.training_data``) in
-this process; C2ST (``simgen.diagnostics.c2st``) against the cached reference of each of the
-first ``--observations`` report observations, 1,000 draws each; CPU seconds
-(``time.process_time``) to train and to draw the samples. Writes ``results_joint.md``.
+Each method trains once per (task, seed) on the same simulations
+(``evaluation.training_data``) in this process. C2ST (``simgen.diagnostics.c2st``) of 1,000
+draws against the first 1,000 cached reference samples of each of the first
+``--observations`` observations of the set; CPU seconds (``time.process_time``) to train,
+and, on the report set, to draw 10,000 samples at the first observation. ``--set tuning``
+runs the search configurations of :data:`CONFIGS` (and, for configuration ``C``, the same
+trained model sampled with 8 and 32 ODE steps); ``--set report`` runs :data:`REPORT`.
+Each cell is cached in ``benchmarks/.cache/joint/`` (keyed by task, set, budget, spec,
+seed, observations), so a rerun resumes; delete a cell's file to recompute it. Each run
+rewrites its own section of ``results_joint.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import re
+import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,78 +35,230 @@ from benchmarks import evaluation, harness, warm_up_torch
 from simgen.diagnostics import c2st
 
 RESULTS = Path(__file__).with_name("results_joint.md")
-METHODS = {
-    "joint_transformer": 'npe:estimator="joint_transformer"',
-    "flow_matching": "fm",
-    "sbi FMPE": "sbi_fmpe",
+CACHE = harness.CACHE / "joint"
+DRAWS = 1000
+TIMED_DRAWS = 10_000
+
+_JT = 'npe:estimator="joint_transformer"'
+_MIX = {
+    "mix04": "[0.4,0.2,0.1,0.15,0.15]",
+    "mix07": "[0.7,0.1,0.05,0.1,0.05]",
+    "post": "[1,0,0,0,0]",
 }
 
 
-def run(task_name: str, budget: int, num_obs: int, seeds: list[int]) -> list[dict]:
+def _jt(lr: float, patience: int, mix: str, extra: str = "") -> str:
+    spec = f"{_JT};learning_rate={lr};patience={patience};mask_weights={_MIX[mix]}"
+    return spec + (f";{extra}" if extra else "")
+
+
+#: The search on the tuning set: label -> (what it varies, method spec). Every option is
+#: spelled out, so a label keeps its meaning whatever the family's defaults are.
+CONFIGS = {
+    "A": ("posterior weight 0.4, lr 1e-3, patience 20", _jt(1e-3, 20, "mix04")),
+    "B": ("posterior weight 0.4, lr 3e-3, patience 34", _jt(3e-3, 34, "mix04")),
+    "C": ("posterior weight 0.7, lr 3e-3, patience 34", _jt(3e-3, 34, "mix07")),
+    "D": ("posterior only, lr 3e-3, patience 34", _jt(3e-3, 34, "post")),
+    "E": ("C with width 32", _jt(3e-3, 34, "mix07", "width=32")),
+    "F": ("C with batch 128", _jt(3e-3, 34, "mix07", "batch_size=128")),
+    "G": ("C with 3 blocks", _jt(3e-3, 34, "mix07", "layers=3")),
+    "fm": ("simgen flow matching (its defaults)", "fm"),
+}
+#: Sampling steps tried on configuration C's trained model (no retraining).
+STEP_VARIANTS = {"C": (8, 32)}
+#: The report: label -> method spec (each library's defaults).
+REPORT = {
+    "joint_transformer": _JT,
+    "flow_matching": "fm",
+    "sbi FMPE": "sbi_fmpe",
+    "sbi NPE (nsf)": "sbi_npe",
+}
+
+
+def _cell_path(task: str, set_name: str, budget: int, spec: str, seed: int, num_obs: int):
+    key = "|".join([harness.source_hash(task), set_name, str(budget), spec, str(seed)])
+    key += f"|{num_obs}|{DRAWS}|{TIMED_DRAWS}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return CACHE / task / f"{set_name}-n{budget}-s{seed}-{digest}.json"
+
+
+def _scores(posterior, xs, refs, seed: int) -> tuple[list[float], float]:
+    scores, sample_s = [], 0.0
+    for i, (x_o, ref) in enumerate(zip(xs, refs)):
+        start = time.process_time()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(1000 * seed + i)
+            samples = posterior.sample((DRAWS,), x=x_o).reshape(DRAWS, -1)
+        sample_s += time.process_time() - start
+        scores.append(float(c2st(ref[:DRAWS], samples, seed=0)))
+    return scores, sample_s / len(xs)
+
+
+def cell(task_name: str, set_name: str, budget: int, spec: str, seed: int, num_obs: int,
+         data, steps: tuple[int, ...] = (), timed: bool = False) -> dict:  # fmt: skip
+    """Train ``spec`` on ``data`` and score it at the set's first ``num_obs`` observations
+    (cached)."""
+    path = _cell_path(task_name, set_name, budget, spec, seed, num_obs)
+    if path.exists():
+        return json.loads(path.read_text())
     task = harness.load_task(task_name)
-    _, xs = harness.observations(task_name, "report", num_obs)
-    refs = [harness.reference(task_name, "report", i, num=1000)["samples"] for i in range(num_obs)]
-    rows = []
-    for seed in seeds:
-        theta, x = evaluation.training_data(task, budget, seed)
-        for label, spec in METHODS.items():
-            _, _, fit = evaluation.parse_method(spec)
+    _, xs = harness.observations(task_name, set_name, num_obs)
+    refs = [harness.reference(task_name, set_name, i)["samples"] for i in range(num_obs)]
+    _, _, fit = evaluation.parse_method(spec)
+    out: dict = {"task": task_name, "set": set_name, "budget": budget, "spec": spec}
+    out["seed"] = seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.process_time()
+        posterior = fit(task, *data, seed)
+        out["train_s"] = time.process_time() - start
+        history = getattr(posterior, "history", None)
+        out["epochs"] = getattr(history, "epochs", None) if history is not None else None
+        out["c2st"], out["sample_s_per_1000"] = _scores(posterior, xs, refs, seed)
+        if timed:
             start = time.process_time()
-            posterior = fit(task, theta, x, seed)
-            train_s = time.process_time() - start
-            scores, sample_s = [], 0.0
-            for i in range(num_obs):
-                start = time.process_time()
-                samples = posterior.sample((1000,), x=xs[i])
-                sample_s += time.process_time() - start
-                scores.append(float(c2st(samples, refs[i], seed=0)))
-            rows.append(
-                {
-                    "method": label,
-                    "seed": seed,
-                    "c2st": scores,
-                    "train_s": train_s,
-                    "sample_s": sample_s / num_obs,
-                }
+            with torch.no_grad():
+                posterior.sample((TIMED_DRAWS,), x=xs[0])
+            out["sample_s_10000"] = time.process_time() - start
+        if steps:
+            from simgen.estimators.ode import SolverConfig
+
+            est = posterior.estimator
+            default = est.solver
+            out["steps"] = {}
+            for k in steps:
+                est.solver = SolverConfig(**{**default.to_dict(), "steps": k})
+                scores, per = _scores(posterior, xs, refs, seed)
+                out["steps"][str(k)] = {"c2st": scores, "sample_s_per_1000": per}
+            est.solver = default
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values)
+
+
+def _spread(per_seed: list[float]) -> str:
+    return f"{statistics.stdev(per_seed):.3f}" if len(per_seed) > 1 else "–"
+
+
+def _row(label: str, what: str, cells: list[dict], key=lambda c: c["c2st"]) -> str:
+    per_seed = [_mean(key(c)) for c in cells]
+    per_obs = [_mean(v) for v in zip(*(key(c) for c in cells))]
+    train = _mean([c["train_s"] for c in cells])
+    epochs = [c.get("epochs") for c in cells]
+    ep = "/".join(str(e) for e in epochs) if all(e is not None for e in epochs) else "–"
+    obs = ", ".join(f"{v:.3f}" for v in per_obs)
+    return (
+        f"| {label} | {what} | {len(cells)} | {_mean(per_seed):.3f} | {_spread(per_seed)} | "
+        f"{obs} | {train:.0f} | {ep} |"
+    )
+
+
+HEADER = (
+    "| config | what | seeds | mean C2ST | spread over seeds | C2ST per observation "
+    "(mean over seeds) | train CPU s | epochs per seed |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def tuning(tasks, budget, num_obs, seeds, labels) -> str:
+    parts = []
+    for task_name in tasks:
+        task = harness.load_task(task_name)
+        rows = {label: [] for label in labels}
+        for seed in seeds:
+            data = evaluation.training_data(task, budget, seed)
+            for label in labels:
+                spec = CONFIGS[label][1]
+                got = cell(task_name, "tuning", budget, spec, seed, num_obs, data,
+                           STEP_VARIANTS.get(label, ()))  # fmt: skip
+                rows[label].append(got)
+                print(task_name, label, seed, got["c2st"], f"{got['train_s']:.0f}s", flush=True)
+        lines = [f"**{task_name}, {budget} simulations**", "", HEADER]
+        for label in labels:
+            lines.append(_row(label, CONFIGS[label][0], rows[label]))
+            for k in STEP_VARIANTS.get(label, ()):
+                key = lambda c, k=k: c["steps"][str(k)]["c2st"]  # noqa: E731
+                lines.append(_row(f"{label}, {k} steps", "same models, sampled with "
+                                  f"{k} Heun steps", rows[label], key))  # fmt: skip
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+REPORT_HEADER = (
+    "| task | method | seeds | mean C2ST | spread over seeds | C2ST per observation (mean "
+    "over seeds) | train CPU s | CPU s / 10,000 draws |\n|---|---|---|---|---|---|---|---|"
+)
+
+
+def report(tasks, budget, num_obs, seeds, labels) -> str:
+    lines = [REPORT_HEADER]
+    for task_name in tasks:
+        task = harness.load_task(task_name)
+        rows = {label: [] for label in labels}
+        for seed in seeds:
+            data = evaluation.training_data(task, budget, seed)
+            for label in labels:
+                got = cell(task_name, "report", budget, REPORT[label], seed, num_obs, data,
+                           timed=True)  # fmt: skip
+                rows[label].append(got)
+                print(task_name, label, seed, got["c2st"], f"{got['train_s']:.0f}s", flush=True)
+        for label in labels:
+            cells = rows[label]
+            per_seed = [_mean(c["c2st"]) for c in cells]
+            per_obs = [_mean(v) for v in zip(*(c["c2st"] for c in cells))]
+            obs = ", ".join(f"{v:.3f}" for v in per_obs)
+            lines.append(
+                f"| {task_name} {budget} | {label} | {len(cells)} | {_mean(per_seed):.3f} | "
+                f"{_spread(per_seed)} | {obs} | {_mean([c['train_s'] for c in cells]):.0f} | "
+                f"{_mean([c['sample_s_10000'] for c in cells]):.1f} |"
             )
-            print(rows[-1], flush=True)
-    return rows
-
-
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| method | seed | C2ST per observation | mean C2ST | train CPU s | CPU s / 1,000 draws |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        per = ", ".join(f"{s:.3f}" for s in r["c2st"])
-        mean = sum(r["c2st"]) / len(r["c2st"])
-        lines.append(
-            f"| {r['method']} | {r['seed']} | {per} | {mean:.3f} | {r['train_s']:.0f} | "
-            f"{r['sample_s']:.1f} |"
-        )
     return "\n".join(lines)
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace the ``## title`` section of ``results_joint.md`` (or append it)."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Joint transformer\n"
+    block = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + block
+    RESULTS.write_text(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="two_moons")
+    parser.add_argument("--set", choices=["tuning", "report"], default="report")
+    parser.add_argument("--tasks", nargs="+", default=["two_moons"])
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--observations", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--configs", default=None, help="comma-separated labels")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write")
     args = parser.parse_args(sys.argv[1:])
     torch.set_num_threads(1)
     warm_up_torch()
-    rows = run(args.task, args.budget, args.observations, args.seeds)
-    seeds = " ".join(map(str, args.seeds))
+    start = time.process_time()
+    table = CONFIGS if args.set == "tuning" else REPORT
+    labels = args.configs.split(",") if args.configs else list(table)
+    run = tuning if args.set == "tuning" else report
+    body = run(args.tasks, args.budget, args.observations, args.seeds, labels)
     command = (
-        f"OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --task {args.task} "
-        f"--budget {args.budget} --observations {args.observations} --seeds {seeds}"
+        f"OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set {args.set} --tasks "
+        f"{' '.join(args.tasks)} --budget {args.budget} --observations {args.observations} "
+        f"--seeds {' '.join(map(str, args.seeds))}"
+        + (f" --configs {args.configs}" if args.configs else "")
     )
-    print(table(rows))
-    RESULTS.write_text(
-        f"# Joint transformer vs flow matching and sbi FMPE\n\n`{command}`\n\n{table(rows)}\n"
-    )
+    print(body)
+    print(f"CPU s in this process: {time.process_time() - start:.0f}")
+    if not args.no_write:
+        what = "Tuning set" if args.set == "tuning" else "Report set"
+        title = f"{what}: {', '.join(args.tasks)}, {args.budget} simulations"
+        write_section(title, f"`{command}`\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -18,18 +18,29 @@ Densities are in θ's own coordinates: the z-scoring's Jacobian is added, and un
 likelihood map θ through :math:`T^{-1}`; the conditionals' densities then need an
 elementwise :math:`T` (a box), whose Jacobian is per entry. Conditional draws are the
 model's, not filtered to the prior's support.
+
+**Devices.** Every route computes at the estimator's device and dtype
+(:mod:`simgen.devices`): θ, x and masks given anywhere are moved there, :math:`T` is the
+posterior's placed bijection, and every tensor returned lives there.
+
+**Cost.** A network call costs :math:`O(L(T^2 W + T W^2))` per row in the token count
+:math:`T` (:mod:`simgen.estimators._tokens`); at the CPU sizes of the benchmarks the
+per-token MLP dominates, so training CPU time per epoch grows about linearly in :math:`T`
+(``benchmarks/results_joint.md``, "cost per token").
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .devices import home, to_home
 from .errors import ConfigError, ShapeError
 from .posterior import DirectPosterior
 from .posterior_args import check_seed, sample_shape_of
@@ -135,7 +146,21 @@ class Joint:
 
     def _u(self, theta: Tensor) -> Tensor:
         post = self.posterior()
-        return theta if post.support == "reject" else support_transform(self.prior).inv(theta)
+        return theta if post.support == "reject" else post.placed.transform.inv(theta)
+
+    def _home(self, value: Tensor) -> Tensor:
+        """``value`` at the estimator's device and dtype."""
+        return to_home(value, home(self.estimator))
+
+
+@contextmanager
+def _seeded(device: torch.device, seed: int | None) -> Iterator[None]:
+    """A forked random state (the CPU's and ``device``'s), seeded when ``seed`` is given."""
+    check_seed(seed)
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        yield
 
 
 class JointLikelihood:
@@ -146,7 +171,7 @@ class JointLikelihood:
         self.estimator = joint.estimator
 
     def _theta(self, theta: Any) -> Tensor:
-        theta = _tensor(theta, "theta")
+        theta = self.joint._home(_tensor(theta, "theta"))
         d = self.estimator.target_dim
         if theta.ndim != 2 or theta.shape[1] != d:
             raise ShapeError(f"theta has shape {tuple(theta.shape)}; expected (N, {d}).")
@@ -157,12 +182,9 @@ class JointLikelihood:
     def sample(self, theta: Any, seed: int | None = None) -> Tensor:
         """One x per row of ``theta`` ``(N, D)``: ``(N, *x_shape)``."""
         est, u = self.estimator, self._theta(theta)
-        x0 = torch.zeros(len(u), *est.context_shape)
+        x0 = u.new_zeros(len(u), *est.context_shape)
         values = est.joint_standard(u, x0)
-        with torch.random.fork_rng(devices=[]):
-            check_seed(seed)
-            if seed is not None:
-                torch.manual_seed(int(seed))
+        with _seeded(u.device, seed):
             z = est.sample_pattern(values, est.pattern("observed", "free"))
         x = z[:, est.target_dim :].reshape(len(u), *est.context_shape)
         return est.context_standardizer.inverse(x)
@@ -173,7 +195,7 @@ class JointLikelihood:
     def log_prob(self, x: Any, theta: Any) -> Tensor:
         """:math:`\\log q(x\\mid\\theta)` ``(N,)`` for matching rows."""
         est, u = self.estimator, self._theta(theta)
-        x = _tensor(x, "x")
+        x = self.joint._home(_tensor(x, "x"))
         if x.shape != (len(u), *est.context_shape) or not torch.isfinite(x).all():
             raise ShapeError(
                 f"x must be finite with shape {(len(u), *est.context_shape)}, got {tuple(x.shape)}."
@@ -208,7 +230,7 @@ class JointConditional:
             )
 
     def _mask(self, observed: Any) -> Tensor:
-        mask = torch.as_tensor(observed)
+        mask = torch.as_tensor(observed).to(home(self.estimator)[0])
         if mask.dtype != torch.bool or tuple(mask.shape) != self.estimator.context_shape:
             raise ShapeError(
                 f"observed must be a boolean mask of x's shape {self.estimator.context_shape}, "
@@ -219,7 +241,7 @@ class JointConditional:
     def _states_values(self, x: Any) -> tuple[Tensor, Tensor]:
         """The token states and the z-scored x entries for one observation."""
         est = self.estimator
-        x = _tensor(x, "x")
+        x = self.joint._home(_tensor(x, "x"))
         if tuple(x.shape) != est.context_shape:
             raise ShapeError(
                 f"x has shape {tuple(x.shape)}; a conditional takes one x of shape "
@@ -239,7 +261,7 @@ class JointConditional:
         states = est.pattern("absent", "absent")
         states[est.target_dim :] = torch.where(groups.all(-1), 2, 0)
         states[self.keep] = 1
-        filled = torch.where(flat_mask, flat, 0.0).reshape(est.context_shape)
+        filled = torch.where(flat_mask, flat, torch.zeros_like(flat)).reshape(est.context_shape)
         return states, est.context_standardizer(filled).reshape(-1)
 
     def _scale(self) -> Tensor:
@@ -253,11 +275,8 @@ class JointConditional:
         est = self.estimator
         states, xs = self._states_values(x)
         num = int(torch.Size(shape).numel())
-        values = torch.cat([torch.zeros(num, est.target_dim), xs.expand(num, -1)], dim=1)
-        with torch.random.fork_rng(devices=[]):
-            check_seed(seed)
-            if seed is not None:
-                torch.manual_seed(int(seed))
+        values = torch.cat([xs.new_zeros(num, est.target_dim), xs.expand(num, -1)], dim=1)
+        with _seeded(xs.device, seed):
             z = est.sample_pattern(values, states)
         std = est.target_standardizer
         u = (z[:, : est.target_dim] * std.scale + std.loc)[:, self.keep]
@@ -266,23 +285,23 @@ class JointConditional:
     def _to_theta(self, u: Tensor) -> Tensor:
         if self.joint.posterior().support == "reject":
             return u
-        full = torch.zeros(len(u), self.estimator.target_dim)
+        full = u.new_zeros(len(u), self.estimator.target_dim)
         full[:, self.keep] = u
-        return support_transform(self.joint.prior)(full)[:, self.keep]
+        return self.joint.posterior().placed.transform(full)[:, self.keep]
 
     def log_prob(self, theta: Any, x: Any = None) -> Tensor:
         """:math:`\\log q(\\theta_K\\mid x_O)` for rows ``(*, K)`` of the kept entries."""
         est, k = self.estimator, len(self.keep)
-        theta = _tensor(theta, "theta")
+        theta = self.joint._home(_tensor(theta, "theta"))
         if theta.ndim < 1 or theta.shape[-1] != k or not torch.isfinite(theta).all():
             raise ShapeError(f"theta must be finite with last axis {k}, got {tuple(theta.shape)}.")
         states, xs = self._states_values(x)
         rows = theta.reshape(-1, k)
-        full = torch.zeros(len(rows), est.target_dim)
+        full = rows.new_zeros(len(rows), est.target_dim)
         full[:, self.keep] = rows
-        log_det = torch.zeros(len(rows))
+        log_det = rows.new_zeros(len(rows))
         if self.joint.posterior().support == "transform":
-            transform = support_transform(self.joint.prior)
+            transform = self.joint.posterior().placed.transform
             u = transform.inv(full)
             jac = transform.inv.log_abs_det_jacobian(full, u)
             log_det = jac[:, self.keep].sum(-1) if jac.ndim == 2 else jac

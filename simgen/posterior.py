@@ -167,10 +167,14 @@ class Posterior(OnDevice, abc.ABC):
         Starts from the best of ``num_init`` posterior samples and follows gradient ascent
         on :math:`\\log q(\\theta \\mid x)` in the unconstrained space :math:`u = T^{-1}
         (\\theta)` (so the iterate never leaves the support), keeping the best point found.
+        An estimator with a ``field_map`` method (``joint_transformer``) computes it instead.
         ``show_progress_bars`` is sbi's keyword, accepted and ignored.
         """
         check_map_options(num_init, num_iter, learning_rate)
         xo = self._single_x(x)
+        field_map = getattr(self.estimator, "field_map", None)
+        if field_map is not None:  # joint_transformer: denoising steps, no ODE gradient
+            return field_map(self, self._home(xo), num_init, num_iter)
         with torch.no_grad():
             init = self.sample((num_init,), x=xo)
             logp = self.log_prob(init, x=xo)

@@ -147,6 +147,7 @@ PRIORS = {
     "unknown": lambda: _ShiftedNormal(torch.zeros(2)),
 }
 NPE_FAMILIES = ["nsf", "maf", "realnvp", "flow_matching", "diffusion", "consistency", "vae", "gan"]
+NPE_FAMILIES += ["joint_transformer"]
 SAMPLE_ONLY = {"consistency", "gan"}
 #: Small networks and few solver steps: the audit needs every op once, not accuracy.
 FAST_OPTIONS = {
@@ -155,6 +156,7 @@ FAST_OPTIONS = {
     "diffusion": {"steps": 3, "repeats": 1},
     "consistency": {"steps": 3},
     "vae": {"importance_samples": 4},
+    "joint_transformer": {"width": 16, "layers": 1, "heads": 2, "steps": 3},
 }
 
 
