@@ -4,6 +4,7 @@
         --tasks two_moons gaussian_linear --seeds 0 1 --observations 3 --configs A,B,C
     OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set report \\
         --tasks two_moons gaussian_mixture slcp gaussian_linear --seeds 0 1 --observations 3
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set cost --budget 1000
 
 Each method trains once per (task, seed) on the same simulations
 (``evaluation.training_data``) in this process. C2ST (``simgen.diagnostics.c2st``) of 1,000
@@ -11,7 +12,8 @@ draws against the first 1,000 cached reference samples of each of the first
 ``--observations`` observations of the set; CPU seconds (``time.process_time``) to train,
 and, on the report set, to draw 10,000 samples at the first observation. ``--set tuning``
 runs the search configurations of :data:`CONFIGS` (and, for configuration ``C``, the same
-trained model sampled with 8 and 32 ODE steps); ``--set report`` runs :data:`REPORT`.
+trained model sampled with 8 and 32 ODE steps); ``--set report`` runs :data:`REPORT`;
+``--set cost`` times training epochs at the token counts of :data:`COST_TASKS`.
 Each cell is cached in ``benchmarks/.cache/joint/`` (keyed by task, set, budget, spec,
 seed, observations), so a rerun resumes; delete a cell's file to recompute it. Each run
 rewrites its own section of ``results_joint.md``.
@@ -218,6 +220,31 @@ def report(tasks, budget, num_obs, seeds, labels) -> str:
     return "\n".join(lines)
 
 
+#: Tasks whose token counts span the benchmarks' (two_moons 4, slcp 13, gaussian_linear 20).
+COST_TASKS = ("two_moons", "slcp", "gaussian_linear")
+
+
+def cost(budget: int, epochs: int = 10) -> str:
+    """Train CPU seconds per epoch of the default joint transformer at several token counts
+    (``epochs`` epochs on ``budget`` simulations, batch 256, one thread)."""
+    import simgen
+
+    lines = ["| task | tokens T | train CPU s / epoch | per token |", "|---|---|---|---|"]
+    for task_name in COST_TASKS:
+        task = harness.load_task(task_name)
+        theta, x = evaluation.training_data(task, budget, 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            npe = simgen.NPE(task.prior, estimator="joint_transformer")
+            start = time.process_time()
+            post = npe.fit(theta, x, max_epochs=epochs, progress=False, seed=0)
+            per = (time.process_time() - start) / epochs
+        tokens = post.estimator.tokens
+        lines.append(f"| {task_name} | {tokens} | {per:.3f} | {per / tokens:.4f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def write_section(title: str, body: str) -> None:
     """Replace the ``## title`` section of ``results_joint.md`` (or append it)."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Joint transformer\n"
@@ -232,7 +259,7 @@ def write_section(title: str, body: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=["tuning", "report"], default="report")
+    parser.add_argument("--set", choices=["tuning", "report", "cost"], default="report")
     parser.add_argument("--tasks", nargs="+", default=["two_moons"])
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--observations", type=int, default=3)
@@ -243,6 +270,14 @@ def main() -> None:
     torch.set_num_threads(1)
     warm_up_torch()
     start = time.process_time()
+    if args.set == "cost":
+        body = cost(args.budget)
+        command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set cost"
+        command += f" --budget {args.budget}"
+        print(body)
+        if not args.no_write:
+            write_section("Cost per token", f"`{command}`\n\n{body}")
+        return
     table = CONFIGS if args.set == "tuning" else REPORT
     labels = args.configs.split(",") if args.configs else list(table)
     run = tuning if args.set == "tuning" else report

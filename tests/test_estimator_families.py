@@ -25,7 +25,7 @@ from simgen.estimators.registry import build_estimator
 from simgen.estimators.vae import VAE
 from simulators import gaussian_linear
 
-FAMILIES = ["flow_matching", "diffusion", "consistency", "vae", "gan"]
+FAMILIES = ["flow_matching", "diffusion", "consistency", "vae", "gan", "joint_transformer"]
 
 
 def _data(n: int, dim: int = 2):

@@ -266,3 +266,31 @@ def test_map_reaches_the_mode_of_an_exact_gaussian_field(monkeypatch):
 
     assert error(post.map(x=X_O)) < 0.005
     assert error(post.map(x=X_O, num_iter=0)) > 0.005
+
+
+@pytest.mark.parametrize("support", ["reject", "transform"])
+def test_joint_routes_compute_on_the_estimators_device(support):
+    """The likelihood and the conditionals under the simulated second device of
+    ``test_device`` (float64 = the estimator's home, float32 = elsewhere): no op mixes the
+    two, every output is home. A box prior, so ``"transform"`` maps θ through T."""
+    from test_device import SimulatedDevice
+
+    box = simgen.BoxUniform(-5 * torch.ones(2), 5 * torch.ones(2))
+    theta, x = simulate(200, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        joint = simgen.Joint(box, support=support, **TINY).fit(theta, x, max_epochs=1)
+    joint.posterior().to(torch.float64)
+    half = torch.tensor([True, True, False, False])
+    x_nan = X_O.clone()
+    x_nan[2:] = float("nan")
+    with SimulatedDevice() as audit:
+        outputs = [joint.likelihood().sample(theta[:5], seed=0)]
+        outputs.append(joint.likelihood().log_prob(x[:5], theta[:5]))
+        marginal = joint.conditional(observed=half, theta=[0])
+        outputs.append(marginal.sample((6,), x=X_O, seed=0))
+        outputs.append(marginal.log_prob(outputs[-1], x=X_O))
+        outputs.append(joint.conditional().log_prob(theta[:3], x=x_nan))
+    assert not audit.mixed, audit.report()
+    for value in outputs:
+        assert value.dtype == torch.float64
