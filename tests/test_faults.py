@@ -13,6 +13,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from fault_helpers import noisy
 
 import simgen
 from simgen.bank import Bank
@@ -28,10 +29,6 @@ from simgen.errors import (
 from simgen.simulate import read_bank, run_simulator
 
 PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
-
-
-def noisy(theta, generator=None):
-    return theta + 0.1 * torch.randn(theta.shape, generator=generator)
 
 
 def other(theta, generator=None):

@@ -10,64 +10,17 @@ whose hanging call cannot be stopped) is in the default run: the worker processe
 others import torch afresh each time one is ended, about 25 CPU seconds a test.
 """
 
-import os
-import time
-
 import pytest
 import torch
+from fault_helpers import Bad, Case, noisy, same
 
 import simgen
 from simgen.bank import Bank
 from simgen.errors import SimulationStopped, SimulationWarning
-from simgen.simulate import sample_prior
 
 PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
 N, SEED, BATCH, TARGET = 8, 3, 2, 5
-
-
-def noisy(theta, generator=None):
-    return theta + 0.1 * torch.randn(theta.shape, generator=generator)
-
-
-class Bad:
-    """``noisy``, except for rows equal to ``target``: ``"raise"``, ``"exit"`` (the worker
-    process ends at once) or ``"hang"`` (until the file ``release`` exists); ``log`` gets a
-    line per bad call."""
-
-    def __init__(self, what, target, folder):
-        self.what, self.target = what, target
-        self.release, self.log = folder / "release", folder / "bad_calls"
-
-    def __call__(self, theta, generator=None):
-        if (theta == self.target).all(1).any():
-            with open(self.log, "a") as f:
-                f.write(f"{len(theta)}\n")
-            if self.what == "raise":
-                raise RuntimeError("bad theta")
-            if self.what == "exit":
-                os._exit(3)
-            end = time.monotonic() + 120
-            while not self.release.exists() and time.monotonic() < end:
-                time.sleep(0.02)
-        return noisy(theta, generator)
-
-    def calls(self):
-        return len(self.log.read_text().split()) if self.log.exists() else 0
-
-
-def _target():
-    return sample_prior(PRIOR, N, SEED)[TARGET]
-
-
-def _serial_with_raise(tmp_path):
-    with pytest.warns(SimulationWarning):
-        return simgen.simulate(
-            Bad("raise", _target(), tmp_path), PRIOR, N, seed=SEED, batch_size=BATCH
-        )
-
-
-def _same(a, b):
-    return torch.equal(a.theta, b.theta) and torch.equal(a.x, b.x)
+CASE = Case(PRIOR, N, SEED, BATCH, TARGET)
 
 
 @pytest.fixture
@@ -91,7 +44,7 @@ def test_a_hanging_theta_on_dask_threads_stops_the_run_naming_rows(tmp_path):
     """Threads (no nanny) cannot be stopped: the run stops, and keeps what had finished."""
     from dask.distributed import Client, LocalCluster
 
-    sim = Bad("hang", _target(), tmp_path)
+    sim = Bad("hang", CASE.target(), tmp_path)
     stop = pytest.raises(SimulationStopped, match="rows 4 to 5 \\(batch 2\\)")
     with (
         LocalCluster(n_workers=2, processes=False, dashboard_address=None) as cluster,
@@ -114,8 +67,8 @@ def test_a_hanging_theta_on_dask_threads_stops_the_run_naming_rows(tmp_path):
 def test_a_hanging_theta_on_a_dask_client_is_recorded_as_timeout(tmp_path, client):
     # Control: the serial run where that θ raises is the answer; a run that stopped, or
     # one whose other rows were bisected or lost, would differ from it.
-    expected = _serial_with_raise(tmp_path)
-    sim = Bad("hang", _target(), tmp_path / "hang")
+    expected = CASE.serial_with_raise(tmp_path)
+    sim = Bad("hang", CASE.target(), tmp_path / "hang")
     (tmp_path / "hang").mkdir()
     try:
         with pytest.warns(SimulationWarning, match="1 ran past the timeout"):
@@ -124,9 +77,9 @@ def test_a_hanging_theta_on_a_dask_client_is_recorded_as_timeout(tmp_path, clien
             )
     finally:
         sim.release.touch()
-    assert _same(result, expected) and len(result.theta) == N - 1
+    assert same(result, expected) and len(result.theta) == N - 1
     assert result.failed_reason == ["timeout"] and result.failed_attempts.tolist() == [1]
-    assert torch.equal(result.failed_theta, _target()[None])
+    assert torch.equal(result.failed_theta, CASE.target()[None])
     assert sim.calls() == 2  # the batch of 2 holding the row, then the row itself
     # The workers whose calls were stopped came back: the client still runs work.
     assert client.submit(sum, [1, 2]).result() == 3
@@ -134,24 +87,24 @@ def test_a_hanging_theta_on_a_dask_client_is_recorded_as_timeout(tmp_path, clien
 
 @pytest.mark.slow
 def test_a_theta_that_kills_its_worker_on_simgens_dask_cluster_is_recorded_as_crash(tmp_path):
-    expected = _serial_with_raise(tmp_path)
+    expected = CASE.serial_with_raise(tmp_path)
     (tmp_path / "exit").mkdir()
-    sim = Bad("exit", _target(), tmp_path / "exit")
+    sim = Bad("exit", CASE.target(), tmp_path / "exit")
     path = tmp_path / "b.zarr"
     run = dict(seed=SEED, batch_size=BATCH, bank=path, executor="dask", workers=2, retries=1)
     with pytest.warns(SimulationWarning, match="1 crashed"):
         result = simgen.simulate(sim, PRIOR, N, **run)
-    assert _same(result, expected)
+    assert same(result, expected)
     assert result.failed_reason == ["crash"] and result.failed_attempts.tolist() == [2]
     calls = sim.calls()
     with pytest.warns(SimulationWarning):  # the resume keeps the row failed, runs nothing
         again = simgen.simulate(sim, PRIOR, N, **run)
-    assert _same(again, expected) and sim.calls() == calls
+    assert same(again, expected) and sim.calls() == calls
 
 
 @pytest.mark.slow
 def test_a_theta_that_kills_workers_of_a_passed_client_stops_the_run_intact(tmp_path, client):
-    sim = Bad("exit", _target(), tmp_path)
+    sim = Bad("exit", CASE.target(), tmp_path)
     path = tmp_path / "b.zarr"
     with pytest.raises(SimulationStopped, match="rows 4 to 5 \\(batch 2\\)") as info:
         simgen.simulate(sim, PRIOR, N, seed=SEED, batch_size=BATCH, bank=path, executor=client)
@@ -167,4 +120,4 @@ def test_a_theta_that_kills_workers_of_a_passed_client_stops_the_run_intact(tmp_
         resumed = simgen.simulate(
             sim, PRIOR, N, seed=SEED, batch_size=BATCH, bank=path, executor="dask", workers=2
         )
-    assert _same(resumed, _serial_with_raise(tmp_path))
+    assert same(resumed, CASE.serial_with_raise(tmp_path))

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from fault_helpers import noisy
 from typer.testing import CliRunner
 
 import simgen
@@ -21,10 +22,6 @@ from simgen.simulate import sample_prior
 PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
 N, SEED, BATCH = 400, 1, 100
 LATE = sample_prior(PRIOR, N, SEED)[300:]  # the last batch's θ
-
-
-def noisy(theta, generator=None):
-    return theta + 0.1 * torch.randn(theta.shape, generator=generator)
 
 
 def wider_late(theta, generator=None):
@@ -149,7 +146,7 @@ def test_ctrl_c_in_a_sequential_cli_run_keeps_the_finished_rounds(tmp_path, monk
         return gaussian_linear.simulator(theta, generator=generator)
 
     task = types.SimpleNamespace(simulator=simulator, prior=gaussian_linear.prior)
-    monkeypatch.setattr("simgen.cli._task", lambda name: task)
+    monkeypatch.setattr("simgen.cli_train._task", lambda name: task)  # where `train` finds it
     x_obs, model = tmp_path / "x_o.pt", tmp_path / "seq.simgen"
     torch.save(gaussian_linear.x_o, x_obs)
     args = ["train", "gl", str(model), "--sequential", "--x-obs", str(x_obs)]

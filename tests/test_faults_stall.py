@@ -7,51 +7,20 @@ generators), and the θ itself is recorded as failed with its reason and tries. 
 worker processes are ``slow``.
 """
 
-import faulthandler
-import os
-import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 import torch
+from fault_helpers import Bad, Case, noisy, same
 
 import simgen
 from simgen.bank import Bank
 from simgen.errors import ConfigError, SimulationStopped, SimulationWarning
-from simgen.simulate import read_bank, sample_prior
+from simgen.simulate import read_bank
 
 PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
 N, SEED, BATCH, TARGET = 120, 3, 20, 47
-
-
-def noisy(theta, generator=None):
-    return theta + 0.1 * torch.randn(theta.shape, generator=generator)
-
-
-class Bad:
-    """``noisy``, except for rows equal to ``target``: ``"raise"``, ``"abort"`` or
-    ``"hang"`` (until the file ``release`` exists); ``log`` gets a line per bad call."""
-
-    def __init__(self, what, target, folder):
-        self.what, self.target = what, target
-        self.release, self.log = folder / "release", folder / "bad_calls"
-
-    def __call__(self, theta, generator=None):
-        if (theta == self.target).all(1).any():
-            with open(self.log, "a") as f:
-                f.write(f"{len(theta)}\n")
-            if self.what == "raise":
-                raise RuntimeError("bad theta")
-            if self.what == "abort":
-                faulthandler.disable()  # no traceback of the dying worker in the test log
-                os.abort()
-            end = time.monotonic() + 120
-            while not self.release.exists() and time.monotonic() < end:
-                time.sleep(0.02)
-        return noisy(theta, generator)
-
-    def calls(self):
-        return len(self.log.read_text().split()) if self.log.exists() else 0
+CASE = Case(PRIOR, N, SEED, BATCH, TARGET)
 
 
 class Flaky:
@@ -71,21 +40,6 @@ class Flaky:
         return noisy(theta, generator)
 
 
-def _target():
-    return sample_prior(PRIOR, N, SEED)[TARGET]
-
-
-def _serial_with_raise(tmp_path):
-    with pytest.warns(SimulationWarning):
-        return simgen.simulate(
-            Bad("raise", _target(), tmp_path), PRIOR, N, seed=SEED, batch_size=BATCH
-        )
-
-
-def _same(a, b):
-    return torch.equal(a.theta, b.theta) and torch.equal(a.x, b.x)
-
-
 # -- fast: in this process -----------------------------------------------------------------
 def test_retries_recover_a_flaky_simulator_with_the_serial_result(tmp_path):
     expected = simgen.simulate(noisy, PRIOR, N, seed=SEED, batch_size=BATCH)
@@ -93,7 +47,7 @@ def test_retries_recover_a_flaky_simulator_with_the_serial_result(tmp_path):
     recovered = simgen.simulate(
         Flaky(tmp_path / "a"), PRIOR, N, seed=SEED, batch_size=BATCH, retries=1
     )
-    assert _same(recovered, expected) and recovered.errors == []
+    assert same(recovered, expected) and recovered.errors == []
     # Without retries the failing call is bisected, and its rows get other generators.
     (tmp_path / "b").mkdir()
     bisected = simgen.simulate(Flaky(tmp_path / "b"), PRIOR, N, seed=SEED, batch_size=BATCH)
@@ -102,11 +56,11 @@ def test_retries_recover_a_flaky_simulator_with_the_serial_result(tmp_path):
 
 
 def test_a_row_that_always_raises_is_tried_retries_plus_one_times(tmp_path):
-    sim = Bad("raise", _target(), tmp_path)
+    sim = Bad("raise", CASE.target(), tmp_path)
     with pytest.warns(SimulationWarning, match="1 raised"):
         result = simgen.simulate(sim, PRIOR, N, seed=SEED, batch_size=BATCH, retries=2)
     assert result.failed_reason == ["raised"] and result.failed_attempts.tolist() == [3]
-    assert torch.equal(result.failed_theta, _target()[None])
+    assert torch.equal(result.failed_theta, CASE.target()[None])
     # 3 tries of the batch, then 3 of each part holding the row, down to the row itself.
     sizes = [int(n) for n in sim.log.read_text().split()]
     assert sizes == [20] * 3 + [10] * 3 + [5] * 3 + [3] * 3 + [1] * 3
@@ -114,7 +68,7 @@ def test_a_row_that_always_raises_is_tried_retries_plus_one_times(tmp_path):
 
 def test_bank_records_reason_and_attempts(tmp_path):
     path = tmp_path / "b.zarr"
-    sim = Bad("raise", _target(), tmp_path)
+    sim = Bad("raise", CASE.target(), tmp_path)
     with pytest.warns(SimulationWarning):
         simgen.simulate(sim, PRIOR, N, seed=SEED, batch_size=BATCH, bank=path, retries=1)
     with pytest.warns(SimulationWarning):
@@ -144,7 +98,7 @@ def test_bad_worker_options_are_clear_errors(kwargs, match):
 
 
 def test_a_call_past_the_timeout_on_a_passed_pool_stops_the_run_naming_rows(tmp_path):
-    sim = Bad("hang", _target(), tmp_path)
+    sim = Bad("hang", CASE.target(), tmp_path)
     path = tmp_path / "b.zarr"
     pool = ThreadPoolExecutor(2)
     try:
@@ -166,56 +120,56 @@ def test_a_call_past_the_timeout_on_a_passed_pool_stops_the_run_naming_rows(tmp_
 # -- slow: worker processes ----------------------------------------------------------------
 @pytest.mark.slow
 def test_a_hanging_theta_is_recorded_as_timeout_and_the_resume_does_not_hang(tmp_path):
-    expected = _serial_with_raise(tmp_path)
-    sim = Bad("hang", _target(), tmp_path)
+    expected = CASE.serial_with_raise(tmp_path)
+    sim = Bad("hang", CASE.target(), tmp_path)
     path = tmp_path / "b.zarr"
     run = dict(seed=SEED, batch_size=BATCH, bank=path, workers=2, timeout=1.0)
     try:
         with pytest.warns(SimulationWarning, match="1 ran past the timeout"):
             result = simgen.simulate(sim, PRIOR, N, **run)
-        assert _same(result, expected)
+        assert same(result, expected)
         assert result.failed_reason == ["timeout"] and result.failed_attempts.tolist() == [1]
         calls = sim.calls()
         with pytest.warns(SimulationWarning):  # the resume keeps the row failed
             again = simgen.simulate(sim, PRIOR, N, **run)
-        assert _same(again, expected) and sim.calls() == calls
+        assert same(again, expected) and sim.calls() == calls
     finally:
         (tmp_path / "release").touch()
     # Asked to, the resume simulates that batch again; now it returns, as noisy does.
     retried = simgen.simulate(sim, PRIOR, N, retry_failed=True, **run)
-    assert _same(retried, simgen.simulate(noisy, PRIOR, N, seed=SEED, batch_size=BATCH))
+    assert same(retried, simgen.simulate(noisy, PRIOR, N, seed=SEED, batch_size=BATCH))
 
 
 @pytest.mark.slow
 def test_the_default_timeout_worker_stops_a_hang_without_workers(tmp_path):
-    sim = Bad("hang", _target(), tmp_path)
+    sim = Bad("hang", CASE.target(), tmp_path)
     try:
         with pytest.warns(SimulationWarning):
             result = simgen.simulate(sim, PRIOR, N, seed=SEED, batch_size=BATCH, timeout=1.0)
     finally:
         (tmp_path / "release").touch()
-    assert _same(result, _serial_with_raise(tmp_path)) and result.failed_reason == ["timeout"]
+    assert same(result, CASE.serial_with_raise(tmp_path)) and result.failed_reason == ["timeout"]
 
 
 @pytest.mark.slow
 def test_an_aborting_theta_is_recorded_as_crash_and_the_run_goes_on(tmp_path):
-    expected = _serial_with_raise(tmp_path)
-    sim = Bad("abort", _target(), tmp_path)
+    expected = CASE.serial_with_raise(tmp_path)
+    sim = Bad("abort", CASE.target(), tmp_path)
     path = tmp_path / "b.zarr"
     run = dict(seed=SEED, batch_size=BATCH, bank=path, workers=2, retries=1)
     with pytest.warns(SimulationWarning, match="1 crashed"):
         result = simgen.simulate(sim, PRIOR, N, **run)
-    assert _same(result, expected)
+    assert same(result, expected)
     assert result.failed_reason == ["crash"] and result.failed_attempts.tolist() == [2]
     calls = sim.calls()
     with pytest.warns(SimulationWarning):
         again = simgen.simulate(sim, PRIOR, N, **run)
-    assert _same(again, expected) and sim.calls() == calls
+    assert same(again, expected) and sim.calls() == calls
 
 
 @pytest.mark.slow
 def test_an_abort_on_a_passed_process_pool_stops_the_run_with_the_bank_intact(tmp_path):
-    sim = Bad("abort", _target(), tmp_path)
+    sim = Bad("abort", CASE.target(), tmp_path)
     path = tmp_path / "b.zarr"
     stop = pytest.raises(SimulationStopped, match="rows 40 to 59 \\(batch 2\\)")
     with ProcessPoolExecutor(1) as pool, stop as info:  # one worker: the breaking batch is known
@@ -243,4 +197,4 @@ def test_worker_count_does_not_change_the_result(tmp_path):
                 Flaky(folder), PRIOR, N, seed=SEED, batch_size=BATCH, workers=workers, retries=1
             )
         )
-    assert _same(results[0], results[1]) and _same(results[0], expected)
+    assert same(results[0], results[1]) and same(results[0], expected)
