@@ -100,6 +100,12 @@ SECTIONS = [
         "OMP_NUM_THREADS=1 python -m benchmarks.bench_tutorials",
     ),
     (
+        "results_iid.md",
+        "Many i.i.d. trials: NLE/NRE sums, composed diffusion/flow matching, set-NPE vs sbi"
+        " i.i.d. NLE and NPSE (issue 19)",
+        "nice -n 5 python -m benchmarks.bench_iid --budgets 1000 10000 --seeds 0 1",
+    ),
+    (
         "results_ensemble.md",
         "NPE ensembles (K = 5) vs one member: C2ST and HPD coverage (issue 20)",
         "python -m benchmarks.bench_ensemble --tasks two_moons slcp --sims 1000 --seeds 0 1 2"
