@@ -29,6 +29,12 @@ call past its timeout there, a dead worker of a passed pool, and a call on a pas
 client that Dask gave up on (``KilledWorker``: it took its allowed number of workers down)
 stop the run with a :class:`~simgen.errors.SimulationStopped` naming the rows (what had
 finished is kept).
+
+A run that stops (a call raises, a batch's outputs have another shape or dtype than the
+first batch's, a worker of a passed pool dies or runs late) submits nothing more and waits
+for the calls still in flight, at most ``DRAIN_S`` and never for one past its timeout; each
+whole batch among them that finishes, with the first batch's layout, is delivered before
+the error is raised, so the finished simulations (``exc.partial``, or the bank) keep it.
 """
 
 from __future__ import annotations
@@ -48,10 +54,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from .bank import CRASHED, TIMEOUT
+from .bank import CRASHED, TIMEOUT, check_like, layout
 from .batches import BatchResult, Piece, batch_job, join
-from .errors import ConfigError, SimulationStopped
+from .errors import ConfigError, ShapeError, SimulationStopped
 from .simulator import Simulator
+from .workers_dask import _dask_cluster, _exit_worker, _running, dask_job
 
 __all__ = ["run_batches", "Workers", "schedule"]
 
@@ -61,8 +68,9 @@ POLL = 0.05
 #: Seconds to wait for the Dask scheduler to drop cancelled calls before ending a worker.
 CANCEL_WAIT = 10.0
 
-#: In a Dask worker process: when each running call started, by (worker address, task key).
-STARTED: dict[tuple[str, str], float] = {}
+#: Seconds a stopping run waits for its calls in flight: long enough for a batch of calls of
+#: a few seconds to finish, short enough that the error is not held back long.
+DRAIN_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,55 +205,6 @@ class Workers:
             self.cluster.simgen_settings.__exit__(None, None, None)
 
 
-def _dask_cluster(size: int) -> tuple[Any, Any]:
-    """A local Dask cluster of ``size`` worker processes (one thread each) that gives up on
-    a call at the first worker it kills, and a client of it."""
-    import dask
-    from dask.distributed import Client, LocalCluster
-
-    # A worker that takes longer than lost-worker-timeout (15 s) to come back after being
-    # ended would be dropped by the cluster for good; on a loaded machine it may well.
-    settings = dask.config.set({"distributed.deploy.lost-worker-timeout": "1 hour"})
-    try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-            cluster = LocalCluster(
-                n_workers=size, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-    except BaseException:
-        settings.__exit__(None, None, None)
-        raise
-    cluster.simgen_settings = settings  # restored by Workers.close
-    return cluster, Client(cluster)
-
-
-def dask_job(*args: Any) -> Any:
-    """:func:`~simgen.batches.batch_job` in a Dask worker, noting when it started."""
-    from distributed import get_worker
-
-    worker = get_worker()
-    key = (worker.address, str(worker.get_current_task()))
-    STARTED[key] = time.monotonic()
-    try:
-        return batch_job(*args)
-    finally:
-        STARTED.pop(key, None)
-
-
-def _running(dask_worker: Any) -> dict[str, Any]:
-    """Run by Dask on each worker: the calls running there and for how long, and whether
-    the worker has a nanny."""
-    now, address = time.monotonic(), dask_worker.address
-    running = {k: now - t for (a, k), t in list(STARTED.items()) if a == address}
-    return {"running": running, "nanny": getattr(dask_worker, "nanny", None)}
-
-
-async def _exit_worker(dask_worker: Any) -> None:
-    """Run by Dask on a worker with a nanny: end its process at once (a thread that hangs
-    cannot be stopped otherwise, and a graceful close would wait for it)."""
-    if getattr(dask_worker, "nanny", None):
-        os._exit(70)
-
-
 def _kill(pool: cf.ProcessPoolExecutor) -> None:
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
@@ -276,7 +235,12 @@ def schedule(
     timeout: float | None,
 ) -> Iterator[tuple[int, BatchResult]]:
     """Yield ``(b, result)`` for each batch as its last rows finish (see the module
-    docstring for what happens to calls that hang or crash)."""
+    docstring for what happens to calls that hang or crash, and to the calls in flight when
+    the run stops).
+
+    Raises:
+        ShapeError: A batch's outputs differ in shape or dtype from the first batch's.
+    """
     n = theta.shape[0]
     sizes = {b: min(batch_size, n - b * batch_size) for b in batches}
     todo = collections.deque(Call(b, 0, size) for b, size in sizes.items())
@@ -284,6 +248,42 @@ def schedule(
     running: dict[Any, tuple[Call, float]] = {}
     pieces: dict[int, list[tuple[int, Piece]]] = collections.defaultdict(list)
     errors: dict[int, list[str]] = collections.defaultdict(list)
+    expected: dict = {}
+
+    def checked(done: tuple[int, BatchResult]) -> tuple[int, BatchResult]:
+        b, outputs = done[0], done[1][0]
+        if outputs is not None:
+            if expected:
+                check_like(expected, outputs, b)
+            else:
+                expected.update(layout(outputs))
+        return done
+
+    def drain() -> Iterator[tuple[int, BatchResult]]:
+        """The whole batches that finish among the calls in flight (module docstring)."""
+        end = time.monotonic() + DRAIN_S
+        while time.monotonic() < end:
+            now = time.monotonic()
+            waiting = {f: v for f, v in running.items() if v[1] > now and not f.done()}
+            finished = [f for f in running if f.done()]
+            if not finished and not waiting:
+                return
+            if not finished:
+                _wait(pool, waiting)
+                continue
+            for future in finished:
+                call, _ = running.pop(future)
+                if future.cancelled() or future.exception() is not None:
+                    continue
+                outputs, status, errs, attempts = future.result()
+                pool.done_with(future)
+                done = settle(call, (outputs, status, attempts), errs)
+                try:
+                    done = None if done is None else checked(done)
+                except ShapeError:  # a batch unlike the first is no finished simulation
+                    done = None
+                if done is not None:
+                    yield done
 
     def settle(call: Call, piece: Piece, errs: list[str]) -> tuple[int, BatchResult] | None:
         b = call.batch
@@ -344,7 +344,7 @@ def schedule(
                     broken.append(call)
                     done = None
                 if done is not None:
-                    yield done
+                    yield checked(done)
             if broken:  # every call running on the pool died with it; find which crashed
                 lost = broken + [c for c, _ in running.values()]
                 running.clear()
@@ -352,7 +352,7 @@ def schedule(
                 if len(lost) == 1:
                     done = fail(lost[0], CRASHED)
                     if done is not None:
-                        yield done
+                        yield checked(done)
                 else:
                     requeue(dataclasses.replace(c, suspect=True) for c in lost)
             now = time.monotonic()
@@ -372,7 +372,10 @@ def schedule(
             for call in calls:
                 done = fail(call, TIMEOUT)
                 if done is not None:
-                    yield done
+                    yield checked(done)
+    except Exception:
+        yield from drain()
+        raise
     finally:
         for future in running:
             future.cancel()

@@ -6,6 +6,7 @@ names; a trained model on disk before anything after training (printing, the rep
 figures) can fail. Each case makes the late step fail and checks what survived.
 """
 
+import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +23,7 @@ from simgen.simulate import sample_prior
 PRIOR = simgen.BoxUniform(-torch.ones(2), torch.ones(2))
 N, SEED, BATCH = 400, 1, 100
 LATE = sample_prior(PRIOR, N, SEED)[300:]  # the last batch's θ
+SLOW = sample_prior(PRIOR, N, SEED)[200:300]  # batch 2's
 
 
 def wider_late(theta, generator=None):
@@ -33,20 +35,31 @@ def wider_late(theta, generator=None):
     return x
 
 
-def test_a_late_bad_batch_on_an_executor_attaches_the_finished_simulations():
+def slow_third_wider_last(theta, generator=None):
+    """``wider_late``, but the calls of batch 2 take two seconds: on a pool of two threads,
+    batch 3 fails while batch 2 is still running."""
+    if (theta[:1] == SLOW).all(1).any():
+        time.sleep(2.0)
+    return wider_late(theta, generator)
+
+
+def test_a_batch_in_flight_when_another_fails_is_waited_for_and_kept(monkeypatch):
+    """Batch 3 fails (one column too many) while batch 2 is still running on the other thread:
+    batch 2 is waited for, and ``exc.partial`` holds batches 0 to 2, each θ with its serial
+    x. Control: with no time to wait (``DRAIN_S = 0``) batch 2 is missing."""
     expected = simgen.simulate(noisy, PRIOR, N, seed=SEED, batch_size=BATCH)
-    with (
-        ThreadPoolExecutor(2) as pool,
-        pytest.raises(SimulationStopped, match="Batch 3 returned x") as info,
-    ):
-        simgen.simulate(wider_late, PRIOR, N, seed=SEED, batch_size=BATCH, executor=pool)
-    theta, x = info.value.partial
-    # Whole batches that had finished when batch 3 failed (with two threads, batch 2 may
-    # still be running), each row the serial run's θ paired with its x.
-    row = {tuple(t.tolist()): i for i, t in enumerate(expected.theta)}
-    index = torch.tensor([row[tuple(t.tolist())] for t in theta])
-    assert len(index) >= BATCH and len(index) % BATCH == 0 and (index < 300).all()
-    assert torch.equal(x, expected.x[index])
+    for drain, rows in ((30.0, 300), (0.0, 200)):
+        monkeypatch.setattr("simgen.workers.DRAIN_S", drain)
+        with (
+            ThreadPoolExecutor(2) as pool,
+            pytest.raises(SimulationStopped, match="Batch 3 returned x") as info,
+        ):
+            simgen.simulate(
+                slow_third_wider_last, PRIOR, N, seed=SEED, batch_size=BATCH, executor=pool
+            )
+        theta, x = info.value.partial
+        assert torch.equal(theta, expected.theta[:rows]), (drain, len(theta))
+        assert torch.equal(x, expected.x[:rows])
 
 
 def test_the_cli_saves_the_finished_simulations_of_a_stopped_run(tmp_path, monkeypatch):
