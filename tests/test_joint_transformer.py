@@ -184,7 +184,8 @@ def _moment_error(samples, mean, cov):
 def test_every_conditional_of_a_linear_gaussian_joint():
     """Seeded (simulations 0, training 0, draws 1). Tolerance: means within 0.25 posterior
     standard deviations, standard deviations within 25%, for the posterior, the posterior
-    from half of x, the marginal of θ_0 given half of x, and the likelihood. The control
+    from half of x, the marginal of θ_0 given half of x, and the likelihood; the MAP within
+    0.25 posterior standard deviations of the mode. The control
     answers the half-x question with the full posterior (a mask-ignoring model), which
     fails the same check."""
     theta, x = simulate(5000, 0)
@@ -210,6 +211,9 @@ def test_every_conditional_of_a_linear_gaussian_joint():
     full = checks["posterior"][0]
     mean_err, sd_err = _moment_error(full, mh, ch)
     assert not (mean_err < 0.25 and sd_err < 0.25), "control passed"
+    # the MAP (field_map) is the Gaussian's mean, within the same 0.25 posterior sds
+    mode_err = ((joint.posterior().map(x=X_O) - m).abs() / c.diagonal().sqrt()).max()
+    assert mode_err < 0.25, mode_err
     # the posterior density agrees with the closed form up to a constant error of the ODE
     gauss = torch.distributions.MultivariateNormal(m, c)
     diff = joint.posterior().log_prob(full[:200], x=X_O) - gauss.log_prob(full[:200])

@@ -42,8 +42,13 @@ priors: ``npe_support = "reject"``, as flow matching. The x of NPE and of the
 posterior pattern must be complete; only :class:`simgen.Joint`'s conditionals take missing
 entries. The context is tokenised as it is, so a custom ``embedding_net`` is refused.
 
-Defaults (width 64, 2 blocks, 4 heads, one token per x entry) keep a step cheap on a CPU;
-the cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count :math:`T`.
+Width 64, 2 blocks, 4 heads and one token per x entry keep a step cheap on a CPU; they are
+not searched. The cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count
+:math:`T`; at these sizes the per-token MLP dominates and a training epoch costs about
+linearly more per token (``benchmarks/results_joint.md``, "Cost per token"). Sampling with
+8 or 32 steps gave the same C2ST as 16 on the tuning set, so 16 stays, as flow matching.
+**MAP** (:meth:`JointTransformer.field_map`) climbs by denoising steps, one network call
+each, since the ODE density's gradient needs second derivatives through every step.
 """
 
 from __future__ import annotations
