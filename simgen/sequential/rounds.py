@@ -12,22 +12,22 @@ on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit
 and on two_moons at 1k it is worse (0.652 vs 0.610), two observations each. The rounds are:
 
 * **NPE** (any family; TSNPE, Deistler et al. 2022). Round 1 simulates from the prior. Round
-  :math:`r \ge 2` simulates from the prior truncated to :math:`R_1\cap\dots\cap R_{r-1}`,
-  :math:`R_s` the HPD region of round :math:`s`'s posterior at :math:`x_o`
-  (:mod:`simgen.sequential.truncation`; sample-only families use an ellipsoid). Training is
-  the plain NPE loss. The pooled proposal
+  :math:`r \ge 2` simulates from the prior truncated to :math:`R_{r-1}`, the HPD region of
+  round :math:`r-1`'s posterior at :math:`x_o` (:mod:`simgen.sequential.truncation`;
+  sample-only families use an ellipsoid), or with ``nested=True`` to
+  :math:`R_1\cap\dots\cap R_{r-1}`. Training is the plain NPE loss. The pooled proposal
   :math:`\bar p(\theta) = \sum_r w_r p(\theta)\mathbb 1_{A_r}(\theta)/Z_r` (:math:`A_r` the
   region round :math:`r` drew from) is proportional to the prior wherever every :math:`A_r`
   contains θ. So the loss's minimiser :math:`\bar p(\theta)p(x\mid\theta)/\bar p(x)` equals
   :math:`p(\theta \mid x_o)` on the intersection of the regions, which holds all but about
   :math:`\varepsilon` per round of the posterior mass, and no importance correction is
   needed. Outside the intersection the pooled posterior is biased whatever round r draws
-  from, so the nested proposals (``nested=True``, the default) spend no simulations there;
-  a round's own region, ``nested=False`` (the TSNPE paper's), can reach beyond an earlier
-  one. The fits' regions are several times too wide (a fit on a few hundred simulations
-  in 10-D is too broad in its tails), and each round's fit errs differently, so the
-  intersection is narrower than any one of them. The trade-off: true mass one round's
-  region cuts stays cut in every later proposal (``benchmarks/results_sequential.md``).
+  from; the nested proposals spend no simulations there and are narrower, but true mass
+  that one round's region cuts stays cut in every later proposal. Round r-1's region alone
+  (the TSNPE paper's) is the default: at 1k, nested regions held 0.6-0.8 of the prior mass
+  of the separate ones on gaussian_linear_uniform, cut up to 0.75% of the reference
+  posterior (against 0.2%) and did not lower C2ST on it, two_moons or gaussian_mixture
+  (``benchmarks/results_sequential.md``, "Nested regions").
 * **NLE / NRE** (SNLE, SNRE). Round :math:`r \ge 2` simulates from round :math:`r-1`'s MCMC
   posterior at :math:`x_o` (``proposal="posterior"``, the default for both). NLE's loss is
   minimised by the likelihood whatever θ's distribution. NRE-C's classifier learns
@@ -191,7 +191,7 @@ def sequential(
     progress: bool = False,
     callback: Any = None,
     warm_start: bool = False,
-    nested: bool = True,
+    nested: bool = False,
     **fit_options: Any,
 ) -> Any:
     """Spend ``num_simulations`` over ``num_rounds`` rounds focused on ``x_o``.
@@ -222,8 +222,8 @@ def sequential(
             z-scoring) instead of a fresh initialisation, as sbi's sequential methods do
             (off by default; see the module docstring).
         nested: Truncated proposals: round r draws from the intersection of the regions of
-            rounds 1..r-1 (the default; see the module docstring) rather than from round
-            r-1's region alone.
+            rounds 1..r-1 rather than from round r-1's region alone (off by default; see the
+            module docstring).
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
