@@ -172,12 +172,18 @@ def run_chain(n: int, seeds: int) -> list[str]:
     same ``n`` simulations per seed, as in the shower table."""
     from simulators import _latent_chain as chain
 
-    kls: dict[str, list[float]] = {m: [] for m in ("nre", *AUGMENTED)}
-    for seed in range(seeds):
-        sims = simulations(chain, n, seed)
-        for method in kls:
-            post = fit(chain, method, sims, n, seed, x_shape=(1,))
-            kls[method].append(chain.posterior_kl(post))
+    path = CELLS / f"chain-n{n}-seeds{seeds}.json"
+    if path.exists():
+        kls = json.loads(path.read_text())
+    else:
+        kls = {m: [] for m in ("nre", *AUGMENTED)}
+        for seed in range(seeds):
+            sims = simulations(chain, n, seed)
+            for method in kls:
+                post = fit(chain, method, sims, n, seed, x_shape=(1,))
+                kls[method].append(chain.posterior_kl(post))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kls))
     rows = []
     for method, values in kls.items():
         low, high = bootstrap(values)
