@@ -8,19 +8,7 @@ from typing import Any
 
 import typer
 
-from .cli_common import (
-    CONFIG_HELP,
-    REFERENCE_BUDGET_S,
-    _bars,
-    _count,
-    _echo,
-    _friendly,
-    _need,
-    _out_path,
-    _save,
-    _stage,
-    _task,
-)
+from . import cli_common as common
 from .errors import SimgenError, SimulationInterrupted
 
 
@@ -37,12 +25,12 @@ def _method(name: str, prior: Any, estimator: str) -> Any:
     raise ConfigError(f"Unknown method {name!r}; use one of npe, nle, nre, bnre.")
 
 
-@_friendly
+@common._friendly
 def train(
     task: str = typer.Argument(None, help="Built-in task or simulator module."),
     data: Path = typer.Argument(None, help="Data file (with --sequential: OUT)."),
     out: Path = typer.Argument(None),
-    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    config: Path | None = typer.Option(None, help=common.CONFIG_HELP),
     sequential: bool = typer.Option(False, help="Rounds focused on --x-obs (simulates)."),
     x_obs: Path | None = typer.Option(None, help="--sequential: x_o (.npy, .pt or .csv)."),
     num_simulations: int = typer.Option(1000, help="--sequential: total over all rounds."),
@@ -69,23 +57,23 @@ def train(
     from .errors import ConfigError
 
     if config is not None:
-        return _stage(config, "train")
+        return common._stage(config, "train")
     if sequential and out is None:
         data, out = None, data
-    _need(task=task, out=out) if sequential else _need(task=task, data=data, out=out)
-    out = _out_path(out)
-    _count(seed, "--seed", low=0)
-    _count(max_epochs, "--max-epochs")
-    _count(batch_size, "--batch-size")
+    common._need(task=task, out=out) if sequential else common._need(task=task, data=data, out=out)
+    out = common._out_path(out)
+    common._count(seed, "--seed", low=0)
+    common._count(max_epochs, "--max-epochs")
+    common._count(batch_size, "--batch-size")
     if sequential:
         from .project import read_observation
         from .sequential import sequential as rounds
 
         if x_obs is None:
             raise ConfigError("--sequential needs --x-obs FILE (.npy, .pt or .csv): the x_o.")
-        _count(num_simulations, "--num-simulations", low=2)
-        _count(num_rounds, "--num-rounds")
-        t = _task(task)
+        common._count(num_simulations, "--num-simulations", low=2)
+        common._count(num_rounds, "--num-rounds")
+        t = common._task(task)
         # Without --bank the rounds are kept beside OUT until the run has finished, so that a
         # late error or Ctrl-C loses no finished round: the same command resumes.
         folder = out.with_name(f"{out.stem}.rounds") if bank is None else bank.expanduser()
@@ -98,7 +86,7 @@ def train(
                 num_rounds=num_rounds,
                 seed=seed,
                 bank=folder,
-                progress=_bars(),
+                progress=common._bars(),
                 max_epochs=max_epochs,
                 batch_size=batch_size,
                 device=device,
@@ -113,7 +101,7 @@ def train(
 
             shutil.rmtree(folder, ignore_errors=True)
         typer.echo(posterior.rounds.table())
-        return _echo(f"saved {out}")
+        return common._echo(f"saved {out}")
     from .pipeline import read_data
 
     stored = read_data(data.expanduser())
@@ -124,7 +112,7 @@ def train(
         if "joint_score" not in stored:
             raise ConfigError(f"{data} has no joint score; write it with `simulate --joint`.")
         extra["joint_score"] = stored["joint_score"]
-    posterior = _method(method, _task(task).prior, estimator).fit(
+    posterior = _method(method, common._task(task).prior, estimator).fit(
         stored["theta"],
         stored["x"],
         seed=seed,
@@ -138,12 +126,12 @@ def train(
     typer.echo(f"trained {h.epochs} epochs in {h.seconds:.1f} s; saved {out}")
 
 
-@_friendly
+@common._friendly
 def sample(
     model: Path = typer.Argument(None, help="Model file (.simgen)."),
     task: str = typer.Argument(None, help="Built-in task: sample at its x_o."),
     x_obs: Path | None = typer.Option(None, help="Observation file (.npy, .pt or .csv)."),
-    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    config: Path | None = typer.Option(None, help=common.CONFIG_HELP),
     num_samples: int = 10_000,
     out: Path | None = None,
     seed: int = 0,
@@ -160,15 +148,15 @@ def sample(
     from .serialization import load
 
     if config is not None:
-        return _stage(config, "sample")
-    _need(model=model)
-    out = None if out is None else _out_path(out)
-    _count(num_samples, "--num-samples")
-    _count(seed, "--seed", low=0)
+        return common._stage(config, "sample")
+    common._need(model=model)
+    out = None if out is None else common._out_path(out)
+    common._count(num_samples, "--num-samples")
+    common._count(seed, "--seed", low=0)
     if (task is None) == (x_obs is None):
         raise ConfigError("Give either TASK (sample at its x_o) or --x-obs FILE, not both.")
     remembered = task_of(model.expanduser()) or {}
-    t = None if task is None else _task(task)
+    t = None if task is None else common._task(task)
     x_o = t.x_o if t is not None else read_observation(x_obs.expanduser())
     posterior = load(model.expanduser())
     samples = posterior.sample((num_samples,), x=x_o, seed=seed)
@@ -180,14 +168,14 @@ def sample(
         true = "" if t is None else f" (true {float(t.theta_o[i]):.4f})"
         typer.echo(f"{names[i]}: mean {m:.4f} std {s:.4f}{unit}{true}")
     if out is not None:
-        _save({"samples": samples}, out)
+        common._save({"samples": samples}, out)
 
 
-@_friendly
+@common._friendly
 def diagnose(
     model: Path = typer.Argument(None, help="Model file (.simgen)."),
     task: str = typer.Argument(None, help="Built-in task or simulator module."),
-    config: Path | None = typer.Option(None, help=CONFIG_HELP),
+    config: Path | None = typer.Option(None, help=common.CONFIG_HELP),
     report: Path = Path("report.md"),
     num_simulations: int = 500,
     num_samples: int = 500,
@@ -195,7 +183,7 @@ def diagnose(
     reference: bool = typer.Option(
         None,
         help="C2ST against the task's reference posterior; by default only when it takes "
-        f"under {REFERENCE_BUDGET_S:.0f} s (the task's REFERENCE_SECONDS).",
+        f"under {common.REFERENCE_BUDGET_S:.0f} s (the task's REFERENCE_SECONDS).",
     ),
 ) -> None:
     """Run SBC, TARP, coverage, z-scores and a predictive check; write a report.
@@ -207,15 +195,15 @@ def diagnose(
     from .serialization import load
 
     if config is not None:
-        return _stage(config, "diagnose")
-    _need(model=model, task=task)
-    report = _out_path(report, "--report")
-    _count(num_simulations, "--num-simulations")
-    _count(num_samples, "--num-samples")
-    _count(seed, "--seed", low=0)
-    t = _task(task)
+        return common._stage(config, "diagnose")
+    common._need(model=model, task=task)
+    report = common._out_path(report, "--report")
+    common._count(num_simulations, "--num-simulations")
+    common._count(num_samples, "--num-samples")
+    common._count(seed, "--seed", low=0)
+    t = common._task(task)
     if reference is None:
-        reference = getattr(t, "REFERENCE_SECONDS", 0.0) <= REFERENCE_BUDGET_S
+        reference = getattr(t, "REFERENCE_SECONDS", 0.0) <= common.REFERENCE_BUDGET_S
         if not reference and hasattr(t, "reference_posterior"):
             typer.echo(
                 f"skipping the reference posterior of {task!r} (about "

@@ -159,7 +159,7 @@ def test_ctrl_c_in_a_sequential_cli_run_keeps_the_finished_rounds(tmp_path, monk
         return gaussian_linear.simulator(theta, generator=generator)
 
     task = types.SimpleNamespace(simulator=simulator, prior=gaussian_linear.prior)
-    monkeypatch.setattr("simgen.cli_train._task", lambda name: task)  # where `train` finds it
+    monkeypatch.setattr("simgen.cli_common._task", lambda name: task)  # where `train` finds it
     x_obs, model = tmp_path / "x_o.pt", tmp_path / "seq.simgen"
     torch.save(gaussian_linear.x_o, x_obs)
     args = ["train", "gl", str(model), "--sequential", "--x-obs", str(x_obs)]
