@@ -31,10 +31,11 @@ Every sequential method splits the budget equally over ``--rounds`` (4) rounds. 
 cached as JSON in ``benchmarks/.cache/sequential/<task>/`` keyed by the run, the spec, the
 sample count, the observation and the code (sbi's version or a hash of simgen's source), so
 the script can be stopped at any time and rerun: it skips finished runs and rewrites the
-table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) from every cached
-run of the current code. simgen runs also record, per round, the prior mass of the next
-proposal region and the share of reference draws outside it (what a too-narrow region cuts);
-``--per-round`` adds each round's C2ST (not timed).
+table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) and
+``results_sequential.jsonl`` (one line per run) from every cached run of the current code
+(or of the simgen codes ``--codes`` lists). simgen runs also record, per round, the prior
+mass of the next proposal region and the share of reference draws outside it (what a
+too-narrow region cuts); ``--per-round`` adds each round's C2ST (not timed).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import statistics
 import time
 import warnings
@@ -55,6 +55,7 @@ import torch
 
 import simgen
 from benchmarks import evaluation, harness, warm_up_torch
+from benchmarks.sequential_regions import round_one_regions, true_regions
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
 from simgen.sequential import HPDRegion, TruncatedPrior
@@ -266,8 +267,11 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
 
 
 def cached_rows(args) -> list[dict]:
-    """Every cached run of the current code (simgen's source hash, sbi's version)."""
+    """Every cached run of the current code (simgen's source hash, sbi's version), or of
+    the simgen source hashes listed in ``--codes`` (with sbi's version)."""
     codes = {_code_key("sbi"), _code_key("simgen")}
+    if args.codes:
+        codes = {_code_key("sbi"), *args.codes.split(",")}
     rows = []
     for path in sorted(CACHE.glob("*/*.json")):
         row = json.loads(path.read_text())
@@ -386,36 +390,9 @@ def write_markdown(rows: list[dict]) -> None:
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
     OUT.write_text(head + "\n".join(body) + tail)
-
-
-def _log_likelihood(task, name: str, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The closed-form log-likelihood of the two tasks :func:`true_regions` covers."""
-    d2 = ((x - theta) ** 2).sum(-1)
-    if name == "gaussian_linear_uniform":
-        return -0.5 * d2 / task.LIKELIHOOD_VAR
-    parts = [-0.5 * d2 / s**2 - theta.shape[-1] * math.log(s) for s in task.SCALES]
-    return torch.logaddexp(*parts)
-
-
-def true_regions(num_observations: int, epsilon: float = 1e-4) -> list[str]:
-    """Prior mass of the exact posterior's HPD region holding 1 - ε (the region a perfect
-    round-1 fit would give), on the tasks with a closed-form likelihood and a uniform prior
-    (so the posterior density is the likelihood inside the box): 10⁵ exact posterior draws
-    set the threshold, 2·10⁵ prior draws the mass."""
-    lines = ["| task | observation | prior mass of the exact 1e-4 HPD region |", "|---|---|---|"]
-    for name in ("gaussian_linear_uniform", "gaussian_mixture"):
-        task = harness.load_task(name)
-        _, xs = harness.observations(name, "report", num_observations)
-        for i, x in enumerate(xs):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(i)
-                draws = task.reference_posterior(x, 100_000, seed=1)
-                prior = task.prior.sample((200_000,))
-            log_q = torch.sort(_log_likelihood(task, name, draws, x)).values
-            tau = log_q[int(epsilon * len(log_q))]
-            mass = float((_log_likelihood(task, name, prior, x) >= tau).float().mean())
-            lines.append(f"| {name} | {i} | {mass:.3f} |")
-    return lines
+    keys = ("task", "method", "observation", "seed", "budget", "rounds", "c2st", "cpu_s", "code")
+    runs = [{k: r.get(k) for k in keys} for r in rows]
+    OUT.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
 def main() -> None:
@@ -430,10 +407,16 @@ def main() -> None:
     parser.add_argument("--per-round", action="store_true", help="C2ST of every round")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
     parser.add_argument("--any-code", action="store_true", help="table: runs of any code")
+    parser.add_argument("--codes", default="", help="table: runs of these simgen codes (a,b)")
     parser.add_argument("--true-regions", action="store_true", help="exact regions' prior mass")
+    parser.add_argument("--round-one", action="store_true", help="round 1's regions, measured")
     args = parser.parse_args()
     if args.true_regions:
         print("\n".join(true_regions(args.observations)))
+        return
+    if args.round_one:
+        torch.set_num_threads(1)
+        print("\n".join(round_one_regions(args.observations)))
         return
     torch.set_num_threads(1)
     if not args.table_only:
