@@ -13,9 +13,10 @@ Cases: ``narrow`` (gaussian_linear, 10 numbers of x a row, 10,000 rows, NSF) and
 decompressing chunks is a larger share of each step; ``wide, x blosc-lz4`` trains on the
 same bank with its x re-encoded by blosc (lz4, byte shuffle) instead of the bank's zstd, to
 show what the codec costs. Each fit runs 4 epochs (3 with ``--quick``, on 5,000 rows and one
-seed).
+seed); five seeds otherwise. A last table times one chunk's read through zarr and directly,
+by codec.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming            # 3 seeds, both cases
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming            # 5 seeds, every case
     OMP_NUM_THREADS=1 python -m benchmarks.bench_streaming --quick    # 1 seed, fewer rows
 """
 
@@ -56,8 +57,9 @@ def _narrow_case(rows: int):
     return gaussian_linear.prior, gaussian_linear.simulator, rows, {}
 
 
-def _recode_x(path: Path) -> None:
-    """Re-encode the bank's x with blosc (lz4, byte shuffle), chunks and values unchanged."""
+def _recode_x(path: Path, codec: str = "blosc-lz4") -> None:
+    """Re-encode the bank's x with ``codec`` (``"blosc-lz4"``: blosc, lz4 and byte shuffle;
+    ``"bytes"``: no compression), chunks and values unchanged."""
     import numpy as np
     import zarr
     from zarr.codecs import BloscCodec
@@ -65,10 +67,10 @@ def _recode_x(path: Path) -> None:
     group = zarr.open_group(path, mode="r+")
     data, chunks = group["x"][:], group["x"].chunks
     del group["x"]
-    codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     group.create_array(
         "x", shape=data.shape, dtype=data.dtype, chunks=chunks, fill_value=np.nan,
-        compressors=[codec],
+        compressors=[blosc] if codec == "blosc-lz4" else None,
     )  # fmt: skip
     group["x"][:] = data
 
@@ -228,11 +230,49 @@ def memory_table(rows: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_table(rows: int, repeats: int = 5, reads: int = 30) -> str:
+    """CPU milliseconds per chunk a stream reads from the wide bank (1,000 rows of 1,000
+    float32, 4 MB), through zarr (and ``release`` after each, as the stream does for zarr's
+    reads) and directly (``stream_sources.ChunkFiles``), for x in zstd (what a bank writes),
+    blosc-lz4 and plain bytes: the median and range over ``repeats`` runs of ``reads``."""
+    from simgen import simulate
+    from simgen.streaming import Stream
+
+    prior, simulator, rows, _ = _wide_case(rows)
+    lines = [
+        "| x stored as | read | CPU ms per chunk, median | min - max |",
+        "|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bank.zarr"
+        simulate(simulator, prior, rows, seed=0, batch_size=1000, bank=path)
+        for codec in ("zstd", "blosc-lz4", "bytes"):
+            if codec != "zstd":
+                _recode_x(path, codec)
+            for how in ("zarr", "direct"):
+                stream = Stream(path)
+                if how == "zarr":
+                    stream.source.files, stream.source.threaded = {}, True
+                chunks = [i % stream.num_chunks for i in range(reads)]
+                times = []
+                for _ in range(repeats):
+                    start = time.process_time()
+                    for _ in stream._reads(chunks):
+                        pass
+                    times.append((time.process_time() - start) / reads * 1e3)
+                median = statistics.median(times)
+                print(f"reads: {codec} {how}: {median:.2f} ms per chunk", flush=True)
+                lines.append(
+                    f"| {codec} | {how} | {median:.2f} | {min(times):.2f} - {max(times):.2f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     torch.set_num_threads(1)
     warm_up_torch()
-    seeds = [0] if quick else [0, 1, 2]
+    seeds = [0] if quick else [0, 1, 2, 3, 4]
     rows = 5000 if quick else 10000
     epochs = 3 if quick else 4
     results = run_case("narrow", _narrow_case, rows, seeds, epochs)
@@ -242,6 +282,7 @@ def main() -> None:
         " --quick" if quick else ""
     )
     memory = memory_table(5000 if quick else 20000)
+    reads = read_table(5000 if quick else 10000)
     RESULTS.write_text(
         "# Training from a bank vs in memory (issue 22)\n\n"
         "NPE trained for a fixed number of epochs on the same simulations, from "
@@ -249,12 +290,18 @@ def main() -> None:
         "per CPU second (`time.process_time`, all threads) of the whole `fit` call, set-up "
         "passes and validation included. Target: bank >= 0.8x in-memory steps/s on CPU. "
         "The read-ahead column trains from the bank with `StreamConfig(prefetch=2)` (a "
-        "reading thread two chunks ahead).\n\n"
+        "reading thread two chunks ahead). The `wide, x blosc-lz4` rows train on the same "
+        "wide bank with its x re-encoded by blosc (lz4, byte shuffle) instead of the zstd a "
+        "bank writes, to show what decompressing costs.\n\n"
         f"`{command}`\n\n" + table(results) + "\n## Peak memory of one epoch from a bank\n\n"
         "Peak RSS growth of a child process over one NPE epoch from the wide bank (batch "
         "512), measured after torch and zarr have started; `tests/test_streaming.py` checks "
         "the same on a 400 MB bank against a 100 MB budget.\n\n"
-        f"`{command}`\n\n" + memory
+        f"`{command}`\n\n" + memory + "\n## Reading one chunk\n\n"
+        "CPU milliseconds per 4 MB chunk (1,000 rows of 1,000 float32) that a stream reads "
+        "from the wide bank, through zarr and directly (`simgen.stream_sources.ChunkFiles`), "
+        "by how x is stored; median and range over 5 runs of 30 reads.\n\n"
+        f"`{command}`\n\n" + reads
     )
     print(RESULTS.read_text())
 
