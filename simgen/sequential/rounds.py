@@ -5,7 +5,8 @@ equally over the rounds (the remainder goes to round 1). An equal split is the T
 and sbi's tutorial scheme. Each round simulates from a proposal, pools the simulations of
 every round so far, and retrains the method from scratch on the pool. ``warm_start=True``
 (NPE) starts round r's training from round r-1's weights and z-scoring instead. It is off
-by default because its effect depends on the task (``benchmarks/results_sequential.md``):
+by default because its effect depends on the task (``benchmarks/results_sequential.md``,
+"The fast test", and ``docs/decisions.md``, measured with nsf through the support transform):
 on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit's failures
 (KL <= 0.1 nats on all of seeds 0-4; from scratch, seed 1 goes from KL 0.067 in round 3 to
 1.10 in round 4), on gaussian_linear_uniform at 1k it does not help (C2ST 0.714 vs 0.693)
