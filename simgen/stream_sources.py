@@ -11,8 +11,9 @@ the file into a reused byte buffer, decoded straight into the chunk's array. zar
 of the same chunk hands the file to its event-loop thread, decodes in a worker thread and
 copies the result into a fresh output array, and the freed memory of those threads' arenas
 must be handed back to the system (:func:`release`) to keep a pass's peak memory bounded,
-after which the next chunk's pages are faulted in again: on a 4 MB chunk of x that read
-cost about twice the direct one on this machine (``benchmarks/results_streaming.md``). An
+after which the next chunk's pages are faulted in again: for a 4 MB chunk of x that read
+cost 1.8 times the CPU of the direct one with zstd and 4.7 times without compression
+(``benchmarks/results_streaming.md``, "Reading one chunk"). An
 array laid out any other way, a missing chunk file (zarr then gives the fill value) and a
 chunk that does not decode to the chunk's size go through zarr (which reads or raises), so
 what is read is what zarr reads; ``tests/test_streaming.py`` compares the two bit for bit.

@@ -73,7 +73,7 @@ class StreamConfig:
             training loop). Read-ahead overlaps reading with the optimizer steps in wall time
             but not in CPU time, and the thread's allocator arena keeps freed chunks
             resident: on an 80 MB bank of wide x two chunks ahead raised an epoch's peak RSS
-            growth from 93 to 118 MB for CPU-time ratios within the seeds' spread
+            growth from 75 to 92 MB for CPU-time ratios within the seeds' spread
             (``benchmarks/results_streaming.md``).
         sample_rows: Rows of x a full pass keeps as a seeded sample (:attr:`Stream.x_sample`;
             NPE's training-x sample, :mod:`simgen.typicality`).
