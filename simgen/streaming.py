@@ -62,7 +62,7 @@ class StreamConfig:
             million rows of 8 numbers (an in-memory shuffle), and 4,096 rows of wide x (4 KB
             a row: four bank chunks mixed), which keeps training from the 400 MB bank of
             ``tests/test_streaming.py`` under its 100 MB budget (one epoch from a 120 MB bank
-            of wide x grew peak RSS by 84 MB with 16 MiB, by 102 MB with 32 MiB).
+            of wide x grew peak RSS by 79 MB with 16 MiB, by 94-97 MB with 32 MiB).
         validation_bytes: The validation rows are kept in memory after the first epoch when
             they take at most this much (a bank of up to 160 MB at the default 10%), and
             read again every epoch otherwise.
