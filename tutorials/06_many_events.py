@@ -42,10 +42,11 @@
 # 100 and 1,000 events contraction, and coverage over datasets at 10 and 100, are what we
 # can show.
 #
-# Run end to end with `python tutorials/06_many_events.py`: sized for about 10 CPU-minutes
-# on one laptop core (10,000 single events, 2,000 sets of up to 100 events, 500 posterior
-# draws at 10, 100 and 1,000 events, coverage over 10 datasets at 10 and 100 events, and a
-# 500-draw reference at 3 events, which alone takes about 3 of those minutes). Set
+# Run end to end with `python tutorials/06_many_events.py` (10,000 single events, 2,000 sets
+# of up to 100 events, 500 posterior draws at 10, 100 and 1,000 events, coverage over 10
+# datasets at 10 and 100 events, a 500-draw reference at 3 events): on one core, sections
+# 1-3 took about 6 CPU-minutes, coverage over 3 more, and the reference adds about 3
+# (`particle_shower`'s docstring), so allow 15 minutes. Set
 # `SIMGEN_FAST=1` for a quick pass: few simulations and epochs, 10 and 50 events, no
 # reference; the numbers then only show the mechanics. Cells are marked `# %%` for
 # Jupyter/VS Code.
