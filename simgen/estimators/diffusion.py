@@ -81,10 +81,11 @@ and ``benchmarks/results_families.md``):
 * ``precondition`` and ``control_variate`` off: neither improved C2ST.
 * Training (``train_defaults``): learning rate 3e-3, at least 100 epochs (the
   zero-initialised network starts at the baseline, which the first noisy epochs often do
-  not beat) and patience 29: it stops after 29 epochs without improvement, as the runs
-  measured in ``results_seeds.md`` did, which at 10,000 simulations train in about 0.6 of
-  the time of 39 at a small loss of accuracy; pass ``patience=39`` to ``fit`` when accuracy
-  matters more than time.
+  not beat) and patience 39: on two_moons' tuning observations at 1,000 simulations it
+  lowered C2ST from 0.682 to 0.607 for 1.4x the CPU time against patience 29
+  (``benchmarks/results_report_generative.md``, tuning set); at 10,000 simulations it costs
+  about 1.6x the time of 29 (``results_seeds.md``); pass ``patience=29`` to ``fit`` when
+  time matters more than accuracy.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class Diffusion(BaselineEstimator):
     solver_defaults = SolverConfig(steps=50)
     baseline_threshold = 0.05
     #: See the module docstring; a caller's smaller ``max_epochs`` caps ``min_epochs``.
-    train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 29}
+    train_defaults = {"learning_rate": 3e-3, "min_epochs": 100, "patience": 39}
     #: Options of models saved before they existed: the plain MLP without a baseline.
     LEGACY_OPTIONS = {
         "hidden_features": [128, 128, 128],
