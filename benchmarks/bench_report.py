@@ -67,9 +67,9 @@ def _exclusion_note(results: dict) -> list[str]:
         return []
     named = "; ".join(f"{t} #{', #'.join(map(str, idx))}" for t, idx in left)
     return [
-        f"Left out of every statistic of their task: {named}, whose reference posterior fails "
-        "its check (table below); a C2ST against it would not measure the method. The task "
-        "column says `(without #i)`.",
+        f"Left out of every statistic of their task: {named}, whose cached reference posterior "
+        "fails its check (`harness.check_reference`); a C2ST against it would not measure the "
+        "method. The task column says `(without #i)`.",
         "",
     ]
 

@@ -351,7 +351,9 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
         if s.get("excluded"):
             task += " (without " + ", ".join(f"#{i}" for i in s["excluded"]) + ")"
         if not s.get("seeds"):
-            err = f"error: {s['errors'][0][:80]}" if s.get("errors") else "not run"
+            # One line, no pipes: an error message must not break the Markdown row.
+            first = " ".join(s["errors"][0].replace("|", "/").split()) if s.get("errors") else ""
+            err = f"error: {first[:80]}" if first else "not run"
             rows.append(f"| {task} | {budget} | {spec} | 0 | {err} | | | | |")
             continue
         ratio = ""
