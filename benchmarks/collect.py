@@ -23,7 +23,7 @@ SECTIONS = [
     (
         "results_report_generative.md",
         "Flow matching vs FMPE and diffusion vs NPSE on many observations (issue 24)",
-        "python -m benchmarks.bench_report --tasks two_moons --budgets 1000 --seeds 0 1 2"
+        "python -m benchmarks.bench_report --tasks two_moons slcp --budgets 1000 --seeds 0 1 2"
         " --set report --methods fm,sbi_fmpe,diffusion,sbi_npse --c2st-samples 1000"
         " --out benchmarks/results_report_generative.md",
     ),
