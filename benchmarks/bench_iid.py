@@ -17,6 +17,11 @@ cannot train on single trials: it gets N *sets* of 1..100 trials
 (``simgen.simulate(..., trials=(1, 100), seed=s)``), about 50 N trials, so its row is
 not a same-data comparison and says so. Every library runs with its defaults.
 
+sbi's NPSE i.i.d. route is expensive before it draws: ``auto_gauss`` first estimates every
+trial's posterior precision by sampling each trial's posterior, then runs its 500-step
+sampler on all trials; trained on 200 simulations, 50 draws at n = 100 had not returned
+after 89 CPU seconds, so the run in ``results_iid.md`` leaves it out (``--routes``).
+
 Per cell: CPU seconds (``time.process_time``, ``OMP_NUM_THREADS=1``) to train, and to draw
 1,000 posterior samples at each observation (one ``sample`` call per observation, for
 simgen and sbi alike); C2ST of those 1,000 draws against 1,000 exact draws. Cells are cached
