@@ -165,19 +165,26 @@ HEADER = (
 )
 
 
+def _cells(task_name, set_name, budget, num_obs, seeds, labels, spec_of, options_of):
+    """Every (label, seed) cell of one task, trained on the seed's shared simulations."""
+    task = harness.load_task(task_name)
+    rows = {label: [] for label in labels}
+    for seed in seeds:
+        data = evaluation.training_data(task, budget, seed)
+        for label in labels:
+            got = cell(task_name, set_name, budget, spec_of(label), seed, num_obs, data,
+                       **options_of(label))  # fmt: skip
+            rows[label].append(got)
+            print(task_name, label, seed, got["c2st"], f"{got['train_s']:.0f}s", flush=True)
+    return rows
+
+
 def tuning(tasks, budget, num_obs, seeds, labels) -> str:
     parts = []
     for task_name in tasks:
-        task = harness.load_task(task_name)
-        rows = {label: [] for label in labels}
-        for seed in seeds:
-            data = evaluation.training_data(task, budget, seed)
-            for label in labels:
-                spec = CONFIGS[label][1]
-                got = cell(task_name, "tuning", budget, spec, seed, num_obs, data,
-                           STEP_VARIANTS.get(label, ()))  # fmt: skip
-                rows[label].append(got)
-                print(task_name, label, seed, got["c2st"], f"{got['train_s']:.0f}s", flush=True)
+        rows = _cells(task_name, "tuning", budget, num_obs, seeds, labels,
+                      lambda label: CONFIGS[label][1],
+                      lambda label: {"steps": STEP_VARIANTS.get(label, ())})  # fmt: skip
         lines = [f"**{task_name}, {budget} simulations**", "", HEADER]
         for label in labels:
             lines.append(_row(label, CONFIGS[label][0], rows[label]))
@@ -198,15 +205,8 @@ REPORT_HEADER = (
 def report(tasks, budget, num_obs, seeds, labels) -> str:
     lines = [REPORT_HEADER]
     for task_name in tasks:
-        task = harness.load_task(task_name)
-        rows = {label: [] for label in labels}
-        for seed in seeds:
-            data = evaluation.training_data(task, budget, seed)
-            for label in labels:
-                got = cell(task_name, "report", budget, REPORT[label], seed, num_obs, data,
-                           timed=True)  # fmt: skip
-                rows[label].append(got)
-                print(task_name, label, seed, got["c2st"], f"{got['train_s']:.0f}s", flush=True)
+        rows = _cells(task_name, "report", budget, num_obs, seeds, labels,
+                      REPORT.__getitem__, lambda label: {"timed": True})  # fmt: skip
         for label in labels:
             cells = rows[label]
             per_seed = [_mean(c["c2st"]) for c in cells]
