@@ -49,13 +49,19 @@ Method = Callable[[Any, torch.Tensor, torch.Tensor, int], Any]
 
 
 class _Quiet:
-    """An sbi posterior whose ``sample`` shows no progress bar."""
+    """An sbi posterior whose ``sample`` shows no progress bar and takes x flattened.
+
+    sbi's default NPE refuses an x of more than one dimension without an embedding net
+    (cosmology_field's (32, 32) fields); simgen's flattens it, so sbi gets the same
+    flattened numbers.
+    """
 
     def __init__(self, posterior: Any):
         self.posterior = posterior
 
     def sample(self, sample_shape, x):
-        return self.posterior.sample(sample_shape, x=x, show_progress_bars=False)
+        flat = x.reshape(1, -1) if x.dim() > 1 else x
+        return self.posterior.sample(sample_shape, x=flat, show_progress_bars=False)
 
 
 def _sbi_prior(prior):
@@ -88,7 +94,8 @@ def _sbi(cls: str, **options: Any) -> Method:
         inference = getattr(si, cls)(
             prior=_sbi_prior(task.prior), show_progress_bars=False, **build
         )
-        inference.append_simulations(theta, x).train(show_train_summary=False, **train)
+        flat = x.reshape(len(x), -1)
+        inference.append_simulations(theta, flat).train(show_train_summary=False, **train)
         return _Quiet(inference.build_posterior())
 
     return fit
