@@ -74,6 +74,28 @@ def _exclusion_note(results: dict) -> list[str]:
     ]
 
 
+def _cost_table(results: dict) -> list[str]:
+    """Where each fit's CPU goes: training (epochs run, CPU s per epoch) and sampling."""
+    rows = [
+        "| task | sims | method | train CPU s | epochs | CPU s / epoch | sample CPU s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, budget, spec), s in results.items():
+        if not s.get("seeds"):
+            continue
+        known = [e for e in s.get("epochs", []) if e is not None]
+        epochs = per_epoch = "unrecorded"
+        if known and len(known) == s["seeds"]:
+            mean = sum(known) / len(known)
+            epochs = "/".join(map(str, known))
+            per_epoch = f"{s['train_cpu_s'] / mean:.3f}"
+        rows.append(
+            f"| {name} | {budget} | {spec} | {s['train_cpu_s']:.1f} | {epochs} | {per_epoch} | "
+            f"{s['sample_cpu_s']:.1f} |"
+        )
+    return rows
+
+
 def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], note: str) -> None:
     lines = [
         "# Benchmark on many observations",
@@ -103,6 +125,13 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         "simgen method over its sbi baseline's on the same seeds.",
         "",
         *_exclusion_note(results),
+        "## Where the CPU goes",
+        "",
+        *_cost_table(results),
+        "",
+        "Means over seeds; epochs per seed (a cell cached before epochs were recorded reads "
+        "`unrecorded`); sample CPU s is drawing the samples at every observation.",
+        "",
         "## Reference posteriors",
         "",
         *_references_table(ref_tasks, args.set, args.observations, args.reference_samples),
@@ -126,6 +155,13 @@ def _with_references(tasks: list[str], done: list[str], args) -> list[str]:
     ]
 
 
+def _spent(args, start: float) -> bool:
+    """Whether this process has used its ``--cpu-budget-min`` (CPU seconds since ``start``)."""
+    return (
+        args.cpu_budget_min is not None and time.process_time() - start > 60 * args.cpu_budget_min
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", nargs="+", default=["all"])
@@ -141,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         "--cpu-budget-min",
         type=float,
         default=None,
-        help="start no new task after this many CPU minutes (finished cells stay cached)",
+        help="start no new cell after this many CPU minutes (finished cells stay cached; "
+        "the cells not run are named in the table's note)",
     )
     parser.add_argument(
         "--cached-only",
@@ -174,20 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     done: list[str] = []
     start = time.process_time()
     note = args.note
+    not_run: list[str] = []
     for name in tasks:
-        if (
-            args.cpu_budget_min is not None
-            and time.process_time() - start > 60 * args.cpu_budget_min
-        ):
-            skipped = tasks[tasks.index(name) :]
-            note += (
-                f" Stopped after {(time.process_time() - start) / 60:.1f} CPU minutes "
-                f"(--cpu-budget-min {args.cpu_budget_min}); not run: {', '.join(skipped)}."
-            )
-            break
         task = harness.load_task(name)
         t0 = time.process_time()
-        if not args.cached_only:
+        if not args.cached_only and not _spent(args, start):
             for i in range(args.observations):
                 harness.reference(name, args.set, i, args.reference_samples)
             print(f"{name}: references ready ({time.process_time() - t0:.1f} CPU s)", flush=True)
@@ -197,10 +225,14 @@ def main(argv: list[str] | None = None) -> None:
                 data = None
                 for spec in methods:
                     key = (name, args.set, budget, spec, seed, args.c2st_samples)
+                    # Past the CPU budget, cached cells are still read; no new one starts.
+                    cached_only = args.cached_only or _spent(args, start)
                     cell = evaluation.cached_cell(
-                        *key, args.observations, args.reference_samples, args.cached_only
+                        *key, args.observations, args.reference_samples, cached_only
                     )
-                    if cell is None and args.cached_only:
+                    if cell is None and cached_only:
+                        if not args.cached_only:
+                            not_run.append(f"{name} n={budget} {spec} seed {seed}")
                         continue
                     if cell is None:
                         if data is None:
@@ -224,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
         if any(s.get("seeds") for (t, _, _), s in results.items() if t == name):
             done.append(name)
         write(out, command, args, results, _with_references(tasks, done, args), note)
+    if not_run:
+        note += (
+            f" Stopped at the CPU budget (--cpu-budget-min {args.cpu_budget_min}); not run: "
+            + "; ".join(not_run)
+            + "."
+        )
     total = (time.process_time() - start) / 60
     if args.cached_only:
         note += " Table written from cached cells (--cached-only)."

@@ -56,8 +56,9 @@ class _Quiet:
     flattened numbers.
     """
 
-    def __init__(self, posterior: Any):
+    def __init__(self, posterior: Any, epochs: int | None = None):
         self.posterior = posterior
+        self.epochs = epochs
 
     def sample(self, sample_shape, x):
         flat = x.reshape(1, -1) if x.dim() > 1 else x
@@ -96,7 +97,8 @@ def _sbi(cls: str, **options: Any) -> Method:
         )
         flat = x.reshape(len(x), -1)
         inference.append_simulations(theta, flat).train(show_train_summary=False, **train)
-        return _Quiet(inference.build_posterior())
+        epochs = inference._summary["epochs_trained"]
+        return _Quiet(inference.build_posterior(), epochs[-1] if epochs else None)
 
     return fit
 
@@ -157,6 +159,14 @@ def parse_options(opts: str) -> dict:
             raise ConfigError(f"Method option {item!r} must read key=value (value in JSON).")
         options[key] = json.loads(value)
     return options
+
+
+def _epochs(posterior: Any) -> int | None:
+    """The epochs a posterior's training ran (simgen's ``History``, sbi's summary), if known."""
+    history = getattr(posterior, "history", None)
+    if history is not None:
+        return int(history.epochs)
+    return getattr(posterior, "epochs", None)
 
 
 def cell_line(cell: dict) -> str:
@@ -250,8 +260,9 @@ def evaluate_cell(
     methods). C2ST uses the first ``num_samples`` reference samples as the first set (the
     sbibm convention) and as many posterior samples, drawn with torch seeded by
     ``1000 * seed + observation index``. CPU seconds (``time.process_time``) of training and
-    of drawing the samples are recorded; C2ST itself is not timed. A failing method gives a
-    cell with ``error`` set instead of scores.
+    of drawing the samples are recorded, and the epochs training ran (``epochs``: where a CPU
+    ratio comes from); C2ST itself is not timed. A failing method gives a cell with ``error``
+    set instead of scores.
     """
     _, library, method = parse_method(spec)
     path = _cell_path(
@@ -281,6 +292,7 @@ def evaluate_cell(
             start = time.process_time()
             posterior = method(task, theta, x, seed)
             cell["train_cpu_s"] = time.process_time() - start
+            cell["epochs"] = _epochs(posterior)
             scores, sample_s = [], 0.0
             for i, (x_o, ref) in enumerate(zip(xs, refs)):
                 start = time.process_time()
@@ -329,6 +341,9 @@ def summarise(cells: list[dict], exclude: Collection[int] = ()) -> dict:
         worst=per_obs[worst],
         cpu_s=statistics.mean(c["train_cpu_s"] + c["sample_cpu_s"] for c in ok),
         cpu_total=sum(c["train_cpu_s"] + c["sample_cpu_s"] for c in ok),
+        train_cpu_s=statistics.mean(c["train_cpu_s"] for c in ok),
+        sample_cpu_s=statistics.mean(c["sample_cpu_s"] for c in ok),
+        epochs=[c.get("epochs") for c in ok],
         seed_list=[c["seed"] for c in ok],
         code=sorted({c.get("code", "unrecorded") for c in ok}),
     )

@@ -113,8 +113,9 @@ def test_harness_end_to_end_scores_wrong_and_right_posteriors(cache, monkeypatch
     text = out.read_text()
     assert text.startswith("# Benchmark on many observations")
     assert "python -m benchmarks.bench_report --tasks two_moons" in text
-    rows = [line for line in text.splitlines() if line.startswith("| two_moons | 200 |")]
-    assert len(rows) == 3
+    lines = [line for line in text.splitlines() if line.startswith("| two_moons | 200 |")]
+    assert len(lines) == 6  # the C2ST table, then the cost table
+    rows = lines[:3]
     cells = {r.split("|")[3].strip(): [c.strip() for c in r.split("|")[1:-1]] for r in rows}
     assert set(cells) == {"npe:max_epochs=3", "test_prior", "test_exact"}
     for row in cells.values():
@@ -130,6 +131,11 @@ def test_harness_end_to_end_scores_wrong_and_right_posteriors(cache, monkeypatch
     assert {f: f.stat().st_mtime_ns for f in files} == before
     table = [line for line in out.read_text().splitlines() if line.startswith("| two_moons |")]
     assert table[:3] == rows
+    # The cost table: simgen's History gives the epochs run (3 per seed); a method without
+    # one reads "unrecorded".
+    costs = {line.split("|")[3].strip(): line for line in lines[3:]}
+    assert costs["npe:max_epochs=3"].split("|")[5].strip() == "3/3"
+    assert costs["test_prior"].split("|")[5].strip() == "unrecorded"
 
 
 def test_cpu_ratio_is_taken_against_the_baseline_on_the_same_seeds():
@@ -152,6 +158,27 @@ def test_cached_only_writes_the_table_without_computing(cache, tmp_path):
     )  # fmt: skip
     assert "| two_moons | 100 | npe | 0 | not run |" in out.read_text()
     assert not cache.exists()
+
+
+def test_cpu_budget_stops_new_cells_and_names_them(cache, monkeypatch, tmp_path):
+    """Past --cpu-budget-min no cell starts: a cached cell is still read, the others are
+    named in the note and read "not run"; without the budget the same command computes them."""
+    _register(monkeypatch)
+    monkeypatch.setattr(evaluation, "c2st", _quick_c2st)
+    out = tmp_path / "report.md"
+    argv = [
+        "--tasks", "two_moons", "--budgets", "100", "--observations", "2",
+        "--c2st-samples", "200", "--reference-samples", "1000", "--methods", "test_prior",
+        "--out", str(out),
+    ]  # fmt: skip
+    bench_report.main([*argv, "--seeds", "0"])
+    bench_report.main([*argv, "--seeds", "0", "1", "--cpu-budget-min", "0"])
+    text = out.read_text()
+    assert "not run: two_moons n=100 test_prior seed 1." in text
+    assert "| two_moons | 100 | test_prior | 1 |" in text  # seed 0, from the cache
+    assert len(list((cache / "cells").rglob("*.json"))) == 1
+    bench_report.main([*argv, "--seeds", "0", "1"])
+    assert "| two_moons | 100 | test_prior | 2 |" in out.read_text()
 
 
 @pytest.mark.slow
