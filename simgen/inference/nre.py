@@ -160,15 +160,7 @@ class NRE(Method):
                 stream.check_counts()
             else:
                 classifier.fit_standardization(theta, x)
-            if self.loss in REFERENCE_LOSSES:
-                score = extras.get("joint_score")
-                own = ~extras["from_reference"]
-                scale = None if score is None else score[own].std(0).clamp_min(1e-8)
-                loss = reference_ratio_loss(classifier, self.loss, self.joint_score_weight, scale)
-            elif self.balanced:
-                loss = BNRELoss(classifier, self.regularization)
-            else:
-                loss = NRECLoss(classifier, self.num_atoms, self.gamma)
+            loss = self._loss(classifier, None if stream is not None else extras)
             if stream is not None:
                 self.history = fit(loss, config=config, stream=stream)
             else:
@@ -177,6 +169,18 @@ class NRE(Method):
         return MCMCPosterior.from_ratio(
             classifier, self.prior, x_shape, history=self.history, mcmc=self.mcmc
         )
+
+    def _loss(self, classifier: nn.Module, extras: dict[str, Any] | None) -> nn.Module:
+        """The training objective on ``classifier``: NRE-C, BNRE, or the reference-ratio loss
+        named by ``loss`` (its score term scaled by the joint score's sd on rows drawn at θ)."""
+        if self.loss in REFERENCE_LOSSES:
+            score = extras.get("joint_score")
+            own = ~extras["from_reference"]
+            scale = None if score is None else score[own].std(0).clamp_min(1e-8)
+            return reference_ratio_loss(classifier, self.loss, self.joint_score_weight, scale)
+        if self.balanced:
+            return BNRELoss(classifier, self.regularization)
+        return NRECLoss(classifier, self.num_atoms, self.gamma)
 
     def _extras(self, theta, from_reference, joint_log_ratio, joint_score) -> dict[str, Any]:
         """The checked per-row tensors the chosen loss needs (a ConfigError for missing or

@@ -61,21 +61,24 @@ r(x\mid\theta,\theta_1)`. Write
 * **CARL** (no joint information): :math:`-\mathbb E[(1-y)\log\sigma(f) + y\log\sigma(-f)]`.
   The Bayes classifier of "drawn at θ" is :math:`p(x\mid\theta)/(p(x\mid\theta) + p(x\mid
   \theta_1)) = \sigma(\log r(x))`, so the minimiser is :math:`f = \log r(x)`.
-* **ROLR**: :math:`\mathbb E[y\,(\hat r - r(x,z))^2 + (1-y)\,(1/\hat r - 1/r(x,z))^2]`. A
-  squared error is minimised by the conditional mean, which by the identities above is
-  :math:`r(x)` on the first term and :math:`1/r(x)` on the second: both vanish at
-  :math:`f = \log r(x)`. Each row regresses the ratio that is small where its x is typical
-  (:math:`r` for draws at :math:`\theta_1`, :math:`1/r` for draws at :math:`\theta`);
-  :math:`f` and :math:`\log r(x, z)` are clipped to :math:`\pm` ``MAX_LOG_RATIO`` inside the
-  exponentials, which moves the minimiser only at x where :math:`|\log r(x, z)|` exceeds 10
-  with non-negligible probability. The minimiser is right but its estimate is not: the
-  targets are heavy-tailed (their conditional means are carried by rare huge values), most
-  of all with a per-row reference θ₁ from the prior, which the classifier does not see. On
-  the latent chain the empirical risk of 4,000 rows is *lower* at :math:`f = 0` (the prior)
-  than at the exact :math:`\log r(x)`, with the latents' noise (6.1 against 1.3) and
-  without it (target :math:`p(x\mid\theta)/p(x\mid\theta_1)`: 5.5 against 4.8), ten rows
-  carrying two thirds of it; so ROLR and RASCAL shrink towards the prior whatever the clip
-  or the score term (``benchmarks/results_joint_ratio.md``).
+* **ROLR** regresses a ratio whose conditional mean is the marginal one. The balanced
+  rows are draws from the mixture :math:`m(x, z) = \tfrac12 p(x,z\mid\theta) + \tfrac12
+  p(x,z\mid\theta_1)`, and the ratio against it, :math:`r_m(x, z) = p(x,z\mid\theta) / m(x,
+  z) = 2\sigma(\log r(x, z))`, has under :math:`z \sim m(z\mid x)` the mean :math:`\mathbb
+  E[r_m\mid x] = p(x\mid\theta)/m(x) = 2\sigma(\log r(x))`, and so has its complement
+  :math:`2 - r_m = p(x,z\mid\theta_1)/m(x,z)`. The loss is the squared error of both,
+  :math:`\mathbb E[(2\sigma(f) - r_m)^2 + (2\sigma(-f) - (2 - r_m))^2]` over all rows,
+  minimised by the conditional mean, :math:`\sigma(f) = \sigma(\log r(x))`, i.e. :math:`f =
+  \log r(x)`. The targets lie in :math:`[0, 2]`. The form with :math:`\theta_1` as the
+  denominator (Brehmer et al.: :math:`(\hat r - r(x,z))^2` on rows drawn at :math:`\theta_1`,
+  :math:`(1/\hat r - 1/r(x,z))^2` on rows drawn at θ) has the same minimiser, but its targets
+  are heavy-tailed: their conditional means are carried by rare huge values, most of all
+  with a per-row reference θ₁ from the prior, and on the latent chain its empirical risk is
+  lower at :math:`f = 0` (the prior) than at the exact ratio, so it trains towards the
+  prior; regressing :math:`\log r(x, z)` instead converges to :math:`\mathbb E[\log r(x,z)
+  \mid x] \ne \log r(x)`, far off where the latents are informative. The bounded form is
+  the one kept because it trains to the exact ratio where those two do not
+  (``benchmarks/results_joint_ratio.md``, "ROLR's target").
 * **ALICES**: cross-entropy against the soft labels :math:`s = \sigma(\log r(x,z))`,
   :math:`-\mathbb E[s\log\sigma(f) + (1-s)\log\sigma(-f)]`. Its minimiser is
   :math:`\sigma(f) = \mathbb E[s\mid x]` under the balanced mixture :math:`\tfrac12 p(x,z\mid
@@ -108,9 +111,6 @@ __all__ = [
     "REFERENCE_LOSSES",
     "reference_ratio_loss",
 ]
-
-#: Clip of :math:`f` and :math:`\log r(x, z)` inside ROLR's exponentials.
-MAX_LOG_RATIO = 10.0
 
 
 def _marginal_thetas(theta: Tensor, count: int) -> Tensor:
@@ -205,10 +205,9 @@ class ReferenceRatioLoss(nn.Module):
         elif self.kind == "alices":
             s = torch.sigmoid(joint_log_ratio)
             loss = -(s * logsigmoid(f) + (1 - s) * logsigmoid(-f))
-        else:
-            fc = f.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-            lr = joint_log_ratio.clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-            loss = y * (fc.exp() - lr.exp()) ** 2 + (1 - y) * ((-fc).exp() - (-lr).exp()) ** 2
+        else:  # ROLR against the balanced mixture: r_m = 2 sigma(log r) and 2 - r_m
+            r_m = 2 * torch.sigmoid(joint_log_ratio)
+            loss = (2 * torch.sigmoid(f) - r_m) ** 2 + (2 * torch.sigmoid(-f) - (2 - r_m)) ** 2
         if self.weight > 0:
             error = ((grad - joint_score) / self.scale).square().sum(-1)
             loss = loss + self.weight * (1 - y) * error
