@@ -380,15 +380,15 @@ def test_baseline_auto_switches_on_for_gaussian_residuals_only(tmp_path):
     assert not folded.on and folded.non_gaussianity > 0.5
     # Mild but real non-Gaussianity (one of five residual directions uniform, as a box
     # prior's unidentified parameter leaves it: E ~ 1.2^2 / 4 / 5 = 0.07, 6x the Gaussian
-    # null 12/N): flow matching's threshold (0.1) keeps the baseline, diffusion's (0.05)
-    # drops it.
+    # null 12/N): a threshold of 0.1 keeps the baseline, flow matching's and diffusion's
+    # (0.05) drop it.
     x5 = torch.randn(2000, 5)
     resid = torch.cat([torch.randn(2000, 4), torch.rand(2000, 1) * 2 - 1], -1)
     for threshold, kept in ((0.1, True), (0.05, False)):
         mild = GaussianBaseline(5, 5, auto=True, threshold=threshold)
         mild.fit(x5 + resid, x5)
         assert 0.05 < mild.non_gaussianity < 0.1 and mild.on == kept
-    assert FlowMatching(2, (2,)).baseline.threshold == 0.1
+    assert FlowMatching(2, (2,)).baseline.threshold == 0.05
     assert Diffusion(2, (2,)).baseline.threshold == 0.05
     assert GaussianBaseline(2, 2).on  # a fixed baseline ignores the statistic
     with pytest.raises(ConfigError, match="gaussian_baseline"):

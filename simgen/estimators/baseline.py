@@ -34,8 +34,9 @@ non-Gaussianity
 :math:`12/N`) keeps the baseline iff :math:`E \le \max(\tau, 36/N)`. A linear-Gaussian
 posterior leaves a Gaussian, x-independent residual; a nonlinear or non-Gaussian one leaves a
 skewed, heavy- or light-tailed residual whose affine field the network would have to cancel.
-Each family sets its threshold :math:`\tau` (``baseline_threshold``: 0.1 for flow matching,
-0.05 for diffusion), measured in ``benchmarks/results_seeds.md``.
+Each family sets its threshold :math:`\tau` (``baseline_threshold``: 0.05 for flow matching
+and diffusion), measured in ``benchmarks/results_seeds.md`` and
+``benchmarks/results_report_generative.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = ["GaussianBaseline", "BaselineEstimator", "BaselineDistribution", "BAS
 
 #: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
 BASELINE_MAX_FEATURES = 4096
-#: Default :math:`\tau` of ``auto``: flow matching's (see the module docstring).
+#: :math:`\tau` of ``auto`` for a baseline built without one (each family sets its own).
 NON_GAUSSIANITY_THRESHOLD = 0.1
 BASELINE_CHOICES = (True, False, "auto")
 #: Rows (samples × sets × trials) per network call when composing trials, bounding memory.
