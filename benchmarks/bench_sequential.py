@@ -33,9 +33,13 @@ sample count, the observation and the code (sbi's version or a hash of simgen's 
 the script can be stopped at any time and rerun: it skips finished runs and rewrites the
 table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) and
 ``results_sequential.jsonl`` (one line per run) from every cached run of the current code
-(or of the simgen codes ``--codes`` lists). simgen runs also record, per round, the prior
-mass of the next proposal region and the share of reference draws outside it (what a
-too-narrow region cuts); ``--per-round`` adds each round's C2ST (not timed).
+and of the codes :data:`EQUIVALENT` declares to compute the same under stated options
+(listed under the spec the current code gives them, ``method_as_run`` keeping the one
+they ran as), or of the simgen codes ``--codes`` lists. The code key hashes
+``simgen/sequential/`` without docstrings, so editing the text relabels no run. simgen
+runs also record, per round, the prior mass of the next proposal region and the share of
+reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
+round's C2ST (not timed). ``--first-observation k`` skips the observations before k.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -44,6 +48,7 @@ too-narrow region cuts); ``--per-round`` adds each round's C2ST (not timed).
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import statistics
@@ -82,18 +87,41 @@ BASELINES = {
     "simgen_tsnpe_fm": "sbi_snpec",
     "simgen_snle": "sbi_snle",
 }
+#: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
+CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
+#: simgen codes whose sequential NPE computes as the current code's given these option
+#: values (they differ from it in those defaults and in text only); :func:`as_current`
+#: lists their runs under the spec the current code gives them.
+EQUIVALENT = {
+    "seq-0c573491ed2f": {"warm_start": False, "nested": True},
+    "seq-a48a993219de": {"warm_start": False, "nested": False},
+    "seq-36db8813a67e": {"warm_start": False, "nested": False},
+}
 #: ε values of the per-round region sweep (the default 1e-4 and larger).
 SWEEP = (1e-4, 1e-3, 1e-2)
 REGION_DRAWS = 20_000
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
+def _without_docstrings(source: str) -> str:
+    """The syntax tree of ``source`` with every docstring dropped (comments never reach it)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        text = getattr(first, "value", None) if isinstance(first, ast.Expr) else None
+        if isinstance(text, ast.Constant) and isinstance(text.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _source_key() -> str:
-    """A hash of ``simgen/sequential/`` as imported: the code these runs measure. Edits
-    elsewhere in simgen (other helpers' modules) do not relabel the runs."""
+    """A hash of ``simgen/sequential/``'s code as imported, docstrings and comments left out:
+    what these runs compute. Edits elsewhere in simgen (other helpers' modules) and edits of
+    the text alone do not relabel the runs."""
     digest = hashlib.sha256()
     for path in sorted((Path(simgen.__file__).parent / "sequential").glob("*.py")):
-        digest.update(path.read_bytes())
+        digest.update(_without_docstrings(path.read_text()).encode())
     return f"seq-{digest.hexdigest()[:12]}"
 
 
@@ -266,17 +294,35 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     return row
 
 
+def as_current(row: dict) -> dict:
+    """A run of an :data:`EQUIVALENT` code under the spec that computes the same with the
+    current code: its omitted options take that code's defaults, and options equal to the
+    current defaults are dropped (``method_as_run`` keeps the spec it ran as)."""
+    defaults = EQUIVALENT.get(row["code"])
+    name, options = parse(row["method"])
+    if defaults is None or not name.startswith("simgen_tsnpe"):
+        return row
+    options = {**defaults, **options}
+    options = {k: v for k, v in sorted(options.items()) if CURRENT_DEFAULTS.get(k) != v}
+    spec = (
+        name
+        + (":" if options else "")
+        + ";".join(f"{k}={json.dumps(v)}" for k, v in options.items())
+    )
+    return {**row, "method": spec, "method_as_run": row["method"]}
+
+
 def cached_rows(args) -> list[dict]:
-    """Every cached run of the current code (simgen's source hash, sbi's version), or of
-    the simgen source hashes listed in ``--codes`` (with sbi's version)."""
-    codes = {_code_key("sbi"), _code_key("simgen")}
+    """Every cached run of the current code (simgen's source hash, sbi's version) and of the
+    :data:`EQUIVALENT` codes, or of the simgen source hashes listed in ``--codes``."""
+    codes = {_code_key("sbi"), _code_key("simgen"), *EQUIVALENT}
     if args.codes:
         codes = {_code_key("sbi"), *args.codes.split(",")}
     rows = []
     for path in sorted(CACHE.glob("*/*.json")):
         row = json.loads(path.read_text())
         if row["code"] in codes or args.any_code:
-            rows.append(row)
+            rows.append(as_current(row))
     return rows
 
 
@@ -391,6 +437,7 @@ def write_markdown(rows: list[dict]) -> None:
     _, _, tail = rest.partition(END)
     OUT.write_text(head + "\n".join(body) + tail)
     keys = ("task", "method", "observation", "seed", "budget", "rounds", "c2st", "cpu_s", "code")
+    keys += ("method_as_run",)
     runs = [{k: r.get(k) for k in keys} for r in rows]
     OUT.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
 
@@ -400,6 +447,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="two_moons,gaussian_linear_uniform")
     parser.add_argument("--methods", default="simgen_npe,simgen_tsnpe,sbi_tsnpe,sbi_snpec")
     parser.add_argument("--observations", type=int, default=3)
+    parser.add_argument("--first-observation", type=int, default=0, help="skip those before")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=4)
@@ -422,7 +470,7 @@ def main() -> None:
     if not args.table_only:
         warm_up_torch()
         for seed in map(int, args.seeds.split(",")):
-            for index in range(args.observations):
+            for index in range(args.first_observation, args.observations):
                 for task_name in args.tasks.split(","):
                     x_o = harness.observations(task_name, "report", index + 1)[1][index]
                     for spec in args.methods.split(","):

@@ -3,14 +3,17 @@ r"""Sequential inference for one observation: rounds of simulate → fit → new
 ``sequential(method, simulator, x_o, num_simulations, num_rounds, seed)`` splits the budget
 equally over the rounds (the remainder goes to round 1). An equal split is the TSNPE paper's
 and sbi's tutorial scheme. Each round simulates from a proposal, pools the simulations of
-every round so far, and retrains the method from scratch on the pool. ``warm_start=True``
-(NPE) starts round r's training from round r-1's weights and z-scoring instead. It is off
-by default because its effect depends on the task (``benchmarks/results_sequential.md``,
-"The fast test", and ``docs/decisions.md``, measured with nsf through the support transform):
-on a 2-D Gaussian with 100 simulations a round it removes the from-scratch refit's failures
-(KL <= 0.1 nats on all of seeds 0-4; from scratch, seed 1 goes from KL 0.067 in round 3 to
-1.10 in round 4), on gaussian_linear_uniform at 1k it does not help (C2ST 0.714 vs 0.693)
-and on two_moons at 1k it is worse (0.652 vs 0.610), two observations each. The rounds are:
+every round so far, and trains the method on the pool. NPE's rounds :math:`r \ge 2` start
+from round :math:`r-1`'s weights and z-scoring (``warm_start=True``, the default, as sbi's
+sequential methods do); ``warm_start=False`` refits from a fresh initialisation. The warm
+start is the default because its C2ST was at or below the from-scratch refit's on every
+1k run measured (4 rounds of 250,
+nsf, against the from-scratch refit on the same first round): two_moons 0.586 against
+0.626 and gaussian_mixture 0.616 against 0.654 (3 runs each), gaussian_linear_uniform
+0.651 against 0.682 (2 runs) (``benchmarks/results_sequential.md``, "Warm start"); a
+refit from scratch on a small pool can lose what the previous round learnt (the fast
+test's 2-D Gaussian, seed 1: KL 0.067 after round 3, 1.10 after round 4's refit). The
+rounds are:
 
 * **NPE** (any family; TSNPE, Deistler et al. 2022). Round 1 simulates from the prior. Round
   :math:`r \ge 2` simulates from the prior truncated to :math:`R_{r-1}`, the HPD region of
@@ -25,8 +28,8 @@ and on two_moons at 1k it is worse (0.652 vs 0.610), two observations each. The 
   needed. Outside the intersection the pooled posterior is biased whatever round r draws
   from; the nested proposals spend no simulations there and are narrower, but true mass
   that one round's region cuts stays cut in every later proposal. Round r-1's region alone
-  (the TSNPE paper's) is the default: at 1k, nested regions held 0.44-0.63 of the prior
-  mass of the separate ones, cut up to 0.75% of the reference posterior on
+  (the TSNPE paper's) is the default: at 1k (from-scratch refits), nested regions held
+  0.44-0.63 of the prior mass of the separate ones, cut up to 0.75% of the reference posterior on
   gaussian_linear_uniform (against 0.2%), and gave mean C2ST 0.660 against 0.651 over
   gaussian_linear_uniform, two_moons and gaussian_mixture
   (``benchmarks/results_sequential.md``, "Nested regions").
@@ -192,7 +195,7 @@ def sequential(
     executor: Any = None,
     progress: bool = False,
     callback: Any = None,
-    warm_start: bool = False,
+    warm_start: bool = True,
     nested: bool = False,
     **fit_options: Any,
 ) -> Any:
@@ -221,8 +224,8 @@ def sequential(
             the :class:`Round`, its posterior and the proposal of the next round (the last
             proposal after the last round), e.g. to score each round against a reference.
         warm_start: NPE only: train round r ≥ 2 from round r-1's weights (and its
-            z-scoring) instead of a fresh initialisation, as sbi's sequential methods do
-            (off by default; see the module docstring).
+            z-scoring), as sbi's sequential methods do (the default); ``False`` refits
+            each round from a fresh initialisation (see the module docstring).
         nested: Truncated proposals: round r draws from the intersection of the regions of
             rounds 1..r-1 rather than from round r-1's region alone (off by default; see the
             module docstring).
