@@ -101,6 +101,7 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
+from .compose import ResidualFloor, floor_ratio
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
@@ -315,15 +316,26 @@ class Diffusion(BaselineEstimator):
         self, num: int, c: Tensor, m: Tensor, mask: Tensor, precisions: tuple[Tensor, Tensor]
     ) -> Tensor:
         r"""The sampler of the module docstring on the composed noise prediction
-        :math:`(y - \alpha_t\mu)/\sigma_t` (:mod:`simgen.estimators.compose`)."""
+        :math:`(y - \alpha_t\mu)/\sigma_t` (:mod:`simgen.estimators.compose`), the per-trial
+        denoisers below the residual floor :math:`r_c` taken from the network's at
+        :math:`r_c`."""
         n = mask.shape[1]
         cs = c.expand(num, *c.shape)
         ms = m.expand(num, *m.shape)
+        assert self.baseline is not None  # trial_covariances checked it
+        lam, vecs = self.baseline.eigvals, self.baseline.eigvecs
+        t_c = self.time_of_ratio(torch.tensor(floor_ratio(lam))).clamp(self.eps, 1.0)
+        a_c, s_c = self.marginal(t_c)
+        floor = ResidualFloor(float(s_c / a_c), t_c, a_c, ms, lam, vecs)
+
+        def denoise(y: Tensor, t: Tensor) -> Tensor:
+            alpha, sigma = self.marginal(t)
+            return (y - sigma * self.noise(y, t, cs, ms)) / alpha
 
         def noise(y: Tensor, t: Tensor) -> Tensor:
             alpha, sigma = self.marginal(t)
             yy = y[:, :, None, :].expand(-1, -1, n, -1)
-            mu_i = (yy - sigma * self.noise(yy, t, cs, ms)) / alpha
+            mu_i = floor(denoise, yy, t, alpha, float(sigma / alpha))
             mu = self.composed_denoiser(y, alpha, sigma, mu_i, mask, precisions)
             return (y - alpha * mu) / sigma
 

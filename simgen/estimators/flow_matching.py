@@ -66,6 +66,7 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
+from .compose import ResidualFloor, floor_ratio
 from .ode import SolverConfig, ode_log_prob, odeint
 
 __all__ = ["FlowMatching", "FlowMatchingDistribution"]
@@ -205,11 +206,20 @@ class FlowMatching(BaselineEstimator):
         n, k = mask.shape[1], 1 - self.sigma_min
         cs = c.expand(num, *c.shape)
         ms = m.expand(num, *m.shape)
+        assert self.baseline is not None  # trial_covariances checked it
+        lam, vecs = self.baseline.eigvals, self.baseline.eigvecs
+        r_c = floor_ratio(lam)  # residual floor; its time solves (1 - k t) / t = r_c
+        t_c = torch.tensor(1 / (k + r_c), device=c.device)
+        floor = ResidualFloor(r_c, t_c, t_c, ms, lam, vecs)
+
+        def denoise(y: Tensor, t: Tensor) -> Tensor:
+            return (1 - k * t) * self.velocity(y, t, cs, ms) + k * y
 
         def velocity(y: Tensor, t: Tensor) -> Tensor:
             a = 1 - k * t
             yy = y[:, :, None, :].expand(-1, -1, n, -1)
-            mu_i = a * self.velocity(yy, t, cs, ms) + k * yy
+            r = float(a / t) if float(t) > 0 else float("inf")
+            mu_i = floor(denoise, yy, t, t, r)
             mu = self.composed_denoiser(y, t, a, mu_i, mask, precisions)
             return mu - k * (y - t * mu) / a
 
