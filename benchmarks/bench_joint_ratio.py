@@ -7,14 +7,23 @@ the prior, a reference θ₁ per row from the prior, each simulation's joint log
 score banked beside x. A budget of n simulations is the first n rows. Plain NRE-C trains on
 the n pairs (θ, x); the reference-ratio losses on ``ratio_rows()`` of the same n simulations
 (2n rows: each simulation as drawn, and swapped, θ₁ paired with x drawn at its reference θ;
-:mod:`simgen.joint_ratio`). Accuracy is C2ST (``simgen.diagnostics.c2st``) of 1,000 posterior
-draws against 1,000 of the ``benchmarks.harness.reference`` draws of the first
-``--obs`` *report* observations. Cells (budget, seed, method) are cached in
-``benchmarks/.cache/joint_ratio/cells``, so a rerun resumes. sbi has no joint-ratio loss,
-so the comparison is within simgen. CPU seconds (``time.process_time``) per fit, one thread.
+:mod:`simgen.joint_ratio`). A *variant* (:data:`VARIANTS`) is a loss with other training
+options, score weight or reference; ``fixed`` references simulate n/2 θs re-scored at the
+prior's mean and n/2 simulations at it (``ratio_rows(reference=...)``). Accuracy is C2ST
+(``simgen.diagnostics.c2st``) of 1,000 posterior draws against 1,000 of the
+``benchmarks.harness.reference`` draws of the first ``--obs`` observations of a set: the
+variants are screened on the *tuning* set (``--screen``), the grid runs on the *report* set.
+Cells (variant, budget, seed, observations) are cached in
+``benchmarks/.cache/joint_ratio/cells``, so a rerun resumes. sbi has no joint-ratio loss, so
+the comparison is within simgen. CPU seconds (``time.process_time``) per fit, one thread.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_joint_ratio --budgets 1000,2000,3300 \
-        --baseline 10000 --seeds 4 --obs 5
+        --baseline 10000 --seeds 4 --obs 5 --methods carl,alices,cascal,alices-a0.1,rolr \
+        --at-baseline nre,carl --screen alices,alices-lr1e-3,alices-p60,alices-a0.1,\
+alices-a1,alices-fixed,nre,nre-p60,cascal,rolr
+
+(about 20 CPU-minutes from an empty cell cache with the references cached: 100 cells of
+5 to 15 CPU-s, most of it C2ST at about 2 CPU-s per observation, and the latent chain).
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import random
 import time
 import warnings
@@ -34,7 +42,7 @@ import simgen
 from benchmarks import warm_up_torch
 from benchmarks.harness import CACHE, observations, reference
 from simgen.diagnostics.c2st import c2st
-from simgen.simulate import sample_prior
+from simgen.simulate import run_simulator
 from simgen.simulations import Simulations
 from simulators import particle_shower as shower
 
@@ -49,31 +57,69 @@ AUGMENTED = {
     "rolr": ("joint_log_ratio",),
     "rascal": ("joint_log_ratio", "joint_score"),
 }
+#: variant → (loss, options): ``train`` (TrainConfig fields), ``weight`` (the score term's
+#: λ, ALICES's α), ``reference`` (``"prior"`` per row or ``"fixed"``), ``cell`` (its cache
+#: name where a loss's definition changed since its cells were made).
+VARIANTS = {
+    "nre": ("nre", {}),
+    **{name: (name, {}) for name in AUGMENTED},
+    "alices-lr1e-3": ("alices", {"train": {"learning_rate": 1e-3}}),
+    "alices-p60": ("alices", {"train": {"patience": 60}}),
+    "alices-a0.1": ("alices", {"weight": 0.1}),
+    "alices-a1": ("alices", {"weight": 1.0}),
+    "alices-fixed": ("alices", {"reference": "fixed"}),
+    "cascal-p60": ("cascal", {"train": {"patience": 60}}),
+    "nre-p60": ("nre", {"train": {"patience": 60}}),
+}
+CELL_NAMES = {"rolr": "rolr-mixture", "rascal": "rascal-mixture"}
 
 
-def simulations(task, n: int, seed: int):
+def simulations(task, n: int, seed: int, theta_1="prior"):
     """``n`` simulations of ``task`` at θ ~ prior with a θ₁ ~ prior per row (seeded)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return simgen.simulate(
-            task.simulator, task.prior, n, seed=seed, joint=True, theta_1="prior"
+        sim = task.simulator
+        return simgen.simulate(sim, task.prior, n, seed=seed, joint=True, theta_1=theta_1)
+
+
+def fixed_rows(task, n: int, seed: int):
+    """Ratio rows for one fixed θ₁, the prior's mean, from ``n`` simulations: n/2 θs from
+    the prior re-scored at θ₁, and n/2 simulations at θ₁ re-scored at those θs."""
+    half, theta_1 = n // 2, task.prior.mean.float()
+    run = simulations(task, half, seed, theta_1=theta_1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        at_ref = run_simulator(
+            task.simulator,
+            theta_1.expand(half, -1).clone(),
+            seed=seed + 10_000,
+            joint=True,
+            theta_1=run.theta,
         )
+    return run.ratio_rows(reference=at_ref)
 
 
-def fit(task, method: str, run, n: int, seed: int, x_shape=None):
-    """Train ``method`` on the first ``n`` simulations of ``run``; returns the posterior."""
-    theta, x = run.theta[:n], run.x[:n]
-    x = x if x_shape is None else x.reshape(-1, *x_shape)
+def fit(task, variant: str, run, n: int, seed: int, x_shape=None, nre_class=simgen.NRE):
+    """Train ``variant`` on the first ``n`` simulations of ``run``; returns the posterior."""
+    method, options = VARIANTS.get(variant, (variant, {}))
+    train = options.get("train", {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if method == "nre":
-            return simgen.NRE(task.prior).fit(theta, x, progress=False, seed=seed)
-        rows = _head(run, n).ratio_rows()
+            x = run.x[:n] if x_shape is None else run.x[:n].reshape(-1, *x_shape)
+            nre = simgen.NRE(task.prior)
+            return nre.fit(run.theta[:n], x, progress=False, seed=seed, **train)
+        if options.get("reference") == "fixed":
+            rows = fixed_rows(task, n, seed)
+        else:
+            rows = _head(run, n).ratio_rows()
+        weight = options.get("weight")
+        names = set(AUGMENTED[method]) | ({"joint_score"} if weight else set())
         extras = {"from_reference": rows.from_reference}
-        extras.update({k: getattr(rows, k) for k in AUGMENTED[method]})
+        extras.update({k: getattr(rows, k) for k in names})
         x_rows = rows.x if x_shape is None else rows.x.reshape(-1, *x_shape)
-        nre = simgen.NRE(task.prior, loss=method)
-        return nre.fit(rows.theta, x_rows, progress=False, seed=seed, **extras)
+        nre = nre_class(task.prior, loss=method, joint_score_weight=weight)
+        return nre.fit(rows.theta, x_rows, progress=False, seed=seed, **train, **extras)
 
 
 def _head(run, n: int) -> Simulations:
@@ -89,28 +135,29 @@ def bootstrap(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[flo
     return means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
 
 
-def references(num_obs: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The first ``num_obs`` report observations and ``POSTERIOR_DRAWS`` of each one's
+def references(num_obs: int, set_name: str = "report") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The first ``num_obs`` observations of a set and ``POSTERIOR_DRAWS`` of each one's
     harness reference (a seeded subset of ``REFERENCE_DRAWS``, the shared cache)."""
-    _, xs = observations("particle_shower", "report")
+    _, xs = observations("particle_shower", set_name)
     pick = torch.randperm(REFERENCE_DRAWS, generator=torch.Generator().manual_seed(0))
     refs = []
     for i in range(num_obs):
-        entry = reference("particle_shower", "report", i, num=REFERENCE_DRAWS)
+        entry = reference("particle_shower", set_name, i, num=REFERENCE_DRAWS)
         if not entry["cached"]:
             print(f"reference {i}: {entry['cpu_seconds']:.1f} CPU s {entry['check']}", flush=True)
         refs.append(entry["samples"][pick[:POSTERIOR_DRAWS]].float())
     return xs[:num_obs], refs
 
 
-def cell(xs, refs, run, method: str, n: int, seed: int) -> dict:
-    """C2ST per observation and training CPU seconds of one (budget, seed, method), cached."""
+def cell(xs, refs, run, variant: str, n: int, seed: int) -> dict:
+    """C2ST per observation, training CPU seconds and epochs of one (variant, budget, seed),
+    cached."""
     key = hashlib.sha256(xs.double().numpy().tobytes()).hexdigest()[:10]
-    path = CELLS / f"{method}-n{n}-s{seed}-{key}.json"
+    path = CELLS / f"{CELL_NAMES.get(variant, variant)}-n{n}-s{seed}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     start = time.process_time()
-    posterior = fit(shower, method, run, n, seed)
+    posterior = fit(shower, variant, run, n, seed)
     train = time.process_time() - start
     start = time.process_time()
     with warnings.catch_warnings():
@@ -118,137 +165,89 @@ def cell(xs, refs, run, method: str, n: int, seed: int) -> dict:
         samples = posterior.sample_batched((POSTERIOR_DRAWS,), xs, seed=seed)
     sample = time.process_time() - start
     scores = [float(c2st(samples[:, b], ref, seed=0)) for b, ref in enumerate(refs)]
+    history = posterior.history
     out = {"c2st": scores, "train_s": train, "sample_s": sample}
+    out.update(epochs=history.epochs, best_epoch=history.best_epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
-    print(n, seed, method, [round(s, 3) for s in scores], f"{train:.1f}+{sample:.1f} s", flush=True)
+    print(n, seed, variant, [round(s, 3) for s in scores], f"{train:.1f}+{sample:.1f}", flush=True)
     return out
 
 
-def run(budgets: list[int], baseline: int, seeds: int, num_obs: int, methods: list[str]):
-    """Rows of the shower table and the per-cell C2STs of every (budget, method)."""
-    xs, refs = references(num_obs)
+def run(plan, seeds: int, num_obs: int, set_name: str = "report"):
+    """The cells of every (budget, variant) in ``plan`` over ``seeds`` seeds."""
+    xs, refs = references(num_obs, set_name)
     results: dict[tuple[int, str], list[dict]] = {}
-    plan = [(baseline, "nre")] + [(n, m) for n in budgets for m in ["nre", *methods]]
     for seed in range(seeds):
-        sims = simulations(shower, max(baseline, *budgets), seed)
-        for n, method in plan:
-            results.setdefault((n, method), []).append(cell(xs, refs, sims, method, n, seed))
+        sims = simulations(shower, max(n for n, _ in plan), seed)
+        for n, variant in plan:
+            results.setdefault((n, variant), []).append(cell(xs, refs, sims, variant, n, seed))
+    return results
+
+
+def _epochs(cells) -> str:
+    known = [c for c in cells if "epochs" in c]
+    if not known:
+        return "—"
+    mean = sum(c["epochs"] for c in known) / len(known)
+    return f"{mean:.0f} ({sum(c['best_epoch'] for c in known) / len(known):.0f})"
+
+
+def table_rows(results) -> list[str]:
+    """Rows of the C2ST table: mean, interval, per-seed range, seconds, epochs."""
     rows = []
-    for (n, method), cells in sorted(results.items()):
+    for (n, variant), cells in sorted(results.items()):
         values = [v for c in cells for v in c["c2st"]]
         per_seed = [sum(c["c2st"]) / len(c["c2st"]) for c in cells]
         low, high = bootstrap(values)
         train = sum(c["train_s"] for c in cells) / len(cells)
         sample = sum(c["sample_s"] for c in cells) / len(cells)
         rows.append(
-            f"| {n} | {method} | {sum(values) / len(values):.3f} | [{low:.3f}, {high:.3f}] "
-            f"| {min(per_seed):.3f}–{max(per_seed):.3f} | {train:.1f} | {sample:.1f} |"
+            f"| {n} | {variant} | {sum(values) / len(values):.3f} | [{low:.3f}, {high:.3f}] "
+            f"| {min(per_seed):.3f}–{max(per_seed):.3f} | {train:.1f} | {sample:.1f} "
+            f"| {_epochs(cells)} |"
         )
-    return rows, results
-
-
-def target_rows(results, budgets: list[int], baseline: int, methods: list[str]) -> list[str]:
-    """Paired (same seed and observation) C2ST difference of each method at each budget
-    minus NRE-C at the baseline, with a 95% bootstrap interval over cells."""
-    base = [v for c in results[(baseline, "nre")] for v in c["c2st"]]
-    rows = []
-    for n in budgets:
-        for method in ["nre", *methods]:
-            values = [v for c in results[(n, method)] for v in c["c2st"]]
-            diff = [a - b for a, b in zip(values, base, strict=True)]
-            low, high = bootstrap(diff)
-            mean = sum(diff) / len(diff)
-            rows.append(
-                f"| {n} ({n / baseline:.2f}×) | {method} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] "
-                f"| {'yes' if mean <= 0 else 'no'} |"
-            )
     return rows
 
 
-def run_chain(n: int, seeds: int) -> list[str]:
-    """The latent chain (``simulators._latent_chain``, closed-form posterior): posterior KL
-    (``posterior_kl``, 20 observations, nats) of NRE-C and each reference-ratio loss on the
-    same ``n`` simulations per seed, as in the shower table."""
-    from simulators import _latent_chain as chain
-
-    path = CELLS / f"chain-n{n}-seeds{seeds}.json"
-    if path.exists():
-        kls = json.loads(path.read_text())
-    else:
-        kls = {m: [] for m in ("nre", *AUGMENTED)}
-        for seed in range(seeds):
-            sims = simulations(chain, n, seed)
-            for method in kls:
-                post = fit(chain, method, sims, n, seed, x_shape=(1,))
-                kls[method].append(chain.posterior_kl(post))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(kls))
+def paired_rows(results, against: tuple[int, str], plan, strict: bool = False) -> list[str]:
+    """Paired (same seed and observation) C2ST difference of each planned cell minus
+    ``against``'s, with a 95% bootstrap interval over cells; the last column says whether
+    the mean difference is ≤ 0 (``strict``: the whole interval below 0)."""
+    base = [v for c in results[against] for v in c["c2st"]]
     rows = []
-    for method, values in kls.items():
-        low, high = bootstrap(values)
+    for n, variant in plan:
+        if (n, variant) == against:
+            continue
+        values = [v for c in results[(n, variant)] for v in c["c2st"]]
+        diff = [a - b for a, b in zip(values, base, strict=True)]
+        low, high = bootstrap(diff)
+        mean = sum(diff) / len(diff)
+        yes = high < 0 if strict else mean <= 0
         rows.append(
-            f"| {n} | {method} | {sum(values) / len(values):.3f} | [{low:.3f}, {high:.3f}] |"
+            f"| {n} ({n / against[0]:.2f}×) | {variant} | {mean:+.3f} | "
+            f"[{low:+.3f}, {high:+.3f}] | {'yes' if yes else 'no'} |"
         )
     return rows
 
 
-def rolr_risk(n: int = 2000, seed: int = 0) -> list[str]:
-    """Why ROLR fails on the latent chain: its empirical risk on ``n`` simulations (2n
-    rows) at the exact minimiser f* = log p(x|θ) - log p(x) against f = 0 (the prior as the
-    posterior), the share of that risk carried by the 10 largest rows, and the same with the
-    latents integrated out of the target (p(x|θ)/p(x|θ₁), closed form)."""
-    from simulators import _latent_chain as chain
-
-    rows = simulations(chain, n, seed).ratio_rows()
-    x = rows.x
-    noise = chain.C**2 * (chain.B**2 * chain.S_P**2 + chain.S_S**2 + chain.S_D**2) + chain.S_X**2
-    evidence = torch.distributions.Normal(0.0, math.sqrt(noise + 2 * chain.C**2)).log_prob(x)
-    f_star = chain.log_likelihood(rows.theta, x) - evidence
-    y = rows.from_reference.float()
-    clip = simgen.losses.ratio.MAX_LOG_RATIO
-
-    def risk(f, log_r):
-        f, log_r = f.clamp(-clip, clip), log_r.clamp(-clip, clip)
-        return y * (f.exp() - log_r.exp()) ** 2 + (1 - y) * ((-f).exp() - (-log_r).exp()) ** 2
-
-    marginal = chain.log_ratio(rows.theta, rows.theta_1, x)
-    out = []
-    for name, target in (("joint log r(x, z)", rows.joint_log_ratio), ("log r(x)", marginal)):
-        at_star, at_zero = risk(f_star, target), risk(torch.zeros_like(f_star), target)
-        top = at_star.sort(descending=True).values
-        share = float(top[:10].sum() / top.sum())
-        clipped = float((target.abs() > clip).float().mean())
-        out.append(
-            f"| {name} | {float(at_star.mean()):.3g} | {float(at_zero.mean()):.3g} | "
-            f"{share:.2f} | {clipped:.2f} |"
-        )
-    return out
-
-
-def label_statistics(n: int = 5000, seed: int = 0) -> list[str]:
-    """The share of ALICES soft labels σ(log r(x, z)) inside (0.05, 0.95) on both
-    simulators, and on the latent chain Var t_d / Var ∂_d log p(x|θ) (its conditional mean)."""
-    from simulators import _latent_chain as chain
-
-    rows = []
-    for name, task in (("latent chain", chain), ("particle_shower", shower)):
-        theta = sample_prior(task.prior, n, seed).double()
-        theta_1 = sample_prior(task.prior, n, 1000 + seed).double()
-        data = task.simulator.ratio_simulations(theta, theta_1, seed=seed)
-        soft = torch.sigmoid(data.joint_log_ratio)
-        share = float(((soft > 0.05) & (soft < 0.95)).double().mean())
-        extra = ""
-        if task is chain:
-            own = ~data.from_reference
-            leaf = theta.clone().requires_grad_(True)
-            (marginal,) = torch.autograd.grad(
-                chain.log_likelihood(leaf, data.x[own].double()).sum(), leaf
-            )
-            ratio = data.joint_score[own].var(0) / marginal.var(0)
-            extra = ", ".join(f"{float(v):.1f}" for v in ratio)
-        rows.append(f"| {name} | {share:.2f} | {extra or '—'} |")
-    return rows
+def _against_carl(results, baseline: int, plan, cells: int) -> list[str]:
+    """The reference-ratio losses against CARL, their own binary classifier without the
+    joint quantities, at the baseline (when it was run there)."""
+    if (baseline, "carl") not in results:
+        return []
+    ratio = [(n, v) for n, v in plan if VARIANTS.get(v, (v,))[0] != "nre" and n < baseline]
+    return [
+        f"## The reference-ratio losses against CARL at {baseline:,}",
+        "",
+        f"As above, paired against CARL (the same binary classification without the joint "
+        f"quantities) at {baseline:,} simulations ({cells} cells); *reached*: mean ≤ 0.",
+        "",
+        "| simulations | method | C2ST − CARL at baseline | 95% interval | reached |",
+        "|---|---|---|---|---|",
+        *paired_rows(results, (baseline, "carl"), ratio),
+        "",
+    ]
 
 
 def main() -> None:
@@ -257,27 +256,63 @@ def main() -> None:
     parser.add_argument("--baseline", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--obs", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(AUGMENTED))
+    parser.add_argument("--methods", default="carl,alices,cascal")
+    parser.add_argument("--at-baseline", default="nre", help="variants run at the baseline")
+    parser.add_argument("--screen", default="", help="variants screened on the tuning set")
+    parser.add_argument("--screen-budget", type=int, default=3300)
+    parser.add_argument("--screen-seeds", type=int, default=2)
+    parser.add_argument("--screen-obs", type=int, default=3)
     parser.add_argument("--chain-simulations", type=int, default=2000)
     parser.add_argument("--chain-seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1,000 vs 2,000, 1 seed, 2 obs")
     args = parser.parse_args()
+    from benchmarks.joint_ratio_checks import carried_rows, chain_rows, risk_rows
+
     torch.set_num_threads(1)
     warm_up_torch()
     if args.quick:
         args.budgets, args.baseline, args.seeds, args.obs, args.chain_seeds = "1000", 2000, 1, 2, 1
+        args.screen = ""
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
-    chain_rows = run_chain(args.chain_simulations, args.chain_seeds)
-    print("\n".join(chain_rows), flush=True)
-    rows, results = run(budgets, args.baseline, args.seeds, args.obs, methods)
-    targets = target_rows(results, budgets, args.baseline, methods)
+    chain = chain_rows(args.chain_simulations, args.chain_seeds)
+    print("\n".join(chain), flush=True)
+    screen_text = []
+    if args.screen:
+        variants = args.screen.split(",")
+        plan = [(args.screen_budget, v) for v in variants]
+        screened = run(plan, args.screen_seeds, args.screen_obs, "tuning")
+        cells = args.screen_seeds * args.screen_obs
+        screen_text = [
+            f"## Screening on the tuning set: {args.screen_budget:,} simulations",
+            "",
+            f"The first {args.screen_obs} *tuning* observations × {args.screen_seeds} seeds "
+            f"({cells} cells), C2ST as above; epochs: mean epochs trained (mean best epoch); "
+            f"the paired difference is each variant minus `{variants[0]}` on the same cells "
+            "(*better*: the whole interval below 0).",
+            "",
+            "| simulations | variant | C2ST | 95% interval | seed means | train s | sample s "
+            "| epochs (best) |",
+            "|---|---|---|---|---|---|---|---|",
+            *table_rows(screened),
+            "",
+            f"| simulations | variant | C2ST − {variants[0]} | 95% interval | better |",
+            "|---|---|---|---|---|",
+            *paired_rows(screened, plan[0], plan, strict=True),
+            "",
+        ]
+    at_baseline = ["nre", *(v for v in args.at_baseline.split(",") if v != "nre")]
+    plan = [(args.baseline, v) for v in at_baseline]
+    plan += [(n, m) for n in budgets for m in ["nre", *methods]]
+    results = run(plan, args.seeds, args.obs)
     cells = args.seeds * args.obs
     command = (
         f"OMP_NUM_THREADS=1 python -m benchmarks.bench_joint_ratio --budgets {args.budgets} "
         f"--baseline {args.baseline} --seeds {args.seeds} --obs {args.obs} --methods "
         f"{args.methods} --chain-simulations {args.chain_simulations} --chain-seeds "
         f"{args.chain_seeds}"
+        + (f" --at-baseline {args.at_baseline}" if args.at_baseline != "nre" else "")
+        + (f" --screen {args.screen}" if args.screen else "")
     )
     text = [
         "# NRE with the joint likelihood ratio vs plain NRE-C on particle_shower",
@@ -293,11 +328,13 @@ def main() -> None:
         f"observations, mean over {args.obs} observations × {args.seeds} seeds ({cells} cells) "
         "with a 95% bootstrap interval over cells and the range of the per-seed means; 0.5 "
         "is perfect. CPU seconds per fit (one thread): training, and MCMC sampling of all "
-        "observations.",
+        "observations; epochs: mean epochs trained (mean best epoch), — for cells cached "
+        "before they were recorded.",
         "",
-        "| simulations | method | C2ST | 95% interval | seed means | train s | sample s |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        "| simulations | method | C2ST | 95% interval | seed means | train s | sample s "
+        "| epochs (best) |",
+        "|---|---|---|---|---|---|---|---|",
+        *table_rows(results),
         "",
         f"## The target: NRE-C's {args.baseline:,}-simulation C2ST with at most a third",
         "",
@@ -307,41 +344,15 @@ def main() -> None:
         "",
         "| simulations | method | C2ST − NRE-C at baseline | 95% interval | reached |",
         "|---|---|---|---|---|",
-        *targets,
+        *paired_rows(results, (args.baseline, "nre"), plan),
         "",
-        "## The latent chain (closed-form posterior)",
+        *_against_carl(results, args.baseline, plan, cells),
+        *screen_text,
+        *chain,
         "",
-        f"`simulators._latent_chain`, {args.chain_simulations:,} simulations per seed, the same "
-        "for every method (NRE-C on the pairs, the ratio losses on `ratio_rows()`); posterior "
-        "KL from the exact posterior on an 81 × 81 grid, mean over 20 observations (nats, 0 "
-        f"is perfect), mean over {args.chain_seeds} seeds with a 95% bootstrap interval.",
+        *risk_rows(),
         "",
-        "| simulations | method | KL | 95% interval |",
-        "|---|---|---|---|",
-        *chain_rows,
-        "",
-        "## Why ROLR fails: its empirical risk at the true ratio",
-        "",
-        "The latent chain, 2,000 simulations (seed 0, 4,000 `ratio_rows`). ROLR's risk "
-        "(`losses.ratio`, clip ±10) at the exact minimiser f* = log p(x|θ) − log p(x) and at "
-        "f = 0 (the prior as the posterior), the share of the risk at f* carried by its 10 "
-        "largest rows, and the share of targets beyond the clip; with the joint target the "
-        "loss reads, and with the latents integrated out (p(x|θ)/p(x|θ₁), closed form).",
-        "",
-        "| target | risk at f* | risk at f = 0 | top 10 rows | beyond clip |",
-        "|---|---|---|---|---|",
-        *rolr_risk(),
-        "",
-        "## What the joint quantities carry",
-        "",
-        "5,000 θs from the prior, per-row θ₁ from the prior, seed 0: the share of rows "
-        "whose soft label σ(log r(x, z)) lies in (0.05, 0.95) (the rest are almost the hard "
-        "labels CARL already has), and on the latent chain Var t_d / Var ∂_d log p(x|θ), the "
-        "joint score's variance over its conditional mean's (per θ component).",
-        "",
-        "| simulator | soft labels in (0.05, 0.95) | Var joint / Var marginal score |",
-        "|---|---|---|",
-        *label_statistics(),
+        *carried_rows(),
     ]
     OUT.write_text("\n".join(text) + "\n")
 

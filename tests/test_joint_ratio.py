@@ -258,6 +258,10 @@ def test_nre_loss_options_are_checked(marginal_reference):
         simgen.NRE(PRIOR).fit(theta, x, from_reference=data.from_reference)
     with pytest.raises(ConfigError, match="does not use joint_score"):
         simgen.NRE(PRIOR, loss="alices").fit(theta, x, **data.extras())
+    with pytest.raises(ConfigError, match="needs joint_score"):
+        simgen.NRE(PRIOR, loss="alices", joint_score_weight=0.1).fit(
+            theta, x, from_reference=data.from_reference, joint_log_ratio=data.joint_log_ratio
+        )
     with pytest.raises(ShapeError, match="joint_log_ratio must be finite"):
         simgen.NRE(PRIOR, loss="alices").fit(
             theta, x, from_reference=data.from_reference, joint_log_ratio=torch.zeros(3)

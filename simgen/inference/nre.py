@@ -59,7 +59,8 @@ class NRE(Method):
             ``"rascal"``, ``"alices"``, ``"cascal"``, ``"carl"`` (see the module docstring).
         joint_score_weight: λ of the score term; None gives 1 for RASCAL and CASCAL (the
             weight :class:`~simgen.losses.JointScoreNLELoss` uses) and 0 for the others.
-            A positive weight adds the score term to ALICES.
+            A positive weight adds the score term to ALICES (Brehmer et al.'s α; 0.1 is
+            the value ``benchmarks/results_joint_ratio.md`` measured best).
         mcmc: Default MCMC settings of the posterior (:class:`~simgen.mcmc.MCMCConfig`;
             random-walk Metropolis unless told otherwise).
         num_chains, warmup, thin, mcmc_method: The same settings one by one (``mcmc_method``

@@ -91,7 +91,10 @@ r(x\mid\theta,\theta_1)`. Write
   by :math:`\nabla_\theta f = \nabla_\theta \log r(x\mid\theta,\theta_1)`, which the true
   ratio also satisfies, so the minimiser is unchanged. :math:`s_d` is the standard deviation
   of :math:`t_d`, so :math:`\lambda` is unitless, as in :class:`~simgen.losses.likelihood.
-  JointScoreNLELoss`.
+  JointScoreNLELoss`. ALICES keeps λ = 0 by default (it then needs no joint score); λ = 0.1
+  (Brehmer et al.'s α) measured slightly better on particle_shower and the latent chain,
+  within the noise of the screen that chose it, at about twice the training CPU
+  (``benchmarks/results_joint_ratio.md``).
 """
 
 from __future__ import annotations
