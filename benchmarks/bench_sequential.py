@@ -14,7 +14,8 @@ its budget (proposals, simulations, training), not the scoring.
 
 Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
-``max_epochs`` ...), for sbi ``num_rounds`` only):
+``max_epochs`` ...) except ``estimator`` and ``support``, which go to ``simgen.NPE``; for sbi
+``num_rounds`` only):
 
 - ``simgen_npe``: simgen NPE (nsf) trained once on the prior (amortised, 1 round).
 - ``simgen_tsnpe``: ``simgen.sequential(simgen.NPE(prior), ...)``, nsf, truncated proposals.
@@ -202,7 +203,9 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     options = dict(options)
     estimator = options.pop("estimator", "flow_matching" if name == "simgen_tsnpe_fm" else "nsf")
     front = simgen.NLE(task.prior) if name == "simgen_snle" else None
-    front = front or simgen.NPE(task.prior, estimator=estimator)
+    front = front or simgen.NPE(
+        task.prior, estimator=estimator, support=options.pop("support", None)
+    )
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
     posterior = simgen.sequential(
         front, task.simulator, x_o, num_simulations=budget, seed=seed, callback=scorer, **options
@@ -460,7 +463,7 @@ def main() -> None:
     parser.add_argument("--round-one", action="store_true", help="round 1's regions, measured")
     args = parser.parse_args()
     if args.true_regions:
-        print("\n".join(true_regions(args.observations)))
+        print("\n".join(true_regions(args.observations, tasks=tuple(args.tasks.split(",")))))
         return
     if args.round_one:
         torch.set_num_threads(1)
