@@ -329,7 +329,10 @@ def main() -> None:
         "with a 95% bootstrap interval over cells and the range of the per-seed means; 0.5 "
         "is perfect. CPU seconds per fit (one thread): training, and MCMC sampling of all "
         "observations; epochs: mean epochs trained (mean best epoch), — for cells cached "
-        "before they were recorded.",
+        "before they were recorded. Variants (`VARIANTS`): `alices-a0.1` and `-a1` are "
+        "ALICES with `joint_score_weight` 0.1 and 1 (the paper's α), `-lr1e-3` a learning "
+        "rate of 1e-3, `-p60` patience 60, `-fixed` one θ₁ at the prior's mean (n/2 "
+        "simulations at θ, n/2 at θ₁); `rolr` is simgen's (against the balanced mixture).",
         "",
         "| simulations | method | C2ST | 95% interval | seed means | train s | sample s "
         "| epochs (best) |",
