@@ -40,7 +40,8 @@ they ran as), or of the simgen codes ``--codes`` lists. The code key hashes
 ``simgen/sequential/`` without docstrings, so editing the text relabels no run. simgen
 runs also record, per round, the prior mass of the next proposal region and the share of
 reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
-round's C2ST (not timed). ``--first-observation k`` skips the observations before k.
+round's C2ST (not timed). ``--first-observation k`` skips the observations before k;
+``--pairs a,b`` prints, per run both specs finished, their C2ST beside sbi SNPE-C's.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -431,6 +432,30 @@ def rounds_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def pairs_table(rows: list[dict], first: str, second: str, budget: int) -> list[str]:
+    """Per run (task, observation, seed) that both specs finished at ``budget``: their C2ST
+    beside sbi SNPE-C's on the same run (``-`` where it has none), and their CPU seconds."""
+    runs: dict[tuple, dict] = {}
+    for r in rows:
+        if "error" not in r and r["budget"] == budget:
+            runs[(r["task"], r["method"], r["observation"], r["seed"])] = r
+    lines = [
+        f"| task | observation | seed | {first} | {second} | sbi_snpec | CPU s: first, second |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, method, obs, seed in sorted(runs, key=lambda k: (k[0], k[3], k[2])):
+        if method != first or (task, second, obs, seed) not in runs:
+            continue
+        a, b = runs[(task, first, obs, seed)], runs[(task, second, obs, seed)]
+        base = runs.get((task, "sbi_snpec", obs, seed))
+        ref = f"{base['c2st']:.3f}" if base else "-"
+        lines.append(
+            f"| {task} | {obs} | {seed} | {a['c2st']:.3f} | {b['c2st']:.3f} | {ref} | "
+            f"{a['cpu_s']:.1f}, {b['cpu_s']:.1f} |"
+        )
+    return lines
+
+
 def write_markdown(rows: list[dict]) -> None:
     body = [START, "", *table(rows), "", "Per round (simgen):", "", *rounds_table(rows), "", END]
     text = OUT.read_text() if OUT.exists() else f"# Sequential inference\n\n{START}\n{END}\n"
@@ -461,9 +486,14 @@ def main() -> None:
     parser.add_argument("--codes", default="", help="table: runs of these simgen codes (a,b)")
     parser.add_argument("--true-regions", action="store_true", help="exact regions' prior mass")
     parser.add_argument("--round-one", action="store_true", help="round 1's regions, measured")
+    parser.add_argument("--pairs", default="", help="print the per-run table of two specs a,b")
     args = parser.parse_args()
     if args.true_regions:
         print("\n".join(true_regions(args.observations, tasks=tuple(args.tasks.split(",")))))
+        return
+    if args.pairs:
+        first, second = args.pairs.split(",")
+        print("\n".join(pairs_table(cached_rows(args), first, second, args.budget)))
         return
     if args.round_one:
         torch.set_num_threads(1)
