@@ -48,8 +48,6 @@ def true_regions(
     threshold comes from the harness's cached 10⁴ reference draws (at ε = 1e-4 their lowest
     value: an estimate of the region's size, not a precise one)."""
     lines = ["| task | observation | prior mass of the exact 1e-4 HPD region |", "|---|---|---|"]
-    if "bernoulli_glm" in tasks:
-        lines += _glm_regions(num_observations, epsilon)
     for name in [t for t in ("gaussian_linear_uniform", "gaussian_mixture") if t in tasks]:
         task = harness.load_task(name)
         _, xs = harness.observations(name, "report", num_observations)
@@ -62,6 +60,8 @@ def true_regions(
             tau = log_q[int(epsilon * len(log_q))]
             mass = float((_log_likelihood(task, name, prior, x) >= tau).float().mean())
             lines.append(f"| {name} | {i} | {mass:.3f} |")
+    if "bernoulli_glm" in tasks:
+        lines += _glm_regions(num_observations, epsilon)
     return lines
 
 
