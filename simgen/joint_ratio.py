@@ -22,6 +22,15 @@ independently of θ, from the evidence :math:`p(x)`), so N simulations give 2N r
 reference needs simulations drawn *at* it: ``ratio_rows(reference=...)`` takes a second run
 made by ``run_simulator(sim, theta_1_rows, joint=True, theta_1=thetas)``.
 
+NRE-C with soft labels (``NRE(loss="nrec_soft", num_atoms=K)``) reads a run as it is, with
+K − 1 references per simulation: one ``theta_1="prior"`` run for K = 2, and for more,
+:func:`stack_references` of runs that re-simulate the same θs with the same seed and other
+prior-drawn rows, ``run_simulator(sim, run.theta, seed=seed, joint=True,
+theta_1=prior.sample((N,)))``: every call is seeded from ``(seed, batch, start)``, so the
+latents are the ones already recorded, re-scored at the new references. Each extra reference
+costs one more simulation of the run (the simulator has no re-score without a trace, and the
+traces are not banked); the stack checks that every run holds the same θ and x.
+
 Runs go through the batches of :mod:`simgen.batches` unchanged: :class:`RatioRun` is a
 simulator of the packed rows :math:`[\theta_i, \theta_{1,i}]` whose ``trace`` re-scores, so
 seeding, bisection of failing rows, workers and banks treat it like any joint run, and ``x``
@@ -41,7 +50,14 @@ from torch.distributions import Distribution
 from .errors import ConfigError, ShapeError, SimulationError
 from .simulator import Simulator, Trace
 
-__all__ = ["RatioRun", "RatioTrace", "reference_rows", "reference_label", "THETA_1_STREAM"]
+__all__ = [
+    "RatioRun",
+    "RatioTrace",
+    "reference_rows",
+    "reference_label",
+    "stack_references",
+    "THETA_1_STREAM",
+]
 
 #: Spawn key of the stream ``theta_1="prior"`` draws from (θ itself uses the seed directly,
 #: the batches ``(seed, batch[, start])``), so the references share no draws with either.
@@ -124,3 +140,27 @@ def reference_label(theta_1: object) -> str | None:
         return theta_1
     rows = torch.as_tensor(theta_1).detach().to(torch.float32).contiguous().numpy()
     return f"rows {tuple(rows.shape)} sha256:{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}"
+
+
+def stack_references(runs) -> tuple[Tensor, Tensor]:
+    """``theta_1`` ``(N, M, D)`` and ``joint_log_ratio`` ``(N, M)`` of M runs with references
+    (each a :class:`~simgen.simulations.Simulations` made with ``theta_1=``) of the same θs
+    and x, for ``NRE(loss="nrec_soft", num_atoms=M + 1)``; a ShapeError when the runs differ
+    in θ or x (a run whose failures dropped rows, or another seed)."""
+    runs = list(runs)
+    if not runs or any(getattr(r, "joint_log_ratio", None) is None for r in runs):
+        raise ShapeError(
+            "stack_references needs one or more runs made with joint=True and theta_1=."
+        )
+    first = runs[0]
+    for i, r in enumerate(runs[1:], 1):
+        if r.theta.shape != first.theta.shape or not (
+            torch.equal(r.theta, first.theta) and torch.equal(r.x, first.x)
+        ):
+            raise ShapeError(
+                f"run {i} holds other simulations than run 0 (θ or x differ): re-simulate "
+                "run 0's theta with its seed, run_simulator(sim, run.theta, seed=seed, "
+                "joint=True, theta_1=rows), and keep runs without failed rows."
+            )
+    theta_1 = torch.stack([r.theta_1 for r in runs], 1)
+    return theta_1, torch.stack([r.joint_log_ratio for r in runs], 1)

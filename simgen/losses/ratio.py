@@ -25,6 +25,30 @@ and the loss is the weighted cross-entropy
 
 minimised by :math:`f_\phi = \log r` exactly (not only up to a constant in x, unlike NRE-B).
 
+**NRE-C with soft labels from the joint ratio** (``"nrec_soft"``, :class:`SoftNRECLoss`).
+Let the K atoms of a joint example be the simulation's own :math:`\theta_{i}` and
+:math:`K-1` banked references :math:`\theta_{1,i}^{(m)}`, drawn from the prior independently
+of :math:`(\theta_i, x_i, z_i)`, each with its joint log ratio :math:`\log r^{(m)}_i = \log
+p(x_i,z_i\mid\theta_i) - \log p(x_i,z_i\mid\theta^{(m)}_{1,i})`. The atoms are then K
+independent prior draws, and since :math:`q` above is symmetric in their order, the loss
+is unchanged if the position :math:`k^*` of the joint atom is uniform instead of first. Given
+the latents, the posterior of that position is
+
+.. math:: w_k = P(k^* = k\mid \Theta, x, z) = \frac{p(x,z\mid\theta_k)}{\sum_j p(x,z\mid
+    \theta_j)} = \operatorname{softmax}_k\big(0, -\log r^{(1)}, \dots, -\log r^{(K-1)}\big),
+
+and by the tower property :math:`\mathbb E[w_k\mid\Theta, x] = P(k^*=k\mid\Theta, x)
+= p(x\mid\theta_k)/\sum_j p(x\mid\theta_j)`. Replacing the joint term's hard label by
+these soft labels, :math:`-\log q(y=k^*) \to -\sum_k w_k \log q(y=k)`, therefore leaves the
+expected loss, as a function of :math:`\phi`, exactly NRE-C's (the same minimiser :math:`f
+= \log r`, with :math:`\gamma` and the class weights as above), and its variance lower: the
+label is averaged over the latents given x. Only the joint term changes (:math:`\log q(y=k)
+= \log\gamma + f_k - \log(K + \gamma\sum_j e^{f_j})`, so the soft label enters as
+:math:`\sum_k w_k f_k`); the null class :math:`y=0` keeps its hard label and its K atoms from
+other rows of the batch, because the probability of the null class given the latents would
+need the marginal :math:`p(x, z)`, which no simulator gives. The references must be drawn
+from the prior (a fixed :math:`\theta_1` breaks the exchangeability the derivation uses).
+
 **BNRE** (Delaunoy et al., 2022). Binary NRE, :math:`-\mathbb E_{p(\theta,x)} \log
 \sigma(f_\phi) - \mathbb E_{p(\theta)p(x)} \log(1 - \sigma(f_\phi))`, plus the balancing
 penalty
@@ -109,6 +133,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "NRECLoss",
+    "SoftNRECLoss",
     "BNRELoss",
     "ReferenceRatioLoss",
     "REFERENCE_LOSSES",
@@ -150,6 +175,27 @@ class NRECLoss(nn.Module):
         log_q1 = (
             log_gamma + joint[:, 0] - torch.logsumexp(torch.cat([log_gamma + joint, pad], 1), 1)
         )
+        w = self.gamma / (1 + self.gamma)
+        return -((1 - w) * log_q0 + w * log_q1).mean()
+
+
+class SoftNRECLoss(NRECLoss):
+    """NRE-C whose joint term has soft labels from the joint log ratios against ``K - 1``
+    prior-drawn references per simulation (module docstring); K is ``num_atoms``."""
+
+    def forward(self, theta: Tensor, x: Tensor, theta_1: Tensor, joint_log_ratio: Tensor) -> Tensor:
+        k, n = self.num_atoms, len(theta)
+        theta_1 = theta_1.reshape(n, k - 1, theta.shape[-1])
+        log_r = joint_log_ratio.reshape(n, k - 1).to(theta_1.dtype)
+        xs = x[:, None].expand(n, k, *x.shape[1:])
+        marginal = self.classifier(_marginal_thetas(theta, k), xs)
+        joint = self.classifier(torch.cat([theta[:, None], theta_1], 1), xs)
+        log_gamma, log_k = math.log(self.gamma), math.log(k)
+        pad = torch.full((n, 1), log_k, device=theta.device, dtype=marginal.dtype)
+        log_q0 = log_k - torch.logsumexp(torch.cat([log_gamma + marginal, pad], 1), 1)
+        labels = torch.softmax(torch.cat([torch.zeros_like(log_r[:, :1]), -log_r], 1), 1)
+        norm = torch.logsumexp(torch.cat([log_gamma + joint, pad], 1), 1)
+        log_q1 = log_gamma + (labels * joint).sum(1) - norm
         w = self.gamma / (1 + self.gamma)
         return -((1 - w) * log_q0 + w * log_q1).mean()
 
