@@ -45,9 +45,13 @@ BASE: dict[str, object] = {
 }
 
 
+#: A value of :func:`spec_of` that leaves the option out (one the family lacks: MAF's bins).
+DROP = object()
+
+
 def spec_of(**changes: object) -> str:
-    """The method spec of :data:`BASE` with ``changes``."""
-    options = {**BASE, **changes}
+    """The method spec of :data:`BASE` with ``changes`` (``DROP`` removes an option)."""
+    options = {k: v for k, v in {**BASE, **changes}.items() if v is not DROP}
     return "npe:" + ";".join(f"{k}={json.dumps(v)}" for k, v in options.items())
 
 
@@ -87,6 +91,19 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "t3": (
         spec_of(transforms=3),
         "3 transforms: less capacity to overfit 900 pairs, and cheaper",
+    ),
+    "maf": (
+        spec_of(estimator="maf", support="reject", bins=DROP),
+        "affine autoregressive transforms (MAF) on θ: every coordinate is conditioned on all "
+        "earlier ones, so the correlated, near-Gaussian posteriors of bernoulli_glm and the "
+        "Gaussian-in-a-box of gaussian_linear_uniform are in the family from the first "
+        "transform, where 2-pass coupling without a linear mixing layer (sbi's nsf has an "
+        "LU layer after each coupling) needs several",
+    ),
+    "nsf_ar": (
+        spec_of(support="reject", passes=None),
+        "the spline flow made fully autoregressive (passes=None): the same conditioning "
+        "argument as maf, with splines; sampling costs D passes per transform",
     ),
 }
 
