@@ -1,4 +1,5 @@
-"""NRE with the joint likelihood ratio (CARL, ALICES, CASCAL, ROLR, RASCAL) vs plain NRE-C.
+"""NRE with the joint likelihood ratio (CARL, ALICES, CASCAL, ROLR, RASCAL, NRE-C with soft
+labels) vs plain NRE-C.
 
 The showcase is the collection's ``particle_shower``: a pyro program with a random number of
 latent splittings whose reference posterior comes from pseudo-marginal MCMC. Each seed runs
@@ -9,7 +10,10 @@ the n pairs (θ, x); the reference-ratio losses on ``ratio_rows()`` of the same 
 (2n rows: each simulation as drawn, and swapped, θ₁ paired with x drawn at its reference θ;
 :mod:`simgen.joint_ratio`). A *variant* (:data:`VARIANTS`) is a loss with other training
 options, score weight or reference; ``fixed`` references simulate n/2 θs re-scored at the
-prior's mean and n/2 simulations at it (``ratio_rows(reference=...)``). Accuracy is C2ST
+prior's mean and n/2 simulations at it (``ratio_rows(reference=...)``). ``nrec_soft`` trains
+on the n simulations as they are, with K − 1 = 4 references each (the run's θ₁ and three
+re-simulations of its θs with the same seed at other prior draws, :func:`soft_references`),
+``nrec_soft-k2`` with the run's θ₁ alone (K = 2). Accuracy is C2ST
 (``simgen.diagnostics.c2st``) of 1,000 posterior draws against 1,000 of the
 ``benchmarks.harness.reference`` draws of the first ``--obs`` observations of a set: the
 variants are screened on the *tuning* set (``--screen``), the grid runs on the *report* set.
@@ -70,7 +74,12 @@ VARIANTS = {
     "alices-fixed": ("alices", {"reference": "fixed"}),
     "cascal-p60": ("cascal", {"train": {"patience": 60}}),
     "nre-p60": ("nre", {"train": {"patience": 60}}),
+    "nrec_soft": ("nrec_soft", {"atoms": 5}),
+    "nrec_soft-k2": ("nrec_soft", {"atoms": 2}),
 }
+#: Seed offset of the prior draws of ``nrec_soft``'s extra references (one stream per
+#: reference, none shared with θ or the run's own θ₁).
+SOFT_REFERENCE_SEED = 77_000
 CELL_NAMES = {"rolr": "rolr-mixture", "rascal": "rascal-mixture"}
 
 
@@ -109,6 +118,20 @@ def fit(task, variant: str, run, n: int, seed: int, x_shape=None, nre_class=simg
             x = run.x[:n] if x_shape is None else run.x[:n].reshape(-1, *x_shape)
             nre = simgen.NRE(task.prior)
             return nre.fit(run.theta[:n], x, progress=False, seed=seed, **train)
+        if method == "nrec_soft":
+            x = run.x[:n] if x_shape is None else run.x[:n].reshape(-1, *x_shape)
+            atoms = options["atoms"]
+            theta_1, log_r = soft_references(task, run, seed, atoms - 1)
+            nre = nre_class(task.prior, loss=method, num_atoms=atoms)
+            return nre.fit(
+                run.theta[:n],
+                x,
+                progress=False,
+                seed=seed,
+                theta_1=theta_1[:n],
+                joint_log_ratio=log_r[:n],
+                **train,
+            )
         if options.get("reference") == "fixed":
             rows = fixed_rows(task, n, seed)
         else:
@@ -120,6 +143,33 @@ def fit(task, variant: str, run, n: int, seed: int, x_shape=None, nre_class=simg
         x_rows = rows.x if x_shape is None else rows.x.reshape(-1, *x_shape)
         nre = nre_class(task.prior, loss=method, joint_score_weight=weight)
         return nre.fit(rows.theta, x_rows, progress=False, seed=seed, **train, **extras)
+
+
+_SOFT: dict[tuple, tuple] = {}
+
+
+def soft_references(task, run, seed: int, count: int):
+    """``count`` prior-drawn references per simulation of ``run`` (made by
+    :func:`simulations` with ``seed``) and the joint log ratios against them: the run's own
+    θ₁ and ``count - 1`` re-simulations of its θs with the same seed
+    (:func:`simgen.joint_ratio.stack_references`), kept for the process."""
+    from simgen.joint_ratio import stack_references
+
+    key = (task.__name__, seed, len(run.theta), count)
+    if key not in _SOFT:
+        runs = [run]
+        for m in range(1, count):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(SOFT_REFERENCE_SEED + 100 * seed + m)
+                rows = task.prior.sample((len(run.theta),)).float()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                again = run_simulator(
+                    task.simulator, run.theta, seed=seed, joint=True, theta_1=rows
+                )
+            runs.append(again)
+        _SOFT[key] = stack_references(runs)
+    return _SOFT[key]
 
 
 def _head(run, n: int) -> Simulations:
@@ -332,7 +382,11 @@ def main() -> None:
         "before they were recorded. Variants (`VARIANTS`): `alices-a0.1` and `-a1` are "
         "ALICES with `joint_score_weight` 0.1 and 1 (the paper's α), `-lr1e-3` a learning "
         "rate of 1e-3, `-p60` patience 60, `-fixed` one θ₁ at the prior's mean (n/2 "
-        "simulations at θ, n/2 at θ₁); `rolr` is simgen's (against the balanced mixture).",
+        "simulations at θ, n/2 at θ₁); `rolr` is simgen's (against the balanced mixture); "
+        "`nrec_soft` is NRE-C (K = 5, NRE's default) with soft labels from the joint log "
+        "ratios against 4 prior-drawn references per simulation (the run's θ₁ and 3 "
+        "re-simulations of its θs with the same seed), `nrec_soft-k2` with the run's θ₁ "
+        "alone (K = 2); both train on the n simulations, not on `ratio_rows()`.",
         "",
         "| simulations | method | C2ST | 95% interval | seed means | train s | sample s "
         "| epochs (best) |",

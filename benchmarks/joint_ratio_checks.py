@@ -40,6 +40,8 @@ CHAIN_VARIANTS = {
     "rolr-log": ("rolr", "log"),
     "alices-a0.1": ("alices-a0.1", None),
     "alices-a1": ("alices-a1", None),
+    "nrec_soft": ("nrec_soft", None),
+    "nrec_soft-k2": ("nrec_soft-k2", None),
 }
 
 
@@ -120,7 +122,8 @@ def chain_rows(n: int, seeds: int) -> list[str]:
         f"is 1.33 away), mean over {seeds} seeds with a 95% bootstrap interval and the range "
         "over seeds. `rolr`/`rascal` are simgen's (targets against the balanced mixture); "
         "`-theta_1` is the paper's form, `-weighted` and `-log` the alternatives of "
-        "`benchmarks/joint_ratio_checks.py`.",
+        "`benchmarks/joint_ratio_checks.py`; `nrec_soft` (K = 5) and `nrec_soft-k2` (K = 2) "
+        "are NRE-C with the joint ratio's soft labels, on the pairs with their references.",
         "",
         "| simulations | method | KL | 95% interval | seeds |",
         "|---|---|---|---|---|",
