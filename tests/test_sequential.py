@@ -322,3 +322,23 @@ def test_bad_arguments_raise_simgen_errors(tmp_path):
             max_epochs=1,
         )
     assert issubclass(ConfigError, SimgenError)
+
+
+def test_benchmark_code_key_and_equivalent_codes():
+    # bench_sequential's cache key hashes the code without docstrings: a text edit keeps it,
+    # a code edit changes it. Runs of a code that refit from scratch by default are listed
+    # under the spec that computes the same with the current warm-start default.
+    from benchmarks.bench_sequential import _without_docstrings, as_current
+
+    src = 'def f():\n    """Text."""\n    return 1  # note\n'
+    assert _without_docstrings(src) == _without_docstrings(src.replace("Text", "Other text"))
+    assert _without_docstrings(src) != _without_docstrings(src.replace("return 1", "return 2"))
+    old = "seq-36db8813a67e"
+    assert as_current({"code": old, "method": "simgen_tsnpe"})["method"] == (
+        "simgen_tsnpe:warm_start=false"
+    )
+    warm = as_current({"code": old, "method": "simgen_tsnpe:warm_start=true"})
+    assert warm["method"] == "simgen_tsnpe"
+    assert warm["method_as_run"] == "simgen_tsnpe:warm_start=true"
+    current = {"code": "seq-current", "method": "simgen_tsnpe"}
+    assert as_current(current) == current
