@@ -76,6 +76,7 @@ VARIANTS = {
     "nre-p60": ("nre", {"train": {"patience": 60}}),
     "nrec_soft": ("nrec_soft", {"atoms": 5}),
     "nrec_soft-k2": ("nrec_soft", {"atoms": 2}),
+    "nrec_soft-k10": ("nrec_soft", {"atoms": 10}),
 }
 #: Seed offset of the prior draws of ``nrec_soft``'s extra references (one stream per
 #: reference, none shared with θ or the run's own θ₁).
