@@ -22,12 +22,13 @@ Cells (variant, budget, seed, observations) are cached in
 the comparison is within simgen. CPU seconds (``time.process_time``) per fit, one thread.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_joint_ratio --budgets 1000,2000,3300 \
-        --baseline 10000 --seeds 4 --obs 5 --methods carl,alices,cascal,alices-a0.1,rolr \
-        --at-baseline nre,carl --screen alices,alices-lr1e-3,alices-p60,alices-a0.1,\
-alices-a1,alices-fixed,nre,nre-p60,cascal,rolr
+        --baseline 10000 --seeds 4 --obs 5 --methods \
+carl,alices,cascal,alices-a0.1,rolr,nrec_soft,nrec_soft-k2 --at-baseline nre,carl --screen \
+alices,alices-lr1e-3,alices-p60,alices-a0.1,alices-a1,alices-fixed,nre,nre-p60,cascal,rolr,\
+nrec_soft,nrec_soft-k10
 
-(about 20 CPU-minutes from an empty cell cache with the references cached: 100 cells of
-5 to 15 CPU-s, most of it C2ST at about 2 CPU-s per observation, and the latent chain).
+(about 27 CPU-minutes from an empty cell cache with the references cached: 128 cells of
+5 to 20 CPU-s, most of it C2ST at about 2 CPU-s per observation, and the latent chain).
 """
 
 from __future__ import annotations
