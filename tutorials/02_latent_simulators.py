@@ -249,20 +249,19 @@ print("with the joint score: mean", samples_js.mean(0), "std", samples_js.std(0)
 # sampled by the same MCMC as plain NRE. `"carl"` is the same classification without the
 # joint quantities; the default, `loss="nrec"`, uses none of this.
 #
-# When they help (`benchmarks/results_joint_ratio.md`): a joint quantity adds what its
-# conditional mean carries, minus its noise. On the latent chain the latents pin θ down far
-# better than x does: only 9% of ALICES's soft labels lie in (0.05, 0.95), so ALICES barely
-# differs from CARL (posterior KL 0.051 vs 0.056 nats, 2,000 simulations, 5 seeds); the joint
-# score's variance is 3-5x that of the marginal score it estimates, which is why a score term
-# (CASCAL 0.059) did not help there either; and ROLR's squared error on $e^{f}$ is dominated
-# by the joint ratio's heavy tails (0.458). The contrastive default NRE-C, which compares
-# each x with five θs instead of one, reached 0.017 on the same rows.
-# On this shower (C2ST against the reference, 3 observations x 2 seeds, same simulations for
-# every method) the score term put CASCAL ahead of CARL at both budgets, with overlapping
-# intervals: 0.677 against 0.699 at 1,000 simulations, 0.577 against 0.597 at 4,000; ALICES
-# is within noise of CARL (0.686, 0.614); ROLR and RASCAL trail (0.79, 0.75). None beat plain
-# NRE-C (0.588, 0.573): on these simulators, keep the default, and reach for CASCAL when a
-# contrastive loss is not an option.
+# `loss="nrec_soft"` is NRE-C itself with the joint class's labels softened by the joint log
+# ratios against K - 1 prior-drawn references per simulation: the same minimiser as NRE-C's
+# hard labels, with less label noise.
+#
+# When they help (`benchmarks/results_joint_ratio.md`, tutorial 7): a joint quantity adds
+# what its conditional mean carries, minus its noise. On the latent chain (2,000
+# simulations, 5 seeds, posterior KL in nats) the latents pin θ down far better than x does,
+# so ALICES's soft labels are nearly CARL's hard ones (0.045 vs 0.060); NRE-C, which compares
+# each x with five θs, reaches 0.032 and its soft-labelled form 0.024. On the shower (C2ST,
+# 5 observations x 4 seeds) ALICES's labels carry 0.17 of CARL's label noise: ALICES with a
+# score term at 3,300 simulations matches CARL at 10,000, and `nrec_soft` at 3,300 (0.553)
+# beats NRE-C at 3,300 (0.575) and comes within +0.011 [-0.009, +0.034] of NRE-C at 10,000
+# (0.542).
 
 # %%
 half = NUM_SIMULATIONS // 2
