@@ -83,12 +83,12 @@ def _cost_table(results: dict) -> list[str]:
     for (name, budget, spec), s in results.items():
         if not s.get("seeds"):
             continue
-        known = [e for e in s.get("epochs", []) if e is not None]
-        epochs = per_epoch = "unrecorded"
+        runs = s.get("epochs") or [None] * s["seeds"]
+        known = [e for e in runs if e is not None]
+        epochs = "/".join("?" if e is None else str(e) for e in runs) if known else "unrecorded"
+        per_epoch = "unrecorded"
         if known and len(known) == s["seeds"]:
-            mean = sum(known) / len(known)
-            epochs = "/".join(map(str, known))
-            per_epoch = f"{s['train_cpu_s'] / mean:.3f}"
+            per_epoch = f"{s['train_cpu_s'] / (sum(known) / len(known)):.3f}"
         rows.append(
             f"| {name} | {budget} | {spec} | {s['train_cpu_s']:.1f} | {epochs} | {per_epoch} | "
             f"{s['sample_cpu_s']:.1f} |"
@@ -129,8 +129,9 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         "",
         *_cost_table(results),
         "",
-        "Means over seeds; epochs per seed (a cell cached before epochs were recorded reads "
-        "`unrecorded`); sample CPU s is drawing the samples at every observation.",
+        "Means over seeds; epochs per seed (`?` for a cell cached before epochs were recorded; "
+        "CPU s / epoch needs every seed's); sample CPU s is drawing the samples at every "
+        "observation.",
         "",
         "## Reference posteriors",
         "",
