@@ -1,0 +1,140 @@
+"""Tables of ``benchmarks/results_sequential.md`` from cached sequential runs.
+
+Each run is a dict as ``benchmarks.bench_sequential`` caches it (task, budget, method,
+observation, seed, c2st, cpu_s, per_round). :func:`table` summarises runs per (task, budget,
+method), :func:`rounds_table` per round of the simgen runs, :func:`pairs_table` two methods
+run by run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean C2ST over runs; spread = sd over seeds of the per-seed mean; worst observation =
+    the highest C2ST averaged over seeds; mean CPU s per run."""
+    ok = [r for r in runs if "error" not in r]
+    out = {"runs": len(ok), "errors": [r["error"] for r in runs if "error" in r]}
+    if not ok:
+        return out
+    by_seed: dict[int, list[float]] = {}
+    by_obs: dict[int, list[float]] = {}
+    for r in ok:
+        by_seed.setdefault(r["seed"], []).append(r["c2st"])
+        by_obs.setdefault(r["observation"], []).append(r["c2st"])
+    seed_means = [statistics.mean(v) for v in by_seed.values()]
+    obs_means = {k: statistics.mean(v) for k, v in by_obs.items()}
+    worst = max(obs_means, key=obs_means.__getitem__)
+    out.update(
+        mean=statistics.mean(r["c2st"] for r in ok),
+        spread=statistics.stdev(seed_means) if len(seed_means) > 1 else float("nan"),
+        seeds=len(by_seed),
+        observations=len(by_obs),
+        worst_obs=worst,
+        worst=obs_means[worst],
+        cpu_s=statistics.mean(r["cpu_s"] for r in ok),
+        keys={(r["observation"], r["seed"]) for r in ok},
+        cpu={(r["observation"], r["seed"]): r["cpu_s"] for r in ok},
+    )
+    return out
+
+
+def table(rows: list[dict], baseline_of: Callable[[str], str]) -> list[str]:
+    """One row per (task, budget, method): mean, spread, worst observation, CPU s and the CPU
+    ratio to ``baseline_of(spec)``'s runs on the same (observation, seed)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["budget"], r["method"]), []).append(r)
+    summary = {k: summarise(v) for k, v in groups.items()}
+    lines = [
+        "| task | sims | method | obs x seeds | mean C2ST | spread (sd over seeds) | "
+        "worst obs | CPU s / run | CPU / sbi SNPE-C (SNLE) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, budget, spec), s in sorted(summary.items()):
+        if not s["runs"]:
+            lines.append(f"| {task} | {budget} | {spec} | 0 | error: {s['errors'][0][:80]} |||||")
+            continue
+        ratio = ""
+        base = summary.get((task, budget, baseline_of(spec)))
+        if base and base.get("runs"):
+            common = s["keys"] & base["keys"]
+            if common:
+                own = sum(s["cpu"][k] for k in common)
+                ratio = f"{own / sum(base['cpu'][k] for k in common):.2f} ({len(common)} runs)"
+        errors = f" ({len(s['errors'])} failed)" if s["errors"] else ""
+        lines.append(
+            f"| {task} | {budget} | {spec} | {s['observations']} x {s['seeds']}{errors} | "
+            f"{s['mean']:.3f} | {s['spread']:.3f} | {s['worst']:.3f} (#{s['worst_obs']}) | "
+            f"{s['cpu_s']:.1f} | {ratio} |"
+        )
+    return lines
+
+
+def rounds_table(rows: list[dict], sweep_epsilons: tuple[float, ...]) -> list[str]:
+    """Per round of the simgen sequential runs, means over runs: the round's C2ST (with
+    --per-round), the prior mass of the region the round builds and the reference mass
+    outside it, and the same two at the larger ε of the sweep (same fit, no retraining).
+    The last round builds no region."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        last = max((pr["round"] for pr in r.get("per_round", [])), default=0)
+        for pr in r.get("per_round", []):
+            if pr["round"] < last or "c2st" in pr:
+                key = (r["task"], r["budget"], r["method"], pr["round"])
+                groups.setdefault(key, []).append({**pr, "last": pr["round"] == last})
+    sweep = [f"{e:g}" for e in sweep_epsilons[1:]]
+    lines = [
+        "| task | sims | method | round | runs | C2ST of round | region's prior mass | "
+        "reference outside | "
+        + " | ".join(f"ε={e}: mass, reference outside" for e in sweep)
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(sweep),
+    ]
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return f"{statistics.mean(values):.3g}" if values else "-"
+
+    for (task, budget, spec, r), prs in sorted(groups.items()):
+        built = [p for p in prs if not p["last"]]
+        cells = [
+            mean(p.get("c2st") for p in prs),
+            mean(p.get("next_mass") for p in built),
+            mean(p.get("reference_outside") for p in built),
+        ]
+        for e in sweep:
+            at = [p["epsilons"][e] for p in built if e in p.get("epsilons", {})]
+            cells.append(
+                f"{mean(a['mass'] for a in at)}, {mean(a['reference_outside'] for a in at)}"
+            )
+        lines.append(
+            f"| {task} | {budget} | {spec} | {r} | {len(prs)} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def pairs_table(rows: list[dict], first: str, second: str, budget: int) -> list[str]:
+    """Per run (task, observation, seed) that both specs finished at ``budget``: their C2ST
+    beside sbi SNPE-C's on the same run (``-`` where it has none), and their CPU seconds."""
+    runs: dict[tuple, dict] = {}
+    for r in rows:
+        if "error" not in r and r["budget"] == budget:
+            runs[(r["task"], r["method"], r["observation"], r["seed"])] = r
+    lines = [
+        f"| task | observation | seed | {first} | {second} | sbi_snpec | CPU s: first, second |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, method, obs, seed in sorted(runs, key=lambda k: (k[0], k[3], k[2])):
+        if method != first or (task, second, obs, seed) not in runs:
+            continue
+        a, b = runs[(task, first, obs, seed)], runs[(task, second, obs, seed)]
+        base = runs.get((task, "sbi_snpec", obs, seed))
+        ref = f"{base['c2st']:.3f}" if base else "-"
+        lines.append(
+            f"| {task} | {obs} | {seed} | {a['c2st']:.3f} | {b['c2st']:.3f} | {ref} | "
+            f"{a['cpu_s']:.1f}, {b['cpu_s']:.1f} |"
+        )
+    return lines
