@@ -96,6 +96,13 @@ def _cost_table(results: dict) -> list[str]:
     return rows
 
 
+def mixed_code(results: dict) -> bool:
+    """Whether the rows' simgen cells ran more than one version of simgen's source (then the
+    table names each row's versions in a last column)."""
+    keys = {k for r in results.values() for k in r.get("code", []) if k.startswith("simgen-")}
+    return len(keys) > 1
+
+
 def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], note: str) -> None:
     lines = [
         "# Benchmark on many observations",
@@ -116,13 +123,14 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         + ", ".join(sorted({k for r in results.values() for k in r.get("code", [])}))
         + " (simgen-<hash of simgen's source at the run's start>, sbi-<version>).",
         "",
-        *evaluation.table(results),
+        *evaluation.table(results, show_code=mixed_code(results)),
         "",
         "Columns: mean C2ST over observations and seeds (0.5 is perfect); spread = standard "
         "deviation over seeds of the per-seed mean; worst obs = highest C2ST of one "
         "observation averaged over seeds (#index in the set); CPU s / fit = training plus "
         "sampling at every observation, mean over seeds; CPU simgen/sbi = total CPU of the "
-        "simgen method over its sbi baseline's on the same seeds.",
+        "simgen method over its sbi baseline's on the same seeds"
+        + ("; code = the code versions the row's cells ran with." if mixed_code(results) else "."),
         "",
         *_exclusion_note(results),
         "## Where the CPU goes",

@@ -357,7 +357,7 @@ HEADER = [
 ]
 
 
-def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
+def table(results: dict[tuple[str, int, str], dict], show_code: bool = False) -> list[str]:
     """Markdown rows from ``{(task, budget, method spec): summarise(...)}``.
 
     Columns: mean C2ST over observations and seeds; spread = standard deviation over seeds of
@@ -365,9 +365,12 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
     averaged over seeds; CPU s / fit = training plus sampling at every observation, mean over
     seeds; CPU simgen/sbi = total CPU of a simgen method over that of its sbi baseline on
     the same seeds (:data:`BASELINES`). A task whose summary excludes observations reads
-    ``task (without #i)``.
+    ``task (without #i)``. With ``show_code`` a last column names the code versions each row's
+    cells ran with (``summarise``'s ``code``), for a table whose rows ran different versions.
     """
     rows = list(HEADER)
+    if show_code:
+        rows = [rows[0] + " code |", rows[1] + "---|"]
     for (name, budget, spec), s in results.items():
         task = name
         if s.get("excluded"):
@@ -376,7 +379,7 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
             # One line, no pipes: an error message must not break the Markdown row.
             first = " ".join(s["errors"][0].replace("|", "/").split()) if s.get("errors") else ""
             err = f"error: {first[:80]}" if first else "not run"
-            rows.append(f"| {task} | {budget} | {spec} | 0 | {err} | | | | |")
+            rows.append(f"| {task} | {budget} | {spec} | 0 | {err} | | | | |" + " |" * show_code)
             continue
         ratio = ""
         base = BASELINES.get(spec.partition(":")[0])
@@ -390,6 +393,6 @@ def table(results: dict[tuple[str, int, str], dict]) -> list[str]:
         rows.append(
             f"| {task} | {budget} | {spec} | {s['seeds']} | {s['mean']:.3f} | "
             f"{s['spread']:.3f} | {s['worst']:.3f} (#{s['worst_obs']}) | {s['cpu_s']:.1f} | "
-            f"{ratio} |"
+            f"{ratio} |" + (f" {', '.join(s.get('code', []))} |" if show_code else "")
         )
     return rows

@@ -220,3 +220,28 @@ def test_observations_with_failing_references_are_left_out_and_named(cache, monk
     )
     with pytest.raises(SimgenError):
         evaluation.summarise(cells, exclude=[0, 1, 2])
+
+
+def test_rows_of_different_simgen_versions_name_their_code():
+    """Rows whose simgen cells ran different source hashes get a last column naming each
+    row's versions; rows of one simgen version (sbi's version aside) keep the plain table."""
+    s = {"seeds": 2, "mean": 0.6, "spread": 0.01, "worst_obs": 1, "worst": 0.7, "cpu_s": 1.0}
+    s.update(cpu_total=2.0, seed_list=[0, 1])
+    one = {
+        ("t", 10, "npe"): {**s, "code": ["simgen-aaaaaaaaaaaa"]},
+        ("u", 10, "npe"): {**s, "code": ["simgen-aaaaaaaaaaaa"]},
+        ("u", 10, "sbi_npe"): {**s, "code": ["sbi-0.27.0"]},
+    }
+    assert not bench_report.mixed_code(one)  # the control: one simgen version
+    mixed = {**one, ("u", 10, "npe"): {**s, "code": ["simgen-aaaaaaaaaaaa", "simgen-bbbbbbbbbbbb"]}}
+    mixed[("v", 10, "npe")] = {"seeds": 0, "errors": []}
+    assert bench_report.mixed_code(mixed)
+    rows = evaluation.table(mixed, show_code=bench_report.mixed_code(mixed))
+    assert rows[0].endswith("| code |") and rows[1].count("|") == rows[0].count("|")
+    assert rows[2].endswith("| simgen-aaaaaaaaaaaa |")
+    assert rows[3].endswith("| simgen-aaaaaaaaaaaa, simgen-bbbbbbbbbbbb |")
+    assert rows[4].endswith("| sbi-0.27.0 |")
+    assert rows[5].startswith("| v | 10 | npe | 0 | not run |")
+    assert all(r.count("|") == rows[0].count("|") for r in rows)
+    assert evaluation.table(one) == evaluation.table(one, show_code=False)
+    assert "code" not in evaluation.table(one)[0]
