@@ -154,7 +154,7 @@ def run_simulator(
     """Simulate for given parameters ``theta`` (``(N, D)``); see :func:`simulate`.
 
     ``prior`` is recorded in a bank's fingerprint (θ itself is checked), ``theta_1="prior"``
-    draws from it; ``theta_1`` may also be ``(N, D)`` rows."""
+    draws from it; ``theta_1`` may also be ``(N, D)`` or ``(N, M, D)`` rows."""
     sim = as_simulator(simulator)
     if joint and not callable(getattr(sim, "trace", None)):
         raise SimulationError(
@@ -174,7 +174,7 @@ def run_simulator(
             raise ConfigError("theta_1= re-scores the joint log-density: pass joint=True too.")
         check_ratio_simulator(sim)
         rows = reference_rows(theta_1, theta, seed, prior)
-        sim, packed = RatioRun(sim, theta.shape[1]), torch.cat([theta, rows], 1)
+        sim, packed = RatioRun.packing(sim, theta, rows)
     path = _check_bank(bank)
     if path is None:
         return _run(sim, theta, seed, batch_size, progress, None, bool(joint), runner, packed)
@@ -401,8 +401,8 @@ def simulate(
             simulator with ``trace(theta, generator=)``), as ``.joint_log_prob`` ``(N,)`` and
             ``.joint_score`` ``(N, D)``, banked with ``x``. ``x`` is the same as without it.
         theta_1: With ``joint``, also bank ``.joint_log_ratio`` (log p(x,z|θ) - log p(x,z|θ₁))
-            and ``.theta_1``: ``"prior"`` (a θ₁ per row from the prior) or a row ``(D,)``;
-            ``result.ratio_rows()`` gives ``NRE(loss=...)``'s rows (:mod:`simgen.joint_ratio`).
+            and ``.theta_1``: ``"prior"`` (a θ₁ per row from the prior), a row ``(D,)``, or
+            ``PriorReferences(M)``, M per row in one pass (:mod:`simgen.joint_ratio`).
         timeout: Seconds one simulator call (a batch, or a part of one being bisected) may
             run on a worker. Per call rather than per simulation because a batched simulator
             runs its rows together. A call past it is stopped and bisected like one that

@@ -40,8 +40,10 @@ class Simulations(tuple):
         joint_score: ``(N_ok, D)`` :math:`\\nabla_\\theta \\log p(x, z \\mid \\theta)` with
             ``joint=True``, else None.
         joint_log_ratio: ``(N_ok,)`` :math:`\\log p(x, z \\mid \\theta) - \\log p(x, z \\mid
-            \\theta_1)` with ``theta_1=``, else None (:mod:`simgen.joint_ratio`).
-        theta_1: ``(N_ok, D)`` the reference each simulation was re-scored at, or None.
+            \\theta_1)` with ``theta_1=``, else None (:mod:`simgen.joint_ratio`); ``(N_ok, M)``
+            with M references per simulation.
+        theta_1: ``(N_ok, D)`` the reference each simulation was re-scored at (``(N_ok, M,
+            D)``), or None.
     """
 
     theta: Tensor
@@ -83,6 +85,13 @@ class Simulations(tuple):
                 raise ConfigError(
                     "ratio_rows needs simulations with the joint log ratio: simulate(..., "
                     "joint=True, theta_1='prior') (or a fixed theta_1 row)."
+                )
+            if run is not None and run.joint_log_ratio.ndim != 1:
+                raise ConfigError(
+                    "ratio_rows takes one reference per simulation; this run has "
+                    f"{run.joint_log_ratio.shape[1]} (theta_1=PriorReferences(M) or (N, M, D) "
+                    "rows are NRE(loss='nrec_soft')'s: pass run.theta_1 and "
+                    "run.joint_log_ratio to fit)."
                 )
         ref = self if reference is None else reference
         m = min(len(self.theta), len(ref.theta))

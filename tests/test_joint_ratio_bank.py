@@ -8,6 +8,7 @@ import torch
 import simgen
 from simgen.batches import batch_generator
 from simgen.errors import BankError, ConfigError, ShapeError, SimulationError, SimulationInterrupted
+from simgen.joint_ratio import PriorReferences
 from simgen.simulate import read_bank, run_simulator
 from simgen.simulator import PyroSimulator
 from simulators import _latent_chain as latent_chain
@@ -206,3 +207,98 @@ class _Traced(simgen.simulator.Simulator):
 
     def trace(self, theta, generator=None):
         return SIM.trace(theta, generator=generator)
+
+
+def test_many_references_in_one_pass_equal_resimulating_and_the_closed_form():
+    """theta_1=PriorReferences(3) re-scores each recorded trace at 3 prior rows in the one
+    simulator pass: θ, x and the score are joint=True's; column m equals (float32, 1e-6) the
+    run that re-simulates the same θs with the same seed at column m's rows, and the closed
+    form (1e-4); the columns are prior draws (mean and variance within 4 standard errors of
+    N(0, I)), uncorrelated with θ and with each other, and reproducible. The control: the
+    closed form against another column's references is not column m's ratio."""
+    options = {"seed": 3, "joint": True, "batch_size": 200}
+    run = simgen.simulate(SIM, PRIOR, 600, theta_1=PriorReferences(3), **options)
+    plain = simgen.simulate(SIM, PRIOR, 600, **options)
+    assert run.theta_1.shape == (600, 3, 2) and run.joint_log_ratio.shape == (600, 3)
+    for name in ("theta", "x", "joint_score", "joint_log_prob"):
+        assert torch.equal(getattr(run, name), getattr(plain, name)), name
+    for m in range(3):
+        rows = run.theta_1[:, m].clone()
+        again = run_simulator(SIM, run.theta, theta_1=rows, **options)
+        assert torch.equal(again.x, run.x)
+        assert torch.allclose(again.joint_log_ratio, run.joint_log_ratio[:, m], atol=1e-6)
+        column = _Column(run, m)
+        assert torch.allclose(
+            run.joint_log_ratio[:, m], _exact_log_ratio(column, 3, 200), atol=1e-4
+        )
+        other = _Column(run, (m + 1) % 3)
+        assert not torch.allclose(
+            run.joint_log_ratio[:, m], _exact_log_ratio(other, 3, 200), atol=1e-2
+        )
+    refs = run.theta_1.reshape(-1, 2)
+    n = len(refs)
+    assert (refs.mean(0).abs() < 4 / n**0.5).all()
+    assert ((refs.var(0) - 1).abs() < 4 * (2 / n) ** 0.5).all()
+    corr = torch.corrcoef(torch.cat([run.theta, run.theta_1.reshape(600, 6)], 1).T)
+    off = corr - torch.diag(torch.diag(corr))
+    assert (off.abs() < 4 / 600**0.5).all()  # θ and the three columns are independent
+    again = simgen.simulate(SIM, PRIOR, 600, theta_1=PriorReferences(3), **options)
+    assert torch.equal(again.theta_1, run.theta_1)
+    assert torch.equal(again.joint_log_ratio, run.joint_log_ratio)
+    # Rows (N, M, D) of one's own give the same as the drawn ones.
+    given = run_simulator(SIM, run.theta, theta_1=run.theta_1, **options)
+    assert torch.equal(given.joint_log_ratio, run.joint_log_ratio)
+
+
+class _Column:
+    """Column m of a run with several references, as a run with one."""
+
+    def __init__(self, run, m: int):
+        self.theta, self.x, self.theta_1 = run.theta, run.x, run.theta_1[:, m]
+
+
+def test_many_references_bank_and_resume(tmp_path):
+    """A bank with PriorReferences(4) holds theta_1 (N, 4, D) and joint_log_ratio (N, 4);
+    interrupted after 2 of 4 batches and resumed it equals the in-memory run; another count
+    is refused by the fingerprint."""
+    path = tmp_path / "many.zarr"
+    options = {"seed": 7, "joint": True, "theta_1": PriorReferences(4), "batch_size": 50}
+    expected = simgen.simulate(_InterruptAt(), PRIOR, 200, **options)
+    with pytest.raises(SimulationInterrupted, match="2 of 4 batches"):
+        simgen.simulate(_InterruptAt(stop=3), PRIOR, 200, bank=path, **options)
+    assert torch.equal(read_bank(path).joint_log_ratio, expected.joint_log_ratio[:100])
+    resumed_sim = _InterruptAt()
+    resumed = simgen.simulate(resumed_sim, PRIOR, 200, bank=path, **options)
+    assert resumed_sim.calls == 2
+    assert read_bank(path).theta_1.shape == (200, 4, 2)
+    for name in ("theta", "x", "joint_score", "joint_log_ratio", "theta_1"):
+        assert torch.equal(getattr(resumed, name), getattr(expected, name)), name
+    with pytest.raises(BankError, match="prior x4"):
+        simgen.simulate(
+            _InterruptAt(), PRIOR, 200, bank=path, **{**options, "theta_1": PriorReferences(3)}
+        )
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, "3", True, None, 10**6])
+def test_prior_references_count_is_checked(count):
+    """A count that is not a whole number from 1 to MAX_REFERENCES is a ConfigError."""
+    with pytest.raises(ConfigError, match="PriorReferences"):
+        PriorReferences(count)
+
+
+def test_many_reference_shapes_are_refused():
+    """(N, M, D) rows of the wrong N, D or M = 0, non-finite rows, and ratio_rows of a run
+    with several references each give a SimgenError naming what to pass."""
+    theta = PRIOR.sample((8,))
+    for shape in ((8, 3, 3), (7, 3, 2), (8, 0, 2), (1, 3, 2)):
+        with pytest.raises(ShapeError, match=r"\(8, M, 2\)"):
+            run_simulator(SIM, theta, joint=True, theta_1=torch.zeros(shape))
+    bad = torch.zeros(8, 2, 2)
+    bad[3, 1, 0] = torch.inf
+    with pytest.raises(ShapeError, match="finite"):
+        run_simulator(SIM, theta, joint=True, theta_1=bad)
+    with pytest.raises(ConfigError, match="needs the prior"):
+        run_simulator(SIM, theta, joint=True, theta_1=PriorReferences(2))
+    run = simgen.simulate(SIM, PRIOR, 8, seed=0, joint=True, theta_1=PriorReferences(2))
+    with pytest.raises(ConfigError, match="one reference per simulation"):
+        run.ratio_rows()
