@@ -64,6 +64,12 @@ CONFIGS = {
     "E": ("C with width 32", _jt(3e-3, 34, "mix07", "width=32")),
     "F": ("C with batch 128", _jt(3e-3, 34, "mix07", "batch_size=128")),
     "G": ("C with 3 blocks", _jt(3e-3, 34, "mix07", "layers=3")),
+    "W": ("C with width 128", _jt(3e-3, 34, "mix07", "width=128")),
+    "L": ("C with patience 68", _jt(3e-3, 68, "mix07")),
+    # slcp only: x is four i.i.d. 2-D points
+    "M": ("C with the dependency mask (x_blocks=4)", _jt(3e-3, 34, "mix07", "x_blocks=4")),
+    "P": ("C with one token per point (x_token_size=2)", _jt(3e-3, 34, "mix07", "x_token_size=2")),
+    "PM": ("P with the dependency mask", _jt(3e-3, 34, "mix07", "x_token_size=2;x_blocks=4")),
     "fm": ("simgen flow matching (its defaults)", "fm"),
 }
 #: Sampling steps tried on configuration C's trained model (no retraining).

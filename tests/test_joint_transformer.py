@@ -153,6 +153,8 @@ def test_save_load_round_trip(tmp_path):
         {"mask_weights": [0.0, 1, 1, 1, 1]},
         {"mask_weights": [1, 1]},
         {"layers": 0},
+        {"x_blocks": 3},
+        {"x_blocks": 0},
     ],
 )
 def test_bad_options_raise(options):
@@ -169,6 +171,38 @@ def test_grouped_x_tokens():
     est = JointTransformer(2, (4,), x_token_size=2, **TINY)
     assert est.tokens == 4
     assert est(torch.randn(3, 4)).sample((2,)).shape == (2, 3, 2)
+
+
+def _random_net(**options) -> JointTransformer:
+    est = JointTransformer(2, (4,), **{**TINY, **options})
+    for p in est.net.parameters():  # weights large enough that every path shows
+        torch.nn.init.normal_(p, std=1.0)
+    return est
+
+
+def test_block_mask_isolates_blocks_except_through_theta():
+    """x = two blocks of two tokens. With one layer, an x token reads θ and its own block
+    only: moving the other block changes nothing; with full attention (the control) it
+    does. With θ absent, no path joins the blocks at any depth."""
+    z, t = torch.randn(8, 6), torch.rand(8)
+    moved = z.clone()
+    moved[:, 4:] += 3.0  # the second block
+    every = torch.full((6,), FREE)
+    est = _random_net(x_blocks=2)
+    v, v2 = est.net(z, t, every), est.net(moved, t, every)
+    assert torch.allclose(v[:, 2:4], v2[:, 2:4], atol=1e-5)
+    assert not torch.allclose(v[:, :2], v2[:, :2], atol=1e-2)  # θ reads every block
+    full = _random_net(x_blocks=1)
+    assert not torch.allclose(full.net(z, t, every)[:, 2:4], full.net(moved, t, every)[:, 2:4],
+                              atol=1e-2)  # fmt: skip
+    deep = _random_net(x_blocks=2, layers=3)
+    no_theta = torch.tensor([ABSENT, ABSENT, FREE, FREE, OBSERVED, FREE])
+    a, b = deep.net(z, t, no_theta), deep.net(moved, t, no_theta)
+    assert torch.allclose(a[:, 2:4], b[:, 2:4], atol=1e-5)
+    assert torch.isfinite(a).all()
+    with_theta = torch.tensor([FREE, ABSENT, FREE, FREE, OBSERVED, FREE])
+    a, b = deep.net(z, t, with_theta), deep.net(moved, t, with_theta)
+    assert not torch.allclose(a[:, 2:4], b[:, 2:4], atol=1e-2)  # the path through θ
 
 
 def _moment_error(samples, mean, cov):

@@ -21,6 +21,16 @@ token attends to an absent one, and a zero-initialised linear head reads a veloc
 token. An absent token is therefore invisible to every other token: whatever its value, the
 outputs of the present tokens do not change, which is what makes marginals exact.
 
+**Dependency mask** (``x_blocks`` :math:`B`). When x is :math:`B` blocks that are
+conditionally independent given θ (slcp's four i.i.d. points, B = 4), the x tokens are cut
+into :math:`B` consecutive equal blocks and an x token attends only to the θ tokens and to
+the tokens of its own block, while θ tokens attend to every token: query :math:`i` may read
+key :math:`j` iff :math:`i \in \theta` or :math:`j \in \theta` or
+:math:`\mathrm{block}(i) = \mathrm{block}(j)`, or :math:`i = j` (a token always reads
+itself, so an absent token's own row is never empty). Information between blocks then only
+passes through θ, as in the likelihood :math:`\prod_b p(x_b\mid\theta)`. :math:`B = 1` is
+full attention.
+
 **Cost.** One call costs :math:`O(L\,(T^2 W + T W^2))` per row (attention quadratic in the
 token count :math:`T`, the per-token MLP linear in it), against :math:`O(L W^2)` for the
 flow-matching MLP; grouping x entries (``x_token_size`` :math:`g`) divides the x share of
@@ -68,6 +78,8 @@ class TokenTransformer(nn.Module):
         x_token_size: ``g``, x entries per token (divides ``D_x``).
         width, layers, heads: Token width, number of blocks, attention heads.
         time_features: Size of the Fourier time embedding.
+        x_blocks: ``B``, conditionally independent blocks of x tokens (divides their
+            number); 1 is full attention.
     """
 
     def __init__(
@@ -79,10 +91,12 @@ class TokenTransformer(nn.Module):
         layers: int,
         heads: int,
         time_features: int = 32,
+        x_blocks: int = 1,
     ):
         super().__init__()
         self.theta_dim, self.x_dim, self.g = theta_dim, x_dim, x_token_size
         self.tokens = theta_dim + x_dim // x_token_size
+        self.x_blocks = x_blocks
         self.theta_in = nn.Linear(1, width)
         self.x_in = nn.Linear(x_token_size, width)
         self.identity = nn.Parameter(torch.randn(self.tokens, width) * 0.02)
@@ -101,6 +115,21 @@ class TokenTransformer(nn.Module):
         )
         #: The token of each entry of the joint vector, ``(n,)``.
         self.register_buffer("entry_token", index, persistent=False)
+        #: Which key each query may read, ``(T, T)`` (the dependency mask), or None.
+        self.allowed: Tensor | None
+        self.register_buffer("allowed", self.block_mask(), persistent=False)
+
+    def block_mask(self) -> Tensor | None:
+        """The dependency mask of the module docstring, ``(T, T)``; None when ``B = 1``."""
+        if self.x_blocks == 1:
+            return None
+        d, x_tokens = self.theta_dim, self.tokens - self.theta_dim
+        block = torch.cat(
+            [torch.full((d,), -1), torch.arange(x_tokens) // (x_tokens // self.x_blocks)]
+        )
+        theta = block < 0
+        same = block[:, None] == block[None, :]
+        return theta[:, None] | theta[None, :] | same
 
     def entry_states(self, states: Tensor) -> Tensor:
         """Token states ``(..., T)`` spread to the entries ``(..., n)``."""
@@ -117,6 +146,9 @@ class TokenTransformer(nn.Module):
         t = t.expand(m) if t.ndim == 0 else t
         h = h + self.identity + self.flag(states) + self.time_in(self.time(t))[:, None]
         keys = (states != ABSENT)[:, None, None, :]
+        if self.allowed is not None:
+            eye = torch.eye(self.tokens, dtype=torch.bool, device=keys.device)
+            keys = (keys & self.allowed) | eye
         for block in self.blocks:
             h = block(h, keys)
         h = self.norm(h)

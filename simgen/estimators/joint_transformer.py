@@ -94,6 +94,9 @@ class JointTransformer(DensityEstimator):
         layers: Transformer blocks (default 2).
         heads: Attention heads; must divide ``width`` (default 4).
         x_token_size: x entries per token; must divide x's size (default 1).
+        x_blocks: Conditionally independent blocks of x tokens for the dependency mask of
+            :mod:`~simgen.estimators._tokens` (e.g. 4 for slcp's four i.i.d. points); must
+            divide the number of x tokens (default 1, full attention).
         time_features: Size of the Fourier time embedding.
         sigma_min: Width of the path at the data end.
         time_power: Train times have density :math:`\propto t^{a}` (default 1, as flow matching).
@@ -123,6 +126,7 @@ class JointTransformer(DensityEstimator):
         layers: int = 2,
         heads: int = 4,
         x_token_size: int = 1,
+        x_blocks: int = 1,
         time_features: int = 32,
         sigma_min: float = 1e-3,
         time_power: float = 1.0,
@@ -142,6 +146,7 @@ class JointTransformer(DensityEstimator):
         for name, value in [("width", width), ("layers", layers), ("heads", heads)]:
             _positive_int(name, value)
         _positive_int("x_token_size", x_token_size)
+        _positive_int("x_blocks", x_blocks)
         _positive_int("time_features", time_features)
         if width % heads:
             raise ConfigError(f"heads ({heads}) must divide width ({width}).")
@@ -149,6 +154,11 @@ class JointTransformer(DensityEstimator):
         if self.x_dim % x_token_size:
             raise ConfigError(
                 f"x_token_size ({x_token_size}) must divide x's {self.x_dim} entries."
+            )
+        if (self.x_dim // x_token_size) % x_blocks:
+            raise ConfigError(
+                f"x_blocks ({x_blocks}) must divide the {self.x_dim // x_token_size} x tokens "
+                f"(x's {self.x_dim} entries in groups of x_token_size={x_token_size})."
             )
         check_path_options(sigma_min, time_power, grid_power)
         weights = list(mask_weights) if isinstance(mask_weights, (list, tuple)) else None
@@ -178,13 +188,21 @@ class JointTransformer(DensityEstimator):
             "mask_cdf", torch.tensor([w / total for w in weights]).cumsum(0), persistent=False
         )
         self.net = TokenTransformer(
-            self.target_dim, self.x_dim, x_token_size, width, layers, heads, time_features
+            self.target_dim,
+            self.x_dim,
+            x_token_size,
+            width,
+            layers,
+            heads,
+            time_features,
+            x_blocks,
         )
         self.options = {
             "width": width,
             "layers": layers,
             "heads": heads,
             "x_token_size": x_token_size,
+            "x_blocks": x_blocks,
             "time_features": time_features,
             "sigma_min": self.sigma_min,
             "time_power": self.time_power,
