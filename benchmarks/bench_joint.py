@@ -122,6 +122,14 @@ def cell(task_name: str, set_name: str, budget: int, spec: str, seed: int, num_o
         out["train_s"] = time.process_time() - start
         history = getattr(posterior, "history", None)
         out["epochs"] = getattr(history, "epochs", None) if history is not None else None
+        if isinstance(getattr(history, "train_loss", None), list) and history.train_loss:
+            # the losses at the best epoch (train: the mean of its last 10 epochs, which
+            # are 3-4 noisy steps each at 1k): a train-validation gap is overfitting (data
+            # limits), no gap with a high loss is capacity or optimisation
+            best = history.best_epoch
+            out["best_epoch"] = best
+            out["train_loss_best"] = _mean(history.train_loss[max(0, best - 9) : best + 1])
+            out["val_loss_best"] = history.best_validation_loss
         out["c2st"], out["sample_s_per_1000"] = _scores(posterior, xs, refs, seed)
         if timed:
             start = time.process_time()

@@ -67,7 +67,8 @@ class Joint:
         prior: The prior θ was drawn from.
         support: As :class:`~simgen.NPE`'s (``None``: the family's ``"reject"``).
         **estimator_options: Options of ``"joint_transformer"`` (``width``, ``layers``,
-            ``heads``, ``x_token_size``, ``mask_weights``, ``steps``, ...).
+            ``heads``, ``x_token_size``, ``x_blocks`` (the dependency mask of x's
+            conditionally independent blocks), ``mask_weights``, ``steps``, ...).
 
     Example:
         >>> joint = Joint(prior).fit(theta, x)
