@@ -105,6 +105,18 @@ CANDIDATES: dict[str, tuple[str, str]] = {
         "the spline flow made fully autoregressive (passes=None): the same conditioning "
         "argument as maf, with splines; sampling costs D passes per transform",
     ),
+    "lu": (
+        spec_of(support="reject", mixing="lu"),
+        "the default coupling NSF with a learned LU linear layer after each coupling (as "
+        "sbi's nsf): a coupling keeps two fixed halves of θ, so features of one half meet "
+        "only through the other; W = LU rotates and shears them together at D² parameters "
+        "per transform",
+    ),
+    "perm": (
+        spec_of(support="reject", mixing="permutation"),
+        "the default coupling NSF with a random split per transform (zuko's randperm): "
+        "mixing at no parameter cost, but only across the halves drawn",
+    ),
 }
 
 

@@ -19,6 +19,11 @@ contexts, that wastes most of the work; this module computes exactly the same ma
 * evaluates only the last-layer rows and builds only the splines of the group being inverted;
 * walks the rows in cache-sized chunks.
 
+A learned linear layer between transforms (zuko's :class:`~zuko.transforms.LULinearTransform`
+behind an :class:`~zuko.lazy.UnconditionalTransform`, simgen's ``mixing="lu"``) is inverted
+with :math:`W^{-1} = U^{-1} L^{-1}`, computed once per call by two triangular solves, and
+applied to every draw as one matrix product.
+
 Coupling ``"nsf"`` (``passes=2``) thus costs one ``n * B``-row network pass per transform
 instead of two, and half the spline work per pass. The result equals zuko's inverse to
 float rounding (``tests/test_fast_inverse.py``); ``benchmarks/bench_sbc.py`` measures it.
@@ -35,9 +40,9 @@ import torch
 from torch import Tensor, nn
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform
 from zuko.flows.core import Flow as ZukoFlow
-from zuko.lazy import LazyComposedTransform
+from zuko.lazy import LazyComposedTransform, UnconditionalTransform
 from zuko.nn import MaskedLinear
-from zuko.transforms import MonotonicRQSTransform
+from zuko.transforms import LULinearTransform, MonotonicRQSTransform
 from zuko.utils import unpack
 
 __all__ = ["supports_fast_inverse", "sample_flow"]
@@ -53,11 +58,19 @@ MAX_PASSES = 2
 CHUNK_ROWS = 4096
 
 
+def _is_lu_layer(t: nn.Module) -> bool:
+    """Whether ``t`` is a context-free LU linear layer."""
+    return isinstance(t, UnconditionalTransform) and isinstance(t(), LULinearTransform)
+
+
 def supports_fast_inverse(flow: nn.Module) -> bool:
-    """Whether ``flow`` is a zuko coupling flow (masked transforms, <= 2 passes, plain MLPs)."""
+    """Whether ``flow`` is a zuko coupling flow (masked transforms, <= 2 passes, plain MLPs),
+    with or without LU linear layers between the transforms."""
     if not isinstance(flow, ZukoFlow) or not isinstance(flow.transform, LazyComposedTransform):
         return False
     for t in flow.transform.transforms:
+        if _is_lu_layer(t):
+            continue
         if not isinstance(t, MaskedAutoregressiveTransform) or t.order is None:
             return False
         if int(t.passes) > MAX_PASSES:  # fully autoregressive: zuko's full passes are faster
@@ -192,6 +205,25 @@ class _Inverter:
         return x
 
 
+class _LinearInverter:
+    r"""The inverse of an LU linear layer :math:`y = L U x`: :math:`x = y\, (W^{-1})^T`."""
+
+    def __init__(self, t: UnconditionalTransform):
+        lu = t()
+        eye = torch.eye(lu.L.shape[-1], dtype=lu.L.dtype, device=lu.L.device)
+        inv_l = torch.linalg.solve_triangular(lu.L, eye, upper=False)
+        self.w_inv_t = torch.linalg.solve_triangular(
+            lu.U, inv_l, upper=True, unitriangular=True
+        ).T.contiguous()
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y @ self.w_inv_t
+
+
+def _inverter(t: nn.Module, c: Tensor) -> _Inverter | _LinearInverter:
+    return _LinearInverter(t) if _is_lu_layer(t) else _Inverter(t, c)
+
+
 @torch.no_grad()
 def sample_flow(flow: ZukoFlow, c: Tensor, num: int, chunk_rows: int = CHUNK_ROWS) -> Tensor:
     """``num`` draws from ``flow(c)`` for each of the ``B`` contexts ``c`` (``(B, C)``).
@@ -208,7 +240,7 @@ def sample_flow(flow: ZukoFlow, c: Tensor, num: int, chunk_rows: int = CHUNK_ROW
     draws = max(1, chunk_rows // block)
     for c0 in range(0, c.shape[0], block):
         cols = slice(c0, c0 + block)
-        inverters = [_Inverter(t, c[cols]) for t in flow.transform.transforms]
+        inverters = [_inverter(t, c[cols]) for t in flow.transform.transforms]
         for d0 in range(0, num, draws):
             y = z[d0 : d0 + draws, cols]
             for inverter in reversed(inverters):

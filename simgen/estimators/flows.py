@@ -23,6 +23,20 @@ Families:
   instead of D; ``passes=None`` makes it fully autoregressive.
 * ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
 * ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
+
+Mixing between transforms (``mixing``, every family). A 2-pass coupling transform splits the
+features into two fixed halves, so two features of the same half interact only through the
+other half; correlated, near-Gaussian posteriors need several transforms to be expressed.
+
+* ``"none"``: zuko's orders, ascending and descending in turn.
+* ``"permutation"``: a random order per transform (zuko's ``randperm``; the order is a buffer,
+  saved with the weights).
+* ``"lu"``: an invertible linear map after each transform, :math:`z \mapsto W z` with
+  :math:`W = L U`, :math:`L` lower triangular with diagonal :math:`\operatorname{softplus}(d)
+  + \epsilon` and :math:`U` unit upper triangular (as sbi's ``"nsf"`` through nflows'
+  ``LULinear``), started at :math:`W = I`. Its log-determinant is :math:`\sum_i
+  \log(\operatorname{softplus}(d_i) + \epsilon)`, exact and :math:`O(D)`; it costs
+  :math:`D^2` parameters per transform and one triangular solve per transform when sampling.
 """
 
 from __future__ import annotations
@@ -30,17 +44,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import torch
 import zuko
 from torch import Tensor, nn
 from torch.distributions import AffineTransform, Distribution
 from zuko.distributions import NormalizingFlow
-from zuko.transforms import ComposedTransform
+from zuko.lazy import UnconditionalTransform
+from zuko.transforms import ComposedTransform, LULinearTransform
 
 from ..errors import ConfigError
 from .base import DensityEstimator
 from .fast_inverse import sample_flow, supports_fast_inverse
 
-__all__ = ["Flow", "NSF", "MAF", "RealNVP", "ACTIVATIONS"]
+__all__ = ["Flow", "NSF", "MAF", "RealNVP", "ACTIVATIONS", "MIXINGS", "lu_linear"]
 
 #: Conditioner nonlinearities by name (stored by name in model files).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -49,6 +65,27 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "silu": nn.SiLU,
 }
+
+#: What mixes the features between transforms (see the module docstring).
+MIXINGS = ("none", "permutation", "lu")
+
+#: Lower bound on the LU layer's diagonal, so that :math:`W` stays invertible.
+LU_EPS = 1e-3
+
+
+def lu_linear(entries: Tensor, diagonal: Tensor) -> LULinearTransform:
+    r""":math:`z \mapsto L U z` from unconstrained parameters: the strict triangles of
+    ``entries`` (``(D, D)``) give :math:`L` below the diagonal and :math:`U` above it, and
+    :math:`L_{ii} = \operatorname{softplus}(d_i) + \epsilon` (zuko's :math:`U` has a unit
+    diagonal)."""
+    lu = torch.tril(entries, -1) + torch.triu(entries, 1)
+    return LULinearTransform(lu + torch.diag_embed(nn.functional.softplus(diagonal) + LU_EPS))
+
+
+def lu_layer(features: int) -> UnconditionalTransform:
+    """A learned :func:`lu_linear` layer started at the identity."""
+    start = torch.full((features,), 1.0 - LU_EPS).expm1().log()  # softplus(start) + eps = 1
+    return UnconditionalTransform(lu_linear, torch.zeros(features, features), start)
 
 
 class Flow(DensityEstimator):
@@ -62,6 +99,8 @@ class Flow(DensityEstimator):
         hidden_features: Widths of each conditioner's hidden layers.
         activation: Hidden-layer nonlinearity of the conditioners: ``"relu"`` (default),
             ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
+        mixing: What mixes the features between transforms: ``"none"``, ``"permutation"``
+            or ``"lu"`` (module docstring); each family's default is :attr:`default_mixing`.
         **options: The family's own options (:attr:`family_options`: ``bins`` and ``passes``
             for :class:`NSF`, none for the others); any other name raises
             :class:`~simgen.errors.ConfigError` listing the valid ones.
@@ -76,6 +115,12 @@ class Flow(DensityEstimator):
     zuko_flow: ClassVar[type[zuko.flows.Flow]]
     #: Options of this family beyond the shared ones, with their defaults.
     family_options: ClassVar[dict[str, Any]] = {}
+    #: The ``mixing`` a family takes when none is given.
+    default_mixing: ClassVar[str] = "none"
+    #: zuko's keyword that draws a random order (or coupling mask) per transform.
+    permutation_keyword: ClassVar[str] = "randperm"
+    #: Model files saved before ``mixing`` existed had none.
+    LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {"mixing": "none"}
 
     def __init__(
         self,
@@ -85,6 +130,7 @@ class Flow(DensityEstimator):
         transforms: int = 5,
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
+        mixing: str | None = None,
         **options: Any,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
@@ -93,18 +139,29 @@ class Flow(DensityEstimator):
             raise ConfigError(
                 f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
             )
+        mixing = self.default_mixing if mixing is None else mixing
+        if mixing not in MIXINGS:
+            raise ConfigError(f"Unknown mixing {mixing!r}; choose one of {list(MIXINGS)}.")
         self.options = {
             "transforms": transforms,
             "hidden_features": list(hidden_features),
             "activation": activation,
+            "mixing": mixing,
             **self.family_options,
             **options,
         }
+        zuko_options = {k: v for k, v in self.options.items() if k != "mixing"}
         self.flow = self.zuko_flow(
             self.target_dim,
             self.context_features,
-            **dict(self.options, activation=ACTIVATIONS[activation]),
+            **{self.permutation_keyword: mixing == "permutation"},
+            **dict(zuko_options, activation=ACTIVATIONS[activation]),
         )
+        if mixing == "lu":
+            layers = []
+            for t in self.flow.transform.transforms:
+                layers += [t, lu_layer(self.target_dim)]
+            self.flow = zuko.flows.Flow(layers, self.flow.base)
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -157,3 +214,4 @@ class RealNVP(Flow):
 
     name = "realnvp"
     zuko_flow = zuko.flows.RealNVP
+    permutation_keyword = "randmask"
