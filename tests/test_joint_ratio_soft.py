@@ -12,13 +12,13 @@ from torch import nn
 
 import simgen
 from simgen.errors import ConfigError, ShapeError
-from simgen.joint_ratio import stack_references
+from simgen.joint_ratio import PriorReferences, stack_references
 from simgen.losses.ratio import SoftNRECLoss
 from simgen.simulate import run_simulator
 from simulators import _latent_chain as latent_chain
 
 SIM, PRIOR = latent_chain.simulator, latent_chain.prior
-K = 5  # atoms: the run's own θ₁ and three more references per simulation
+K = 5  # atoms: each simulation's own θ and K - 1 = 4 references
 
 
 def log_evidence(x: torch.Tensor) -> torch.Tensor:
@@ -45,25 +45,19 @@ class _Offset(nn.Module):
         return (exact + self.a * g).reshape(theta.shape[:-1])
 
 
-def _runs(n: int, seed: int):
-    """A ``theta_1="prior"`` run and ``K - 2`` re-simulations of its θs at other prior rows."""
+def _run(n: int, seed: int):
+    """``n`` simulations, each re-scored at ``K - 1`` prior-drawn references in its one pass."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = simgen.simulate(SIM, PRIOR, n, seed=seed, joint=True, theta_1="prior")
-        runs = [run]
-        for m in range(K - 2):
-            with torch.random.fork_rng():
-                torch.manual_seed(1000 + 10 * seed + m)
-                rows = PRIOR.sample((n,))
-            runs.append(run_simulator(SIM, run.theta, seed=seed, joint=True, theta_1=rows))
-    return runs
+        refs = PriorReferences(K - 1)
+        return simgen.simulate(SIM, PRIOR, n, seed=seed, joint=True, theta_1=refs)
 
 
 @pytest.fixture(scope="module")
 def chain_data():
-    """40,000 simulations with four references each (seed 3), and the stacked references."""
-    runs = _runs(40_000, seed=3)
-    return runs[0], *stack_references(runs)
+    """40,000 simulations with four references each (seed 3)."""
+    run = _run(40_000, seed=3)
+    return run, run.theta_1, run.joint_log_ratio
 
 
 def _chunk_losses(data, a: float, labels: str, chunk: int = 1000) -> torch.Tensor:
@@ -119,24 +113,31 @@ def _kl(run, **fit_args) -> float:
 
 def test_trained_soft_nrec_gives_the_posterior_and_shuffled_labels_do_worse():
     """2,000 chain simulations (seed 0), K = 5: nrec_soft trains within 0.15 nats of KL of
-    the exact posterior (measured 0.016; NRE-C with hard labels 0.018, the prior 1.33); with
-    the joint log ratios shuffled across rows (the control; measured 0.104) it is worse than
+    the exact posterior (measured 0.018; NRE-C with hard labels 0.018, the prior 1.33); with
+    the joint log ratios shuffled across rows (the control; measured 0.112) it is worse than
     NRE-C's hard labels on the same simulations."""
-    runs = _runs(2000, seed=0)
-    theta_1, log_r = stack_references(runs)
-    soft = _kl(runs[0], theta_1=theta_1, joint_log_ratio=log_r)
-    hard = _kl(runs[0])
+    run = _run(2000, seed=0)
+    theta_1, log_r = run.theta_1, run.joint_log_ratio
+    soft = _kl(run, theta_1=theta_1, joint_log_ratio=log_r)
+    hard = _kl(run)
     order = torch.randperm(2000, generator=torch.Generator().manual_seed(5))
-    shuffled = _kl(runs[0], theta_1=theta_1, joint_log_ratio=log_r[order])
+    shuffled = _kl(run, theta_1=theta_1, joint_log_ratio=log_r[order])
     assert soft < 0.15, soft
     assert shuffled > hard, (shuffled, hard)
 
 
 def test_soft_nrec_options_and_shapes_are_checked():
     """Missing, unused or misshapen references, one fixed θ₁ row, a score weight and a
-    stream each give a clear error; runs of different simulations do not stack."""
-    runs = _runs(200, seed=1)
-    run = runs[0]
+    stream each give a clear error; runs of different simulations do not stack, and runs
+    that re-simulate the same θs with the same seed stack into the one-pass references."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = simgen.simulate(SIM, PRIOR, 200, seed=1, joint=True, theta_1="prior")
+        many = _run(200, seed=1)
+        runs = [
+            run_simulator(SIM, run.theta, seed=1, joint=True, theta_1=many.theta_1[:, m].clone())
+            for m in range(K - 1)
+        ]
     x = run.x.reshape(-1, 1)
     two = simgen.NRE(PRIOR, loss="nrec_soft", num_atoms=2)
     with pytest.raises(ConfigError, match="needs theta_1"):
@@ -170,8 +171,8 @@ def test_soft_nrec_options_and_shapes_are_checked():
         stack_references([run, other])
     theta_1, log_r = stack_references(runs)
     assert theta_1.shape == (200, K - 1, 2) and log_r.shape == (200, K - 1)
-    assert torch.equal(theta_1[:, 0], run.theta_1)
-    assert torch.equal(log_r[:, 0], run.joint_log_ratio)
+    assert torch.equal(theta_1, many.theta_1)
+    assert torch.allclose(log_r, many.joint_log_ratio, atol=1e-6)
     posterior = five.fit(
         run.theta, x, theta_1=theta_1, joint_log_ratio=log_r, max_epochs=2, progress=False
     )
