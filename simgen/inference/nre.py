@@ -151,8 +151,9 @@ class NRE(Method):
         ``joint_log_ratio`` ``(N, K-1)`` (``(N,)``) against each, K being ``num_atoms``:
         ``nre.fit(run.theta, run.x, theta_1=run.theta_1,
         joint_log_ratio=run.joint_log_ratio)`` with ``run = simulate(..., joint=True,
-        theta_1="prior")`` and ``num_atoms=2``, or more references stacked by
-        :func:`simgen.joint_ratio.stack_references`.
+        theta_1=PriorReferences(K - 1))`` (:class:`simgen.joint_ratio.PriorReferences`: every
+        recorded trace re-scored at K − 1 prior draws in the one simulator pass), or
+        ``theta_1="prior"`` for K = 2.
 
         ``bank=`` (a bank's path, a dataset of ``(theta, x)`` rows or batches, or a
         :class:`~simgen.streaming.Stream`) trains from chunks read as needed instead of
@@ -232,8 +233,8 @@ class NRE(Method):
                 verb = "needs" if value is None else "does not use"
                 how = (
                     "nrec_soft takes the simulations of simulate(..., joint=True, "
-                    "theta_1='prior') as they are: nre.fit(run.theta, run.x, "
-                    "theta_1=run.theta_1, joint_log_ratio=run.joint_log_ratio)"
+                    "theta_1=PriorReferences(num_atoms - 1)) as they are: nre.fit(run.theta, "
+                    "run.x, theta_1=run.theta_1, joint_log_ratio=run.joint_log_ratio)"
                     if self.loss == "nrec_soft"
                     else "the reference-ratio losses take the rows of simulate(..., "
                     "joint=True, theta_1='prior').ratio_rows() (or "
@@ -277,15 +278,16 @@ class NRE(Method):
             raise ShapeError(
                 f"loss='nrec_soft' with num_atoms={self.num_atoms} needs theta_1 ({n}, {m}, "
                 f"{d}) and joint_log_ratio ({n}, {m}): num_atoms - 1 prior-drawn references "
-                f"per simulation; got {tuple(refs.shape)} and {tuple(log_r.shape)}. Pass "
-                "num_atoms = 1 + the number of references (2 for one theta_1='prior' run)."
+                f"per simulation; got {tuple(refs.shape)} and {tuple(log_r.shape)}. Simulate "
+                f"with theta_1=PriorReferences({m}), or pass num_atoms = 1 + the number of "
+                "references (2 for one theta_1='prior' run)."
             )
         if not (torch.isfinite(refs).all() and torch.isfinite(log_r).all()):
             raise ShapeError("theta_1 and joint_log_ratio must be finite (no NaN or inf).")
         if n > 1 and (refs == refs[:1]).all():
             raise ConfigError(
                 "loss='nrec_soft' needs references drawn from the prior per simulation "
-                "(simulate(..., joint=True, theta_1='prior')); one fixed theta_1 row for "
-                "every simulation breaks NRE-C's contrastive classes."
+                "(simulate(..., joint=True, theta_1=PriorReferences(M))); one fixed theta_1 row "
+                "for every simulation breaks NRE-C's contrastive classes."
             )
         return {"theta_1": refs, "joint_log_ratio": log_r}
