@@ -14,7 +14,8 @@ its budget (proposals, simulations, training), not the scoring.
 
 Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
-``max_epochs`` ...) except ``estimator`` and ``support``, which go to ``simgen.NPE``; for sbi
+``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
+``mixing`` and ``transforms``), which go to ``simgen.NPE``; for sbi
 ``num_rounds`` only):
 
 - ``simgen_npe``: simgen NPE (nsf) trained once on the prior (amortised, 1 round).
@@ -41,7 +42,10 @@ they ran as), or of the simgen codes ``--codes`` lists. The code key hashes
 runs also record, per round, the prior mass of the next proposal region and the share of
 reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
 round's C2ST (not timed). ``--first-observation k`` skips the observations before k;
-``--pairs a,b`` prints, per run both specs finished, their C2ST beside sbi SNPE-C's.
+``--pairs a,b`` prints, per run both specs finished, their C2ST beside sbi SNPE-C's;
+``--round-one``, ``--glm-round-one`` and ``--true-regions`` print the region tables of
+:mod:`benchmarks.sequential_regions`. Each simgen run records ``flow``, the ``mixing`` of the
+flow it trained (:func:`flow_of`).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -61,7 +65,7 @@ import torch
 
 import simgen
 from benchmarks import evaluation, harness, warm_up_torch
-from benchmarks.sequential_regions import round_one_regions, true_regions
+from benchmarks.sequential_regions import glm_round_one, round_one_regions, true_regions
 from benchmarks.sequential_tables import pairs_table, rounds_table, table
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
@@ -89,6 +93,8 @@ BASELINES = {
     "simgen_tsnpe_fm": "sbi_snpec",
     "simgen_snle": "sbi_snle",
 }
+#: Options of a simgen spec that go to ``simgen.NPE`` (the rest go to ``simgen.sequential``).
+NPE_OPTIONS = ("support", "mixing", "transforms")
 #: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
 CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
 #: simgen codes whose sequential NPE computes as the current code's given these option
@@ -130,6 +136,16 @@ def _source_key() -> str:
 SOURCE_KEY = _source_key()
 
 
+def flow_of(posterior) -> str:
+    """The flow a simgen posterior trained: its family options' ``mixing`` (``"none"`` for
+    flows built before the option existed; ``"-"`` for estimators that are not flows), so
+    the table can say which flow definition each run used."""
+    options = getattr(getattr(posterior, "estimator", None), "options", None)
+    if not isinstance(options, dict):
+        return "-"
+    return f"mixing={options.get('mixing', 'none')}"
+
+
 def _code_key(library: str) -> str:
     if library == "sbi":
         import sbi
@@ -162,6 +178,7 @@ class Scorer:
         self.num_samples, self.per_round = num_samples, per_round
         self.rows: list[dict] = []
         self.cpu = 0.0
+        self.flow: str | None = None
 
     def __call__(self, record, posterior, proposal) -> None:
         start = time.process_time()
@@ -204,13 +221,13 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     options = dict(options)
     estimator = options.pop("estimator", "flow_matching" if name == "simgen_tsnpe_fm" else "nsf")
     front = simgen.NLE(task.prior) if name == "simgen_snle" else None
-    front = front or simgen.NPE(
-        task.prior, estimator=estimator, support=options.pop("support", None)
-    )
+    npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
+    front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
     posterior = simgen.sequential(
         front, task.simulator, x_o, num_simulations=budget, seed=seed, callback=scorer, **options
     )
+    scorer.flow = flow_of(posterior)
     return lambda n: posterior.sample((n,), x=x_o, seed=seed)
 
 
@@ -291,6 +308,8 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     except Exception as exc:  # a failing method is a result to report, not a crash
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["per_round"] = scorer.rows
+    if scorer.flow is not None:
+        row["flow"] = scorer.flow
     row["code"], row["num_samples"] = (
         _code_key("sbi" if name.startswith("sbi") else ""),
         args.num_samples,
@@ -375,6 +394,12 @@ def main() -> None:
     parser.add_argument("--codes", default="", help="table: runs of these simgen codes (a,b)")
     parser.add_argument("--true-regions", action="store_true", help="exact regions' prior mass")
     parser.add_argument("--round-one", action="store_true", help="round 1's regions, measured")
+    parser.add_argument("--glm-round-one", action="store_true", help="bernoulli_glm round 1")
+    parser.add_argument(
+        "--glm-settings",
+        default="nsf:250,maf:250,nsf:500,nsf-lu:250",
+        help="family[-mixing]:simulations[:option=json;...],...",
+    )
     parser.add_argument("--pairs", default="", help="print the per-run table of two specs a,b")
     args = parser.parse_args()
     if args.true_regions:
@@ -383,6 +408,14 @@ def main() -> None:
     if args.pairs:
         first, second = args.pairs.split(",")
         print("\n".join(pairs_table(cached_rows(args), first, second, args.budget)))
+        return
+    if args.glm_round_one:
+        torch.set_num_threads(1)
+        settings = []
+        for setting in args.glm_settings.split(","):
+            family, n, *train = setting.split(":")
+            settings.append((family, int(n), evaluation.parse_options(train[0] if train else "")))
+        print("\n".join(glm_round_one(args.observations, settings=settings)))
         return
     if args.round_one:
         torch.set_num_threads(1)

@@ -4,13 +4,15 @@
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --true-regions --observations 3 \
         --tasks gaussian_linear_uniform,gaussian_mixture,bernoulli_glm
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --round-one --observations 2
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --glm-round-one --observations 3
 
 :func:`true_regions`: the prior mass of the exact posterior's HPD region. :func:`round_one_regions`:
 round 1 of ``simgen.sequential`` at 1k (NPE, nsf, on the 250 prior simulations
 ``simgen.simulate(..., seed=round_seed(0, 1))``), refitted with each support mode, and the prior
 mass of its ε-region from three disjoint sets of 20,000 posterior draws and from 200,000, next
 to the exact region's and the share of reference draws outside; with the fit's marginal
-standard deviations over the reference's.
+standard deviations over the reference's. :func:`glm_round_one`: round 1 on bernoulli_glm
+per flow, round-1 size and batch size, against its exact region (what sets the region's size).
 """
 
 from __future__ import annotations
@@ -128,5 +130,108 @@ def round_one_regions(num_observations: int, n: int = 250) -> list[str]:
                     f"{eps:g} | {', '.join(f'{m:.3f}' for m in masses)} | {mass:.3f} | "
                     f"{outside:.4f} | {exact_mass:.3f} |"
                 )
+            print(lines[-1], flush=True)
+    return lines
+
+
+#: Round-1 settings of :func:`glm_round_one`: (family, simulations in round 1, training
+#: options); a family ``name-mixing`` is the flow ``name`` with that ``mixing`` between
+#: transforms.
+GLM_SETTINGS = (("nsf", 250, {}), ("maf", 250, {}), ("nsf", 500, {}), ("nsf-lu", 250, {}))
+
+
+def _chi2_quantile(dim: int, q: float, draws: int = 2_000_000) -> float:
+    """The q-quantile of a chi-square with ``dim`` degrees of freedom (Monte Carlo, seeded)."""
+    g = torch.Generator().manual_seed(11)
+    d2 = (torch.randn(draws, dim, generator=g, dtype=torch.float64) ** 2).sum(-1)
+    return float(torch.quantile(d2[:1_000_000], q))
+
+
+def _mahalanobis2(theta: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    chol = torch.linalg.cholesky(cov)
+    z = torch.linalg.solve_triangular(chol, (theta.double() - mean).T, upper=False)
+    return (z**2).sum(0)
+
+
+def glm_round_one(
+    num_observations: int, epsilon: float = 1e-4, settings: tuple = GLM_SETTINGS
+) -> list[str]:
+    """Round 1 of a 1k TSNPE run on bernoulli_glm, taken apart (``--glm-round-one``).
+
+    For each observation and round-1 setting (:data:`GLM_SETTINGS`: the family, and 250 or
+    500 prior simulations ``simgen.simulate(..., seed=round_seed(0, 1))``), one fit, 200,000
+    of its draws at x_o and 200,000 prior draws. Columns: the fit's marginal sd over the
+    reference's (mean, max); its mean's offset from the reference's in reference sds (max
+    over coordinates); the volume ratio det(S_fit)^½ / det(S_ref)^½ of the two covariances;
+    the prior mass of the fit's ε-HPD region with τ from 20,000 draws (three disjoint sets)
+    and from 200,000; the same mass for the Gaussian ellipsoid of the fit's draws at the
+    χ²₁₀ quantile (what the region would be if log q were the Gaussian of the fit's own
+    mean and covariance) and for :class:`~simgen.sequential.EllipsoidRegion` (empirical
+    quantile, radius × 1.2); the share of the reference outside each; and the exact
+    region's mass (τ the lowest log-posterior of the 10⁴ reference draws, as
+    :func:`true_regions`).
+    """
+    from simgen.sequential import EllipsoidRegion
+
+    warm_up_torch()
+    task = harness.load_task("bernoulli_glm")
+    _, xs = harness.observations("bernoulli_glm", "report", num_observations)
+    r2 = _chi2_quantile(task.DIM, 1 - epsilon)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        prior = task.prior.sample((200_000,)).float()
+    sims = {
+        n: simgen.simulate(task.simulator, task.prior, n, seed=round_seed(0, 1))
+        for n in sorted({setting[1] for setting in settings})
+    }
+    lines = [
+        "| obs | round 1 | fit sd / ref sd: mean, max | mean offset (ref sd), max | volume "
+        "ratio | HPD mass: 3 x 20k draws | 200k | reference outside (20k, 200k) | Gaussian "
+        "ellipsoid of the fit: mass, ref outside | EllipsoidRegion: mass, ref outside | exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, x_o in enumerate(xs):
+        reference = harness.reference("bernoulli_glm", "report", i)["samples"].float()
+        tau_exact = torch.sort(_glm_log_post(task, reference, x_o)).values[
+            int(epsilon * len(reference))
+        ]
+        exact = float((_glm_log_post(task, prior, x_o) >= tau_exact).float().mean())
+        ref_mean, ref_cov = reference.double().mean(0), torch.cov(reference.double().T)
+        for family, n, train in settings:
+            name, _, mixing = family.partition("-")
+            npe = simgen.NPE(task.prior, estimator=name, **({"mixing": mixing} if mixing else {}))
+            posterior = npe.fit(sims[n].theta, sims[n].x, seed=round_seed(0, 1), **train)
+            label = ", ".join([family, str(n), *(f"{k}={v}" for k, v in train.items())])
+            label += f" ({npe.history.epochs} epochs)"
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(5)
+                draws = posterior.sample((200_000,), x=x_o).reshape(200_000, -1)
+            region = HPDRegion(posterior, x_o, draws=draws[:20_000])
+            log_q = region.log_q(draws)
+            q_prior, q_ref = region.log_q(prior), region.log_q(reference)
+            masses = []
+            for k in range(3):
+                part = torch.sort(log_q[k * 20_000 : (k + 1) * 20_000]).values
+                masses.append(float((q_prior >= part[int(epsilon * len(part))]).float().mean()))
+            tau = torch.sort(log_q).values[int(epsilon * len(log_q))]
+            mass = float((q_prior >= tau).float().mean())
+            out20 = float((q_ref < region.threshold).float().mean())
+            out200 = float((q_ref < tau).float().mean())
+            mean, cov = draws.double().mean(0), torch.cov(draws.double().T)
+            sd_ratio = cov.diagonal().sqrt() / ref_cov.diagonal().sqrt()
+            offset = ((mean - ref_mean).abs() / ref_cov.diagonal().sqrt()).max()
+            volume = math.exp(0.5 * (torch.logdet(cov) - torch.logdet(ref_cov)).item())
+            gauss_prior = float((_mahalanobis2(prior, mean, cov) <= r2).float().mean())
+            gauss_ref = float((_mahalanobis2(reference, mean, cov) > r2).float().mean())
+            ellipsoid = EllipsoidRegion(draws[:20_000], epsilon)
+            ell_prior = float(ellipsoid.contains(prior).float().mean())
+            ell_ref = 1 - float(ellipsoid.contains(reference).float().mean())
+            lines.append(
+                f"| {i} | {label} | {float(sd_ratio.mean()):.2f}, "
+                f"{float(sd_ratio.max()):.2f} | {float(offset):.2f} | {volume:.1f} | "
+                f"{', '.join(f'{m:.3f}' for m in masses)} | {mass:.3f} | {out20:.4f}, "
+                f"{out200:.4f} | {gauss_prior:.3f}, {gauss_ref:.4f} | {ell_prior:.3f}, "
+                f"{ell_ref:.4f} | {exact:.4f} |"
+            )
             print(lines[-1], flush=True)
     return lines
