@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import re
+import shlex
 import statistics
 import sys
 import time
@@ -54,6 +55,8 @@ def _jt(lr: float, patience: int, mix: str, extra: str = "") -> str:
     return spec + (f";{extra}" if extra else "")
 
 
+_PM = "x_token_size=2;x_blocks=4"  # slcp: one token per i.i.d. point, the dependency mask
+
 #: The search on the tuning set: label -> (what it varies, method spec). Every option is
 #: spelled out, so a label keeps its meaning whatever the family's defaults are.
 CONFIGS = {
@@ -69,7 +72,11 @@ CONFIGS = {
     # slcp only: x is four i.i.d. 2-D points
     "M": ("C with the dependency mask (x_blocks=4)", _jt(3e-3, 34, "mix07", "x_blocks=4")),
     "P": ("C with one token per point (x_token_size=2)", _jt(3e-3, 34, "mix07", "x_token_size=2")),
-    "PM": ("P with the dependency mask", _jt(3e-3, 34, "mix07", "x_token_size=2;x_blocks=4")),
+    "PM": ("P with the dependency mask", _jt(3e-3, 34, "mix07", _PM)),
+    "PM-D": ("PM, posterior only", _jt(3e-3, 34, "post", _PM)),
+    "PM-L": ("PM with patience 68", _jt(3e-3, 68, "mix07", _PM)),
+    "PM-G": ("PM with 3 blocks", _jt(3e-3, 34, "mix07", _PM + ";layers=3")),
+    "PM-W": ("PM with width 128", _jt(3e-3, 34, "mix07", _PM + ";width=128")),
     "fm": ("simgen flow matching (its defaults)", "fm"),
 }
 #: Sampling steps tried on configuration C's trained model (no retraining).
@@ -77,10 +84,14 @@ STEP_VARIANTS = {"C": (8, 32)}
 #: The report: label -> method spec (each library's defaults).
 REPORT = {
     "joint_transformer": _JT,
+    # slcp: one token per i.i.d. point and the dependency mask (tuning set, configs P/PM)
+    "joint_transformer (point tokens, mask)": f"{_JT};x_token_size=2;x_blocks=4",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
 }
+#: Report labels that fit only some tasks' x (the others skip them).
+REPORT_TASKS = {"joint_transformer (point tokens, mask)": ("slcp",)}
 
 
 def _cell_path(task: str, set_name: str, budget: int, spec: str, seed: int, num_obs: int):
@@ -219,9 +230,10 @@ REPORT_HEADER = (
 def report(tasks, budget, num_obs, seeds, labels) -> str:
     lines = [REPORT_HEADER]
     for task_name in tasks:
-        rows = _cells(task_name, "report", budget, num_obs, seeds, labels,
+        fits = [label for label in labels if task_name in REPORT_TASKS.get(label, (task_name,))]
+        rows = _cells(task_name, "report", budget, num_obs, seeds, fits,
                       REPORT.__getitem__, lambda label: {"timed": True})  # fmt: skip
-        for label in labels:
+        for label in fits:
             cells = rows[label]
             per_seed = [_mean(c["c2st"]) for c in cells]
             per_obs = [_mean(v) for v in zip(*(c["c2st"] for c in cells))]
@@ -300,7 +312,7 @@ def main() -> None:
         f"OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set {args.set} --tasks "
         f"{' '.join(args.tasks)} --budget {args.budget} --observations {args.observations} "
         f"--seeds {' '.join(map(str, args.seeds))}"
-        + (f" --configs {args.configs}" if args.configs else "")
+        + (f" --configs {shlex.quote(args.configs)}" if args.configs else "")
     )
     print(body)
     print(f"CPU s in this process: {time.process_time() - start:.0f}")
