@@ -85,13 +85,13 @@ STEP_VARIANTS = {"C": (8, 32)}
 REPORT = {
     "joint_transformer": _JT,
     # slcp: one token per i.i.d. point and the dependency mask (tuning set, configs P/PM)
-    "joint_transformer (point tokens, mask)": f"{_JT};x_token_size=2;x_blocks=4",
+    "joint_transformer (point tokens + mask)": f"{_JT};x_token_size=2;x_blocks=4",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
 }
 #: Report labels that fit only some tasks' x (the others skip them).
-REPORT_TASKS = {"joint_transformer (point tokens, mask)": ("slcp",)}
+REPORT_TASKS = {"joint_transformer (point tokens + mask)": ("slcp",)}
 
 
 def _cell_path(task: str, set_name: str, budget: int, spec: str, seed: int, num_obs: int):
