@@ -3,17 +3,21 @@ labels) vs plain NRE-C.
 
 The showcase is the collection's ``particle_shower``: a pyro program with a random number of
 latent splittings whose reference posterior comes from pseudo-marginal MCMC. Each seed runs
-``simgen.simulate(shower, prior, N_max, seed, joint=True, theta_1="prior")`` once: θ from
-the prior, a reference θ₁ per row from the prior, each simulation's joint log ratio and joint
-score banked beside x. A budget of n simulations is the first n rows. Plain NRE-C trains on
+``simgen.simulate(shower, prior, N_max, seed, joint=True, theta_1=rows)`` once: θ from the
+prior, M references per row from the prior (``rows`` ``(N_max, M, D)``,
+:func:`reference_columns`; M = K − 1 of the largest ``nrec_soft`` K planned, 1 without),
+each recorded trace re-scored at all of them, so each simulation's joint log ratios and joint
+score are banked beside x in the one simulator pass. A budget of n simulations is the first
+n rows. Plain NRE-C trains on
 the n pairs (θ, x); the reference-ratio losses on ``ratio_rows()`` of the same n simulations
 (2n rows: each simulation as drawn, and swapped, θ₁ paired with x drawn at its reference θ;
-:mod:`simgen.joint_ratio`). A *variant* (:data:`VARIANTS`) is a loss with other training
+:mod:`simgen.joint_ratio`), with the first reference column, the one ``theta_1="prior"``
+draws. A *variant* (:data:`VARIANTS`) is a loss with other training
 options, score weight or reference; ``fixed`` references simulate n/2 θs re-scored at the
 prior's mean and n/2 simulations at it (``ratio_rows(reference=...)``). ``nrec_soft`` trains
-on the n simulations as they are, with K − 1 = 4 references each (the run's θ₁ and three
-re-simulations of its θs with the same seed at other prior draws, :func:`soft_references`),
-``nrec_soft-k2`` with the run's θ₁ alone (K = 2). Accuracy is C2ST
+on the n simulations as they are, with the first K − 1 = 4 reference columns, ``-k2``,
+``-k10`` and ``-k20`` with the first 1, 9 and 19 (K = 2, 10, 20); ``--at-target`` runs
+variants at the largest budget only. Accuracy is C2ST
 (``simgen.diagnostics.c2st``) of 1,000 posterior draws against 1,000 of the
 ``benchmarks.harness.reference`` draws of the first ``--obs`` observations of a set: the
 variants are screened on the *tuning* set (``--screen``), the grid runs on the *report* set.
@@ -25,10 +29,11 @@ the comparison is within simgen. CPU seconds (``time.process_time``) per fit, on
         --baseline 10000 --seeds 4 --obs 5 --methods \
 carl,alices,cascal,alices-a0.1,rolr,nrec_soft,nrec_soft-k2 --at-baseline nre,carl --screen \
 alices,alices-lr1e-3,alices-p60,alices-a0.1,alices-a1,alices-fixed,nre,nre-p60,cascal,rolr,\
-nrec_soft,nrec_soft-k10
+nrec_soft,nrec_soft-k10,nrec_soft-k20 --at-target nrec_soft-k10,nrec_soft-k20
 
-(about 27 CPU-minutes from an empty cell cache with the references cached: 128 cells of
-5 to 20 CPU-s, most of it C2ST at about 2 CPU-s per observation, and the latent chain).
+(about 32 CPU-minutes from an empty cell cache with the references cached: 138 cells of
+5 to 35 CPU-s, most of it C2ST at about 2 CPU-s per observation, the latent chain and
+:func:`benchmarks.joint_ratio_checks.rescore_rows`).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ VARIANTS = {
     "nrec_soft": ("nrec_soft", {"atoms": 5}),
     "nrec_soft-k2": ("nrec_soft", {"atoms": 2}),
     "nrec_soft-k10": ("nrec_soft", {"atoms": 10}),
+    "nrec_soft-k20": ("nrec_soft", {"atoms": 20}),
 }
 #: Seed offset of the prior draws of ``nrec_soft``'s extra references (one stream per
 #: reference, none shared with θ or the run's own θ₁).
@@ -85,12 +91,31 @@ SOFT_REFERENCE_SEED = 77_000
 CELL_NAMES = {"rolr": "rolr-mixture", "rascal": "rascal-mixture"}
 
 
-def simulations(task, n: int, seed: int, theta_1="prior"):
-    """``n`` simulations of ``task`` at θ ~ prior with a θ₁ ~ prior per row (seeded)."""
+def simulations(task, n: int, seed: int, theta_1="prior", references: int | None = None):
+    """``n`` simulations of ``task`` at θ ~ prior with a θ₁ ~ prior per row (seeded); with
+    ``references``, that many per row (:func:`reference_columns`), all in one pass."""
+    if references:
+        theta_1 = reference_columns(task, n, seed, references)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sim = task.simulator
         return simgen.simulate(sim, task.prior, n, seed=seed, joint=True, theta_1=theta_1)
+
+
+def reference_columns(task, n: int, seed: int, count: int) -> torch.Tensor:
+    """``count`` prior-drawn references per simulation, ``(n, count, D)``: column 0 is the
+    row ``theta_1="prior"`` draws (so column 0 of the run is that run), column m ≥ 1 a
+    prior draw seeded by ``SOFT_REFERENCE_SEED + 100 seed + m`` (K = 5's, 10's and 20's
+    references are nested)."""
+    from simgen.joint_ratio import reference_rows
+
+    d = task.prior.sample((1,)).shape[-1]
+    columns = [reference_rows("prior", torch.zeros(n, d), seed, task.prior)]
+    for m in range(1, count):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SOFT_REFERENCE_SEED + 100 * seed + m)
+            columns.append(task.prior.sample((n,)).float())
+    return torch.stack(columns, 1)
 
 
 def fixed_rows(task, n: int, seed: int):
@@ -123,15 +148,15 @@ def fit(task, variant: str, run, n: int, seed: int, x_shape=None, nre_class=simg
         if method == "nrec_soft":
             x = run.x[:n] if x_shape is None else run.x[:n].reshape(-1, *x_shape)
             atoms = options["atoms"]
-            theta_1, log_r = soft_references(task, run, seed, atoms - 1)
+            theta_1, log_r = _columns(run, n, atoms - 1)
             nre = nre_class(task.prior, loss=method, num_atoms=atoms)
             return nre.fit(
                 run.theta[:n],
                 x,
                 progress=False,
                 seed=seed,
-                theta_1=theta_1[:n],
-                joint_log_ratio=log_r[:n],
+                theta_1=theta_1,
+                joint_log_ratio=log_r,
                 **train,
             )
         if options.get("reference") == "fixed":
@@ -147,37 +172,31 @@ def fit(task, variant: str, run, n: int, seed: int, x_shape=None, nre_class=simg
         return nre.fit(rows.theta, x_rows, progress=False, seed=seed, **train, **extras)
 
 
-_SOFT: dict[tuple, tuple] = {}
+def soft_count(variants) -> int | None:
+    """The most references any ``nrec_soft`` variant among ``variants`` reads (K − 1), or
+    None when there is none."""
+    atoms = [VARIANTS[v][1]["atoms"] for v in variants if VARIANTS.get(v, (v,))[0] == "nrec_soft"]
+    return max(atoms) - 1 if atoms else None
 
 
-def soft_references(task, run, seed: int, count: int):
-    """``count`` prior-drawn references per simulation of ``run`` (made by
-    :func:`simulations` with ``seed``) and the joint log ratios against them: the run's own
-    θ₁ and ``count - 1`` re-simulations of its θs with the same seed
-    (:func:`simgen.joint_ratio.stack_references`), kept for the process."""
-    from simgen.joint_ratio import stack_references
-
-    key = (task.__name__, seed, len(run.theta), count)
-    if key not in _SOFT:
-        runs = [run]
-        for m in range(1, count):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(SOFT_REFERENCE_SEED + 100 * seed + m)
-                rows = task.prior.sample((len(run.theta),)).float()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                again = run_simulator(
-                    task.simulator, run.theta, seed=seed, joint=True, theta_1=rows
-                )
-            runs.append(again)
-        _SOFT[key] = stack_references(runs)
-    return _SOFT[key]
+def _columns(run, n: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` references of the first ``n`` simulations of ``run`` (made by
+    :func:`simulations` with ``references`` ≥ ``count``), and the joint log ratios."""
+    if run.joint_log_ratio.ndim == 1:
+        if count != 1:
+            raise ValueError(f"{count} references per simulation need simulations(references=)")
+        return run.theta_1[:n], run.joint_log_ratio[:n]
+    if run.joint_log_ratio.shape[1] < count:
+        raise ValueError(f"the run has {run.joint_log_ratio.shape[1]} references, not {count}")
+    return run.theta_1[:n, :count], run.joint_log_ratio[:n, :count]
 
 
 def _head(run, n: int) -> Simulations:
-    """The first ``n`` simulations of a run with their ratio columns."""
-    names = ("theta_1", "joint_log_ratio", "joint_score")
-    return Simulations(run.theta[:n], run.x[:n], **{k: getattr(run, k)[:n] for k in names})
+    """The first ``n`` simulations of a run with their ratio columns (its first reference
+    where it has several)."""
+    first = (slice(n), 0) if run.joint_log_ratio.ndim == 2 else slice(n)
+    extras = {"theta_1": run.theta_1[first], "joint_log_ratio": run.joint_log_ratio[first]}
+    return Simulations(run.theta[:n], run.x[:n], joint_score=run.joint_score[:n], **extras)
 
 
 def bootstrap(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -230,8 +249,9 @@ def run(plan, seeds: int, num_obs: int, set_name: str = "report"):
     """The cells of every (budget, variant) in ``plan`` over ``seeds`` seeds."""
     xs, refs = references(num_obs, set_name)
     results: dict[tuple[int, str], list[dict]] = {}
+    count = soft_count(v for _, v in plan)
     for seed in range(seeds):
-        sims = simulations(shower, max(n for n, _ in plan), seed)
+        sims = simulations(shower, max(n for n, _ in plan), seed, references=count)
         for n, variant in plan:
             results.setdefault((n, variant), []).append(cell(xs, refs, sims, variant, n, seed))
     return results
@@ -283,6 +303,29 @@ def paired_rows(results, against: tuple[int, str], plan, strict: bool = False) -
     return rows
 
 
+def _more_atoms(results, plan, cells: int) -> list[str]:
+    """``nrec_soft`` with more than K = 5 atoms against K = 5 on the same simulations."""
+    soft = [(n, v) for n, v in plan if VARIANTS.get(v, (v,))[0] == "nrec_soft"]
+    rows = []
+    for n, variant in soft:
+        if VARIANTS[variant][1]["atoms"] > 5 and (n, "nrec_soft") in results:
+            rows += paired_rows(results, (n, "nrec_soft"), [(n, variant)], strict=True)
+    if not rows:
+        return []
+    return [
+        "## More references: K against K = 5",
+        "",
+        f"Paired by seed and observation ({cells} cells): C2ST of `nrec_soft` with K atoms "
+        "(K − 1 references, nested: K = 5's four are the first four of K = 10's nine) minus "
+        "K = 5's on the same n simulations; *better*: the whole interval below 0.",
+        "",
+        "| simulations | method | C2ST − nrec_soft (K = 5) at n | 95% interval | better |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def _against_carl(results, baseline: int, plan, cells: int) -> list[str]:
     """The reference-ratio losses against CARL, their own binary classifier without the
     joint quantities, at the baseline (when it was run there)."""
@@ -332,6 +375,7 @@ def main() -> None:
     parser.add_argument("--obs", type=int, default=5)
     parser.add_argument("--methods", default="carl,alices,cascal")
     parser.add_argument("--at-baseline", default="nre", help="variants run at the baseline")
+    parser.add_argument("--at-target", default="", help="variants run at the largest budget")
     parser.add_argument("--screen", default="", help="variants screened on the tuning set")
     parser.add_argument("--screen-budget", type=int, default=3300)
     parser.add_argument("--screen-seeds", type=int, default=2)
@@ -340,7 +384,7 @@ def main() -> None:
     parser.add_argument("--chain-seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1,000 vs 2,000, 1 seed, 2 obs")
     args = parser.parse_args()
-    from benchmarks.joint_ratio_checks import carried_rows, chain_rows, risk_rows
+    from benchmarks.joint_ratio_checks import carried_rows, chain_rows, rescore_rows, risk_rows
 
     torch.set_num_threads(1)
     warm_up_torch()
@@ -378,6 +422,7 @@ def main() -> None:
     at_baseline = ["nre", *(v for v in args.at_baseline.split(",") if v != "nre")]
     plan = [(args.baseline, v) for v in at_baseline]
     plan += [(n, m) for n in budgets for m in ["nre", *methods]]
+    plan += [(max(budgets), v) for v in args.at_target.split(",") if v]
     results = run(plan, args.seeds, args.obs)
     cells = args.seeds * args.obs
     command = (
@@ -387,16 +432,18 @@ def main() -> None:
         f"{args.chain_seeds}"
         + (f" --at-baseline {args.at_baseline}" if args.at_baseline != "nre" else "")
         + (f" --screen {args.screen}" if args.screen else "")
+        + (f" --at-target {args.at_target}" if args.at_target else "")
     )
     text = [
         "# NRE with the joint likelihood ratio vs plain NRE-C on particle_shower",
         "",
         f"Command: `{command}`.",
         "",
-        'Simulations: per seed one `simulate(..., joint=True, theta_1="prior")` run; a budget '
-        "of n is its first n simulations, the same for every method. NRE-C trains on the n "
-        "pairs (θ, x), the reference-ratio losses on `ratio_rows()` of the same n simulations "
-        "(2n rows: each simulation as drawn and swapped). C2ST of "
+        "Simulations: per seed one `simulate(..., joint=True, theta_1=rows)` run, rows (N, M, "
+        'D) prior draws, the first column the one `theta_1="prior"` draws; a budget of n is '
+        "its first n simulations, the same for every method. NRE-C trains on the n pairs "
+        "(θ, x), the reference-ratio losses on `ratio_rows()` of the same n simulations and "
+        "the first reference column (2n rows: each simulation as drawn and swapped). C2ST of "
         f"{POSTERIOR_DRAWS:,} posterior draws against {POSTERIOR_DRAWS:,} (a seeded subset of "
         f"{REFERENCE_DRAWS:,}) `harness.reference` draws of the first {args.obs} report "
         f"observations, mean over {args.obs} observations × {args.seeds} seeds ({cells} cells) "
@@ -408,9 +455,10 @@ def main() -> None:
         "rate of 1e-3, `-p60` patience 60, `-fixed` one θ₁ at the prior's mean (n/2 "
         "simulations at θ, n/2 at θ₁); `rolr` is simgen's (against the balanced mixture); "
         "`nrec_soft` is NRE-C (K = 5, NRE's default) with soft labels from the joint log "
-        "ratios against 4 prior-drawn references per simulation (the run's θ₁ and 3 "
-        "re-simulations of its θs with the same seed), `nrec_soft-k2` with the run's θ₁ "
-        "alone (K = 2); both train on the n simulations, not on `ratio_rows()`.",
+        "ratios against 4 prior-drawn references per simulation, `nrec_soft-k2`, `-k10` and "
+        "`-k20` against 1, 9 and 19 (K = 2, 10, 20; the references nested, all re-scored from "
+        "the run's one simulator pass, `theta_1` rows (N, M, D)); they train on the n "
+        "simulations, not on `ratio_rows()`.",
         "",
         "| simulations | method | C2ST | 95% interval | seed means | train s | sample s "
         "| epochs (best) |",
@@ -428,6 +476,7 @@ def main() -> None:
         *paired_rows(results, (args.baseline, "nre"), plan),
         "",
         *_soft_against_hard(results, plan, cells),
+        *_more_atoms(results, plan, cells),
         *_against_carl(results, args.baseline, plan, cells),
         *screen_text,
         *chain,
@@ -435,6 +484,8 @@ def main() -> None:
         *risk_rows(),
         "",
         *carried_rows(),
+        "",
+        *rescore_rows(),
     ]
     OUT.write_text("\n".join(text) + "\n")
 

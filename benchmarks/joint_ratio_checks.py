@@ -9,18 +9,23 @@ measured alternatives: ``theta_1`` regresses :math:`r(x, z)` on rows drawn at θ
 each row weighted by :math:`1/(1 + \\hat r)^2` (θ₁ rows) or :math:`1/(1 + 1/\\hat r)^2` (θ
 rows), the predictions detached (a weight of (θ, x) alone keeps the minimiser), and ``log``
 regresses :math:`\\log r(x, z)` (biased: its minimiser is :math:`\\mathbb E[\\log r(x, z)\\mid
-x]`). Run through ``python -m benchmarks.bench_joint_ratio``.
+x]`). :func:`rescore_rows` times M references re-scored in one pass against re-simulating.
+Run through ``python -m benchmarks.bench_joint_ratio``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
 
 import torch
 
 import simgen
+from simgen.joint_ratio import PriorReferences
 from simgen.losses.ratio import ReferenceRatioLoss
+from simgen.simulate import run_simulator
 from simulators import _latent_chain as chain
 from simulators import particle_shower as shower
 
@@ -91,7 +96,7 @@ def _form_nre(form: str):
 def chain_rows(n: int, seeds: int) -> list[str]:
     """Posterior KL (``posterior_kl``, 20 observations, nats) of NRE-C and each loss or form on
     the same ``n`` chain simulations per seed, cached per (variant, seed)."""
-    from benchmarks.bench_joint_ratio import CELLS, bootstrap, fit, simulations
+    from benchmarks.bench_joint_ratio import CELLS, bootstrap, fit, simulations, soft_count
 
     older = CELLS / f"chain-n{n}-seeds5.json"  # the losses whose definitions are unchanged
     older = json.loads(older.read_text()) if older.exists() else {}
@@ -106,7 +111,8 @@ def chain_rows(n: int, seeds: int) -> list[str]:
             if path.exists():
                 kls[name].append(json.loads(path.read_text())["kl"])
                 continue
-            sims = simulations(chain, n, seed) if sims is None else sims
+            count = soft_count(loss for loss, _ in CHAIN_VARIANTS.values())
+            sims = simulations(chain, n, seed, references=count) if sims is None else sims
             nre_class = simgen.NRE if form is None else _form_nre(form)
             post = fit(chain, loss, sims, n, seed, x_shape=(1,), nre_class=nre_class)
             kls[name].append(chain.posterior_kl(post))
@@ -260,4 +266,78 @@ def carried_rows(n: int = 5000, seed: int = 0, marginal_rows: int = 200) -> list
     noise = float(((s - t1) * (s - t2)).mean() / ((1 - t1) * (1 - t2)).mean())
     explained = ", ".join(f"{v:.2f}" for v in _shower_explained(n, seed))
     out.append(f"| particle_shower | {share:.2f} | {r2:.2f} | {noise:.2f} | — | {explained} |")
+    return out
+
+
+def _cpu(fn, *args, **kwargs) -> float:
+    """CPU seconds of one call ``fn(*args, **kwargs)``."""
+    start = time.process_time()
+    fn(*args, **kwargs)
+    return time.process_time() - start
+
+
+def _resimulate(task, theta, rows) -> None:
+    """The re-simulation route: one run of ``theta`` with seed 0 per column of ``rows``."""
+    for j in range(rows.shape[1]):
+        run_simulator(task.simulator, theta, seed=0, joint=True, theta_1=rows[:, j])
+
+
+def _rescore_times(task, n: int, counts, reps: int) -> dict[str, list[float]]:
+    """CPU seconds of the run alone, the one pass and re-simulating, ``reps`` each."""
+    sim, prior = task.simulator, task.prior
+    run = simgen.simulate(sim, prior, n, seed=0, joint=True)  # also the warm-up
+    times = {
+        "joint": [_cpu(simgen.simulate, sim, prior, n, seed=0, joint=True) for _ in range(reps)]
+    }
+    for m in counts:
+        refs, rows = PriorReferences(m), prior.sample((n, m)).float()
+        one = [
+            _cpu(simgen.simulate, sim, prior, n, seed=0, joint=True, theta_1=refs)
+            for _ in range(reps)
+        ]
+        times[f"one-{m}"] = one
+        times[f"again-{m}"] = [_cpu(_resimulate, task, run.theta, rows) for _ in range(reps)]
+    return times
+
+
+def rescore_rows(n: int = 4000, counts=(1, 4, 9, 19), reps: int = 3) -> list[str]:
+    """CPU seconds of ``n`` joint simulations with M references re-scored in the one pass
+    (``theta_1=PriorReferences(M)``) against the same M references by re-simulation (M more
+    ``run_simulator`` runs of the same θs and seed), per simulator; the median of ``reps``
+    repeats and their range, cached (timings, not results, so a rerun keeps them)."""
+    from benchmarks.bench_joint_ratio import CELLS
+
+    path = CELLS / f"rescore-n{n}-m{'_'.join(map(str, counts))}-r{reps}.json"
+    if path.exists():
+        measured = json.loads(path.read_text())
+    else:
+        measured = {}
+        for name, task in (("latent chain", chain), ("particle_shower", shower)):
+            measured[name] = _rescore_times(task, n, counts, reps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(measured))
+    out = [
+        "## Re-scoring against re-simulating: the CPU cost of M references",
+        "",
+        f"{n:,} joint simulations (batches of 1,000, one thread) with M prior-drawn references "
+        "each. *One pass*: `simulate(..., joint=True, theta_1=PriorReferences(M))`, every "
+        "recorded trace re-scored at its M references; *re-simulating*: the run alone "
+        "(`joint=True`) and, as `stack_references` needs, M more runs of the same θs and seed, "
+        "each re-scored at one column. CPU seconds, the median of "
+        f"{reps} repeats (range); *per reference*: (one pass − the run alone) / M over the "
+        "run alone, what each reference adds in units of a simulation pass.",
+        "",
+        "| simulator | M | run alone s | one pass s | re-simulating s | per reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, times in measured.items():
+        alone = statistics.median(times["joint"])
+        for m in counts:
+            one, again = times[f"one-{m}"], times[f"again-{m}"]
+            extra = (statistics.median(one) - alone) / m / alone
+            out.append(
+                f"| {name} | {m} | {alone:.2f} | {statistics.median(one):.2f} "
+                f"({min(one):.2f}–{max(one):.2f}) | {alone + statistics.median(again):.2f} "
+                f"({alone + min(again):.2f}–{alone + max(again):.2f}) | {extra:.2f} |"
+            )
     return out

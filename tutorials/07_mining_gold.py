@@ -52,8 +52,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import simgen  # noqa: E402
-from simgen.joint_ratio import stack_references  # noqa: E402
-from simgen.simulate import run_simulator  # noqa: E402
+from simgen.joint_ratio import PriorReferences  # noqa: E402
 from simulators import _latent_chain as chain  # noqa: E402
 from simulators import particle_shower  # noqa: E402
 
@@ -147,22 +146,20 @@ for loss, names in uses.items():
 # posterior given the latents, $w_k = \mathrm{softmax}_k(0, -\log r^{(1)}, \dots, -\log
 # r^{(K-1)})$, replaces the one-hot label of "the first atom is the joint one". Its mean
 # given x is the label's class posterior, so the loss keeps NRE-C's minimiser with less
-# noise (`loss="nrec_soft"`, derived in `simgen.losses.ratio`). One `theta_1="prior"` run
-# gives K = 2; for K = 5 the same θs are re-simulated with the same seed at three more
-# prior draws (the latents repeat, so only the re-scoring is new), and
-# `stack_references` checks that the runs agree.
+# noise (`loss="nrec_soft"`, derived in `simgen.losses.ratio`). `theta_1=PriorReferences(M)`
+# gives M references per simulation from the one simulator pass: each recorded trace is
+# re-scored at M prior draws (`theta_1` (N, M, D), `joint_log_ratio` (N, M)), so K = M + 1
+# atoms cost no extra simulation.
 
 # %%
-more = []
-for _ in range(3):
-    references = chain.prior.sample((len(sims.theta),))
-    more.append(run_simulator(chain.simulator, sims.theta, seed=0, joint=True, theta_1=references))
-theta_1, log_r = stack_references([sims, *more])
+many = simgen.simulate(
+    chain.simulator, chain.prior, NUM_SIMULATIONS, seed=0, joint=True, theta_1=PriorReferences(4)
+)
 posterior = simgen.NRE(chain.prior, loss="nrec_soft", num_atoms=5).fit(
-    sims.theta,
-    sims.x.reshape(-1, 1),
-    theta_1=theta_1,
-    joint_log_ratio=log_r,
+    many.theta,
+    many.x.reshape(-1, 1),
+    theta_1=many.theta_1,
+    joint_log_ratio=many.joint_log_ratio,
     max_epochs=MAX_EPOCHS,
     seed=0,
     progress=False,
@@ -216,12 +213,18 @@ fig.savefig(folder / "kl_by_loss.png", dpi=100)
 #   classifier that compares five θs: at 3,300 simulations it is 0.021 [0.010, 0.032]
 #   ahead of NRE-C's hard labels on the same simulations (0.035 at 1,000; no difference at
 #   2,000), and 0.553 against NRE-C's 0.542 at 10,000: paired +0.011 [−0.009, +0.034],
-#   the smallest gap of any loss, but still not the target. With the run's single θ₁ (K =
-#   2) it scores 0.560. On the latent chain, where the soft labels are nearly hard, it is
-#   within the noise of NRE-C (KL 0.024 against 0.032).
+#   short of the target. With the run's single θ₁ (K = 2) it scores 0.560. More
+#   references cost no simulations, since each is a re-score of the recorded trace: K = 10
+#   and K = 20 at 3,300 score 0.549 and 0.547, paired +0.007 [−0.008, +0.022] and +0.005
+#   [−0.007, +0.018] from NRE-C at 10,000, the smallest gaps of any loss and still short of
+#   the target; against K = 5 on the same simulations −0.005 and −0.006, within the noise,
+#   and on the tuning observations K = 20 was not better than K = 5 (+0.009). On the latent
+#   chain, where the soft labels are nearly hard, K = 5 is within the noise of NRE-C (KL
+#   0.024 against 0.032).
 #
 # So `loss="nrec_soft"` is the one to use when the simulator is a pyro program and
-# simulations are dear: NRE-C's training cost (4.2 CPU-s at 3,300 against 4.0) plus three
-# re-simulations of the run for its references. Keep `loss="nrec"` for simulators without a
-# joint ratio. ALICES with `joint_score_weight=0.1` at 3,300 matches CARL, its own binary
-# classifier, at 10,000, and trains in 3.5 CPU-s against CARL's 1.7.
+# simulations are dear: NRE-C's training cost (4.2 CPU-s at 3,300 against 4.0) plus the
+# re-scores, each about half a simulation pass on the shower (`theta_1=PriorReferences(4)`
+# in the one run). Keep `loss="nrec"` for simulators without a joint ratio. ALICES with
+# `joint_score_weight=0.1` at 3,300 matches CARL, its own binary classifier, at 10,000, and
+# trains in 3.5 CPU-s against CARL's 1.7.

@@ -50,11 +50,13 @@ Only the joint term changes (:math:`\log q(y=k)
 :math:`\sum_k w_k f_k`); the null class :math:`y=0` keeps its hard label and its K atoms from
 other rows of the batch, because the probability of the null class given the latents would
 need the marginal :math:`p(x, z)`, which no simulator gives. The references must be drawn
-from the prior (a fixed :math:`\theta_1` breaks the exchangeability the derivation uses).
-K is NRE's ``num_atoms`` (5, NRE-C's default): on particle_shower's tuning observations K =
-10 changed C2ST by −0.006 [−0.021, +0.012] at 2.5 times the training CPU
-(``benchmarks/results_joint_ratio.md``, the screen; its soft-against-hard table measures
-the loss against NRE-C).
+from the prior (a fixed :math:`\theta_1` breaks the exchangeability the derivation uses);
+``simulate(..., theta_1=PriorReferences(K - 1))`` banks them from the one simulator pass.
+K is NRE's ``num_atoms`` (5, NRE-C's default): on particle_shower's tuning observations at
+3,300 simulations K = 10 and 20 changed C2ST by −0.006 [−0.021, +0.012] and +0.009
+[−0.011, +0.027] against K = 5, at 2.6 times the training CPU, so more atoms are not the
+default (``benchmarks/results_joint_ratio.md``: the screen, and the report grid's K = 10
+and 20 rows).
 
 **BNRE** (Delaunoy et al., 2022). Binary NRE, :math:`-\mathbb E_{p(\theta,x)} \log
 \sigma(f_\phi) - \mathbb E_{p(\theta)p(x)} \log(1 - \sigma(f_\phi))`, plus the balancing
