@@ -342,3 +342,15 @@ def test_benchmark_code_key_and_equivalent_codes():
     assert warm["method_as_run"] == "simgen_tsnpe:warm_start=true"
     current = {"code": "seq-current", "method": "simgen_tsnpe"}
     assert as_current(current) == current
+
+
+def test_benchmark_records_the_flow_a_run_trained(linear2_posterior):
+    # bench_sequential records which flow definition (its mixing between transforms) each
+    # simgen run trained, so runs before and after a change of NPE's default flow stay apart.
+    from benchmarks.bench_sequential import NPE_OPTIONS, flow_of
+    from simgen.estimators.flows import NSF
+
+    expected = f"mixing={getattr(NSF, 'default_mixing', 'none')}"
+    assert flow_of(linear2_posterior) == expected
+    assert flow_of(GaussianPosterior([0.0, 0.0], 1.0)) == "-"
+    assert "mixing" in NPE_OPTIONS and "support" in NPE_OPTIONS
