@@ -6,7 +6,8 @@ A bank (format ``simgen-bank``, version 3) is a zarr group holding
 * ``x`` ``(N, *x_shape)``: simulator outputs, created with the first batch that returns;
 * with ``joint=True`` also ``joint_log_prob`` ``(N,)`` and ``joint_score`` ``(N, D)``, from the
   simulator's ``trace``, created and written like ``x``; with ``theta_1=`` also
-  ``joint_log_ratio`` ``(N,)`` and ``theta_1`` ``(N, D)`` (:mod:`simgen.joint_ratio`);
+  ``joint_log_ratio`` ``(N,)`` and ``theta_1`` ``(N, D)`` (``(N, M)`` and ``(N, M, D)`` with
+  M references per simulation; :mod:`simgen.joint_ratio`);
 * ``status`` ``(N,)`` int8: ``-1`` not simulated yet, ``0`` ok, ``1`` the simulator raised,
   ``2`` the output held NaN or inf, ``3`` it ran past the timeout, ``4`` it took its worker
   process down;
