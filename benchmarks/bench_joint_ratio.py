@@ -109,7 +109,7 @@ def reference_columns(task, n: int, seed: int, count: int) -> torch.Tensor:
     references are nested)."""
     from simgen.joint_ratio import reference_rows
 
-    d = task.prior.sample((1,)).shape[-1]
+    d = task.prior.event_shape[-1]
     columns = [reference_rows("prior", torch.zeros(n, d), seed, task.prior)]
     for m in range(1, count):
         with torch.random.fork_rng(devices=[]):
