@@ -1,10 +1,10 @@
 r"""Many i.i.d. trials: each simgen route next to sbi's i.i.d. NLE and NPSE, same simulations.
 
-The model is conjugate, so the reference posterior is exact for any number of trials n:
-:math:`\theta \sim \mathcal N(0, I_2)`, :math:`x_i \mid \theta \sim \mathcal N(\theta, I_2)`
-i.i.d., :math:`p(\theta \mid x_{1:n}) = \mathcal N(\sum_i x_i / (n + 1), I_2 / (n + 1))`.
-Three observations (θ from the prior, seeds 100-102; 100 trials each, seeds 200-202); the
-observation of n trials is the first n of them, n = 10 and 100.
+The models (``--model``, :mod:`benchmarks.iid_models`) are conjugate, so the reference
+posterior is exact for any number of trials n: ``gauss``, a Gaussian mean with a Gaussian
+prior, and ``exp``, two exponential rates with a box-uniform prior (truncated Gamma
+posteriors). Three observations (θ from the prior, seeds 100-102; 100 trials each, seeds
+200-202); the observation of n trials is the first n of them, n = 10 and 100.
 
 For each training budget N and seed s the single-trial simulations (θ, x) are drawn once
 (seed ``1000 s + N``) and every single-trial route trains on exactly those pairs:
@@ -18,6 +18,14 @@ cannot train on single trials: it gets N *sets* of 1..100 trials
 (``simgen.simulate(..., trials=(1, 100), seed=s)``), about 50 N trials, so its row is
 not a same-data comparison and says so. Every other option is the library's default.
 
+sbi's default NLE estimator is nflows' MAF, whose conditional MADE gives its first feature a
+shift and scale that do not depend on θ (nflows pull request 85); sbi draws a random
+permutation after each of its 5 MADEs, so with 2 features about 1 seed in 16 leaves x's
+first feature first in all five and its likelihood ignores θ for it (:func:`unconditioned`
+tells from the trained network; each sbi cell records it). The table gives the mean over
+every seed and over the seeds where sbi's network conditions every feature on θ, the one
+comparison with sbi at its sound use.
+
 sbi's NPSE i.i.d. route is expensive before it draws: ``auto_gauss`` first estimates every
 trial's posterior precision by sampling each trial's posterior, then runs its 500-step
 sampler on all trials; trained on 200 simulations, 50 draws at n = 100 had not returned
@@ -29,8 +37,8 @@ simgen and sbi alike); C2ST of those 1,000 draws against 1,000 exact draws. Cell
 in ``benchmarks/.cache/iid/`` (keyed by route, budget, seed and the library's code), so a
 rerun resumes; the table is rewritten from whatever cells exist.
 
-    OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --budgets 1000 10000 \
-        --seeds 0 1 [--routes nle,nre,...] [--quick]
+    OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --model gauss \
+        --budgets 1000 10000 --seeds 0 1 [--routes nle,nre,...] [--quick] [--table]
 """
 
 from __future__ import annotations
@@ -44,11 +52,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.distributions import MultivariateNormal
 
 import simgen
 from benchmarks import warm_up_torch
 from benchmarks.evaluation import _code_key
+from benchmarks.iid_models import MODELS, Model
 from simgen.diagnostics.c2st import c2st
 from simgen.nets import SetPooling
 
@@ -56,9 +64,7 @@ HERE = Path(__file__).parent
 OUT = HERE / "results_iid.md"
 CACHE = HERE / ".cache" / "iid"
 D = 2
-PRIOR = MultivariateNormal(torch.zeros(D), torch.eye(D))
 TRIALS = (10, 100)
-NUM_OBS = 3
 NUM_SAMPLES = 1000
 MAX_SET = 100
 #: Options beyond the defaults: composing trials wants a per-trial score that is precise at
@@ -76,37 +82,45 @@ LABELS = {
 }
 
 
-def simulator(theta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    return theta + torch.randn(theta.shape, generator=generator)
-
-
-def observations() -> list[torch.Tensor]:
-    """``NUM_OBS`` observations of ``max(TRIALS)`` trials each."""
-    out = []
-    for k in range(NUM_OBS):
-        g = torch.Generator().manual_seed(100 + k)
-        theta = torch.randn(D, generator=g)
-        noise = torch.randn(max(TRIALS), D, generator=torch.Generator().manual_seed(200 + k))
-        out.append(theta + noise)
-    return out
-
-
-def reference(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """``NUM_SAMPLES`` exact posterior draws given trials ``x`` ``(n, D)``."""
-    n = len(x)
-    g = torch.Generator().manual_seed(seed)
-    return x.sum(0) / (n + 1) + torch.randn(NUM_SAMPLES, D, generator=g) / (n + 1) ** 0.5
-
-
-def training_data(budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_data(model: Model, budget: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 * seed + budget)
-    theta = torch.randn(budget, D, generator=g)
-    return theta, simulator(theta, g)
+    theta = model.draw_theta(budget, g)
+    return theta, model.simulator(theta, g)
 
 
-def train(route: str, budget: int, seed: int, epochs: int | None):
-    """``(sample(x, seed) -> (NUM_SAMPLES, D), train CPU seconds)``."""
-    theta, x = training_data(budget, seed)
+def unconditioned(estimator: torch.nn.Module) -> list[int]:
+    """The x features that sbi's nflows MAF models without θ: a conditional MADE's first
+    feature gets its shift and scale from biases alone (nflows pull request 85), so a feature
+    that comes first in every MADE, after the random permutations between them, ignores θ."""
+    from nflows.transforms import MaskedAffineAutoregressiveTransform, RandomPermutation
+
+    order, firsts = list(range(D)), set(range(D))
+    for module in estimator.modules():
+        if isinstance(module, MaskedAffineAutoregressiveTransform):
+            firsts &= {order[0]}
+        elif isinstance(module, RandomPermutation):
+            order = [order[i] for i in module._permutation.tolist()]
+    return sorted(firsts)
+
+
+def sbi_unconditioned(model: Model, budget: int, seed: int) -> list[int]:
+    """:func:`unconditioned` for the sbi NLE of a cell, rebuilt with the cell's seed and
+    trained one epoch (the permutations are drawn before training)."""
+    from sbi.inference import NLE as SbiNLE
+
+    theta, x = training_data(model, budget, seed)
+    torch.manual_seed(seed)
+    inference = SbiNLE(prior=model.prior, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(
+        show_train_summary=False, max_num_epochs=1
+    )
+    return unconditioned(estimator)
+
+
+def train(model: Model, route: str, budget: int, seed: int, epochs: int | None):
+    """``(sample(x, seed) -> (NUM_SAMPLES, D), train CPU seconds, extras)``."""
+    theta, x = training_data(model, budget, seed)
+    prior = model.prior
     limit = {} if epochs is None else {"max_epochs": epochs}
     start = time.process_time()
     if route.startswith("sbi_"):
@@ -115,62 +129,66 @@ def train(route: str, budget: int, seed: int, epochs: int | None):
 
         torch.manual_seed(seed)
         if route == "sbi_nle":
-            inference = SbiNLE(prior=PRIOR, show_progress_bars=False)
+            inference = SbiNLE(prior=prior, show_progress_bars=False)
         else:
-            inference = NPSE(prior=PRIOR, sde_type="ve", show_progress_bars=False)
+            inference = NPSE(prior=prior, sde_type="ve", show_progress_bars=False)
         sbi_limit = {} if epochs is None else {"max_num_epochs": epochs}
-        inference.append_simulations(theta, x).train(show_train_summary=False, **sbi_limit)
+        estimator = inference.append_simulations(theta, x).train(
+            show_train_summary=False, **sbi_limit
+        )
         posterior = inference.build_posterior()
         seconds = time.process_time() - start
+        extras = {"unconditioned": unconditioned(estimator)} if route == "sbi_nle" else {}
 
         def sample(xo, s):
             torch.manual_seed(s)
             return posterior.sample((NUM_SAMPLES,), x=xo, show_progress_bars=False)
 
-        return sample, seconds
+        return sample, seconds, extras
     if route == "set_npe":
-        sets = simgen.simulate(simulator, PRIOR, budget, seed=seed, trials=(1, MAX_SET))
+        sets = simgen.simulate(model.simulator, prior, budget, seed=seed, trials=(1, MAX_SET))
         theta, x = sets.theta, sets.x
         start = time.process_time()  # simulation is not training
-        front = simgen.NPE(PRIOR, embedding_net=SetPooling(D))
+        front = simgen.NPE(prior, embedding_net=SetPooling(D))
     elif route == "nle":
-        front = simgen.NLE(PRIOR)
+        front = simgen.NLE(prior)
     elif route == "nre":
-        front = simgen.NRE(PRIOR)
+        front = simgen.NRE(prior)
     else:
-        front = simgen.NPE(PRIOR, estimator=route, **ROUTE_OPTIONS.get(route, {}))
+        front = simgen.NPE(prior, estimator=route, **ROUTE_OPTIONS.get(route, {}))
     posterior = front.fit(theta, x, progress=False, seed=seed, **limit)
     seconds = time.process_time() - start
-    return (lambda xo, s: posterior.sample((NUM_SAMPLES,), x=xo, seed=s)), seconds
+    return (lambda xo, s: posterior.sample((NUM_SAMPLES,), x=xo, seed=s)), seconds, {}
 
 
-def cell_path(route: str, budget: int, seed: int, quick: bool) -> Path:
+def cell_path(model: Model, route: str, budget: int, seed: int, quick: bool) -> Path:
     code = _code_key("sbi" if route.startswith("sbi_") else "simgen")
-    tag = "quick-" if quick else ""
+    tag = ("quick-" if quick else "") + ("" if model.name == "gauss" else f"{model.name}-")
     return CACHE / f"{tag}{route}-n{budget}-s{seed}-{code}.json"
 
 
-def run_cell(route: str, budget: int, seed: int, quick: bool) -> dict:
-    path = cell_path(route, budget, seed, quick)
+def run_cell(model: Model, route: str, budget: int, seed: int, quick: bool) -> dict:
+    path = cell_path(model, route, budget, seed, quick)
     if path.exists():
         return json.loads(path.read_text())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sample, train_s = train(route, budget, seed, 20 if quick else None)
+        sample, train_s, extras = train(model, route, budget, seed, 20 if quick else None)
         rows = []
-        for k, full in enumerate(observations()):
+        for k, full in enumerate(model.observations()):
             for n in TRIALS:
                 xo = full[:n]
                 start = time.process_time()
                 draws = sample(xo, seed)
                 sample_s = time.process_time() - start
-                score = float(c2st(draws, reference(xo, 10 + k)))
+                score = float(c2st(draws, model.reference(xo, NUM_SAMPLES, 10 + k)))
                 rows.append({"obs": k, "n": n, "c2st": score, "sample_s": sample_s})
     cell = {"route": route, "budget": budget, "seed": seed, "train_s": train_s, "rows": rows}
+    cell.update(extras)
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(cell))
     print(
-        f"{route} N={budget} seed={seed} train {train_s:.1f}s "
+        f"{model.name} {route} N={budget} seed={seed} train {train_s:.1f}s "
         + " ".join(f"n={r['n']}:{r['c2st']:.3f}/{r['sample_s']:.1f}s" for r in rows),
         flush=True,
     )
@@ -181,17 +199,31 @@ def _spread(values: list[float]) -> str:
     return ", ".join(f"{v:.3f}" for v in values)
 
 
-def table(cells: list[dict], command: str) -> list[str]:
-    """Mean C2ST over observations × seeds with the per-seed means, CPU seconds, and the
-    total time (train + 1,000 draws at one observation) over sbi NLE's."""
+def sound_seeds(model: Model, cells: list[dict], budget: int) -> list[int]:
+    """The seeds at ``budget`` whose sbi NLE models every x feature given θ
+    (:func:`unconditioned`; cells cached without the field are rebuilt to tell)."""
+    seeds = []
+    for c in cells:
+        if c["route"] == "sbi_nle" and c["budget"] == budget:
+            if "unconditioned" not in c:
+                c["unconditioned"] = sbi_unconditioned(model, budget, c["seed"])
+            if not c["unconditioned"]:
+                seeds.append(c["seed"])
+    return sorted(seeds)
+
+
+def table(model: Model, cells: list[dict], command: str) -> list[str]:
+    """Mean C2ST over observations × seeds with the per-seed means, the mean over the seeds
+    where sbi's NLE conditions every feature on θ, CPU seconds, and the total time (train +
+    1,000 draws at one observation) over sbi NLE's."""
     by = {(c["route"], c["budget"], c["seed"]): c for c in cells}
     budgets = sorted({c["budget"] for c in cells})
     lines = [
         f"Command: `{command}`",
         "",
-        "| route | N | n | C2ST mean | per-seed means | train CPU s | sample CPU s | "
-        "total / sbi NLE |",
-        "|---|---|---|---|---|---|---|---|",
+        "| route | N | n | C2ST mean | per-seed means (seeds) | C2ST, sbi-sound seeds | "
+        "train CPU s | sample CPU s | total / sbi NLE |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def stats(route, budget, n):
@@ -205,6 +237,7 @@ def table(cells: list[dict], command: str) -> list[str]:
         return seeds, per_seed, train_s, sample_s
 
     for budget in budgets:
+        sound = sound_seeds(model, cells, budget)
         for n in TRIALS:
             base = stats("sbi_nle", budget, n)
             base_total = statistics.mean(base[2]) + statistics.mean(base[3]) if base[0] else None
@@ -214,16 +247,19 @@ def table(cells: list[dict], command: str) -> list[str]:
                     continue
                 total = statistics.mean(train_s) + statistics.mean(sample_s)
                 ratio = f"{total / base_total:.2f}" if base_total else "-"
+                on_sound = [v for s, v in zip(seeds, per_seed) if s in sound]
+                sound_mean = f"{statistics.mean(on_sound):.3f}" if on_sound else "-"
                 lines.append(
                     f"| {LABELS[route]} | {budget} | {n} | {statistics.mean(per_seed):.3f} | "
-                    f"{_spread(per_seed)} | {statistics.mean(train_s):.1f} | "
-                    f"{statistics.mean(sample_s):.2f} | {ratio} |"
+                    f"{_spread(per_seed)} ({' '.join(map(str, seeds))}) | {sound_mean} | "
+                    f"{statistics.mean(train_s):.1f} | {statistics.mean(sample_s):.2f} | {ratio} |"
                 )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="gauss")
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--routes", default=",".join(ROUTES))
@@ -232,6 +268,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     warm_up_torch()
+    model = MODELS[args.model]
     routes = [r for r in args.routes.split(",") if r]
     unknown = sorted(set(routes) - set(ROUTES))
     if unknown:
@@ -239,39 +276,52 @@ def main() -> None:
     budgets = " ".join(map(str, args.budgets))
     seeds = " ".join(map(str, args.seeds))
     command = (
-        f"OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --budgets {budgets} "
-        f"--seeds {seeds}" + ("" if args.routes == ",".join(ROUTES) else f" --routes {args.routes}")
+        f"OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --model {model.name} "
+        f"--budgets {budgets} --seeds {seeds}"
+        + ("" if args.routes == ",".join(ROUTES) else f" --routes {args.routes}")
     )
     if args.table:
-        write(table(cached(args.budgets, args.seeds), command))
+        write(model, table(model, cached(model, args.budgets, args.seeds), command))
         return
     cells = []
     for budget in args.budgets:
         for seed in args.seeds:
             for route in routes:
-                cells.append(run_cell(route, budget, seed, args.quick))
-                if not args.quick:  # the table so far, from every cached cell
-                    write(table(cached(args.budgets, args.seeds), command))
+                cells.append(run_cell(model, route, budget, seed, args.quick))
     if args.quick:
-        print("\n".join(table(cells, "(quick)")))
+        print("\n".join(table(model, cells, "(quick)")))
+    else:  # the table from every cached cell of these budgets and seeds
+        write(model, table(model, cached(model, args.budgets, args.seeds), command))
 
 
-def cached(budgets: list[int], seeds: list[int]) -> list[dict]:
+def cached(model: Model, budgets: list[int], seeds: list[int]) -> list[dict]:
     """The newest cached cell of each (route, budget, seed), whichever code version ran it
     (other work edits simgen during a long run; each cell's code is in its file name)."""
+    tag = "" if model.name == "gauss" else f"{model.name}-"
     cells = []
     for b in budgets:
         for s in seeds:
             for r in ROUTES:
-                found = sorted(CACHE.glob(f"{r}-n{b}-s{s}-*.json"), key=lambda p: p.stat().st_mtime)
+                found = sorted(
+                    CACHE.glob(f"{tag}{r}-n{b}-s{s}-*.json"), key=lambda p: p.stat().st_mtime
+                )
                 if found:
                     cells.append(json.loads(found[-1].read_text()))
     return cells
 
 
-def write(lines: list[str]) -> None:
-    header = OUT.read_text().split("\n<!-- table -->\n")[0] if OUT.exists() else "# I.i.d."
-    OUT.write_text(header + "\n<!-- table -->\n" + "\n".join(lines) + "\n")
+def write(model: Model, lines: list[str]) -> None:
+    """Replace the model's table (between ``<!-- table MODEL -->`` and ``<!-- end -->``),
+    or append it."""
+    start, end = f"<!-- table {model.name} -->\n", "<!-- end -->\n"
+    text = OUT.read_text() if OUT.exists() else "# I.i.d. trials\n"
+    block = start + "\n".join(lines) + "\n" + end
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    OUT.write_text(text)
 
 
 if __name__ == "__main__":
