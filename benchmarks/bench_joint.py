@@ -13,7 +13,8 @@ draws against the first 1,000 cached reference samples of each of the first
 and, on the report set, to draw 10,000 samples at the first observation. ``--set tuning``
 runs the search configurations of :data:`CONFIGS` (and, for configuration ``C``, the same
 trained model sampled with 8 and 32 ODE steps); ``--set report`` runs :data:`REPORT`;
-``--set cost`` times training epochs at the token counts of :data:`COST_TASKS`.
+``--set cost`` times training epochs at the token counts of :data:`COST_TASKS` (or of
+``--tasks`` when given), with the variants of :data:`COST_VARIANTS`.
 Each cell is cached in ``benchmarks/.cache/joint/`` (keyed by task, set, budget, spec,
 seed, observations), so a rerun resumes; delete a cell's file to recompute it. Each run
 rewrites its own section of ``results_joint.md``.
@@ -248,26 +249,30 @@ def report(tasks, budget, num_obs, seeds, labels) -> str:
 
 #: Tasks whose token counts span the benchmarks' (two_moons 4, slcp 13, gaussian_linear 20).
 COST_TASKS = ("two_moons", "slcp", "gaussian_linear")
+#: Extra rows of the cost table: task -> (label, estimator options).
+COST_VARIANTS = {"slcp": [("point tokens + mask", {"x_token_size": 2, "x_blocks": 4})]}
 
 
-def cost(budget: int, epochs: int = 10) -> str:
+def cost(budget: int, tasks=COST_TASKS, epochs: int = 10) -> str:
     """Train CPU seconds per epoch of the default joint transformer at several token counts
     (``epochs`` epochs on ``budget`` simulations, batch 256, one thread)."""
     import simgen
 
     lines = ["| task | tokens T | train CPU s / epoch | per token |", "|---|---|---|---|"]
-    for task_name in COST_TASKS:
+    for task_name in tasks:
         task = harness.load_task(task_name)
         theta, x = evaluation.training_data(task, budget, 0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            npe = simgen.NPE(task.prior, estimator="joint_transformer")
-            start = time.process_time()
-            post = npe.fit(theta, x, max_epochs=epochs, progress=False, seed=0)
-            per = (time.process_time() - start) / epochs
-        tokens = post.estimator.tokens
-        lines.append(f"| {task_name} | {tokens} | {per:.3f} | {per / tokens:.4f} |")
-        print(lines[-1], flush=True)
+        for label, options in [("", {}), *COST_VARIANTS.get(task_name, [])]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                npe = simgen.NPE(task.prior, estimator="joint_transformer", **options)
+                start = time.process_time()
+                post = npe.fit(theta, x, max_epochs=epochs, progress=False, seed=0)
+                per = (time.process_time() - start) / epochs
+            tokens = post.estimator.tokens
+            name = f"{task_name}, {label}" if label else task_name
+            lines.append(f"| {name} | {tokens} | {per:.3f} | {per / tokens:.4f} |")
+            print(lines[-1], flush=True)
     return "\n".join(lines)
 
 
@@ -297,12 +302,16 @@ def main() -> None:
     warm_up_torch()
     start = time.process_time()
     if args.set == "cost":
-        body = cost(args.budget)
+        given = "--tasks" in sys.argv[1:]
+        body = cost(args.budget, args.tasks if given else COST_TASKS)
         command = "OMP_NUM_THREADS=1 python -m benchmarks.bench_joint --set cost"
         command += f" --budget {args.budget}"
+        command += f" --tasks {' '.join(args.tasks)}" if given else ""
         print(body)
         if not args.no_write:
-            write_section("Cost per token", f"`{command}`\n\n{body}")
+            title = "Cost per token"
+            title += "" if args.budget == 1000 else f", {args.budget} simulations"
+            write_section(title, f"`{command}`\n\n{body}")
         return
     table = CONFIGS if args.set == "tuning" else REPORT
     labels = args.configs.split(",") if args.configs else list(table)
