@@ -179,15 +179,23 @@ def _row(label: str, what: str, cells: list[dict], key=lambda c: c["c2st"]) -> s
     epochs = [c.get("epochs") for c in cells]
     ep = "/".join(str(e) for e in epochs) if all(e is not None for e in epochs) else "–"
     obs = ", ".join(f"{v:.3f}" for v in per_obs)
+    have = all("val_loss_best" in c for c in cells)
+    losses = (
+        f"{_mean([c['train_loss_best'] for c in cells]):.2f} / "
+        f"{_mean([c['val_loss_best'] for c in cells]):.2f}"
+        if have
+        else "–"
+    )
     return (
         f"| {label} | {what} | {len(cells)} | {_mean(per_seed):.3f} | {_spread(per_seed)} | "
-        f"{obs} | {train:.0f} | {ep} |"
+        f"{obs} | {train:.0f} | {ep} | {losses} |"
     )
 
 
 HEADER = (
     "| config | what | seeds | mean C2ST | spread over seeds | C2ST per observation "
-    "(mean over seeds) | train CPU s | epochs per seed |\n|---|---|---|---|---|---|---|---|"
+    "(mean over seeds) | train CPU s | epochs per seed | train / validation loss at the "
+    "best epoch |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
