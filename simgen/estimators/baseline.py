@@ -37,6 +37,21 @@ skewed, heavy- or light-tailed residual whose affine field the network would hav
 Each family sets its threshold :math:`\tau` (``baseline_threshold``: 0.05 for flow matching
 and diffusion), measured in ``benchmarks/results_seeds.md`` and
 ``benchmarks/results_report_generative.md``.
+
+``auto`` also refuses a regression that the simulations cannot pin down: with
+:math:`\lambda_j` the eigenvalues of the standardised contexts' covariance and :math:`\rho`
+the ridge, the fit's effective degrees of freedom
+:math:`\nu = \sum_j \lambda_j/(\lambda_j + \rho)` must be at most
+``BASELINE_MAX_DOF_SHARE`` :math:`= 0.1` of :math:`N`. For least squares the in-sample
+residual variance is :math:`(1-\nu/N)\sigma^2` and a new x's prediction error about
+:math:`\sigma^2/(1-\nu/N)`, so past that share :math:`\Sigma` understates the error at an
+observation by more than a factor 1.23 and :math:`E`, computed on residuals the fit has
+absorbed, says nothing. cosmology_field at 1,000 simulations (1,024 pixels, :math:`\nu/N`
+= 0.95) shows why: its baseline put :math:`m(x_o)` outside the prior's box for 7 of the 10
+tuning observations, up to 4.5 prior standard deviations from its mean (the box ends at
+1.7), with residual standard deviations of 0.13-0.17; kept, no draw fell inside
+(``benchmarks/results_report_generative.md``). Every other task has at most 20 context
+entries, :math:`\nu/N \le 0.02` at 1,000 simulations.
 """
 
 from __future__ import annotations
@@ -57,12 +72,20 @@ from .base import DensityEstimator
 from .compose import StandardPrior, compose_denoisers, composed_precision, standard_prior
 from .ode import SolverConfig
 
-__all__ = ["GaussianBaseline", "BaselineEstimator", "BaselineDistribution", "BASELINE_MAX_FEATURES"]
+__all__ = [
+    "GaussianBaseline",
+    "BaselineEstimator",
+    "BaselineDistribution",
+    "BASELINE_MAX_FEATURES",
+    "BASELINE_MAX_DOF_SHARE",
+]
 
 #: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
 BASELINE_MAX_FEATURES = 4096
 #: :math:`\tau` of ``auto`` for a baseline built without one (each family sets its own).
 NON_GAUSSIANITY_THRESHOLD = 0.1
+#: Largest share of N the ridge fit's effective degrees of freedom may take under ``auto``.
+BASELINE_MAX_DOF_SHARE = 0.1
 BASELINE_CHOICES = (True, False, "auto")
 #: Rows (samples × sets × trials) per network call when composing trials, bounding memory.
 TRIAL_ROWS = 1 << 18
@@ -90,10 +113,13 @@ class GaussianBaseline(nn.Module):
     ):
         super().__init__()
         self.auto = bool(auto)
-        #: ``auto`` keeps the baseline iff :math:`E \le \max(\text{threshold}, 36/N)`.
+        #: ``auto`` keeps the baseline iff :math:`E \le \max(\text{threshold}, 36/N)` and
+        #: :math:`\nu/N \le` ``BASELINE_MAX_DOF_SHARE`` (module docstring).
         self.threshold = float(threshold)
         #: :math:`E`, the residual's non-Gaussianity at the last :meth:`fit` (not saved).
         self.non_gaussianity = float("nan")
+        #: :math:`\nu/N`, the regression's degrees of freedom per simulation (``auto`` only).
+        self.dof_share = float("nan")
         if self.auto:  # only then, so models saved with a fixed baseline load unchanged
             self.register_buffer("active", torch.ones(()))
         self.regress = context_dim <= BASELINE_MAX_FEATURES
@@ -146,8 +172,13 @@ class GaussianBaseline(nn.Module):
         skew, kurt = third / n, fourth / n - 3
         self.non_gaussianity = float((skew.square() + kurt.square() / 4).mean())
         if self.auto:
+            self.dof_share = 0.0
+            if weight is not None:
+                lam = torch.linalg.eigvalsh(cxx).clamp_min(0)
+                self.dof_share = float((lam / (lam + ridge)).sum()) / n
             threshold = max(self.threshold, 36 / n)
-            self.active.fill_(float(self.non_gaussianity <= threshold))
+            keep = self.non_gaussianity <= threshold and self.dof_share <= BASELINE_MAX_DOF_SHARE
+            self.active.fill_(float(keep))
 
     @property
     def on(self) -> bool:
