@@ -373,7 +373,7 @@ def write_markdown(rows: list[dict]) -> None:
     _, _, tail = rest.partition(END)
     OUT.write_text(head + "\n".join(body) + tail)
     keys = ("task", "method", "observation", "seed", "budget", "rounds", "c2st", "cpu_s", "code")
-    keys += ("method_as_run",)
+    keys += ("method_as_run", "flow")
     runs = [{k: r.get(k) for k in keys} for r in rows]
     OUT.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
 
