@@ -30,7 +30,9 @@ tasks sit at or below 0.02 at 1,000 simulations and keep it; slcp (0.05-0.19) an
 cosmology_field (0.06-0.29) drop it, because a kept baseline held slcp's field near the
 Gaussian (tuning-set C2ST 0.949 with it, 0.930 without, at 1k) and made one cosmology_field
 posterior leave the prior's box entirely (``benchmarks/results_report_generative.md``,
-"Tuning set: flow matching on slcp"). The trade-off: on slcp at 10k the baseline helped 2
+"Tuning set: flow matching on slcp"); cosmology_field's 1,024 pixels on 1,000 simulations
+are refused by the degrees-of-freedom limit of :mod:`simgen.estimators.baseline` whatever
+the statistic. The trade-off: on slcp at 10k the baseline helped 2
 of 3 seeds in ``benchmarks/results_seeds.md`` but trailed by 0.012 on the one tuning seed.
 
 **Bounded priors.** Under NPE this family models :math:`\theta` itself and rejects draws
