@@ -2,10 +2,13 @@ r"""Sequential inference for one observation: rounds of simulate → fit → new
 
 ``sequential(method, simulator, x_o, num_simulations, num_rounds, seed)`` splits the budget
 equally over the rounds (the remainder goes to round 1). An equal split is the TSNPE paper's
-and sbi's tutorial scheme. Each round simulates from a proposal, pools the simulations of
-every round so far, and trains the method on the pool. NPE's rounds :math:`r \ge 2` start
-from round :math:`r-1`'s weights and z-scoring (``warm_start=True``, the default, as sbi's
-sequential methods do); ``warm_start=False`` refits from a fresh initialisation. The warm
+and sbi's tutorial scheme; a larger first round does not narrow the first region where it
+is too wide (bernoulli_glm at 1k: 500 prior simulations leave nsf's round-1 fit as wide as
+250, ``benchmarks/results_sequential.md``, "bernoulli_glm's round 1, taken apart").
+Each round simulates from a proposal, pools the simulations of every round so far, and
+trains the method on the pool. NPE's rounds :math:`r \ge 2` start from round
+:math:`r-1`'s weights and z-scoring (``warm_start=True``, the default, as sbi's sequential
+methods do); ``warm_start=False`` refits from a fresh initialisation. The warm
 start is the default because its C2ST was at or below the from-scratch refit's on every
 1k run measured (4 rounds of 250,
 nsf, against the from-scratch refit on the same first round): two_moons 0.586 against

@@ -12,10 +12,11 @@ posterior draws, so :math:`R` holds :math:`1 - \varepsilon` of the posterior's m
 :math:`\tau` from 10⁶ draws; simgen uses :data:`REGION_DRAWS` = 20,000, because a
 flow-matching or diffusion density is an ODE solve (~0.13-0.35 ms a draw,
 ``benchmarks/results_sequential.md``). :math:`\tau` is then the 3rd lowest of 20,000 values, a
-noisy estimate of the 1e-4 quantile; the noise moves the region's prior mass by about 15%,
-small beside what a fit's width does to it (``benchmarks/results_sequential.md``, "Why the
-regions are too wide"). Normalisation constants do not matter: a threshold on an
-unnormalised log-density is the same region.
+noisy estimate of the 1e-4 quantile; the noise moves the region's prior mass by up to 15%,
+small beside what a fit's width does to it (``benchmarks/results_sequential.md``, "Round 1's
+region" and "bernoulli_glm's round 1, taken apart": the 10-D regions are as wide as the
+round's fit is, and 200,000 draws give the same size). Normalisation constants do not
+matter: a threshold on an unnormalised log-density is the same region.
 
 Sample-only posteriors (consistency, GAN: ``log_prob`` raises
 :class:`~simgen.errors.NoDensityError`) get the Mahalanobis ellipsoid of their draws,
@@ -26,7 +27,10 @@ with :math:`m, S` the draws' mean and covariance and :math:`r^2_{1-\varepsilon}`
 :math:`(1-\varepsilon)`-quantile of their squared distances. The radius is enlarged by
 :math:`\kappa` = :data:`ELLIPSOID_ENLARGE` = 1.2: the quantile is the noisiest part of the
 estimate, and a region that is too large costs simulations, while one that is too small
-biases the posterior.
+biases the posterior. In 10-D the factor is 1.2¹⁰ = 6.2 on the volume: on bernoulli_glm's
+round-1 fits the ellipsoid holds 2.9-6.6 times the HPD region's prior mass, and cuts less of
+the reference where the HPD region of a narrow fit cuts 5-8% (``results_sequential.md``,
+"bernoulli_glm's round 1, taken apart"); the trade-off is kept on the safe side.
 
 **Truncated prior.** :math:`\tilde p(\theta) = p(\theta)\,\mathbb 1_R(\theta) / Z`, with the
 prior mass :math:`Z = \Pr_p(\theta \in R)` estimated by Monte Carlo on
