@@ -42,8 +42,11 @@ priors: ``npe_support = "reject"``, as flow matching. The x of NPE and of the
 posterior pattern must be complete; only :class:`simgen.Joint`'s conditionals take missing
 entries. The context is tokenised as it is, so a custom ``embedding_net`` is refused.
 
-Width 64, 2 blocks, 4 heads and one token per x entry keep a step cheap on a CPU; they are
-not searched. The cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count
+Width 64, 2 blocks and 4 heads keep a step cheap on a CPU; a third block and patience 68
+measured better on slcp, not yet on the report set (``benchmarks/results_joint.md``,
+"Tuning set: slcp"). For x made of i.i.d. points, one token per point (``x_token_size`` =
+a point's size) with ``x_blocks`` = the number of points gave slcp 0.828 against 0.926 for
+one token per coordinate. The cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count
 :math:`T`; at these sizes the per-token MLP dominates and a training epoch costs about
 linearly more per token (``benchmarks/results_joint.md``, "Cost per token"). Sampling with
 8 or 32 steps gave the same C2ST as 16 on the tuning set, so 16 stays, as flow matching.
