@@ -20,9 +20,8 @@ posterior (θ free, x observed), the likelihood (x free, θ observed), the joint
 a posterior from a random subset of x (θ free, each x token observed with a probability
 drawn uniformly per row, else absent), and a random pattern (each token absent with
 probability :math:`a \sim U(0, \tfrac12)`, else observed with probability
-:math:`b \sim U(0, 1)`, else free; a row with no free token gets its θ tokens freed). The
-default puts 0.4 on the posterior, the route NPE uses, and spreads the rest so that every
-conditional the :class:`simgen.Joint` object offers is trained on.
+:math:`b \sim U(0, 1)`, else free; a row with no free token gets its θ tokens freed),
+so that every conditional the :class:`simgen.Joint` object offers is trained on.
 
 **Defaults** (``benchmarks/results_joint.md``, "Tuning set"): 0.7 on the posterior, the
 route NPE uses (0.1 likelihood, 0.05 joint, 0.1 posterior from a subset of x, 0.05 random);
