@@ -29,6 +29,16 @@ from simgen.sequential.rounds import round_seed
 EPSILONS = (1e-4, 1e-3, 1e-2)
 
 
+def _seeded_region(posterior, x_o):
+    """200,000 draws at a fixed seed, the HPD region built from the first 20,000, and the
+    region's ``log q`` of every draw (the same draws for every setting compared)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        draws = posterior.sample((200_000,), x=x_o).reshape(200_000, -1)
+    region = HPDRegion(posterior, x_o, draws=draws[:20_000])
+    return draws, region, region.log_q(draws)
+
+
 def _log_likelihood(task, name: str, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The closed-form log-likelihood of the two tasks :func:`true_regions` covers."""
     d2 = ((x - theta) ** 2).sum(-1)
@@ -109,11 +119,7 @@ def round_one_regions(num_observations: int, n: int = 250) -> list[str]:
         for support in ("reject", "transform"):
             npe = simgen.NPE(task.prior, support=support)
             posterior = npe.fit(sims.theta, sims.x, seed=round_seed(0, 1))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(5)
-                draws = posterior.sample((200_000,), x=x_o).reshape(200_000, -1)
-            region = HPDRegion(posterior, x_o, draws=draws[:20_000])
-            log_q = region.log_q(draws)
+            draws, region, log_q = _seeded_region(posterior, x_o)
             q_prior, q_reference = region.log_q(prior), region.log_q(reference)
             ratio = draws.std(0) / reference.std(0)
             for eps in EPSILONS:
@@ -203,11 +209,7 @@ def glm_round_one(
             posterior = npe.fit(sims[n].theta, sims[n].x, seed=round_seed(0, 1), **train)
             label = ", ".join([family, str(n), *(f"{k}={v}" for k, v in train.items())])
             label += f" ({npe.history.epochs} epochs)"
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(5)
-                draws = posterior.sample((200_000,), x=x_o).reshape(200_000, -1)
-            region = HPDRegion(posterior, x_o, draws=draws[:20_000])
-            log_q = region.log_q(draws)
+            draws, region, log_q = _seeded_region(posterior, x_o)
             q_prior, q_ref = region.log_q(prior), region.log_q(reference)
             masses = []
             for k in range(3):
