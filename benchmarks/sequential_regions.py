@@ -39,6 +39,17 @@ def _seeded_region(posterior, x_o):
     return draws, region, region.log_q(draws)
 
 
+def _prior_masses(log_q, q_prior, eps: float):
+    """The region's prior mass at the ε-quantile threshold of each of three 20,000-draw
+    parts of ``log_q`` (the threshold's noise), and the threshold τ and mass from all draws."""
+    masses = []
+    for k in range(3):
+        part = torch.sort(log_q[k * 20_000 : (k + 1) * 20_000]).values
+        masses.append(float((q_prior >= part[int(eps * len(part))]).float().mean()))
+    tau = torch.sort(log_q).values[int(eps * len(log_q))]
+    return masses, tau, float((q_prior >= tau).float().mean())
+
+
 def _log_likelihood(task, name: str, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The closed-form log-likelihood of the two tasks :func:`true_regions` covers."""
     d2 = ((x - theta) ** 2).sum(-1)
@@ -123,12 +134,7 @@ def round_one_regions(num_observations: int, n: int = 250) -> list[str]:
             q_prior, q_reference = region.log_q(prior), region.log_q(reference)
             ratio = draws.std(0) / reference.std(0)
             for eps in EPSILONS:
-                masses = []
-                for k in range(3):
-                    part = torch.sort(log_q[k * 20_000 : (k + 1) * 20_000]).values
-                    masses.append(float((q_prior >= part[int(eps * len(part))]).float().mean()))
-                tau = torch.sort(log_q).values[int(eps * len(log_q))]
-                mass = float((q_prior >= tau).float().mean())
+                masses, tau, mass = _prior_masses(log_q, q_prior, eps)
                 outside = float((q_reference < tau).float().mean())
                 exact_mass = float((at_prior >= exact[int(eps * len(exact))]).float().mean())
                 lines.append(
@@ -211,12 +217,7 @@ def glm_round_one(
             label += f" ({npe.history.epochs} epochs)"
             draws, region, log_q = _seeded_region(posterior, x_o)
             q_prior, q_ref = region.log_q(prior), region.log_q(reference)
-            masses = []
-            for k in range(3):
-                part = torch.sort(log_q[k * 20_000 : (k + 1) * 20_000]).values
-                masses.append(float((q_prior >= part[int(epsilon * len(part))]).float().mean()))
-            tau = torch.sort(log_q).values[int(epsilon * len(log_q))]
-            mass = float((q_prior >= tau).float().mean())
+            masses, tau, mass = _prior_masses(log_q, q_prior, epsilon)
             out20 = float((q_ref < region.threshold).float().mean())
             out200 = float((q_ref < tau).float().mean())
             mean, cov = draws.double().mean(0), torch.cov(draws.double().T)
