@@ -66,7 +66,15 @@ import torch
 import simgen
 from benchmarks import evaluation, harness, warm_up_torch
 from benchmarks.sequential_regions import glm_round_one, round_one_regions, true_regions
-from benchmarks.sequential_tables import pairs_table, rounds_table, table
+from benchmarks.sequential_tables import (
+    family_of,
+    flow_had,
+    flow_spec,
+    format_spec,
+    pairs_table,
+    rounds_table,
+    table,
+)
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
 from simgen.sequential import HPDRegion, TruncatedPrior
@@ -94,7 +102,7 @@ BASELINES = {
     "simgen_snle": "sbi_snle",
 }
 #: Options of a simgen spec that go to ``simgen.NPE`` (the rest go to ``simgen.sequential``).
-NPE_OPTIONS = ("support", "mixing", "transforms")
+NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline")
 #: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
 CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
 #: simgen codes whose sequential NPE computes as the current code's given these option
@@ -219,7 +227,8 @@ class Scorer:
 
 def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
     options = dict(options)
-    estimator = options.pop("estimator", "flow_matching" if name == "simgen_tsnpe_fm" else "nsf")
+    estimator = family_of(name, options)
+    options.pop("estimator", None)
     front = simgen.NLE(task.prior) if name == "simgen_snle" else None
     npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
     front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
@@ -269,7 +278,31 @@ def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed:
     return lambda k: posterior.sample((k,), show_progress_bars=False)
 
 
+def as_run(spec: str) -> str:
+    """The spec naming every flow option (``mixing``, ``gaussian_baseline``) whose value for
+    this run differs from the flows' before the option existed: a run's cache key and the
+    ``method`` it records. A change of NPE's default flow thus starts new runs rather than
+    reading those of the older flow, and runs of the older flow keep their keys."""
+    name, options = parse(spec)
+    return flow_spec(spec, name, options, flow_had(name, options), "legacy")
+
+
+def flow_label(row: dict) -> dict:
+    """A run under the spec that trains its flow with the current defaults: each flow option
+    it had (named in its ``method``, else the legacy value, or the ``flow`` it recorded) is
+    named where it differs from the current default (``method_as_run`` keeps the spec)."""
+    name, options = parse(row["method"])
+    flow = row.get("flow") or ""
+    recorded = {"mixing": flow.partition("=")[2]} if flow.startswith("mixing=") else {}
+    had = flow_had(name, options, recorded)
+    spec = flow_spec(row["method"], name, options, had, "current")
+    if spec == row["method"]:
+        return row
+    return {**row, "method": spec, "method_as_run": row.get("method_as_run", row["method"])}
+
+
 def cell_path(task: str, budget: int, spec: str, index: int, seed: int, args) -> Path:
+    spec = as_run(spec)
     name = parse(spec)[0]
     _, xs = harness.observations(task, "report", index + 1)
     digest = hashlib.sha256(
@@ -326,13 +359,8 @@ def as_current(row: dict) -> dict:
     if defaults is None or not name.startswith("simgen_tsnpe"):
         return row
     options = {**defaults, **options}
-    options = {k: v for k, v in sorted(options.items()) if CURRENT_DEFAULTS.get(k) != v}
-    spec = (
-        name
-        + (":" if options else "")
-        + ";".join(f"{k}={json.dumps(v)}" for k, v in options.items())
-    )
-    return {**row, "method": spec, "method_as_run": row["method"]}
+    options = {k: v for k, v in options.items() if CURRENT_DEFAULTS.get(k) != v}
+    return {**row, "method": format_spec(name, options), "method_as_run": row["method"]}
 
 
 def cached_rows(args) -> list[dict]:
@@ -345,7 +373,7 @@ def cached_rows(args) -> list[dict]:
     for path in sorted(CACHE.glob("*/*.json")):
         row = json.loads(path.read_text())
         if row["code"] in codes or args.any_code:
-            rows.append(as_current(row))
+            rows.append(flow_label(as_current(row)))
     return rows
 
 
@@ -428,7 +456,7 @@ def main() -> None:
             for index in range(args.first_observation, args.observations):
                 for task_name in args.tasks.split(","):
                     x_o = harness.observations(task_name, "report", index + 1)[1][index]
-                    for spec in args.methods.split(","):
+                    for spec in map(as_run, args.methods.split(",")):
                         path = cell_path(task_name, args.budget, spec, index, seed, args)
                         if path.exists():
                             continue

@@ -3,13 +3,73 @@
 Each run is a dict as ``benchmarks.bench_sequential`` caches it (task, budget, method,
 observation, seed, c2st, cpu_s, per_round). :func:`table` summarises runs per (task, budget,
 method), :func:`rounds_table` per round of the simgen runs, :func:`pairs_table` two methods
-run by run.
+run by run. :func:`flow_spec` names, in a simgen spec, the flow options (the family's
+``LEGACY_OPTIONS``: ``mixing``, ``gaussian_baseline``) whose value differs from a reference:
+the flows before each option existed, for the cache key, or the current defaults, for the
+table's rows.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import statistics
 from collections.abc import Callable
+
+import torch
+
+from simgen.estimators.registry import estimator_class
+
+
+def format_spec(name: str, options: dict) -> str:
+    """``name[:key=json;...]``, the options sorted (the form ``parse`` reads)."""
+    items = ";".join(f"{k}={json.dumps(v)}" for k, v in sorted(options.items()))
+    return name + (":" + items if items else "")
+
+
+def family_of(name: str, options: dict) -> str | None:
+    """The NPE family a simgen spec trains (``None`` for SNLE and the sbi methods)."""
+    if name in ("simgen_npe", "simgen_tsnpe", "simgen_tsnpe_fm"):
+        return options.get("estimator", "flow_matching" if name == "simgen_tsnpe_fm" else "nsf")
+    return None
+
+
+@functools.cache
+def flow_defaults(family: str) -> tuple[dict, dict]:
+    """(legacy, current) values of the family's ``LEGACY_OPTIONS`` keys: what its flows had
+    before each option existed, and what an estimator built without them takes now."""
+    cls = estimator_class(family)
+    with torch.random.fork_rng(devices=[]):
+        built = cls(2, (2,))
+    legacy = dict(cls.LEGACY_OPTIONS)
+    return legacy, {k: built.options.get(k, v) for k, v in legacy.items()}
+
+
+def flow_spec(spec: str, name: str, options: dict, had: dict, against: str) -> str:
+    """``spec`` naming each flow option whose value ``had`` (the values the run's flow had,
+    the spec's own included) differs from the ``against`` reference (``"legacy"`` or
+    ``"current"``, :func:`flow_defaults`), and dropping those equal to it; ``spec`` itself
+    where nothing changes, so the keys and labels of runs it already describes stay."""
+    family = family_of(name, options)
+    if family is None:
+        return spec
+    legacy, current = flow_defaults(family)
+    reference = legacy if against == "legacy" else current
+    out = {k: v for k, v in options.items() if k not in reference}
+    out.update({k: v for k, v in had.items() if k in reference and reference[k] != v})
+    return spec if out == options else format_spec(name, out)
+
+
+def flow_had(name: str, options: dict, recorded: dict | None = None) -> dict:
+    """The flow options a run of (``name``, ``options``) trained: the spec's, else
+    ``recorded`` (what the run took by default, as cached), else the current defaults
+    (``recorded=None``: a run about to start)."""
+    family = family_of(name, options)
+    if family is None:
+        return {}
+    legacy, current = flow_defaults(family)
+    base = current if recorded is None else {**legacy, **recorded}
+    return {k: options.get(k, base[k]) for k in legacy}
 
 
 def summarise(runs: list[dict]) -> dict:

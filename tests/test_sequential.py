@@ -354,3 +354,29 @@ def test_benchmark_records_the_flow_a_run_trained(linear2_posterior):
     assert flow_of(linear2_posterior) == expected
     assert flow_of(GaussianPosterior([0.0, 0.0], 1.0)) == "-"
     assert "mixing" in NPE_OPTIONS and "support" in NPE_OPTIONS
+
+
+def test_benchmark_names_the_flow_options_a_run_differs_in():
+    # A run's cache key names the flow options whose value differs from the flows' before
+    # each option existed, and its table row those that differ from the current defaults:
+    # a change of NPE's default flow starts new runs, and older runs stay apart under a
+    # label that reproduces them.
+    from benchmarks.bench_sequential import as_run, flow_label
+    from simgen.estimators.flows import NSF
+
+    current = NSF(2, (2,)).options["mixing"]
+    assert current != "none"  # the nsf default has a mixing layer the older runs lacked
+    assert as_run("simgen_tsnpe") == f'simgen_tsnpe:mixing="{current}"'
+    assert as_run('simgen_tsnpe:mixing="none";num_rounds=8') == "simgen_tsnpe:num_rounds=8"
+    assert as_run(as_run("simgen_tsnpe")) == as_run("simgen_tsnpe")
+    assert as_run('simgen_tsnpe:estimator="maf"') == 'simgen_tsnpe:estimator="maf"'
+    assert as_run("sbi_snpec") == "sbi_snpec"
+    old = {"method": "simgen_tsnpe:num_rounds=8", "code": "c"}
+    assert flow_label(old)["method"] == 'simgen_tsnpe:mixing="none";num_rounds=8'
+    assert flow_label(old)["method_as_run"] == "simgen_tsnpe:num_rounds=8"
+    new = {"method": as_run("simgen_tsnpe"), "code": "c"}
+    assert flow_label(new)["method"] == "simgen_tsnpe"
+    recorded = {"method": "simgen_tsnpe", "flow": f"mixing={current}", "code": "c"}
+    assert flow_label(recorded)["method"] == "simgen_tsnpe"
+    maf = {"method": 'simgen_tsnpe:estimator="maf"', "flow": "mixing=none", "code": "c"}
+    assert flow_label(maf) == maf
