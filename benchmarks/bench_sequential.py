@@ -425,7 +425,7 @@ def main() -> None:
     parser.add_argument("--glm-round-one", action="store_true", help="bernoulli_glm round 1")
     parser.add_argument(
         "--glm-settings",
-        default="nsf:250,maf:250,nsf:500,nsf-lu:250",
+        default="nsf-none:250,maf:250,nsf-none:500,nsf-lu:250",
         help="family[-mixing]:simulations[:option=json;...],...",
     )
     parser.add_argument("--pairs", default="", help="print the per-run table of two specs a,b")
@@ -442,7 +442,9 @@ def main() -> None:
         settings = []
         for setting in args.glm_settings.split(","):
             family, n, *train = setting.split(":")
-            settings.append((family, int(n), evaluation.parse_options(train[0] if train else "")))
+            train = evaluation.parse_options(train[0] if train else "")
+            npe_options = {k: train.pop(k) for k in NPE_OPTIONS if k in train}
+            settings.append((family, int(n), train, npe_options))
         print("\n".join(glm_round_one(args.observations, settings=settings)))
         return
     if args.round_one:

@@ -147,9 +147,14 @@ def round_one_regions(num_observations: int, n: int = 250) -> list[str]:
 
 
 #: Round-1 settings of :func:`glm_round_one`: (family, simulations in round 1, training
-#: options); a family ``name-mixing`` is the flow ``name`` with that ``mixing`` between
-#: transforms.
-GLM_SETTINGS = (("nsf", 250, {}), ("maf", 250, {}), ("nsf", 500, {}), ("nsf-lu", 250, {}))
+#: options, ``simgen.NPE`` options such as ``gaussian_baseline``); a family ``name-mixing``
+#: is the flow ``name`` with that ``mixing`` between transforms.
+GLM_SETTINGS = (
+    ("nsf-none", 250, {}, {}),
+    ("maf", 250, {}, {}),
+    ("nsf-none", 500, {}, {}),
+    ("nsf-lu", 250, {}, {}),
+)
 
 
 def _chi2_quantile(dim: int, q: float, draws: int = 2_000_000) -> float:
@@ -209,11 +214,13 @@ def glm_round_one(
         ]
         exact = float((_glm_log_post(task, prior, x_o) >= tau_exact).float().mean())
         ref_mean, ref_cov = reference.double().mean(0), torch.cov(reference.double().T)
-        for family, n, train in settings:
+        for family, n, train, npe_options in settings:
             name, _, mixing = family.partition("-")
-            npe = simgen.NPE(task.prior, estimator=name, **({"mixing": mixing} if mixing else {}))
+            npe_options = {**npe_options, **({"mixing": mixing} if mixing else {})}
+            npe = simgen.NPE(task.prior, estimator=name, **npe_options)
             posterior = npe.fit(sims[n].theta, sims[n].x, seed=round_seed(0, 1), **train)
-            label = ", ".join([family, str(n), *(f"{k}={v}" for k, v in train.items())])
+            extra = {**train, **{k: v for k, v in npe_options.items() if k != "mixing"}}
+            label = ", ".join([family, str(n), *(f"{k}={v}" for k, v in extra.items())])
             label += f" ({npe.history.epochs} epochs)"
             draws, region, log_q = _seeded_region(posterior, x_o)
             q_prior, q_ref = region.log_q(prior), region.log_q(reference)
