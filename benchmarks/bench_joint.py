@@ -53,10 +53,15 @@ _MIX = {
 
 def _jt(lr: float, patience: int, mix: str, extra: str = "") -> str:
     spec = f"{_JT};learning_rate={lr};patience={patience};mask_weights={_MIX[mix]}"
-    return spec + (f";{extra}" if extra else "")
+    extra = extra if "layers=" in extra else ";".join(filter(None, ["layers=2", extra]))
+    return f"{spec};{extra}"
 
 
 _PM = "x_token_size=2;x_blocks=4"  # slcp: one token per i.i.d. point, the dependency mask
+#: Every joint-transformer spec here names its depth, so a label keeps its meaning whatever
+#: the family's default; the cache key leaves out ``layers=2``, the depth of the cells cached
+#: under specs that named none (:func:`_key_spec`).
+_KEY_OMITS = ";layers=2"
 
 #: The search on the tuning set: label -> (what it varies, method spec). Every option is
 #: spelled out, so a label keeps its meaning whatever the family's defaults are.
@@ -82,21 +87,35 @@ CONFIGS = {
 }
 #: Sampling steps tried on configuration C's trained model (no retraining).
 STEP_VARIANTS = {"C": (8, 32)}
-#: The report: label -> method spec (each library's defaults).
+#: The report: label -> method spec (each library's defaults; the joint transformer's
+#: depth named, its default 3 blocks, and 2 blocks beside it where those cells exist).
 REPORT = {
-    "joint_transformer": _JT,
+    "joint_transformer": f"{_JT};layers=3",
+    "joint_transformer (2 blocks)": f"{_JT};layers=2",
     # slcp: one token per i.i.d. point and the dependency mask (tuning set, configs P/PM)
-    "joint_transformer (point tokens + mask)": f"{_JT};x_token_size=2;x_blocks=4",
+    "joint_transformer (point tokens + mask)": f"{_JT};layers=3;{_PM}",
+    "joint_transformer (point tokens + mask; 2 blocks)": f"{_JT};layers=2;{_PM}",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
 }
 #: Report labels that fit only some tasks' x (the others skip them).
-REPORT_TASKS = {"joint_transformer (point tokens + mask)": ("slcp",)}
+REPORT_TASKS = {
+    "joint_transformer (point tokens + mask)": ("slcp",),
+    "joint_transformer (point tokens + mask; 2 blocks)": ("slcp",),
+}
+
+
+def _key_spec(spec: str) -> str:
+    """The spec as the cache key reads it (``layers=2`` left out, :data:`_KEY_OMITS`)."""
+    if spec.startswith(_JT) and "layers=" not in spec:
+        raise ValueError(f"a joint-transformer spec must name its depth (layers=): {spec}")
+    return spec.replace(_KEY_OMITS, "")
 
 
 def _cell_path(task: str, set_name: str, budget: int, spec: str, seed: int, num_obs: int):
-    key = "|".join([harness.source_hash(task), set_name, str(budget), spec, str(seed)])
+    key = "|".join([harness.source_hash(task), set_name, str(budget), _key_spec(spec)])
+    key += f"|{seed}"
     key += f"|{num_obs}|{DRAWS}|{TIMED_DRAWS}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return CACHE / task / f"{set_name}-n{budget}-s{seed}-{digest}.json"
@@ -176,19 +195,10 @@ def _row(label: str, what: str, cells: list[dict], key=lambda c: c["c2st"]) -> s
     per_seed = [_mean(key(c)) for c in cells]
     per_obs = [_mean(v) for v in zip(*(key(c) for c in cells))]
     train = _mean([c["train_s"] for c in cells])
-    epochs = [c.get("epochs") for c in cells]
-    ep = "/".join(str(e) for e in epochs) if all(e is not None for e in epochs) else "–"
     obs = ", ".join(f"{v:.3f}" for v in per_obs)
-    have = all("val_loss_best" in c for c in cells)
-    losses = (
-        f"{_mean([c['train_loss_best'] for c in cells]):.2f} / "
-        f"{_mean([c['val_loss_best'] for c in cells]):.2f}"
-        if have
-        else "–"
-    )
     return (
         f"| {label} | {what} | {len(cells)} | {_mean(per_seed):.3f} | {_spread(per_seed)} | "
-        f"{obs} | {train:.0f} | {ep} | {losses} |"
+        f"{obs} | {train:.0f} | {_epochs_and_losses(cells)} |"
     )
 
 
@@ -232,8 +242,18 @@ def tuning(tasks, budget, num_obs, seeds, labels) -> str:
 
 REPORT_HEADER = (
     "| task | method | seeds | mean C2ST | spread over seeds | C2ST per observation (mean "
-    "over seeds) | train CPU s | CPU s / 10,000 draws |\n|---|---|---|---|---|---|---|---|"
+    "over seeds) | train CPU s | CPU s / 10,000 draws | epochs per seed | train / validation "
+    "loss at the best epoch |\n|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _epochs_and_losses(cells: list[dict]) -> str:
+    epochs = [c.get("epochs") for c in cells]
+    ep = "/".join(str(e) for e in epochs) if all(e is not None for e in epochs) else "–"
+    if not all("val_loss_best" in c for c in cells):
+        return f"{ep} | –"
+    train = _mean([c["train_loss_best"] for c in cells])
+    return f"{ep} | {train:.2f} / {_mean([c['val_loss_best'] for c in cells]):.2f}"
 
 
 def report(tasks, budget, num_obs, seeds, labels) -> str:
@@ -250,7 +270,8 @@ def report(tasks, budget, num_obs, seeds, labels) -> str:
             lines.append(
                 f"| {task_name} {budget} | {label} | {len(cells)} | {_mean(per_seed):.3f} | "
                 f"{_spread(per_seed)} | {obs} | {_mean([c['train_s'] for c in cells]):.0f} | "
-                f"{_mean([c['sample_s_10000'] for c in cells]):.1f} |"
+                f"{_mean([c['sample_s_10000'] for c in cells]):.1f} | "
+                f"{_epochs_and_losses(cells)} |"
             )
     return "\n".join(lines)
 

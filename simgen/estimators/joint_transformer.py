@@ -41,9 +41,10 @@ priors: ``npe_support = "reject"``, as flow matching. The x of NPE and of the
 posterior pattern must be complete; only :class:`simgen.Joint`'s conditionals take missing
 entries. The context is tokenised as it is, so a custom ``embedding_net`` is refused.
 
-Width 64, 2 blocks and 4 heads keep a step cheap on a CPU; a third block and patience 68
-measured better on slcp, not yet on the report set (``benchmarks/results_joint.md``,
-"Tuning set: slcp"). For x made of i.i.d. points, one token per point (``x_token_size`` =
+Width 64 and 4 heads keep a step cheap on a CPU; 3 blocks, because a third block was the one
+change better on both tuning tasks (slcp and two_moons) for about 1.2 times the CPU per epoch,
+where a longer patience helped slcp only and width 128 neither (``benchmarks/results_joint.md``,
+"Tuning set"). For x made of i.i.d. points, one token per point (``x_token_size`` =
 a point's size) with ``x_blocks`` = the number of points gave slcp 0.828 against 0.926 for
 one token per coordinate. The cost per row grows as :math:`O(L(T^2 W + T W^2))` in the token count
 :math:`T`; at these sizes the per-token MLP dominates and a training epoch costs about
@@ -93,7 +94,7 @@ class JointTransformer(DensityEstimator):
         context_shape: Shape of one x.
         embedding_net: Must be None: x is tokenised entry by entry (or in groups).
         width: Token width (default 64).
-        layers: Transformer blocks (default 2).
+        layers: Transformer blocks (default 3).
         heads: Attention heads; must divide ``width`` (default 4).
         x_token_size: x entries per token; must divide x's size (default 1).
         x_blocks: Conditionally independent blocks of x tokens for the dependency mask of
@@ -125,7 +126,7 @@ class JointTransformer(DensityEstimator):
         embedding_net: nn.Module | None = None,
         *,
         width: int = 64,
-        layers: int = 2,
+        layers: int = 3,
         heads: int = 4,
         x_token_size: int = 1,
         x_blocks: int = 1,
