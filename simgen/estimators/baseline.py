@@ -1,4 +1,5 @@
-r"""The linear-Gaussian baseline of the vector-field families (flow matching, diffusion).
+r"""The linear-Gaussian baseline of the vector-field families (flow matching, diffusion) and
+the flows' base (:mod:`simgen.estimators.flows`, ``gaussian_baseline``).
 
 Before training, a ridge regression of the standardised target :math:`\tilde\theta` on the
 standardised, flattened context :math:`\tilde x` fits
@@ -78,6 +79,9 @@ __all__ = [
     "BaselineDistribution",
     "BASELINE_MAX_FEATURES",
     "BASELINE_MAX_DOF_SHARE",
+    "BASELINE_CHOICES",
+    "fit_baseline",
+    "flat_context",
 ]
 
 #: Largest flattened context for which the baseline regresses on x (a ridge solve of this size).
@@ -191,6 +195,14 @@ class GaussianBaseline(nn.Module):
             return self.bias.expand(*context.shape[:-1], -1)
         return context @ self.weight + self.bias
 
+    def root(self) -> tuple[Tensor, Tensor, Tensor]:
+        r""":math:`\Sigma^{1/2} = V\Lambda^{1/2}V^\top`, :math:`\Sigma^{-1/2}` and
+        :math:`\log|\det\Sigma^{1/2}| = \tfrac12\sum_d\log\lambda_d` (the symmetric root:
+        of all :math:`L` with :math:`LL^\top = \Sigma` the one closest to a rescaling of the
+        axes, so a nearly diagonal :math:`\Sigma` keeps the coordinates where they are)."""
+        vecs, half = self.eigvecs, self.eigvals.sqrt()
+        return (vecs * half) @ vecs.T, (vecs / half) @ vecs.T, self.eigvals.log().sum() / 2
+
     def velocity(self, y: Tensor, t: Tensor, m: Tensor, sigma_min: float) -> Tensor:
         """:math:`v_0(y, t)`; ``t`` is a scalar or one time per row of ``y``."""
         tt = t[..., None] if t.ndim else t
@@ -199,6 +211,25 @@ class GaussianBaseline(nn.Module):
         gain = (tt * lam - (1 - sigma_min) * a) / (a * a + tt * tt * lam)
         z = (y - tt * m) @ self.eigvecs
         return m + (z * gain) @ self.eigvecs.T
+
+
+def flat_context(estimator: DensityEstimator, context: Tensor) -> Tensor:
+    """The standardised context flattened, ``(*batch, F)``: what the baseline regresses on."""
+    nd = len(estimator.context_shape)
+    flat = estimator.context_standardizer(context)
+    return flat.reshape(*context.shape[: context.ndim - nd], -1)
+
+
+def fit_baseline(baseline: GaussianBaseline, estimator: DensityEstimator, chunks: Chunks) -> None:
+    """Fit ``baseline`` to the standardised targets and flattened standardised contexts of
+    ``chunks`` (after ``estimator``'s standardisers are fitted)."""
+    standard = estimator.target_standardizer
+
+    def standardised() -> Iterator[tuple[Tensor, Tensor]]:
+        for target, context in chunks():
+            yield standard(target), flat_context(estimator, context)
+
+    baseline.fit_chunks(standardised)
 
 
 def _configured(default: Any, given: Any, options: dict[str, Any], keyword: str) -> Any:
@@ -278,18 +309,10 @@ class BaselineEstimator(DensityEstimator):
     def fit_standardization_chunks(self, chunks: Chunks) -> None:
         super().fit_standardization_chunks(chunks)
         if self.baseline is not None:
-            standard = self.target_standardizer
-
-            def standardised() -> Iterator[tuple[Tensor, Tensor]]:
-                for target, context in chunks():
-                    yield standard(target), self._flat_context(context)
-
-            self.baseline.fit_chunks(standardised)
+            fit_baseline(self.baseline, self, chunks)
 
     def _flat_context(self, context: Tensor) -> Tensor:
-        nd = len(self.context_shape)
-        flat = self.context_standardizer(context)
-        return flat.reshape(*context.shape[: context.ndim - nd], -1)
+        return flat_context(self, context)
 
     def baseline_mean(self, context: Tensor) -> Tensor:
         """:math:`m(x)` ``(*batch, D)`` (zeros without a baseline)."""

@@ -38,23 +38,44 @@ other half; correlated, near-Gaussian posteriors need several transforms to be e
   ``LULinear``), started at :math:`W = I`. Its log-determinant is :math:`\sum_i
   \log(\operatorname{softplus}(d_i) + \epsilon)`, exact and :math:`O(D)`; it costs
   :math:`D^2` parameters per transform and one triangular solve per transform when sampling.
+
+A linear-Gaussian base (``gaussian_baseline``, every family). The ridge regression of
+:mod:`simgen.estimators.baseline`, fitted with the z-scoring before training, gives
+:math:`q_0(\tilde\theta\mid x) = \mathcal N(m(x), \Sigma)`; the flow then models the
+whitened residual :math:`\epsilon = \Sigma^{-1/2}(\tilde\theta - m(x))` given :math:`c`,
+
+.. math::
+    \log q_\phi(\theta \mid x) = \log q_{\text{flow}}(\epsilon \mid c)
+      - \tfrac12 \log\det\Sigma - \sum_i \log \sigma_{\theta, i},
+
+exact, and a draw is :math:`\tilde\theta = m(x) + \Sigma^{1/2}\epsilon` (the fast inverse
+samples :math:`\epsilon`). A flow at the identity is then the linear-Gaussian posterior, so a
+Gaussian posterior whose mean is linear in x needs no conditioning learned, and the
+conditioner's capacity goes to what the baseline misses. :math:`\Sigma^{1/2}` is the
+symmetric root, which keeps the axes of a nearly diagonal :math:`\Sigma` (a box prior's faces
+stay aligned with the coupling's coordinates). ``"auto"`` keeps the base by the baseline
+module's rule (residual non-Gaussianity and the regression's degrees of freedom). The
+statistics are buffers of the state dict; model files without the option load as
+``gaussian_baseline=False``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 import zuko
 from torch import Tensor, nn
-from torch.distributions import AffineTransform, Distribution
+from torch.distributions import AffineTransform, Distribution, Transform, constraints
 from zuko.distributions import NormalizingFlow
 from zuko.lazy import UnconditionalTransform
 from zuko.transforms import ComposedTransform, LULinearTransform
 
 from ..errors import ConfigError
 from .base import DensityEstimator
+from .baseline import GaussianBaseline, fit_baseline, flat_context
 from .fast_inverse import sample_flow, supports_fast_inverse
 
 __all__ = ["Flow", "NSF", "MAF", "RealNVP", "ACTIVATIONS", "MIXINGS", "lu_linear"]
@@ -89,6 +110,33 @@ def lu_layer(features: int) -> UnconditionalTransform:
     return UnconditionalTransform(lu_linear, torch.zeros(features, features), start)
 
 
+#: :math:`\tau` of ``gaussian_baseline="auto"`` for the flows: flow matching's and diffusion's.
+FLOW_BASELINE_THRESHOLD = 0.05
+
+
+class Whitening(Transform):
+    r""":math:`\tilde\theta \mapsto \epsilon = \Sigma^{-1/2}(\tilde\theta - m)` for the
+    baseline means ``m`` ``(*batch, D)``; :math:`\log|\det| = -\log|\det\Sigma^{1/2}|`."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, mean: Tensor, root: Tensor, inv_root: Tensor, log_det_root: Tensor):
+        super().__init__()
+        self.mean, self.root, self.inv_root, self.log_det_root = mean, root, inv_root, log_det_root
+
+    def _call(self, x: Tensor) -> Tensor:
+        return (x - self.mean) @ self.inv_root
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return y @ self.root + self.mean
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        shape = torch.broadcast_shapes(x.shape[:-1], self.mean.shape[:-1])
+        return (-self.log_det_root).expand(shape)
+
+
 class Flow(DensityEstimator):
     r"""A conditional flow :math:`q_\phi(\theta \mid x)`; see the module docstring.
 
@@ -102,6 +150,10 @@ class Flow(DensityEstimator):
             ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
         mixing: What mixes the features between transforms: ``"none"``, ``"permutation"``
             or ``"lu"`` (module docstring); each family's default is :attr:`default_mixing`.
+        gaussian_baseline: Whether the flow models the residual of the linear-Gaussian
+            baseline (module docstring): ``False`` (default), ``True``, or ``"auto"`` (the
+            rule of :mod:`simgen.estimators.baseline`, with :math:`\tau` =
+            :data:`FLOW_BASELINE_THRESHOLD`).
         **options: The family's own options (:attr:`family_options`: ``bins`` and ``passes``
             for :class:`NSF`, none for the others); any other name raises
             :class:`~simgen.errors.ConfigError` listing the valid ones.
@@ -121,7 +173,8 @@ class Flow(DensityEstimator):
     #: zuko's keyword that draws a random order (or coupling mask) per transform.
     permutation_keyword: ClassVar[str] = "randperm"
     #: Model files saved before ``mixing`` existed had none.
-    LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {"mixing": "none"}
+    LEGACY_OPTIONS: ClassVar[dict[str, Any]] = {"mixing": "none", "gaussian_baseline": False}
+    baseline: GaussianBaseline | None
 
     def __init__(
         self,
@@ -132,6 +185,7 @@ class Flow(DensityEstimator):
         hidden_features: Sequence[int] = (64, 64),
         activation: str = "relu",
         mixing: str | None = None,
+        gaussian_baseline: bool | str = False,
         **options: Any,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
@@ -143,15 +197,21 @@ class Flow(DensityEstimator):
         mixing = self.default_mixing if mixing is None else mixing
         if mixing not in MIXINGS:
             raise ConfigError(f"Unknown mixing {mixing!r}; choose one of {list(MIXINGS)}.")
+        if not isinstance(gaussian_baseline, bool) and gaussian_baseline != "auto":
+            raise ConfigError(
+                f"gaussian_baseline must be True, False or 'auto', got {gaussian_baseline!r}."
+            )
         self.options = {
             "transforms": transforms,
             "hidden_features": list(hidden_features),
             "activation": activation,
             "mixing": mixing,
+            "gaussian_baseline": gaussian_baseline,
             **self.family_options,
             **options,
         }
-        zuko_options = {k: v for k, v in self.options.items() if k != "mixing"}
+        ours = ("mixing", "gaussian_baseline")
+        zuko_options = {k: v for k, v in self.options.items() if k not in ours}
         self.flow = self.zuko_flow(
             self.target_dim,
             self.context_features,
@@ -163,6 +223,26 @@ class Flow(DensityEstimator):
             for t in self.flow.transform.transforms:
                 layers += [t, lu_layer(self.target_dim)]
             self.flow = zuko.flows.Flow(layers, self.flow.base)
+        # Built after the flow and drawing no random numbers, so the flow's initial weights
+        # are the same with and without it.
+        self.baseline = None
+        if gaussian_baseline is not False:
+            self.baseline = GaussianBaseline(
+                math.prod(self.context_shape),
+                self.target_dim,
+                auto=gaussian_baseline == "auto",
+                threshold=FLOW_BASELINE_THRESHOLD,
+            )
+
+    def fit_standardization_chunks(self, chunks) -> None:
+        super().fit_standardization_chunks(chunks)
+        if self.baseline is not None:
+            fit_baseline(self.baseline, self, chunks)
+
+    @property
+    def uses_baseline(self) -> bool:
+        """Whether the flow models the baseline's residual (``"auto"`` decides at the fit)."""
+        return self.baseline is not None and self.baseline.on
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -173,7 +253,14 @@ class Flow(DensityEstimator):
         s = self.target_standardizer
         # data -> base: first standardise (θ - μ)/σ, then the flow's own transform.
         standardise = AffineTransform(-s.loc / s.scale, 1 / s.scale, event_dim=1)
-        return NormalizingFlow(ComposedTransform(standardise, inner.transform), inner.base)
+        if not self.uses_baseline:
+            return NormalizingFlow(ComposedTransform(standardise, inner.transform), inner.base)
+        whiten = Whitening(self._baseline_mean(context), *self.baseline.root())
+        return NormalizingFlow(ComposedTransform(standardise, whiten, inner.transform), inner.base)
+
+    def _baseline_mean(self, context: Tensor) -> Tensor:
+        assert self.baseline is not None
+        return self.baseline.mean(flat_context(self, context))
 
     def draw(self, num: int, context: Tensor) -> Tensor:
         """``(num, B, D)`` samples; masked autoregressive/coupling flows take the fast inverse.
@@ -184,7 +271,11 @@ class Flow(DensityEstimator):
         if not supports_fast_inverse(self.flow):
             return super().draw(num, context)
         s = self.target_standardizer
-        return sample_flow(self.flow, self.embed(context), num) * s.scale + s.loc
+        y = sample_flow(self.flow, self.embed(context), num)
+        if self.uses_baseline:
+            root = self.baseline.root()[0]
+            y = y @ root + self._baseline_mean(context)
+        return y * s.scale + s.loc
 
 
 class NSF(Flow):
