@@ -48,7 +48,7 @@ def trained():
             out[name] = simgen.NPE(task.prior, estimator=name, **opts).fit(
                 theta,
                 x,
-                max_epochs=80 if name == "consistency" else 40,
+                max_epochs=80 if name in ("consistency", "joint_transformer") else 40,
                 progress=False,
                 patience=80,
             )
