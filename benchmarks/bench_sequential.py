@@ -15,8 +15,10 @@ its budget (proposals, simulations, training), not the scoring.
 Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
 ``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
-``mixing`` and ``transforms``), which go to ``simgen.NPE``; for sbi
-``num_rounds`` only):
+``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``; for sbi
+``num_rounds`` only). A run is keyed and recorded under :func:`as_run` (the spec naming the
+flow options whose value differs from the flows' before the option existed) and listed
+under :func:`flow_label` (naming those that differ from the current defaults):
 
 - ``simgen_npe``: simgen NPE (nsf) trained once on the prior (amortised, 1 round).
 - ``simgen_tsnpe``: ``simgen.sequential(simgen.NPE(prior), ...)``, nsf, truncated proposals.
