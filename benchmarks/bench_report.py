@@ -28,14 +28,28 @@ from benchmarks import evaluation, harness, warm_up_torch
 OUT = Path(__file__).with_name("results_report.md")
 
 
-def _references_table(tasks: list[str], set_name: str, num_obs: int, samples: int) -> list[str]:
+def _samples(name: str, args) -> int:
+    """The draws of task ``name``'s references in this table (``harness.reference_samples``)."""
+    return harness.reference_samples(name, args.reference_samples, args.c2st_samples)
+
+
+def _options(name: str) -> dict | None:
+    """The options of task ``name``'s reference sampler in this table (``REFERENCE_OPTIONS``)."""
+    return harness.REFERENCE_OPTIONS.get(name)
+
+
+def _references_table(tasks: list[str], args) -> list[str]:
+    set_name, num_obs = args.set, args.observations
     rows = [
         "| task | reference | observations | samples each | CPU s (all observations) | "
         "check | passed |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in tasks:
-        refs = [harness.reference(name, set_name, i, samples) for i in range(num_obs)]
+        samples, options = _samples(name, args), _options(name)
+        refs = [
+            harness.reference(name, set_name, i, samples, options=options) for i in range(num_obs)
+        ]
         checks = [r["check"] for r in refs]
         kind = checks[0]["kind"]
         if "mean_error_sd" in checks[0]:
@@ -103,7 +117,24 @@ def mixed_code(results: dict) -> bool:
     return len(keys) > 1
 
 
+def _capped_note(tasks: list[str], args) -> str:
+    """The tasks whose references hold fewer draws than the table asks for, or ''."""
+    capped = [t for t in tasks if _samples(t, args) < args.reference_samples or _options(t)]
+    if not capped:
+        return ""
+    named = ", ".join(
+        f"{t}: {_samples(t, args)}"
+        + "".join(f", {k}={v}" for k, v in sorted((_options(t) or {}).items()))
+        for t in capped
+    )
+    return (
+        f" ({named}; `harness.REFERENCE_CAPS` and `REFERENCE_OPTIONS`: a costly reference holds "
+        "fewer draws, never fewer than the C2ST reads)"
+    )
+
+
 def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], note: str) -> None:
+    tasks = list(dict.fromkeys(t for t, _, _ in results))
     lines = [
         "# Benchmark on many observations",
         "",
@@ -112,10 +143,10 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         f"Observation set: **{args.set}** ({args.observations} observations per task drawn from "
         "the prior predictive, stored in `benchmarks/observations/`); training seeds "
         f"{', '.join(map(str, args.seeds))}; C2ST on {args.c2st_samples} samples per set "
-        f"against {args.reference_samples} cached reference samples; torch "
-        f"{torch.__version__}, {args.threads} thread(s); CPU seconds are "
-        "`time.process_time` of this one process. Every method of a (task, sims, seed) "
-        "trains on the same simulations.",
+        f"against {args.reference_samples} cached reference samples"
+        f"{_capped_note(tasks, args)}; torch {torch.__version__}, {args.threads} thread(s); "
+        "CPU seconds are `time.process_time` of this one process. Every method of a "
+        "(task, sims, seed) trains on the same simulations.",
         "",
         note,
         "",
@@ -143,7 +174,7 @@ def write(out: Path, command: str, args, results: dict, ref_tasks: list[str], no
         "",
         "## Reference posteriors",
         "",
-        *_references_table(ref_tasks, args.set, args.observations, args.reference_samples),
+        *_references_table(ref_tasks, args),
         "",
         "CPU s is the cost of computing the references once (they are cached on disk after); "
         "checks: see `benchmarks.harness.check_reference`.",
@@ -158,7 +189,7 @@ def _with_references(tasks: list[str], done: list[str], args) -> list[str]:
         for t in tasks
         if t in done
         or all(
-            harness.reference_is_cached(t, args.set, i, args.reference_samples)
+            harness.reference_is_cached(t, args.set, i, _samples(t, args), options=_options(t))
             for i in range(args.observations)
         )
     ]
@@ -201,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     tasks = harness.TASKS if args.tasks == ["all"] else args.tasks
     for name in tasks:
         harness.load_task(name)
+        _samples(name, args)  # a C2ST on more samples than the references hold is refused
     # Commas inside a JSON list (hidden_features=[64, 64]) do not separate methods.
     methods = [m for m in re.split(r",(?![^\[]*\])", args.methods) if m]
     for spec in methods:
@@ -223,10 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     not_run: list[str] = []
     for name in tasks:
         task = harness.load_task(name)
+        samples, options = _samples(name, args), _options(name)
         t0 = time.process_time()
         if not args.cached_only and not _spent(args, start):
             for i in range(args.observations):
-                harness.reference(name, args.set, i, args.reference_samples)
+                harness.reference(name, args.set, i, samples, options=options)
             print(f"{name}: references ready ({time.process_time() - t0:.1f} CPU s)", flush=True)
         for budget in args.budgets:
             cells: dict[str, list] = {spec: [] for spec in methods}
@@ -237,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
                     # Past the CPU budget, cached cells are still read; no new one starts.
                     cached_only = args.cached_only or _spent(args, start)
                     cell = evaluation.cached_cell(
-                        *key, args.observations, args.reference_samples, cached_only
+                        *key, args.observations, samples, cached_only, options
                     )
                     if cell is None and cached_only:
                         if not args.cached_only:
@@ -249,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                         cell = evaluation.evaluate_cell(
                             name, args.set, budget, spec, seed, data=data,
                             num_samples=args.c2st_samples, num_obs=args.observations,
-                            reference_samples=args.reference_samples,
+                            reference_samples=samples, reference_options=options,
                         )  # fmt: skip
                     cells[spec].append(cell)
                     print(
@@ -258,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
             # A C2ST against a reference that fails its check measures nothing: left out.
             excluded = harness.failed_references(
-                name, args.set, args.observations, args.reference_samples
+                name, args.set, args.observations, samples, options=options
             )
             for spec in methods:
                 results[(name, budget, spec)] = evaluation.summarise(cells[spec], excluded)

@@ -200,13 +200,17 @@ def _code_key(library: str) -> str:
 _code_key("simgen")
 
 
-def _cell_path(task_name, set_name, budget, spec, seed, num_samples, num_obs, refs) -> Path:
+def _cell_path(
+    task_name, set_name, budget, spec, seed, num_samples, num_obs, refs, ref_options=None
+) -> Path:
     """``<set>-n<budget>-<spec>-s<seed>-<data key>-<code key>.json``: the data key hashes the
-    task source, the observations, the spec and the sample counts; the code key names the
-    library version the cell ran with."""
+    task source, the observations, the spec, the sample counts and the references' options
+    (if any); the code key names the library version the cell ran with."""
     _, xs = harness.observations(task_name, set_name, num_obs)
     library = parse_method(spec)[1]
     key = [harness.source_hash(task_name), spec, str(num_samples), str(refs)]
+    if ref_options:
+        key.append(json.dumps(ref_options, sort_keys=True))
     digest = hashlib.sha256("|".join(key).encode())
     digest.update(xs.double().contiguous().numpy().tobytes())
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
@@ -224,6 +228,7 @@ def cached_cell(
     num_obs: int | None = None,
     reference_samples: int = harness.REFERENCE_SAMPLES,
     any_code: bool = False,
+    reference_options: dict | None = None,
 ) -> dict | None:
     """The cached result of a cell (arguments as :func:`evaluate_cell`), or ``None``.
 
@@ -231,8 +236,9 @@ def cached_cell(
     newest one): for writing a table while the code changes under a long run.
     """
     path = _cell_path(
-        task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples
-    )
+        task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples,
+        reference_options,
+    )  # fmt: skip
     if path.exists():
         return json.loads(path.read_text())
     if any_code:
@@ -253,28 +259,34 @@ def evaluate_cell(
     num_samples: int = 10_000,
     num_obs: int | None = None,
     reference_samples: int = harness.REFERENCE_SAMPLES,
+    reference_options: dict | None = None,
 ) -> dict:
     """Train ``spec`` on (task, budget, seed)'s simulations and score every observation.
 
     ``data`` is the output of :func:`training_data` (pass it to share one simulation among
-    methods). C2ST uses the first ``num_samples`` reference samples as the first set (the
-    sbibm convention) and as many posterior samples, drawn with torch seeded by
-    ``1000 * seed + observation index``. CPU seconds (``time.process_time``) of training and
-    of drawing the samples are recorded, and the epochs training ran (``epochs``: where a CPU
-    ratio comes from); C2ST itself is not timed. A failing method gives a cell with ``error``
-    set instead of scores.
+    methods). ``reference_options`` go to :func:`benchmarks.harness.reference` (a task's
+    :data:`~benchmarks.harness.REFERENCE_OPTIONS`). C2ST uses the first ``num_samples``
+    reference samples as the first set (the sbibm convention) and as many posterior samples,
+    drawn with torch seeded by ``1000 * seed + observation index``. CPU seconds
+    (``time.process_time``) of training and of drawing the samples are recorded, and the
+    epochs training ran (``epochs``: where a CPU ratio comes from); C2ST itself is not timed.
+    A failing method gives a cell with ``error`` set instead of scores.
     """
     _, library, method = parse_method(spec)
     path = _cell_path(
-        task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples
-    )
+        task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples,
+        reference_options,
+    )  # fmt: skip
     if path.exists():
         return json.loads(path.read_text())
     task = harness.load_task(task_name)
     _, xs = harness.observations(task_name, set_name, num_obs)
     if num_samples > reference_samples:
         raise ConfigError(f"num_samples={num_samples} exceeds the {reference_samples} references.")
-    refs = [harness.reference(task_name, set_name, i, reference_samples) for i in range(len(xs))]
+    refs = [
+        harness.reference(task_name, set_name, i, reference_samples, options=reference_options)
+        for i in range(len(xs))
+    ]
     theta, x = training_data(task, budget, seed) if data is None else data
     cell: dict[str, Any] = {
         "code": _code_key(library),

@@ -13,7 +13,10 @@ The observations (with their true θ and the seeds that drew them) are stored in
 ``benchmarks/.cache/references/`` (gitignored), keyed by task, set, index, sample count, seed
 and a hash of the task's source and of the observation, so a changed simulator or reference
 sampler is recomputed rather than reused. Each cached reference stores its CPU cost and the
-result of :func:`check_reference`.
+result of :func:`check_reference`. A table's references hold ``REFERENCE_SAMPLES`` draws, or
+fewer for a task in :data:`REFERENCE_CAPS` (:func:`reference_samples`), drawn with the task's
+:data:`REFERENCE_OPTIONS`; a C2ST reads only the first draws of a reference, as many as it
+compares.
 """
 
 from __future__ import annotations
@@ -39,7 +42,11 @@ __all__ = [
     "load_task",
     "observations",
     "make_observations",
+    "REFERENCE_CAPS",
+    "REFERENCE_OPTIONS",
+    "reference_samples",
     "reference",
+    "reference_agreement",
     "reference_is_cached",
     "failed_references",
     "check_reference",
@@ -63,6 +70,15 @@ TASKS = [
 SETS = {"tuning": 10_000, "report": 20_000}
 NUM_OBSERVATIONS = 10
 REFERENCE_SAMPLES = 10_000
+#: Tasks whose table references hold fewer than ``REFERENCE_SAMPLES`` draws, and the options
+#: their sampler gets there. particle_shower's pseudo-marginal chains stick where the
+#: likelihood estimate is noisy: at its default ``thin=4``, the 1,000 draws a C2ST reads have a
+#: bulk ESS below 350 on 6 of the 10 report observations and two halves of one reference are
+#: told apart (C2ST up to 0.61); ``thin=16`` costs about 80 CPU s per reference and holds
+#: 1,000 draws as well mixed as the C2ST needs (:func:`reference_agreement`;
+#: docs/decisions.md, 2026-12-01).
+REFERENCE_CAPS = {"particle_shower": 1_000}
+REFERENCE_OPTIONS: dict[str, dict] = {"particle_shower": {"thin": 16}}
 OBSERVATIONS = Path(__file__).with_name("observations")
 CACHE = Path(__file__).with_name(".cache")
 
@@ -137,38 +153,64 @@ def observations(name: str, set_name: str, num: int | None = None) -> tuple[Tens
     return obs["theta"][:k], obs["x"][:k]
 
 
-def _reference_path(name: str, set_name: str, index: int, x: Tensor, num: int, seed: int):
+def reference_samples(name: str, requested: int = REFERENCE_SAMPLES, needed: int = 0) -> int:
+    """The draws a task's references hold in a table that asks for ``requested`` and whose C2ST
+    reads ``needed``: ``requested``, cut to the task's :data:`REFERENCE_CAPS` entry, but never
+    below ``needed`` (a C2ST on more samples than the cap gets references of its size)."""
+    if needed > requested:
+        raise ConfigError(
+            f"A C2ST on {needed} samples needs at least {needed} reference samples, not "
+            f"{requested}; raise the reference samples or lower the C2ST samples."
+        )
+    return max(needed, min(requested, REFERENCE_CAPS.get(name, requested)))
+
+
+def _reference_path(
+    name: str, set_name: str, index: int, x: Tensor, num: int, seed: int, options: dict | None
+):
     digest = hashlib.sha256(source_hash(name).encode())
     digest.update(x.detach().double().contiguous().numpy().tobytes())
     key = f"{set_name}-{index:02d}-n{num}-s{seed}-{digest.hexdigest()[:16]}"
+    key += "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()))
     return CACHE / "references" / name / f"{key}.pt"
 
 
 def reference_is_cached(
-    name: str, set_name: str, index: int, num: int = REFERENCE_SAMPLES, seed: int = 0
+    name: str,
+    set_name: str,
+    index: int,
+    num: int = REFERENCE_SAMPLES,
+    seed: int = 0,
+    options: dict | None = None,
 ) -> bool:
     """Whether :func:`reference` would read this reference from disk."""
     x = observations(name, set_name)[1][index]
-    return _reference_path(name, set_name, index, x, num, seed).exists()
+    return _reference_path(name, set_name, index, x, num, seed, options).exists()
 
 
 def reference(
-    name: str, set_name: str, index: int, num: int = REFERENCE_SAMPLES, seed: int = 0
+    name: str,
+    set_name: str,
+    index: int,
+    num: int = REFERENCE_SAMPLES,
+    seed: int = 0,
+    options: dict | None = None,
 ) -> dict:
     """Reference posterior of observation ``index`` of a set: cached on disk after one run.
 
-    Returns a dict with ``samples`` ``(num, D)``, ``cpu_seconds`` (the reference's cost when it
-    was computed), ``cached`` (whether this call read it from disk) and ``check`` (see
-    :func:`check_reference`).
+    ``options`` go to the task's ``reference_posterior`` (and into the cache key), as
+    :data:`REFERENCE_OPTIONS` gives them for a table. Returns a dict with ``samples``
+    ``(num, D)``, ``cpu_seconds`` (the reference's cost when it was computed), ``cached``
+    (whether this call read it from disk) and ``check`` (see :func:`check_reference`).
     """
     _, xs = observations(name, set_name)
     x = xs[index]
-    path = _reference_path(name, set_name, index, x, num, seed)
+    path = _reference_path(name, set_name, index, x, num, seed, options)
     if path.exists():
         return {**torch.load(path, weights_only=False), "cached": True}
     task = load_task(name)
     start = time.process_time()
-    samples = task.reference_posterior(x, num, seed=seed)
+    samples = task.reference_posterior(x, num, seed=seed, **(options or {}))
     seconds = time.process_time() - start
     entry = {
         "samples": samples,
@@ -183,7 +225,12 @@ def reference(
 
 
 def failed_references(
-    name: str, set_name: str, num_obs: int, num: int = REFERENCE_SAMPLES, seed: int = 0
+    name: str,
+    set_name: str,
+    num_obs: int,
+    num: int = REFERENCE_SAMPLES,
+    seed: int = 0,
+    options: dict | None = None,
 ) -> list[int]:
     """The observations among the first ``num_obs`` of a set whose cached reference fails
     :func:`check_reference`: left out of the report's means (and named there), since a C2ST
@@ -192,9 +239,56 @@ def failed_references(
     return [
         i
         for i in range(num_obs)
-        if reference_is_cached(name, set_name, i, num, seed)
-        and not reference(name, set_name, i, num, seed)["check"]["passed"]
+        if reference_is_cached(name, set_name, i, num, seed, options)
+        and not reference(name, set_name, i, num, seed, options)["check"]["passed"]
     ]
+
+
+def reference_agreement(
+    name: str,
+    set_name: str,
+    index: int,
+    num: int,
+    c2st_samples: int,
+    shift_sd: float = 0.25,
+    options: dict | None = None,
+) -> dict:
+    """Whether ``c2st_samples`` draws of a reference of ``num`` stand for the posterior.
+
+    ``c2st``: the C2ST between the two halves of the reference, ``c2st_samples`` draws each:
+    its first and second half of chains for an MCMC reference (chains run independently from
+    the same fitted proposal), its first and second ``c2st_samples`` draws otherwise; about 0.5
+    plus the classifier's small-sample bias if both are the posterior, which an exact sampler
+    (two_moons) measures. ``shifted``: the same with the second half moved by ``shift_sd`` of
+    its standard deviation in every coordinate, the control that must read higher. For MCMC
+    references, ``ess``: the smallest bulk effective sample size (arviz) of the first
+    ``c2st_samples`` draws (those a table's C2ST reads), cut into the task's chains, and
+    ``repeats``: the share of them that repeat their chain's previous draw (a rejected
+    proposal).
+    """
+    import arviz
+
+    from simgen.diagnostics.c2st import c2st
+
+    samples = reference(name, set_name, index, num, options=options)["samples"]
+    if len(samples) < 2 * c2st_samples:
+        raise ConfigError(f"Two halves of {c2st_samples} draws need {2 * c2st_samples}, not {num}.")
+    out: dict = {}
+    if name in _CHAINS:
+        c = _CHAINS[name](num)
+        chains = samples.reshape(num // c, c, -1)
+        half = c // 2
+        p = chains[:, :half].transpose(0, 1).reshape(-1, samples.shape[1])[:c2st_samples]
+        q = chains[:, half:].transpose(0, 1).reshape(-1, samples.shape[1])[:c2st_samples]
+        read = samples[:c2st_samples].double().reshape(c2st_samples // c, c, -1)
+        ess = arviz.ess(arviz.convert_to_dataset(read.transpose(0, 1).numpy()), method="bulk")
+        out["ess"] = float(ess["x"].values.min())
+        out["repeats"] = float((read[1:] == read[:-1]).all(-1).double().mean())
+    else:
+        p, q = samples[:c2st_samples], samples[c2st_samples : 2 * c2st_samples]
+    out["c2st"] = float(c2st(p, q, seed=0))
+    out["shifted"] = float(c2st(p, q + shift_sd * q.std(0), seed=0))
+    return out
 
 
 def _truncated_normal_moments(loc: Tensor, scale: float, low: float, high: float):
@@ -296,17 +390,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--make-observations", action="store_true")
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--references", default="", help="compute references of this set")
+    parser.add_argument(
+        "--references",
+        default="",
+        help="compute references of this set (with the task's REFERENCE_OPTIONS, as a table)",
+    )
     parser.add_argument("--samples", type=int, default=REFERENCE_SAMPLES)
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        default=0,
+        help="samples per half: C2ST between the two halves of each --references reference",
+    )
+    parser.add_argument("--indices", type=int, nargs="+", default=None)
     args = parser.parse_args()
     for name in args.tasks.split(","):
         if args.make_observations:
             OBSERVATIONS.mkdir(exist_ok=True)
             torch.save(make_observations(name), OBSERVATIONS / f"{name}.pt")
             print(f"{name}: observations stored", flush=True)
-        if args.references:
+        if args.references and args.agreement:
+            indices = args.indices or range(len(observations(name, args.references)[1]))
+            print("| task | observation | draws | per half | C2ST of two halves | shifted | "
+                  "ESS | repeats |\n|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
+            for i in indices:
+                a = reference_agreement(
+                    name, args.references, i, args.samples, args.agreement,
+                    options=REFERENCE_OPTIONS.get(name),
+                )  # fmt: skip
+                extra = f"{a['ess']:.0f} | {a['repeats']:.2f}" if "ess" in a else "iid | 0"
+                print(
+                    f"| {name} | {args.references} #{i} | {args.samples} | {args.agreement} | "
+                    f"{a['c2st']:.3f} | {a['shifted']:.3f} | {extra} |",
+                    flush=True,
+                )
+        elif args.references:
             for i in range(len(observations(name, args.references)[1])):
-                ref = reference(name, args.references, i, args.samples)
+                ref = reference(
+                    name, args.references, i, args.samples, options=REFERENCE_OPTIONS.get(name)
+                )
                 print(
                     f"{name} {args.references}[{i}] {ref['cpu_seconds']:.1f} CPU s {ref['check']}",
                     flush=True,

@@ -182,11 +182,86 @@ def test_cpu_budget_stops_new_cells_and_names_them(cache, monkeypatch, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [t for t in harness.TASKS if t != "particle_shower"])
+@pytest.mark.parametrize("name", harness.TASKS)
 def test_every_report_reference_passes_its_check(name):
+    """The references of results_report.md's table (C2ST on 1,000 samples)."""
+    samples, options = harness.reference_samples(name, needed=1000), harness.REFERENCE_OPTIONS
     for i in range(harness.NUM_OBSERVATIONS):
-        check = harness.reference(name, "report", i)["check"]
+        check = harness.reference(name, "report", i, samples, options=options.get(name))["check"]
         assert check["passed"], (name, i, check)
+
+
+def test_a_capped_task_holds_fewer_reference_draws_but_never_fewer_than_the_c2st_reads():
+    cap = harness.REFERENCE_CAPS["particle_shower"]
+    assert harness.reference_samples("particle_shower", needed=500) == cap
+    assert harness.reference_samples("particle_shower", needed=cap + 1) == cap + 1
+    assert harness.reference_samples("particle_shower", cap - 100, needed=500) == cap - 100
+    assert harness.reference_samples("two_moons", needed=1000) == harness.REFERENCE_SAMPLES
+    with pytest.raises(SimgenError, match="1000 reference samples"):
+        harness.reference_samples("two_moons", 500, needed=1000)
+
+
+def test_the_table_reads_a_capped_task_s_references_and_says_so(cache, monkeypatch, tmp_path):
+    """With two_moons capped at 600 draws from its sampler called with ``thin=3``, a table asking
+    for 1,000 reference samples and a C2ST on 500 computes and reads 600-draw references made
+    with that option (in their key), names both in its header and its reference table, and a
+    --cached-only rerun finds the same cells; a C2ST on 800 (above the cap) gets 800-draw
+    references (the control), still below the 1,000 asked for and named."""
+    _register(monkeypatch)
+    monkeypatch.setattr(evaluation, "c2st", _quick_c2st)
+    task = harness.load_task("two_moons")
+    exact, calls = task.reference_posterior, []
+
+    def with_thin(x_o, num, seed=0, thin=1):
+        calls.append(thin)
+        return exact(x_o, num, seed=seed)
+
+    monkeypatch.setattr(task, "reference_posterior", with_thin)
+    monkeypatch.setitem(harness.REFERENCE_CAPS, "two_moons", 600)
+    monkeypatch.setitem(harness.REFERENCE_OPTIONS, "two_moons", {"thin": 3})
+    out = tmp_path / "report.md"
+    argv = [
+        "--tasks", "two_moons", "--budgets", "100", "--seeds", "0", "--observations", "2",
+        "--reference-samples", "1000", "--methods", "test_prior", "--out", str(out),
+    ]  # fmt: skip
+    bench_report.main([*argv, "--c2st-samples", "500"])
+    names = sorted(f.name for f in (cache / "references" / "two_moons").iterdir())
+    assert len(names) == 2 and all("-n600-" in n and n.endswith("-thin3.pt") for n in names)
+    assert calls == [3, 3]
+    text = out.read_text()
+    assert "against 1000 cached reference samples (two_moons: 600, thin=3; `harness." in text
+    assert "| two_moons | exact sampler | 2 | 600 |" in text
+    row = "| two_moons | 100 | test_prior | 1 |"
+    assert row in text
+    bench_report.main([*argv, "--c2st-samples", "500", "--cached-only"])
+    assert row in out.read_text() and calls == [3, 3]
+    bench_report.main([*argv, "--c2st-samples", "800"])
+    names = sorted(f.name for f in (cache / "references" / "two_moons").iterdir())
+    assert sum("-n800-" in n for n in names) == 2
+    assert "(two_moons: 800, thin=3; `harness." in out.read_text()
+
+
+def test_reference_agreement_tells_two_exact_halves_from_a_shifted_one(cache, monkeypatch):
+    """Two halves of 300 of an exact two_moons sample read as one (C2ST within 0.1 of 0.5: the
+    5-fold accuracy on 600 points has a standard error of about 0.02) and one shifted by a
+    posterior sd does not (above 0.7); cut into 4 chains, iid draws have an ESS near their
+    number (above 210 of 300) and no repeats, and chains that hold each state twice repeat
+    half their draws (the control)."""
+    a = harness.reference_agreement("two_moons", "report", 0, 600, 300, shift_sd=1.0)
+    assert abs(a["c2st"] - 0.5) < 0.1 and a["shifted"] > 0.7 and "ess" not in a
+    monkeypatch.setitem(harness._CHAINS, "two_moons", lambda n: 4)
+    a = harness.reference_agreement("two_moons", "report", 0, 600, 300, shift_sd=1.0)
+    assert abs(a["c2st"] - 0.5) < 0.1 and a["shifted"] > 0.7
+    assert a["ess"] > 210 and a["repeats"] == 0.0
+    exact = harness.load_task("two_moons").reference_posterior
+
+    def sticky(x_o, num, seed=0):  # each chain's states held for two draws
+        draws = exact(x_o, num // 2, seed=seed).reshape(num // 8, 1, 4, 2)
+        return draws.expand(-1, 2, -1, -1).reshape(num, 2)
+
+    monkeypatch.setattr(harness.load_task("two_moons"), "reference_posterior", sticky)
+    a = harness.reference_agreement("two_moons", "report", 1, 600, 300, shift_sd=1.0)
+    assert a["repeats"] == pytest.approx(0.5, abs=0.01) and a["ess"] < 210
 
 
 def test_observations_with_failing_references_are_left_out_and_named(cache, monkeypatch):
