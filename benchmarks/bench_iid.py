@@ -161,14 +161,22 @@ def train(model: Model, route: str, budget: int, seed: int, epochs: int | None):
     return (lambda xo, s: posterior.sample((NUM_SAMPLES,), x=xo, seed=s)), seconds, {}
 
 
-def cell_path(model: Model, route: str, budget: int, seed: int, quick: bool) -> Path:
+def cell_path(
+    model: Model, route: str, budget: int, seed: int, quick: bool, trials: tuple[int, ...]
+) -> Path:
     code = _code_key("sbi" if route.startswith("sbi_") else "simgen")
     tag = ("quick-" if quick else "") + ("" if model.name == "gauss" else f"{model.name}-")
-    return CACHE / f"{tag}{route}-n{budget}-s{seed}-{code}.json"
+    part = "" if trials == TRIALS else "t" + "-".join(map(str, trials)) + "-"
+    return CACHE / f"{tag}{route}-n{budget}-s{seed}-{part}{code}.json"
 
 
-def run_cell(model: Model, route: str, budget: int, seed: int, quick: bool) -> dict:
-    path = cell_path(model, route, budget, seed, quick)
+def run_cell(
+    model: Model, route: str, budget: int, seed: int, quick: bool,
+    trials: tuple[int, ...] = TRIALS,
+) -> dict:  # fmt: skip
+    """One (route, budget, seed) cell at the numbers of trials ``trials`` (a subset of
+    ``TRIALS`` for a route too slow for all of them), cached."""
+    path = cell_path(model, route, budget, seed, quick, trials)
     if path.exists():
         return json.loads(path.read_text())
     with warnings.catch_warnings():
@@ -176,7 +184,7 @@ def run_cell(model: Model, route: str, budget: int, seed: int, quick: bool) -> d
         sample, train_s, extras = train(model, route, budget, seed, 20 if quick else None)
         rows = []
         for k, full in enumerate(model.observations()):
-            for n in TRIALS:
+            for n in trials:
                 xo = full[:n]
                 start = time.process_time()
                 draws = sample(xo, seed)
@@ -227,10 +235,12 @@ def table(model: Model, cells: list[dict], command: str) -> list[str]:
     ]
 
     def stats(route, budget, n):
-        seeds = sorted(s for (r, b, s) in by if r == route and b == budget)
-        per_seed, train_s, sample_s = [], [], []
-        for s in seeds:
+        seeds, per_seed, train_s, sample_s = [], [], [], []
+        for s in sorted(s for (r, b, s) in by if r == route and b == budget):
             rows = [r for r in by[route, budget, s]["rows"] if r["n"] == n]
+            if not rows:  # a cell run at other numbers of trials
+                continue
+            seeds.append(s)
             per_seed.append(statistics.mean(r["c2st"] for r in rows))
             sample_s.append(statistics.mean(r["sample_s"] for r in rows))
             train_s.append(by[route, budget, s]["train_s"])
@@ -263,6 +273,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--routes", default=",".join(ROUTES))
+    parser.add_argument("--trials", type=int, nargs="+", default=list(TRIALS))
     parser.add_argument("--quick", action="store_true", help="20 epochs, not written out")
     parser.add_argument("--table", action="store_true", help="only rewrite the table")
     args = parser.parse_args()
@@ -287,7 +298,7 @@ def main() -> None:
     for budget in args.budgets:
         for seed in args.seeds:
             for route in routes:
-                cells.append(run_cell(model, route, budget, seed, args.quick))
+                cells.append(run_cell(model, route, budget, seed, args.quick, tuple(args.trials)))
     if args.quick:
         print("\n".join(table(model, cells, "(quick)")))
     else:  # the table from every cached cell of these budgets and seeds

@@ -165,16 +165,29 @@ def test_mcmc_batches_trial_sets_of_different_sizes_up_to_a_thousand() -> None:
 
 # -- compositional diffusion and flow matching -----------------------------------------------
 @pytest.mark.parametrize(
-    "cls, options", [(Diffusion, {"steps": 25}), (FlowMatching, {"steps": 12})]
+    "cls, options, tol_mean",
+    [
+        (Diffusion, {"steps": 25}, TOL_MEAN),
+        (FlowMatching, {"steps": 12}, TOL_MEAN),
+        # Per-trial precisions from 200 draws of each trial's posterior: their ~10% sampling
+        # error reweights the trials (0.20 sds at n = 10 with diffusion), so twice TOL_MEAN;
+        # the composition multiplies a precision's bias (compose docstring), so diffusion
+        # takes its default 50 steps, whose per-trial draws are nearly exact.
+        (Diffusion, {"steps": 50, "trial_precision": "per_trial"}, 2 * TOL_MEAN),
+        (FlowMatching, {"steps": 12, "trial_precision": "per_trial"}, 2 * TOL_MEAN),
+    ],
 )
-def test_composed_vector_field_matches_closed_form(cls: type, options: dict) -> None:
+def test_composed_vector_field_matches_closed_form(
+    cls: type, options: dict, tol_mean: float
+) -> None:
     posterior = exact_field(cls, **options)
     for n in (1, 10, 100):
         x = trials(n)
         samples = posterior.sample((1000,), x=x, seed=0)
-        assert moments_ok(samples, x), (cls.name, n)
+        assert moments_ok(samples, x, tol_mean), (cls.name, n)
         if n > 1:
-            assert not moments_ok(posterior.sample((1000,), x=x[:1], seed=0), x), (cls.name, n)
+            only_first = posterior.sample((1000,), x=x[:1], seed=0)
+            assert not moments_ok(only_first, x, tol_mean), (cls.name, n)
 
 
 def test_composed_sample_batched_takes_sets_of_different_sizes() -> None:

@@ -107,7 +107,13 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
-from .compose import ResidualFloor, floor_ratio
+from .compose import (
+    ResidualFloor,
+    check_trial_precision,
+    compose_trial_denoisers,
+    floor_ratio,
+    sampled_precisions,
+)
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
@@ -131,6 +137,10 @@ class Diffusion(BaselineEstimator):
         precondition: Whiten the network's input under the baseline Gaussian.
         repeats: Noise draws per training row and step (averaged).
         control_variate: :math:`c_{\max}` of the control variate (0: off).
+        trial_precision: Composing i.i.d. trials, ``"shared"`` (the baseline's one per-trial
+            covariance) or ``"per_trial"`` (each trial's, from draws of its own posterior;
+            :mod:`simgen.estimators.compose`, where ``benchmarks/results_iid.md`` shows why
+            the default is shared). Single observations ignore it.
         net_config: A :class:`~simgen.estimators._nets.NetConfig`; its fields
             (``hidden_features``, ``time_features``, ``architecture``, ``time_embedding``,
             ``context_dropout``) may also be passed as keywords, which override it.
@@ -174,6 +184,7 @@ class Diffusion(BaselineEstimator):
         precondition: bool = False,
         repeats: int = 1,
         control_variate: float = 0.0,
+        trial_precision: str = "shared",
         net_config: NetConfig | None = None,
         solver_config: SolverConfig | None = None,
         **options: Any,
@@ -201,12 +212,14 @@ class Diffusion(BaselineEstimator):
             "precondition": bool(precondition),
             "repeats": repeats,
             "control_variate": float(control_variate),
+            "trial_precision": check_trial_precision(trial_precision),
         }
         super().__init__(target_dim, context_shape, embedding_net)
         with_baseline = bool(gaussian_baseline) or bool(precondition)
         self._configure(family, net_config, solver_config, options, with_baseline)
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
         self.control_variate = float(control_variate)
+        self.trial_precision = trial_precision
         self.precondition = bool(precondition)
         self.beta = (float(beta_min), float(beta_max))
         self.sigma_range = (float(sigma_min), float(sigma_max))
@@ -334,6 +347,10 @@ class Diffusion(BaselineEstimator):
         a_c, s_c = self.marginal(t_c)
         floor = ResidualFloor(float(s_c / a_c), t_c, a_c, ms, lam, vecs)
 
+        if self.trial_precision == "per_trial":
+            single = lambda f: DiffusionDistribution(self, f).sample_standard(f)  # noqa: E731
+            trial_inv = sampled_precisions(single, torch.cat([c, m], -1), precisions[1])
+
         def denoise(y: Tensor, t: Tensor) -> Tensor:
             alpha, sigma = self.marginal(t)
             return (y - sigma * self.noise(y, t, cs, ms)) / alpha
@@ -342,7 +359,13 @@ class Diffusion(BaselineEstimator):
             alpha, sigma = self.marginal(t)
             yy = y[:, :, None, :].expand(-1, -1, n, -1)
             mu_i = floor(denoise, yy, t, alpha, float(sigma / alpha))
-            mu = self.composed_denoiser(y, alpha, sigma, mu_i, mask, precisions)
+            if self.trial_precision == "shared":
+                mu = self.composed_denoiser(y, alpha, sigma, mu_i, mask, precisions)
+            else:
+                mu_0, extra = self._trial_prior.denoiser(y, alpha, sigma)
+                extra = precisions[1] if extra is None else extra
+                r = float((alpha / sigma) ** 2)
+                mu = compose_trial_denoisers(mu_i, mask, mu_0, trial_inv, extra, r)
             return (y - alpha * mu) / sigma
 
         def drift(y: Tensor, t: Tensor, weight: float) -> Tensor:

@@ -68,7 +68,13 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
-from .compose import ResidualFloor, floor_ratio
+from .compose import (
+    ResidualFloor,
+    check_trial_precision,
+    compose_trial_denoisers,
+    floor_ratio,
+    sampled_precisions,
+)
 from .ode import SolverConfig, ode_log_prob, odeint
 
 __all__ = ["FlowMatching", "FlowMatchingDistribution"]
@@ -101,6 +107,10 @@ class FlowMatching(BaselineEstimator):
             ``False`` or ``"auto"`` (the default: on iff the ridge residual is Gaussian).
         grid_power: Exponent :math:`p` of the solver's time grid (see the module
             docstring); 1 is uniform.
+        trial_precision: Composing i.i.d. trials, ``"shared"`` (the baseline's one per-trial
+            covariance) or ``"per_trial"`` (each trial's, from draws of its own posterior;
+            :mod:`simgen.estimators.compose`, where ``benchmarks/results_iid.md`` shows why
+            the default is shared). Single observations ignore it.
         net_config: A :class:`~simgen.estimators._nets.NetConfig`; its fields
             (``hidden_features``, ``time_features``, ``architecture``, ``time_embedding``,
             ``context_dropout``) may also be passed as keywords, which override it.
@@ -138,6 +148,7 @@ class FlowMatching(BaselineEstimator):
         repeats: int = 1,
         gaussian_baseline: bool | str = "auto",
         grid_power: float = 2.0,
+        trial_precision: str = "shared",
         net_config: NetConfig | None = None,
         solver_config: SolverConfig | None = None,
         **options: Any,
@@ -149,6 +160,7 @@ class FlowMatching(BaselineEstimator):
             "repeats": repeats,
             "gaussian_baseline": gaussian_baseline,
             "grid_power": grid_power,
+            "trial_precision": check_trial_precision(trial_precision),
         }
         super().__init__(target_dim, context_shape, embedding_net)
         self._configure(
@@ -157,6 +169,7 @@ class FlowMatching(BaselineEstimator):
         self.grid_power = float(grid_power)
         self.sigma_min = float(sigma_min)
         self.time_power = float(time_power)
+        self.trial_precision = trial_precision
 
     def time_grid(self, device: torch.device | str | None = None) -> Tensor:
         """The solver's times :math:`t_k = 1 - (1 - k/K)^p`, ``k = 0..K`` (``K = steps``,
@@ -214,6 +227,10 @@ class FlowMatching(BaselineEstimator):
         t_c = torch.tensor(1 / (k + r_c), device=c.device)
         floor = ResidualFloor(r_c, t_c, t_c, ms, lam, vecs)
 
+        if self.trial_precision == "per_trial":
+            single = lambda f: FlowMatchingDistribution(self, f).sample_standard(f)  # noqa: E731
+            trial_inv = sampled_precisions(single, torch.cat([c, m], -1), precisions[1])
+
         def denoise(y: Tensor, t: Tensor) -> Tensor:
             return (1 - k * t) * self.velocity(y, t, cs, ms) + k * y
 
@@ -222,7 +239,13 @@ class FlowMatching(BaselineEstimator):
             yy = y[:, :, None, :].expand(-1, -1, n, -1)
             r = float(a / t) if float(t) > 0 else float("inf")
             mu_i = floor(denoise, yy, t, t, r)
-            mu = self.composed_denoiser(y, t, a, mu_i, mask, precisions)
+            if self.trial_precision == "shared":
+                mu = self.composed_denoiser(y, t, a, mu_i, mask, precisions)
+            else:
+                mu_0, extra = self._trial_prior.denoiser(y, t, a)
+                extra = precisions[1] if extra is None else extra
+                r2 = float((t / a) ** 2)
+                mu = compose_trial_denoisers(mu_i, mask, mu_0, trial_inv, extra, r2)
             return mu - k * (y - t * mu) / a
 
         y = torch.randn(num, len(c), self.target_dim, device=c.device)
