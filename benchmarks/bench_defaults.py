@@ -43,6 +43,7 @@ BASE: dict[str, object] = {
     "learning_rate": 1e-3,
     "patience": 20,
     "mixing": "none",
+    "gaussian_baseline": False,
 }
 
 #: simgen's code versions in which every flow had ``mixing="none"`` (before the option, or
@@ -76,6 +77,10 @@ PRE_MIXING_CODE = frozenset(
     ]
 )
 
+
+#: BASE's last option, absent from the specs of cells cached before NSF's default became
+#: ``gaussian_baseline="auto"`` (all of them ran without a baseline).
+NO_BASELINE = ";gaussian_baseline=false"
 
 #: A value of :func:`spec_of` that leaves the option out (one the family lacks: MAF's bins).
 DROP = object()
@@ -147,6 +152,18 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "lu_lr": (
         spec_of(support="reject", mixing="lu", learning_rate=5e-4),
         "lu with sbi's learning rate 5e-4, which alone helped both 10-D tasks a little at 10k",
+    ),
+    "lu_gb": (
+        spec_of(support="reject", mixing="lu", gaussian_baseline=True),
+        "lu on the linear-Gaussian base (gaussian_baseline=True): the flow models "
+        "Σ^{-1/2}(θ̃ - m(x)) of the ridge fit, so a posterior whose mean is linear in x and "
+        "whose covariance is constant is the flow at the identity; the conditioner learns "
+        "only what the ridge fit misses",
+    ),
+    "lu_gb_auto": (
+        spec_of(support="reject", mixing="lu", gaussian_baseline="auto"),
+        "lu_gb where the baseline module's rule keeps the base (residual non-Gaussianity "
+        "E <= max(0.05, 36/N), dof share <= 0.1), lu elsewhere",
     ),
     "perm": (
         spec_of(support="reject", mixing="permutation"),
@@ -234,18 +251,52 @@ def write(out: Path, command: str, args, results: dict, names: list[str]) -> Non
     out.write_text("\n".join(lines) + "\n")
 
 
-def cached(key: tuple, num_obs: int) -> dict | None:
+def cached(key: tuple, num_obs: int, fresh: bool = False) -> dict | None:
     """A cached cell of ``key`` (task, set, budget, spec, seed, samples), from any code
-    version; a ``mixing="none"`` spec also finds its cell cached without the option by a
-    :data:`PRE_MIXING_CODE` version."""
-    cell = evaluation.cached_cell(*key, num_obs, any_code=True)
+    version (with ``fresh``, the current code's only); a ``mixing="none"`` spec also finds
+    its cell cached without the option by a :data:`PRE_MIXING_CODE` version."""
+    cell = evaluation.cached_cell(*key, num_obs, any_code=not fresh)
     spec = key[3]
+    if cell is None and not fresh and spec.endswith(NO_BASELINE):
+        # Cached before the option joined BASE, when every flow had no baseline.
+        return cached((*key[:3], spec[: -len(NO_BASELINE)], *key[4:]), num_obs)
     if cell is None and ';mixing="none"' in spec:
         legacy = (*key[:3], spec.replace(';mixing="none"', ""), *key[4:])
         cell = evaluation.cached_cell(*legacy, num_obs, any_code=True)
         if cell is not None and cell.get("code") not in PRE_MIXING_CODE:
             cell = None
     return cell
+
+
+def auto_decisions(tasks: list[str], budgets: list[int], seeds: list[int]) -> list[str]:
+    """What ``gaussian_baseline="auto"`` decides on each (task, budget, seed)'s training
+    simulations (those every candidate trains on): the residual's non-Gaussianity E against
+    its threshold max(0.05, 36/N), the regression's dof share ν/N, the base's mass M outside
+    the targets' range against its bound, and the decision, as a markdown table. NPE fits
+    the base to θ itself (``support="reject"``) on every pair."""
+    from simgen.estimators.flows import NSF
+    from simgen.inference.base import check_simulations
+
+    lines = [
+        "| task | sims | seed | E | threshold | ν/N | M | 10/(N+1) | base kept |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in tasks:
+        task = harness.load_task(name)
+        for budget in budgets:
+            for seed in seeds:
+                data = evaluation.training_data(task, budget, seed)
+                theta, x = check_simulations(task.prior, *data)
+                flow = NSF(theta.shape[1], x.shape[1:], gaussian_baseline="auto")
+                flow.fit_standardization(theta, x)
+                b = flow.baseline
+                lines.append(
+                    f"| {name} | {budget} | {seed} | {b.non_gaussianity:.3f} | "
+                    f"{max(b.threshold, 36 / len(theta)):.3f} | {b.dof_share:.4f} | "
+                    f"{b.edge_mass:.2e} | {10 / (len(theta) + 1):.1e} | "
+                    f"{'yes' if flow.uses_baseline else 'no'} |"
+                )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,13 +311,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cached-only", action="store_true", help="write the table only")
     parser.add_argument("--note", default="", help="a paragraph under the table")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument(
+        "--fresh", default="", metavar="NAMES",
+        help="candidates (comma-separated) whose cells count only if the current code ran them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--auto-decisions", nargs="+", type=int, metavar="BUDGET",
+        help="print what gaussian_baseline='auto' decides per task, budget and seed; no fits",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.auto_decisions:
+        print("\n".join(auto_decisions(args.tasks, args.auto_decisions, args.seeds)))
+        return
     names = [n for n in args.candidates.split(",") if n]
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
     specs = [CANDIDATES[n][0] for n in names] + ([] if args.no_sbi else [BASELINE])
+    fresh = {CANDIDATES[n][0] for n in args.fresh.split(",") if n}
     shown = list(argv if argv is not None else sys.argv[1:])
     for flag, width in (("--cached-only", 1), ("--note", 2)):
         if flag in shown:
@@ -283,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             data = None
             for spec in specs:
                 key = (name, "tuning", args.budget, spec, seed, args.c2st_samples)
-                cell = cached(key, args.observations)
+                cell = cached(key, args.observations, fresh=spec in fresh)
                 if cell is None and args.cached_only:
                     continue
                 if cell is None:

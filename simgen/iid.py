@@ -293,8 +293,10 @@ def check_set_simulations(
     from .estimators.registry import estimator_class
     from .inference.base import check_simulations
 
-    baseline = "gaussian_baseline" in estimator_class(estimator_name).option_names()
-    if baseline and options.get("gaussian_baseline", "auto") is not False:
+    family = estimator_class(estimator_name)
+    baseline = "gaussian_baseline" in family.option_names()
+    default = getattr(family, "set_baseline", "auto")
+    if baseline and options.get("gaussian_baseline", default) is not False:
         raise ConfigError(
             f"The {estimator_name!r} family's linear-Gaussian baseline reads x linearly, "
             "so it cannot see padded sets; pass gaussian_baseline=False, or use a flow "

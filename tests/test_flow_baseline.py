@@ -179,7 +179,7 @@ def test_npe_saves_and_loads_a_baseline_flow(tmp_path):
 def test_specs_and_weights_without_the_baseline_load_unchanged():
     """A spec saved before the option has none, and its state dict has no baseline buffers."""
     torch.manual_seed(0)
-    old = NSF(3, (2,))
+    old = NSF(3, (2,), gaussian_baseline=False)
     spec, state = old.spec, old.state_dict()
     del spec["options"]["gaussian_baseline"]
     rebuilt = from_spec(spec)
@@ -200,7 +200,7 @@ def test_auto_refusing_the_baseline_trains_bit_identically_to_none():
     torch.manual_seed(1)
     auto = _train(NSF(2, (1,), gaussian_baseline="auto"), theta, x, epochs=2)
     torch.manual_seed(1)
-    plain = _train(NSF(2, (1,)), theta, x, epochs=2)
+    plain = _train(NSF(2, (1,), gaussian_baseline=False), theta, x, epochs=2)
     assert not auto.uses_baseline
     assert auto.baseline.non_gaussianity > 1, auto.baseline.non_gaussianity
     for (name, p), q in zip(plain.flow.named_parameters(), auto.flow.parameters(), strict=True):
@@ -213,7 +213,37 @@ def test_auto_refusing_the_baseline_trains_bit_identically_to_none():
     assert kept.uses_baseline, kept.baseline.non_gaussianity
 
 
-@pytest.mark.parametrize("bad", [1, 0, "yes", None])
+def test_auto_refuses_a_base_that_puts_mass_outside_a_box_prior():
+    """x = θ + 0.1 ε with θ uniform on [-1, 1]^3: the residual is Gaussian to the eye of E
+    (0.005, below the threshold), but the posterior is cut at the box, so the base's mean
+    mass outside the targets' range, M, is 0.043 against its bound 10/(N+1) = 0.005 at
+    N = 2,000; the same data with θ ~ N(0, 0.33²) keep the base (M = 0.0005: under a prior
+    with unbounded support M averages 2/(N+1) = 0.001 when the base is the posterior)."""
+    g = torch.Generator().manual_seed(0)
+    box = 2 * torch.rand(2000, 3, generator=g) - 1
+    normal = torch.randn(2000, 3, generator=g) / 3
+    for theta, kept in ((box, False), (normal, True)):
+        x = theta + 0.1 * torch.randn(2000, 3, generator=g)
+        flow = NSF(3, (3,), gaussian_baseline="auto")
+        flow.fit_standardization(theta, x)
+        b = flow.baseline
+        assert b.non_gaussianity < 0.05, b.non_gaussianity
+        assert flow.uses_baseline is kept, (b.edge_mass, kept)
+        assert (b.edge_mass > 10 / 2001) is not kept, b.edge_mass
+
+
+def test_defaults_per_family_and_behind_set_embeddings():
+    """NSF decides by ``auto`` (results_defaults.md, "The linear-Gaussian base"); the
+    unmeasured families keep none; a set embedding gets none, so NPE on sets trains as
+    before."""
+    assert NSF(3, (2,)).options["gaussian_baseline"] == "auto"
+    assert MAF(3, (2,)).options["gaussian_baseline"] is False and MAF(3, (2,)).baseline is None
+    sets = simgen.nets.SetPooling(2, out_features=4)
+    flow = NSF(3, (5, 2), embedding_net=sets)
+    assert flow.options["gaussian_baseline"] is False and flow.baseline is None
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes"])
 def test_bad_gaussian_baseline_raises(bad):
     with pytest.raises(ConfigError, match="gaussian_baseline must be True, False or 'auto'"):
         NSF(3, (2,), gaussian_baseline=bad)

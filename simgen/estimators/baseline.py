@@ -53,6 +53,17 @@ tuning observations, up to 4.5 prior standard deviations from its mean (the box 
 1.7), with residual standard deviations of 0.13-0.17; kept, no draw fell inside
 (``benchmarks/results_report_generative.md``). Every other task has at most 20 context
 entries, :math:`\nu/N \le 0.02` at 1,000 simulations.
+
+The flows add a **support check** (``support_check``): the base's mean mass outside the range
+:math:`[\ell_d, u_d]` of the training targets,
+:math:`M = \frac1{ND}\sum_{n,d} q_0(\tilde\theta_d\notin[\ell_d, u_d]\mid x_n)`, must be at
+most ``EDGE_MASS_FACTOR`` :math:`\cdot 2/(N+1)`. If the base is the posterior, averaging it
+over the x's of the joint gives the prior, whose mass outside the range of N draws of a
+continuous unbounded marginal is :math:`2/(N+1)` in expectation; a posterior cut by a bounded
+prior leaves the Gaussian base's tails outside the box (gaussian_linear_uniform: :math:`M` =
+0.077 against 0.0002 on gaussian_linear at 10,000 simulations,
+``benchmarks/results_defaults.md``). A flow in the base's coordinates would have to learn
+faces that move with x; in :math:`\tilde\theta` they stay where they are.
 """
 
 from __future__ import annotations
@@ -91,6 +102,9 @@ NON_GAUSSIANITY_THRESHOLD = 0.1
 #: Largest share of N the ridge fit's effective degrees of freedom may take under ``auto``.
 BASELINE_MAX_DOF_SHARE = 0.1
 BASELINE_CHOICES = (True, False, "auto")
+#: ``support_check``'s bound on :math:`M` in units of :math:`2/(N+1)`, its expectation when
+#: the base is the posterior of a prior with unbounded support.
+EDGE_MASS_FACTOR = 5.0
 #: Rows (samples × sets × trials) per network call when composing trials, bounding memory.
 TRIAL_ROWS = 1 << 18
 
@@ -114,6 +128,7 @@ class GaussianBaseline(nn.Module):
         target_dim: int,
         auto: bool = False,
         threshold: float = NON_GAUSSIANITY_THRESHOLD,
+        support_check: bool = False,
     ):
         super().__init__()
         self.auto = bool(auto)
@@ -124,6 +139,11 @@ class GaussianBaseline(nn.Module):
         self.non_gaussianity = float("nan")
         #: :math:`\nu/N`, the regression's degrees of freedom per simulation (``auto`` only).
         self.dof_share = float("nan")
+        #: ``auto`` also refuses a base whose mass falls outside the training targets' range
+        #: (:attr:`edge_mass`; the flows set it, module docstring).
+        self.support_check = bool(support_check)
+        #: :math:`M`, the base's mean mass outside that range (``support_check`` only).
+        self.edge_mass = float("nan")
         if self.auto:  # only then, so models saved with a fixed baseline load unchanged
             self.register_buffer("active", torch.ones(()))
         self.regress = context_dim <= BASELINE_MAX_FEATURES
@@ -182,7 +202,30 @@ class GaussianBaseline(nn.Module):
                 self.dof_share = float((lam / (lam + ridge)).sum()) / n
             threshold = max(self.threshold, 36 / n)
             keep = self.non_gaussianity <= threshold and self.dof_share <= BASELINE_MAX_DOF_SHARE
+            if self.support_check:
+                self.edge_mass = self._edge_mass(chunks, m, weight, cov)
+                keep = keep and self.edge_mass <= EDGE_MASS_FACTOR * 2 / (n + 1)
             self.active.fill_(float(keep))
+
+    @staticmethod
+    def _edge_mass(chunks: Chunks, m: CrossMoments, weight: Tensor | None, cov: Tensor) -> float:
+        r""":math:`M = \frac1{ND}\sum_{n,d} q_0\big(\tilde\theta_d \notin [\ell_d, u_d]
+        \mid x_n\big)`, :math:`[\ell_d, u_d]` the range of the training targets (two more
+        passes: the range, then the marginals' tail masses)."""
+        lo = hi = None
+        for y, _ in chunks():
+            y_lo, y_hi = y.double().min(0).values, y.double().max(0).values
+            lo = y_lo if lo is None else torch.minimum(lo, y_lo)
+            hi = y_hi if hi is None else torch.maximum(hi, y_hi)
+        sd = cov.diagonal().sqrt()
+        total = 0.0
+        for _, x in chunks():
+            mean = m.mean_y.expand(len(x), -1)
+            if weight is not None:
+                mean = mean + (x.double() - m.mean_x) @ weight
+            outside = torch.special.ndtr((lo - mean) / sd) + torch.special.ndtr((mean - hi) / sd)
+            total += float(outside.sum())
+        return total / (m.count * len(sd))
 
     @property
     def on(self) -> bool:
