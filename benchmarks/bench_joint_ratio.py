@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 vs 2,000, 1 seed, 2 obs")
     args = parser.parse_args()
     from benchmarks.joint_ratio_checks import carried_rows, chain_rows, rescore_rows, risk_rows
+    from benchmarks.joint_ratio_study import study_section, write_section
 
     torch.set_num_threads(1)
     warm_up_torch()
@@ -487,7 +488,10 @@ def main() -> None:
         "",
         *rescore_rows(),
     ]
+    kept = study_section()  # the nrec_soft study's section, written by its own command
     OUT.write_text("\n".join(text) + "\n")
+    if kept:
+        write_section(kept)
 
 
 if __name__ == "__main__":

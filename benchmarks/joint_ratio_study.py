@@ -22,7 +22,16 @@ simulations), or one of these changes of the loss:
   bias, not a candidate default.
 
     OMP_NUM_THREADS=1 python -m benchmarks.joint_ratio_study --screen \
-        soft-k10-w128,soft-k10-lr1e-3,... --screen-seeds 2 --grid soft-k10-bank39
+soft-k40,soft-k10-bank39,soft-k10-hard1,soft-k10-ens2,soft-k10-w128,soft-k10-lr1e-3,\
+soft-k10-p40,soft-k10-mix0.5,soft-k10-wd1e-3,soft-k10-ema,soft-k10-b128,soft-k10-t2,\
+soft-k10-t0.5,soft-k5-bank39,soft-k10-w32,soft-k20-ens2 --screen-seeds 0,1 --confirm \
+soft-k10-lr1e-3,soft-k10-wd1e-3,soft-k10-lr1e-3-wd1e-3 --confirm-seeds 0,1,2,3 --grid \
+nrec_soft-k10,soft-k10-wd1e-3,soft-k10-lr1e-3
+
+(about 17 CPU-minutes from an empty cache with the references cached: 54 cells of 10 to
+45 CPU-s, a third of it C2ST at about 2 CPU-s per observation.) The screen's baseline
+``--base`` (``nrec_soft-k10``) and the grid's ``nrec_soft-k10`` are ``bench_joint_ratio``'s
+cached cells.
 
 Cells are cached in ``benchmarks/.cache/joint_ratio/cells`` (``study-`` names); the tables
 replace the section "What limits nrec_soft" of ``benchmarks/results_joint_ratio.md``.
@@ -262,6 +271,20 @@ def main() -> None:
         "",
         f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.joint_ratio_study {command}`.",
         "",
+        "Variants of `nrec_soft` at 3,300 simulations (`benchmarks/joint_ratio_study.py`, "
+        "`STUDY`), on the simulations of the main table (the same θ, x and nested "
+        "references per seed): `-kK` K atoms, `-wW` a W × 3 classifier, `-lr`, `-p`, `-wd`, "
+        "`-ema`, `-b` learning rate, patience, Adam's weight decay, the weights' moving "
+        "average and batch size; `-bank39` a random K − 1 of 39 references per row and "
+        "step; `-hard1` NRE-C's hard term with fresh atoms added at equal weight; `-mix0.5` "
+        "labels half one-hot; `-t2`, `-t0.5` label temperature (biased, the controls); "
+        "`-ens2` two classifiers' logits averaged (train s counts both: an ensemble costs "
+        "training CPU, not simulations). A seed's simulations, hence its training, are the "
+        "same on both observation sets; only the observations differ. C2ST and columns as "
+        "in the main table; the paired "
+        f"rows are each variant minus `{args.base}` on the same cells (*better*: the whole "
+        "interval below 0).",
+        "",
     ]
     for name, variants, seeds in (
         ("screen", args.screen, args.screen_seeds),
@@ -273,8 +296,8 @@ def main() -> None:
         plan = [(args.budget, v) for v in [args.base, *variants.split(",")]]
         done = run([v for _, v in plan], args.budget, seeds, args.screen_obs, "tuning")
         text += [
-            f"{name}: the first {args.screen_obs} *tuning* observations × seeds {seeds} "
-            f"({args.screen_obs * len(seeds)} cells); paired against `{args.base}`.",
+            f"*{name.capitalize()}*: the first {args.screen_obs} *tuning* observations × seeds "
+            f"{', '.join(map(str, seeds))} ({args.screen_obs * len(seeds)} cells).",
             "",
             "| simulations | variant | C2ST | 95% interval | seed means | train s | sample s "
             "| epochs (best) |",
@@ -289,19 +312,40 @@ def main() -> None:
     if args.grid:
         variants = args.grid.split(",")
         results, target = _grid(variants, args.budget, args.baseline)
+        plan = [(args.budget, v) for v in variants]
         text += [
+            f"*Report grid*: {', '.join(f'`{v}`' for v in variants)} on the main table's 5 "
+            "report observations × 4 seeds (20 cells), paired against NRE-C at "
+            f"{args.baseline:,} (*reached*: mean ≤ 0) and against `{variants[0]}` on the "
+            "same simulations (*better*: the whole interval below 0).",
+            "",
             "| simulations | variant | C2ST | 95% interval | seed means | train s | sample s "
             "| epochs (best) |",
             "|---|---|---|---|---|---|---|---|",
-            *bench.table_rows(results),
+            *bench.table_rows({k: v for k, v in results.items() if k[0] == args.budget}),
             "",
             "| simulations | variant | C2ST − NRE-C at baseline | 95% interval | reached |",
             "|---|---|---|---|---|",
             *target,
             "",
+            f"| simulations | variant | C2ST − {variants[0]} | 95% interval | better |",
+            "|---|---|---|---|---|",
+            *bench.paired_rows(results, plan[0], plan, strict=True),
+            "",
         ]
     print("\n".join(text))
     write_section(text)
+
+
+def study_section() -> list[str]:
+    """The lines of the section :data:`SECTION` in ``results_joint_ratio.md`` (none if it
+    has none), which ``bench_joint_ratio`` keeps when it rewrites the file."""
+    lines = bench.OUT.read_text().split("\n") if bench.OUT.exists() else []
+    if SECTION not in lines:
+        return []
+    start = lines.index(SECTION)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
 
 
 def write_section(text: list[str]) -> None:
