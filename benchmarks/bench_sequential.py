@@ -74,6 +74,7 @@ from benchmarks.sequential_tables import (
     flow_spec,
     format_spec,
     pairs_table,
+    refused_here,
     rounds_table,
     table,
 )
@@ -280,13 +281,18 @@ def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed:
     return lambda k: posterior.sample((k,), show_progress_bars=False)
 
 
-def as_run(spec: str) -> str:
+def as_run(spec: str, run: tuple | None = None) -> str:
     """The spec naming every flow option (``mixing``, ``gaussian_baseline``) whose value for
     this run differs from the flows' before the option existed: a run's cache key and the
     ``method`` it records. A change of NPE's default flow thus starts new runs rather than
-    reading those of the older flow, and runs of the older flow keep their keys."""
+    reading those of the older flow, and runs of the older flow keep their keys. With
+    ``run`` = (task, budget, rounds, seed), a ``gaussian_baseline="auto"`` that round 1
+    refuses counts as ``False`` (the same computation: ``sequential_tables.refused_here``)."""
     name, options = parse(spec)
-    return flow_spec(spec, name, options, flow_had(name, options), "legacy")
+    had = flow_had(name, options)
+    if run and had.get("gaussian_baseline") == "auto" and refused_here(run, name, options):
+        had["gaussian_baseline"] = False
+    return flow_spec(spec, name, options, had, "legacy")
 
 
 def flow_label(row: dict) -> dict:
@@ -297,14 +303,22 @@ def flow_label(row: dict) -> dict:
     flow = row.get("flow") or ""
     recorded = {"mixing": flow.partition("=")[2]} if flow.startswith("mixing=") else {}
     had = flow_had(name, options, recorded)
+    run = (row["task"], row["budget"], row["rounds"], row["seed"])
+    if had.get("gaussian_baseline") is False and refused_here(run, name, options):
+        had["gaussian_baseline"] = "auto"
     spec = flow_spec(row["method"], name, options, had, "current")
     if spec == row["method"]:
         return row
     return {**row, "method": spec, "method_as_run": row.get("method_as_run", row["method"])}
 
 
+def rounds_of(spec: str, args) -> int:
+    name, options = parse(spec)
+    return options.get("num_rounds", 1 if name == "simgen_npe" else args.rounds)
+
+
 def cell_path(task: str, budget: int, spec: str, index: int, seed: int, args) -> Path:
-    spec = as_run(spec)
+    spec = as_run(spec, (task, budget, rounds_of(spec, args), seed))
     name = parse(spec)[0]
     _, xs = harness.observations(task, "report", index + 1)
     digest = hashlib.sha256(
@@ -326,9 +340,7 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     runner = run_sbi if name.startswith("sbi") else run_simgen
     torch.manual_seed(seed)
     row = {"task": task_name, "budget": budget, "method": spec, "observation": index}
-    row.update(
-        seed=seed, rounds=options.get("num_rounds", 1 if name == "simgen_npe" else args.rounds)
-    )
+    row.update(seed=seed, rounds=rounds_of(spec, args))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -371,11 +383,15 @@ def cached_rows(args) -> list[dict]:
     codes = {_code_key("sbi"), _code_key("simgen"), *EQUIVALENT}
     if args.codes:
         codes = {_code_key("sbi"), *args.codes.split(",")}
-    rows = []
+    rows, seen = [], set()
     for path in sorted(CACHE.glob("*/*.json")):
         row = json.loads(path.read_text())
         if row["code"] in codes or args.any_code:
-            rows.append(flow_label(as_current(row)))
+            row = flow_label(as_current(row))
+            run = tuple(row[k] for k in ("task", "budget", "method", "observation", "seed"))
+            if run not in seen:  # one run per row and (observation, seed)
+                seen.add(run)
+                rows.append(row)
     return rows
 
 
@@ -460,7 +476,9 @@ def main() -> None:
             for index in range(args.first_observation, args.observations):
                 for task_name in args.tasks.split(","):
                     x_o = harness.observations(task_name, "report", index + 1)[1][index]
-                    for spec in map(as_run, args.methods.split(",")):
+                    for spec in args.methods.split(","):
+                        run = (task_name, args.budget, rounds_of(spec, args), seed)
+                        spec = as_run(spec, run)
                         path = cell_path(task_name, args.budget, spec, index, seed, args)
                         if path.exists():
                             continue

@@ -60,6 +60,42 @@ def flow_spec(spec: str, name: str, options: dict, had: dict, against: str) -> s
     return spec if out == options else format_spec(name, out)
 
 
+@functools.cache
+def baseline_refused(task_name: str, budget: int, rounds: int, seed: int, support: str) -> bool:
+    """Whether NSF's ``gaussian_baseline="auto"`` turns the baseline off on round 1 of a run
+    (its ``simgen.simulate(..., seed=round_seed(seed, 1))`` simulations, set up as
+    ``NPE.fit`` does). The flow is then the one without the baseline (the same weights: it
+    draws no random numbers), and warm-started rounds load round 1's decision with its
+    weights, so a warm-started ``gaussian_baseline=false`` run computes as the ``"auto"``
+    one."""
+    import simgen
+    from benchmarks import harness
+    from simgen.estimators.registry import build_estimator
+    from simgen.priors import support_transform
+    from simgen.sequential.rounds import round_seed, split_budget
+
+    task = harness.load_task(task_name)
+    n = split_budget(budget, rounds)[0]
+    sims = simgen.simulate(task.simulator, task.prior, n, seed=round_seed(seed, 1))
+    u = sims.theta if support == "reject" else support_transform(task.prior).inv(sims.theta)
+    with torch.random.fork_rng(devices=[]):
+        flow = build_estimator("nsf", u.shape[-1], sims.x.shape[1:], gaussian_baseline="auto")
+    flow.fit_standardization(u, sims.x)
+    return not flow.uses_baseline
+
+
+def refused_here(run: tuple, name: str, options: dict) -> bool:
+    """Whether the current nsf default ``gaussian_baseline="auto"`` computes a warm-started
+    nsf run (task, budget, rounds, seed) as without the baseline (:func:`baseline_refused`
+    on its round 1; ``results_sequential.md`` checks one run bit for bit)."""
+    if family_of(name, options) != "nsf" or not options.get("warm_start", True):
+        return False
+    if flow_defaults("nsf")[1].get("gaussian_baseline") != "auto":
+        return False
+    support = options.get("support", estimator_class("nsf").npe_support)
+    return baseline_refused(*run, support)
+
+
 def flow_had(name: str, options: dict, recorded: dict | None = None) -> dict:
     """The flow options a run of (``name``, ``options``) trained: the spec's, else
     ``recorded`` (what the run took by default, as cached), else the current defaults

@@ -362,21 +362,48 @@ def test_benchmark_names_the_flow_options_a_run_differs_in():
     # a change of NPE's default flow starts new runs, and older runs stay apart under a
     # label that reproduces them.
     from benchmarks.bench_sequential import as_run, flow_label
-    from simgen.estimators.flows import NSF
+    from benchmarks.sequential_tables import flow_defaults
 
-    current = NSF(2, (2,)).options["mixing"]
-    assert current != "none"  # the nsf default has a mixing layer the older runs lacked
-    assert as_run("simgen_tsnpe") == f'simgen_tsnpe:mixing="{current}"'
-    assert as_run('simgen_tsnpe:mixing="none";num_rounds=8') == "simgen_tsnpe:num_rounds=8"
+    legacy, current = flow_defaults("nsf")
+    assert current["mixing"] != "none"  # the nsf default has a mixing layer older runs lacked
+    assert f'mixing="{current["mixing"]}"' in as_run("simgen_tsnpe")
+    assert as_run('simgen_tsnpe:mixing="none";gaussian_baseline=false;num_rounds=8') == (
+        "simgen_tsnpe:num_rounds=8"
+    )
     assert as_run(as_run("simgen_tsnpe")) == as_run("simgen_tsnpe")
     assert as_run('simgen_tsnpe:estimator="maf"') == 'simgen_tsnpe:estimator="maf"'
     assert as_run("sbi_snpec") == "sbi_snpec"
-    old = {"method": "simgen_tsnpe:num_rounds=8", "code": "c"}
-    assert flow_label(old)["method"] == 'simgen_tsnpe:mixing="none";num_rounds=8'
-    assert flow_label(old)["method_as_run"] == "simgen_tsnpe:num_rounds=8"
-    new = {"method": as_run("simgen_tsnpe"), "code": "c"}
-    assert flow_label(new)["method"] == "simgen_tsnpe"
-    recorded = {"method": "simgen_tsnpe", "flow": f"mixing={current}", "code": "c"}
-    assert flow_label(recorded)["method"] == "simgen_tsnpe"
-    maf = {"method": 'simgen_tsnpe:estimator="maf"', "flow": "mixing=none", "code": "c"}
+    old = {"method": "simgen_tsnpe:warm_start=false", "code": "c", "task": "t", "budget": 1}
+    old.update(rounds=4, seed=0)
+    assert flow_label(old)["method"] == format_label({**legacy, "warm_start": False}, current)
+    assert flow_label(old)["method_as_run"] == "simgen_tsnpe:warm_start=false"
+    new = {**old, "method": as_run("simgen_tsnpe:warm_start=false")}
+    assert flow_label(new)["method"] == "simgen_tsnpe:warm_start=false"
+    maf = {**old, "method": 'simgen_tsnpe:estimator="maf"', "flow": "mixing=none"}
     assert flow_label(maf) == maf
+
+
+def format_label(had: dict, current: dict) -> str:
+    from benchmarks.sequential_tables import format_spec
+
+    return format_spec("simgen_tsnpe", {k: v for k, v in had.items() if current.get(k) != v})
+
+
+def test_benchmark_auto_baseline_refused_counts_as_none():
+    # gaussian_baseline="auto" that round 1 refuses trains the flow without the baseline
+    # (results_sequential.md checks one run bit for bit), so such a warm-started run shares
+    # the key of the run without it; where auto keeps the baseline (gaussian_linear) it
+    # does not (the control).
+    from benchmarks.bench_sequential import as_run
+    from benchmarks.sequential_tables import baseline_refused, flow_defaults
+
+    if flow_defaults("nsf")[1]["gaussian_baseline"] != "auto":
+        pytest.skip("nsf's default baseline is not 'auto'")
+    assert baseline_refused("bernoulli_glm", 1000, 4, 0, "reject")
+    assert not baseline_refused("gaussian_linear", 1000, 4, 0, "reject")
+    refused = as_run("simgen_tsnpe", ("bernoulli_glm", 1000, 4, 0))
+    assert "gaussian_baseline" not in refused and 'mixing="lu"' in refused
+    kept = as_run("simgen_tsnpe", ("gaussian_linear", 1000, 4, 0))
+    assert 'gaussian_baseline="auto"' in kept
+    cold = as_run("simgen_tsnpe:warm_start=false", ("bernoulli_glm", 1000, 4, 0))
+    assert 'gaussian_baseline="auto"' in cold  # refits decide each round anew
