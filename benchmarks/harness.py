@@ -403,8 +403,14 @@ def main() -> None:
         help="samples per half: C2ST between the two halves of each --references reference",
     )
     parser.add_argument("--indices", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--sampler-defaults",
+        action="store_true",
+        help="run each task's reference sampler with its own defaults, not REFERENCE_OPTIONS",
+    )
     args = parser.parse_args()
     for name in args.tasks.split(","):
+        options = None if args.sampler_defaults else REFERENCE_OPTIONS.get(name)
         if args.make_observations:
             OBSERVATIONS.mkdir(exist_ok=True)
             torch.save(make_observations(name), OBSERVATIONS / f"{name}.pt")
@@ -415,8 +421,7 @@ def main() -> None:
                   "ESS | repeats |\n|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
             for i in indices:
                 a = reference_agreement(
-                    name, args.references, i, args.samples, args.agreement,
-                    options=REFERENCE_OPTIONS.get(name),
+                    name, args.references, i, args.samples, args.agreement, options=options
                 )  # fmt: skip
                 extra = f"{a['ess']:.0f} | {a['repeats']:.2f}" if "ess" in a else "iid | 0"
                 print(
@@ -426,9 +431,7 @@ def main() -> None:
                 )
         elif args.references:
             for i in range(len(observations(name, args.references)[1])):
-                ref = reference(
-                    name, args.references, i, args.samples, options=REFERENCE_OPTIONS.get(name)
-                )
+                ref = reference(name, args.references, i, args.samples, options=options)
                 print(
                     f"{name} {args.references}[{i}] {ref['cpu_seconds']:.1f} CPU s {ref['check']}",
                     flush=True,
