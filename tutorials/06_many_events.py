@@ -246,9 +246,10 @@ for what, seconds in timings.items():
 #   `simgen.estimators.compose` shrink it there. On the conjugate model its mean error at 100
 #   trials is 0.2 posterior sds (`tests/test_iid_slow.py`); at 1,000 events the same
 #   per-event error weighs about three times as much. Watch its coverage. The composition
-#   also assumes one per-event posterior covariance for every event: where that width moves
-#   with x (two exponential rates on a box in `benchmarks/results_iid.md`) it fails outright,
-#   and NLE is the route.
+#   also stands a Gaussian in for each per-event posterior (by default with one covariance
+#   for every event; `trial_precision="per_trial"` gives each its own): where the per-event
+#   posteriors are skewed and truncated (two exponential rates on a box in
+#   `benchmarks/results_iid.md`) it fails outright either way, and NLE is the route.
 # - **Set-NPE** pays at simulation time (sets of up to `MAX_EVENTS` events) and is then
 #   amortised: one network pass per observation for any n up to `MAX_EVENTS`, and it refuses
 #   larger sets rather than extrapolate. Trained on 2,000 sets, its posterior at 100 events is
