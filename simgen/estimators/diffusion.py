@@ -90,8 +90,8 @@ and ``benchmarks/results_families.md``):
   near-Gaussian posterior whose width varies with x (bernoulli_glm: C2ST 0.743 against
   0.866), and with ``precondition=True`` for a posterior with a narrow core, which the
   whitened input resolves (gaussian_mixture: 0.654 against 0.745). Neither is the default:
-  each loses on the other task and on slcp (``benchmarks/results_report_generative.md``,
-  tuning set).
+  neither is best on both tasks, both lose slcp, and each was measured on one training seed
+  (``benchmarks/results_report_generative.md``, tuning set).
 * Training (``train_defaults``): learning rate 3e-3, at least 100 epochs (the
   zero-initialised network starts at the baseline, which the first noisy epochs often do
   not beat) and patience 39: on two_moons' tuning observations at 1,000 simulations it
