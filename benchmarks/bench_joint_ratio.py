@@ -220,15 +220,15 @@ def references(num_obs: int, set_name: str = "report") -> tuple[torch.Tensor, li
     return xs[:num_obs], refs
 
 
-def cell(xs, refs, run, variant: str, n: int, seed: int) -> dict:
+def cell(xs, refs, run, variant: str, n: int, seed: int, fit_cell=None, name=None) -> dict:
     """C2ST per observation, training CPU seconds and epochs of one (variant, budget, seed),
-    cached."""
+    cached; ``fit_cell(variant, run, n, seed)`` and ``name`` let a study reuse it."""
     key = hashlib.sha256(xs.double().numpy().tobytes()).hexdigest()[:10]
-    path = CELLS / f"{CELL_NAMES.get(variant, variant)}-n{n}-s{seed}-{key}.json"
+    path = CELLS / f"{name or CELL_NAMES.get(variant, variant)}-n{n}-s{seed}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     start = time.process_time()
-    posterior = fit(shower, variant, run, n, seed)
+    posterior = (fit_cell or (lambda *a: fit(shower, *a)))(variant, run, n, seed)
     train = time.process_time() - start
     start = time.process_time()
     with warnings.catch_warnings():

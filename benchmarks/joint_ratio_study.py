@@ -40,11 +40,8 @@ replace the section "What limits nrec_soft" of ``benchmarks/results_joint_ratio.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import sys
-import time
 import warnings
 
 import torch
@@ -53,7 +50,6 @@ from torch import nn
 import simgen
 from benchmarks import bench_joint_ratio as bench
 from benchmarks import warm_up_torch
-from simgen.diagnostics.c2st import c2st
 from simgen.losses.ratio import NRECLoss, SoftNRECLoss, _marginal_thetas
 from simgen.mcmc_posterior import MCMCPosterior
 from simulators import particle_shower as shower
@@ -184,26 +180,7 @@ def cell(xs, refs, run, variant: str, n: int, seed: int) -> dict:
     variants of ``bench_joint_ratio`` go through its own cells."""
     if variant not in STUDY:
         return bench.cell(xs, refs, run, variant, n, seed)
-    key = hashlib.sha256(xs.double().numpy().tobytes()).hexdigest()[:10]
-    path = bench.CELLS / f"study-{variant}-n{n}-s{seed}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    start = time.process_time()
-    posterior = fit(variant, run, n, seed)
-    train = time.process_time() - start
-    start = time.process_time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        samples = posterior.sample_batched((bench.POSTERIOR_DRAWS,), xs, seed=seed)
-    sample = time.process_time() - start
-    scores = [float(c2st(samples[:, b], ref, seed=0)) for b, ref in enumerate(refs)]
-    history = posterior.history
-    out = {"c2st": scores, "train_s": train, "sample_s": sample}
-    out.update(epochs=history.epochs, best_epoch=history.best_epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
-    print(n, seed, variant, [round(s, 3) for s in scores], f"{train:.1f}+{sample:.1f}", flush=True)
-    return out
+    return bench.cell(xs, refs, run, variant, n, seed, fit_cell=fit, name=f"study-{variant}")
 
 
 def _references(variants) -> int:
