@@ -12,11 +12,12 @@ The observations (with their true θ and the seeds that drew them) are stored in
 ``reference_posterior`` (closed form, grid or MCMC) and are cached in
 ``benchmarks/.cache/references/`` (gitignored), keyed by task, set, index, sample count, seed
 and a hash of the task's source and of the observation, so a changed simulator or reference
-sampler is recomputed rather than reused. Each cached reference stores its CPU cost and the
-result of :func:`check_reference`. A table's references hold ``REFERENCE_SAMPLES`` draws, or
-fewer for a task in :data:`REFERENCE_CAPS` (:func:`reference_samples`), drawn with the task's
+sampler is recomputed rather than reused; on a fresh checkout ``python -m benchmarks.harness
+--references <set>`` computes them. Each cached reference stores its CPU cost and the result
+of :func:`check_reference`. A table's references hold ``REFERENCE_SAMPLES`` draws, or fewer
+for a task in :data:`REFERENCE_CAPS` (:func:`reference_samples`), drawn with the task's
 :data:`REFERENCE_OPTIONS`; a C2ST reads only the first draws of a reference, as many as it
-compares.
+compares. Result cells are tracked in :data:`CELLS` (:mod:`benchmarks.cell_files`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "SETS",
     "NUM_OBSERVATIONS",
     "CACHE",
+    "CELLS",
     "load_task",
     "observations",
     "make_observations",
@@ -81,6 +83,9 @@ REFERENCE_CAPS = {"particle_shower": 1_000}
 REFERENCE_OPTIONS: dict[str, dict] = {"particle_shower": {"thin": 16}}
 OBSERVATIONS = Path(__file__).with_name("observations")
 CACHE = Path(__file__).with_name(".cache")
+#: Tracked home of every benchmark's result cells, ``benchmarks/cells/<kind>/``: committed
+#: with the tables they produce (:mod:`benchmarks.cell_files`); references stay in ``CACHE``.
+CELLS = Path(__file__).with_name("cells")
 
 #: Chains run by each MCMC reference for ``n`` samples (the rule in the task's module), so
 #: the samples can be cut back into chains for split-R̂.
