@@ -8,11 +8,11 @@ methods they are compared with (:data:`BASELINES`); ``name:key=json;key=json`` a
 
 :func:`evaluate_cell` runs one (task, budget, method, seed) cell: it trains on the given
 simulations, draws ``num_samples`` at every observation of a set and scores each against the
-observation's cached reference. Cells are cached as JSON in ``benchmarks/.cache/cells/``,
-keyed by everything that determines them (task source, observation data, method spec, the
-simgen source or the sbi version), so a long run resumes where it stopped and a changed
-default recomputes its cells. :func:`summarise` and :func:`table` turn cells into the
-task × budget × method table.
+observation's cached reference. Cells are kept as JSON in ``benchmarks/cells/evaluation/``
+(tracked, :mod:`benchmarks.cell_files`), keyed by everything that determines them (task
+source, observation data, method spec, the simgen source or the sbi version), so a long run
+resumes where it stopped and a changed default recomputes its cells. :func:`summarise` and
+:func:`table` turn cells into the task × budget × method table.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import simgen
-from benchmarks import harness
+from benchmarks import cell_files, harness
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
 
@@ -215,7 +215,7 @@ def _cell_path(
     digest.update(xs.double().contiguous().numpy().tobytes())
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
     name = f"{set_name}-n{budget}-{safe}-s{seed}-{digest.hexdigest()[:16]}-{_code_key(library)}"
-    return harness.CACHE / "cells" / task_name / f"{name}.json"
+    return cell_files.cells("evaluation") / task_name / f"{name}.json"
 
 
 def cached_cell(
@@ -239,13 +239,14 @@ def cached_cell(
         task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples,
         reference_options,
     )  # fmt: skip
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cell := cell_files.read_cell(path)) is not None:
+        return cell
     if any_code:
         stem = path.name.rsplit("-", 2)[0]
         found = sorted(path.parent.glob(f"{stem}-*.json"), key=lambda f: f.stat().st_mtime)
-        if found:
-            return json.loads(found[-1].read_text())
+        for other in reversed(found):
+            if (cell := cell_files.read_cell(other)) is not None:
+                return cell
     return None
 
 
@@ -277,8 +278,8 @@ def evaluate_cell(
         task_name, set_name, budget, spec, seed, num_samples, num_obs, reference_samples,
         reference_options,
     )  # fmt: skip
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cached := cell_files.read_cell(path)) is not None:
+        return cached
     task = harness.load_task(task_name)
     _, xs = harness.observations(task_name, set_name, num_obs)
     if num_samples > reference_samples:
@@ -323,8 +324,7 @@ def evaluate_cell(
             cell["c2st"] = scores
     except Exception as exc:  # a failing method is a result to report, not a crash
         cell["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cell, indent=1))
+    cell_files.write_cell(path, cell, indent=1)
     return cell
 
 

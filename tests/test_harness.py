@@ -27,8 +27,9 @@ def _quick_c2st(p, q, seed=0):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    """Cells and references go to a temporary cache, not the repository's."""
+    """Cells and references go to temporary folders, not the repository's."""
     monkeypatch.setattr(harness, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(harness, "CELLS", tmp_path / "cells")
     return tmp_path / "cache"
 
 
@@ -124,7 +125,7 @@ def test_harness_end_to_end_scores_wrong_and_right_posteriors(cache, monkeypatch
     assert abs(float(cells["test_exact"][4]) - 0.5) < 0.07
     assert "(#" in cells["test_exact"][6]
     # Every cell is cached: a second run computes nothing and writes the same table.
-    files = sorted((cache / "cells").rglob("*.json"))
+    files = sorted(harness.CELLS.rglob("*.json"))
     assert len(files) == 6
     before = {f: f.stat().st_mtime_ns for f in files}
     bench_report.main(argv)
@@ -157,7 +158,7 @@ def test_cached_only_writes_the_table_without_computing(cache, tmp_path):
          "--cached-only", "--out", str(out)]
     )  # fmt: skip
     assert "| two_moons | 100 | npe | 0 | not run |" in out.read_text()
-    assert not cache.exists()
+    assert not cache.exists() and not harness.CELLS.exists()
 
 
 def test_cpu_budget_stops_new_cells_and_names_them(cache, monkeypatch, tmp_path):
@@ -176,7 +177,7 @@ def test_cpu_budget_stops_new_cells_and_names_them(cache, monkeypatch, tmp_path)
     text = out.read_text()
     assert "not run: two_moons n=100 test_prior seed 1." in text
     assert "| two_moons | 100 | test_prior | 1 |" in text  # seed 0, from the cache
-    assert len(list((cache / "cells").rglob("*.json"))) == 1
+    assert len(list(harness.CELLS.rglob("*.json"))) == 1
     bench_report.main([*argv, "--seeds", "0", "1"])
     assert "| two_moons | 100 | test_prior | 2 |" in out.read_text()
 
