@@ -32,9 +32,10 @@ from 1k simulations), so ``results_iid.md`` runs it at n = 10 only (``--trials 1
 
 Per cell: CPU seconds (``time.process_time``, ``OMP_NUM_THREADS=1``) to train, and to draw
 1,000 posterior samples at each observation (one ``sample`` call per observation, for
-simgen and sbi alike); C2ST of those 1,000 draws against 1,000 exact draws. Cells are cached
-in ``benchmarks/.cache/iid/`` (keyed by route, budget, seed and the library's code), so a
-rerun resumes; the table is rewritten from whatever cells exist.
+simgen and sbi alike); C2ST of those 1,000 draws against 1,000 exact draws. Cells are kept
+in ``benchmarks/cells/iid/`` (tracked, :mod:`benchmarks.cell_files`; keyed by route, budget,
+seed and the library's code), so a rerun resumes; the table is rewritten from whatever cells
+exist.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --model gauss \
         --budgets 1000 10000 --seeds 0 1 [--routes nle,nre,...] [--quick] [--table]
@@ -43,7 +44,6 @@ rerun resumes; the table is rewritten from whatever cells exist.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 import simgen
-from benchmarks import warm_up_torch
+from benchmarks import cell_files, warm_up_torch
 from benchmarks.evaluation import _code_key
 from benchmarks.iid_models import MODELS, Model
 from simgen.diagnostics.c2st import c2st
@@ -61,7 +61,7 @@ from simgen.nets import SetPooling
 
 HERE = Path(__file__).parent
 OUT = HERE / "results_iid.md"
-CACHE = HERE / ".cache" / "iid"
+CACHE = cell_files.cells("iid")
 D = 2
 TRIALS = (10, 100)
 NUM_SAMPLES = 1000
@@ -176,8 +176,8 @@ def run_cell(
     """One (route, budget, seed) cell at the numbers of trials ``trials`` (a subset of
     ``TRIALS`` for a route too slow for all of them), cached."""
     path = cell_path(model, route, budget, seed, quick, trials)
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cached := cell_files.read_cell(path)) is not None:
+        return cached
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sample, train_s, extras = train(model, route, budget, seed, 20 if quick else None)
@@ -192,8 +192,7 @@ def run_cell(
                 rows.append({"obs": k, "n": n, "c2st": score, "sample_s": sample_s})
     cell = {"route": route, "budget": budget, "seed": seed, "train_s": train_s, "rows": rows}
     cell.update(extras)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cell))
+    cell_files.write_cell(path, cell)
     print(
         f"{model.name} {route} N={budget} seed={seed} train {train_s:.1f}s "
         + " ".join(f"n={r['n']}:{r['c2st']:.3f}/{r['sample_s']:.1f}s" for r in rows),
@@ -315,8 +314,9 @@ def cached(model: Model, budgets: list[int], seeds: list[int]) -> list[dict]:
                 found = sorted(
                     CACHE.glob(f"{tag}{r}-n{b}-s{s}-*.json"), key=lambda p: p.stat().st_mtime
                 )
+                found = [c for c in map(cell_files.read_cell, found) if c is not None]
                 if found:
-                    cells.append(json.loads(found[-1].read_text()))
+                    cells.append(found[-1])
     return cells
 
 
