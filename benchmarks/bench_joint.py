@@ -15,8 +15,9 @@ runs the search configurations of :data:`CONFIGS` (and, for configuration ``C``,
 trained model sampled with 8 and 32 ODE steps); ``--set report`` runs :data:`REPORT`;
 ``--set cost`` times training epochs at the token counts of :data:`COST_TASKS` (or of
 ``--tasks`` when given), with the variants of :data:`COST_VARIANTS`.
-Each cell is cached in ``benchmarks/.cache/joint/`` (keyed by task, set, budget, spec,
-seed, observations), so a rerun resumes; delete a cell's file to recompute it. Each run
+Each cell is kept in ``benchmarks/cells/joint/`` (tracked, :mod:`benchmarks.cell_files`;
+keyed by task, set, budget, spec, seed, observations), so a rerun resumes; delete a cell's
+file to recompute it. Each run
 rewrites its own section of ``results_joint.md``.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import shlex
 import statistics
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import evaluation, harness, warm_up_torch
+from benchmarks import cell_files, evaluation, harness, warm_up_torch
 from simgen.diagnostics import c2st
 
 RESULTS = Path(__file__).with_name("results_joint.md")
-CACHE = harness.CACHE / "joint"
+CACHE = cell_files.cells("joint")
 DRAWS = 1000
 TIMED_DRAWS = 10_000
 
@@ -138,8 +138,8 @@ def cell(task_name: str, set_name: str, budget: int, spec: str, seed: int, num_o
     """Train ``spec`` on ``data`` and score it at the set's first ``num_obs`` observations
     (cached)."""
     path = _cell_path(task_name, set_name, budget, spec, seed, num_obs)
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cached := cell_files.read_cell(path)) is not None:
+        return cached
     task = harness.load_task(task_name)
     _, xs = harness.observations(task_name, set_name, num_obs)
     refs = [harness.reference(task_name, set_name, i)["samples"] for i in range(num_obs)]
@@ -178,8 +178,7 @@ def cell(task_name: str, set_name: str, budget: int, spec: str, seed: int, num_o
                 scores, per = _scores(posterior, xs, refs, seed)
                 out["steps"][str(k)] = {"c2st": scores, "sample_s_per_1000": per}
             est.solver = default
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    cell_files.write_cell(path, out, indent=1)
     return out
 
 
