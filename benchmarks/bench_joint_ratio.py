@@ -21,8 +21,8 @@ variants at the largest budget only. Accuracy is C2ST
 (``simgen.diagnostics.c2st``) of 1,000 posterior draws against 1,000 of the
 ``benchmarks.harness.reference`` draws of the first ``--obs`` observations of a set: the
 variants are screened on the *tuning* set (``--screen``), the grid runs on the *report* set.
-Cells (variant, budget, seed, observations) are cached in
-``benchmarks/.cache/joint_ratio/cells``, so a rerun resumes. sbi has no joint-ratio loss, so
+Cells (variant, budget, seed, observations) are kept in ``benchmarks/cells/joint_ratio/``
+(tracked, :mod:`benchmarks.cell_files`), so a rerun resumes. sbi has no joint-ratio loss, so
 the comparison is within simgen. CPU seconds (``time.process_time``) per fit, one thread.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_joint_ratio --budgets 1000,2000,3300 \
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import time
 import warnings
@@ -49,15 +48,15 @@ from pathlib import Path
 import torch
 
 import simgen
-from benchmarks import warm_up_torch
-from benchmarks.harness import CACHE, observations, reference
+from benchmarks import cell_files, warm_up_torch
+from benchmarks.harness import observations, reference
 from simgen.diagnostics.c2st import c2st
 from simgen.simulate import run_simulator
 from simgen.simulations import Simulations
 from simulators import particle_shower as shower
 
 OUT = Path(__file__).with_name("results_joint_ratio.md")
-CELLS = CACHE / "joint_ratio" / "cells"
+CELLS = cell_files.cells("joint_ratio")
 REFERENCE_DRAWS, POSTERIOR_DRAWS = 2000, 1000
 #: loss name → the extras it reads (all need ``from_reference``).
 AUGMENTED = {
@@ -225,8 +224,8 @@ def cell(xs, refs, run, variant: str, n: int, seed: int, fit_cell=None, name=Non
     cached; ``fit_cell(variant, run, n, seed)`` and ``name`` let a study reuse it."""
     key = hashlib.sha256(xs.double().numpy().tobytes()).hexdigest()[:10]
     path = CELLS / f"{name or CELL_NAMES.get(variant, variant)}-n{n}-s{seed}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cached := cell_files.read_cell(path)) is not None:
+        return cached
     start = time.process_time()
     posterior = (fit_cell or (lambda *a: fit(shower, *a)))(variant, run, n, seed)
     train = time.process_time() - start
@@ -239,8 +238,7 @@ def cell(xs, refs, run, variant: str, n: int, seed: int, fit_cell=None, name=Non
     history = posterior.history
     out = {"c2st": scores, "train_s": train, "sample_s": sample}
     out.update(epochs=history.epochs, best_epoch=history.best_epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+    cell_files.write_cell(path, out)
     print(n, seed, variant, [round(s, 3) for s in scores], f"{train:.1f}+{sample:.1f}", flush=True)
     return out
 
