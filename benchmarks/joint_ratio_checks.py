@@ -10,12 +10,12 @@ each row weighted by :math:`1/(1 + \\hat r)^2` (θ₁ rows) or :math:`1/(1 + 1/\
 rows), the predictions detached (a weight of (θ, x) alone keeps the minimiser), and ``log``
 regresses :math:`\\log r(x, z)` (biased: its minimiser is :math:`\\mathbb E[\\log r(x, z)\\mid
 x]`). :func:`rescore_rows` times M references re-scored in one pass against re-simulating.
-Run through ``python -m benchmarks.bench_joint_ratio``.
+Its cells go with ``bench_joint_ratio``'s (``benchmarks/cells/joint_ratio/``). Run through
+``python -m benchmarks.bench_joint_ratio``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -23,6 +23,7 @@ import time
 import torch
 
 import simgen
+from benchmarks import cell_files
 from simgen.joint_ratio import PriorReferences
 from simgen.losses.ratio import ReferenceRatioLoss
 from simgen.simulate import run_simulator
@@ -99,7 +100,7 @@ def chain_rows(n: int, seeds: int) -> list[str]:
     from benchmarks.bench_joint_ratio import CELLS, bootstrap, fit, simulations, soft_count
 
     older = CELLS / f"chain-n{n}-seeds5.json"  # the losses whose definitions are unchanged
-    older = json.loads(older.read_text()) if older.exists() else {}
+    older = cell_files.read_cell(older) or {}
     kls: dict[str, list[float]] = {name: [] for name in CHAIN_VARIANTS}
     for seed in range(seeds):
         sims = None
@@ -108,16 +109,15 @@ def chain_rows(n: int, seeds: int) -> list[str]:
                 kls[name].append(older[name][seed])
                 continue
             path = CELLS / f"chain-{name}-n{n}-s{seed}.json"
-            if path.exists():
-                kls[name].append(json.loads(path.read_text())["kl"])
+            if (cached := cell_files.read_cell(path)) is not None:
+                kls[name].append(cached["kl"])
                 continue
             count = soft_count(loss for loss, _ in CHAIN_VARIANTS.values())
             sims = simulations(chain, n, seed, references=count) if sims is None else sims
             nre_class = simgen.NRE if form is None else _form_nre(form)
             post = fit(chain, loss, sims, n, seed, x_shape=(1,), nre_class=nre_class)
             kls[name].append(chain.posterior_kl(post))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"kl": kls[name][-1], "epochs": post.history.epochs}))
+            cell_files.write_cell(path, {"kl": kls[name][-1], "epochs": post.history.epochs})
             print("chain", seed, name, round(kls[name][-1], 3), flush=True)
     rows = [
         "## The latent chain (closed-form posterior)",
@@ -308,14 +308,11 @@ def rescore_rows(n: int = 4000, counts=(1, 4, 9, 19), reps: int = 3) -> list[str
     from benchmarks.bench_joint_ratio import CELLS
 
     path = CELLS / f"rescore-n{n}-m{'_'.join(map(str, counts))}-r{reps}.json"
-    if path.exists():
-        measured = json.loads(path.read_text())
-    else:
+    if (measured := cell_files.read_cell(path)) is None:
         measured = {}
         for name, task in (("latent chain", chain), ("particle_shower", shower)):
             measured[name] = _rescore_times(task, n, counts, reps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(measured))
+        cell_files.write_cell(path, measured)
     out = [
         "## Re-scoring against re-simulating: the CPU cost of M references",
         "",
