@@ -33,7 +33,7 @@ nrec_soft-k10,soft-k10-wd1e-3,soft-k10-lr1e-3
 ``--base`` (``nrec_soft-k10``) and the grid's ``nrec_soft-k10`` are ``bench_joint_ratio``'s
 cached cells.
 
-Cells are cached in ``benchmarks/.cache/joint_ratio/cells`` (``study-`` names); the tables
+Cells are kept in ``benchmarks/cells/joint_ratio/`` (``study-`` names); the tables
 replace the section "What limits nrec_soft" of ``benchmarks/results_joint_ratio.md``.
 """
 
