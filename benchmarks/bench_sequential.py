@@ -32,7 +32,7 @@ under :func:`flow_label` (naming those that differ from the current defaults):
 - ``sbi_snle``: sbi's SNLE, the previous round's MCMC posterior as the proposal.
 
 Every sequential method splits the budget equally over ``--rounds`` (4) rounds. Each run is
-cached as JSON in ``benchmarks/.cache/sequential/<task>/`` keyed by the run, the spec, the
+kept as JSON in ``benchmarks/cells/sequential/<task>/`` (tracked) keyed by the run, the spec, the
 sample count, the observation and the code (sbi's version or a hash of simgen's source), so
 the script can be stopped at any time and rerun: it skips finished runs and rewrites the
 table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) and
@@ -66,7 +66,7 @@ from pathlib import Path
 import torch
 
 import simgen
-from benchmarks import evaluation, harness, warm_up_torch
+from benchmarks import cell_files, evaluation, harness, warm_up_torch
 from benchmarks.sequential_regions import glm_round_one, round_one_regions, true_regions
 from benchmarks.sequential_tables import (
     family_of,
@@ -84,7 +84,7 @@ from simgen.sequential import HPDRegion, TruncatedPrior
 from simgen.sequential.rounds import round_seed, split_budget
 
 OUT = Path(__file__).with_name("results_sequential.md")
-CACHE = harness.CACHE / "sequential"
+CACHE = cell_files.cells("sequential")
 #: Posterior draws behind sbi's TSNPE threshold: simgen's ``REGION_DRAWS``, not sbi's default
 #: 10⁶ (10⁶ leakage-rejected draws of a 10-D posterior took ~25 minutes a round).
 THRESHOLD_DRAWS = 20_000
@@ -384,8 +384,7 @@ def cached_rows(args) -> list[dict]:
     if args.codes:
         codes = {_code_key("sbi"), *args.codes.split(",")}
     rows, seen = [], set()
-    for path in sorted(CACHE.glob("*/*.json")):
-        row = json.loads(path.read_text())
+    for row in filter(None, map(cell_files.read_cell, sorted(CACHE.glob("*/*.json")))):
         if row["code"] in codes or args.any_code:
             row = flow_label(as_current(row))
             run = tuple(row[k] for k in ("task", "budget", "method", "observation", "seed"))
@@ -480,12 +479,11 @@ def main() -> None:
                         run = (task_name, args.budget, rounds_of(spec, args), seed)
                         spec = as_run(spec, run)
                         path = cell_path(task_name, args.budget, spec, index, seed, args)
-                        if path.exists():
+                        if cell_files.read_cell(path) is not None:
                             continue
                         row = one(task_name, args.budget, spec, index, x_o, seed, args)
                         print(json.dumps(row), flush=True)
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        path.write_text(json.dumps(row, indent=1))
+                        cell_files.write_cell(path, row, indent=1)
     write_markdown(cached_rows(args))
 
 
