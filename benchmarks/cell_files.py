@@ -97,5 +97,9 @@ def write_cell(path: Path, cell: dict, indent: int | None = None) -> None:
     """Write ``cell`` as JSON at ``path`` atomically: a temporary file, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cell, indent=indent))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(cell, indent=indent))
+        os.replace(tmp, path)
+    except BaseException:  # an interrupted write leaves neither a truncated cell nor its temp
+        tmp.unlink(missing_ok=True)
+        raise
