@@ -17,7 +17,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, ConvergenceWarning
+from .stopping import GROUPS, Batch, GainTest, unit_losses
+from .stopping import mean_loss as _mean_loss
 
 if TYPE_CHECKING:
     from .streaming import Stream
@@ -70,6 +72,12 @@ class TrainConfig:
         ema: Decay ``b`` of an exponential moving average of the weights,
             ``w_avg <- b * w_avg + (1 - b) * w`` after every step (0 disables). Validation,
             early stopping and the returned weights then use ``w_avg``.
+        min_gain_se: ``k``: a new best validation loss restarts the patience count only if
+            it is below the last counted one's by more than ``k`` standard errors of the
+            paired per-row difference, a one-sided test at level ``1 - Phi(k)`` (maths and
+            measurements in :mod:`simgen.stopping`). The learning-rate decay, the weights
+            kept (the lowest validation loss's) and so the whole path up to the stop are
+            those of ``k = 0``, the default, which counts every new best.
     """
 
     batch_size: int = 256
@@ -86,6 +94,7 @@ class TrainConfig:
     min_epochs: int = 1
     min_steps: int = 0
     ema: float = 0.0
+    min_gain_se: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -137,6 +146,13 @@ class TrainConfig:
         need(
             isinstance(self.ema, (int, float)) and 0 <= self.ema < 1,
             f"ema must be in [0, 1), got {self.ema!r}.",
+        )
+        need(
+            isinstance(self.min_gain_se, (int, float))
+            and not isinstance(self.min_gain_se, bool)
+            and 0 <= self.min_gain_se < math.inf,
+            f"min_gain_se must be a finite number >= 0 (standard errors), got "
+            f"{self.min_gain_se!r}.",
         )
         need(
             self.seed is None or _is_int(self.seed),
@@ -259,22 +275,6 @@ def _snapshot(module: nn.Module) -> dict:
     }
 
 
-Batch = tuple[Tensor, Tensor, dict[str, Tensor]]
-
-
-@torch.no_grad()
-def _mean_loss(loss: nn.Module, parts: Iterable[Batch], chunk: int) -> float:
-    """The mean of ``loss`` over the rows of ``parts``, evaluated ``chunk`` rows at a time."""
-    total, count = 0.0, 0
-    for theta, x, extras in parts:
-        for start in range(0, len(theta), chunk):
-            part = slice(start, start + chunk)
-            rows = {k: v[part] for k, v in extras.items()}
-            total += float(loss(theta[part], x[part], **rows)) * len(theta[part])
-            count += len(theta[part])
-    return total / max(count, 1)
-
-
 class _InMemory:
     """The seeded split of tensors in memory and its shuffled minibatches."""
 
@@ -385,8 +385,10 @@ def fit(
     average = _WeightAverage(params, config.ema) if config.ema > 0 else None
     history = History()
     best_state = _snapshot(loss)
-    since_best, total_steps = 0, 0
+    since_best, since_gain, total_steps = 0, 0, 0  # epochs without a new best, counted one
     chunk = data.eval_rows
+    gain_test = GainTest(config.min_gain_se) if config.min_gain_se > 0 else None
+    group_rows = -(-data.num_validation // GROUPS) if data.num_validation else chunk
     bar = None
     if config.progress or (config.progress is None and sys.stderr.isatty()):
         from tqdm.auto import tqdm
@@ -412,7 +414,10 @@ def fit(
             loss.eval()
             if average is not None:
                 average.swap()  # validate (and keep) the averaged weights
-            val = _mean_loss(loss, data.validation(), chunk)
+            if gain_test is None:
+                val = _mean_loss(loss, data.validation(), chunk)
+            else:
+                units, weights, val = unit_losses(loss, data.validation(), chunk, group_rows)
             history.num_train, history.num_validation = data.num_train, data.num_validation
             history.train_loss.append(float(running) / max(steps, 1))
             history.validation_loss.append(val)
@@ -421,9 +426,10 @@ def fit(
             if improved:
                 history.best_validation_loss, history.best_epoch = val, epoch
                 best_state = _snapshot(loss)
-                since_best = 0
-            else:
-                since_best += 1  # epochs without improvement
+            since_best = 0 if improved else since_best + 1  # epochs without improvement
+            # Patience counts only new bests that beat the last counted one by k se.
+            counted = improved and (gain_test is None or gain_test(units, weights))
+            since_gain = 0 if counted else since_gain + 1
             if average is not None:
                 average.swap()  # back to the live weights to go on training
             total_steps += steps
@@ -437,7 +443,7 @@ def fit(
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(val_loss=f"{val:.4f}", best=history.best_epoch)
-            if since_best >= config.patience and not warm:
+            if since_gain >= config.patience and not warm:
                 history.stopped_early = True
                 break
     except KeyboardInterrupt:
