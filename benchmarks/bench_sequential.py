@@ -67,20 +67,29 @@ import torch
 
 import simgen
 from benchmarks import cell_files, evaluation, harness, warm_up_torch
-from benchmarks.sequential_regions import glm_round_one, round_one_regions, true_regions
+from benchmarks.sequential_regions import (
+    SWEEP,
+    Scorer,
+    final_round_refits,
+    glm_round_one,
+    round_one_regions,
+    true_regions,
+)
 from benchmarks.sequential_tables import (
+    RUN_KEY,
     family_of,
     flow_had,
     flow_spec,
     format_spec,
+    kept_round_lines,
     pairs_table,
+    recorded_runs,
     refused_here,
     rounds_table,
     table,
 )
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
-from simgen.sequential import HPDRegion, TruncatedPrior
 from simgen.sequential.rounds import round_seed, split_budget
 
 OUT = Path(__file__).with_name("results_sequential.md")
@@ -105,7 +114,7 @@ BASELINES = {
     "simgen_snle": "sbi_snle",
 }
 #: Options of a simgen spec that go to ``simgen.NPE`` (the rest go to ``simgen.sequential``).
-NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline")
+NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline", "hidden_features", "bins")
 #: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
 CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
 #: simgen codes whose sequential NPE computes as the current code's given these option
@@ -116,9 +125,6 @@ EQUIVALENT = {
     "seq-a48a993219de": {"warm_start": False, "nested": False},
     "seq-36db8813a67e": {"warm_start": False, "nested": False},
 }
-#: ε values of the per-round region sweep (the default 1e-4 and larger).
-SWEEP = (1e-4, 1e-3, 1e-2)
-REGION_DRAWS = 20_000
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
@@ -179,53 +185,6 @@ def sbi_prior(prior):
 
         return SbiBox(prior.low, prior.high)
     return prior
-
-
-class Scorer:
-    """Per-round diagnostics of a simgen run against the reference (the callback)."""
-
-    def __init__(self, reference: torch.Tensor, x_o, num_samples: int, per_round: bool):
-        self.reference, self.x_o = reference, x_o
-        self.num_samples, self.per_round = num_samples, per_round
-        self.rows: list[dict] = []
-        self.cpu = 0.0
-        self.flow: str | None = None
-
-    def __call__(self, record, posterior, proposal) -> None:
-        start = time.process_time()
-        row: dict = {"round": record.index, "acceptance": record.acceptance}
-        row["energy"] = record.energy_distance
-        if isinstance(proposal, TruncatedPrior):
-            inside = proposal.region.contains(self.reference.float())
-            row["next_mass"] = proposal.mass
-            row["reference_outside"] = 1 - float(inside.float().mean())
-        if isinstance(proposal, TruncatedPrior) and isinstance(proposal.region, HPDRegion):
-            row["epsilons"] = self.region_sweep(posterior)
-        if self.per_round:
-            draws = posterior.sample((self.num_samples,), x=self.x_o, seed=record.index)
-            row["c2st"] = float(c2st(self.reference, draws.reshape(self.num_samples, -1)))
-        self.rows.append(row)
-        self.cpu += time.process_time() - start
-
-    def region_sweep(self, posterior) -> dict:
-        """For each ε of :data:`SWEEP`: the prior mass of the HPD region at ε of this round's
-        posterior and the reference mass outside it (the same fit, no retraining)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            draws = posterior.sample((REGION_DRAWS,), x=self.x_o).reshape(REGION_DRAWS, -1)
-            prior = posterior.prior.sample((REGION_DRAWS,)).float()
-        region = HPDRegion(posterior, self.x_o, draws=draws)
-        log_q = region.log_q(draws)
-        log_q = torch.sort(log_q[torch.isfinite(log_q)]).values
-        at_prior, at_reference = region.log_q(prior), region.log_q(self.reference.float())
-        out = {}
-        for eps in SWEEP:
-            tau = log_q[int(eps * len(log_q))]
-            out[f"{eps:g}"] = {
-                "mass": float((at_prior >= tau).float().mean()),
-                "reference_outside": float((at_reference < tau).float().mean()),
-            }
-        return out
 
 
 def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
@@ -378,17 +337,19 @@ def as_current(row: dict) -> dict:
 
 
 def cached_rows(args) -> list[dict]:
-    """Every cached run of the current code (simgen's source hash, sbi's version) and of the
-    :data:`EQUIVALENT` codes, or of the simgen source hashes listed in ``--codes``."""
+    """Every run of the current code (simgen's source hash, sbi's version) and of the
+    :data:`EQUIVALENT` codes, or of the simgen source hashes listed in ``--codes``: its cell,
+    else its line of ``results_sequential.jsonl`` (:func:`recorded_runs`)."""
     codes = {_code_key("sbi"), _code_key("simgen"), *EQUIVALENT}
     if args.codes:
         codes = {_code_key("sbi"), *args.codes.split(",")}
     rows, seen = [], set()
-    for row in filter(None, map(cell_files.read_cell, sorted(CACHE.glob("*/*.json")))):
+    cells = filter(None, map(cell_files.read_cell, sorted(CACHE.glob("*/*.json"))))
+    for row in [*cells, *recorded_runs(OUT.with_suffix(".jsonl"))]:
         if row["code"] in codes or args.any_code:
             row = flow_label(as_current(row))
-            run = tuple(row[k] for k in ("task", "budget", "method", "observation", "seed"))
-            if run not in seen:  # one run per row and (observation, seed)
+            run = tuple(row[k] for k in RUN_KEY)
+            if run not in seen:  # one run per row and (observation, seed); cells first
                 seen.add(run)
                 rows.append(row)
     return rows
@@ -400,27 +361,27 @@ def baseline_of(spec: str) -> str:
 
 
 def write_markdown(rows: list[dict]) -> None:
-    body = [
-        START,
-        "",
-        *table(rows, baseline_of),
-        "",
-        "Per round (simgen):",
-        "",
-        *rounds_table(rows, SWEEP),
-        "",
-        END,
-    ]
+    """The table between the markers and the ``.jsonl`` (one line per run; the lines of
+    runs the table leaves out, e.g. with ``--codes``, stay). Per-round lines of runs known
+    only from the ``.jsonl`` stay as the table had them (:func:`kept_round_lines`)."""
     text = OUT.read_text() if OUT.exists() else f"# Sequential inference\n\n{START}\n{END}\n"
     if START not in text:
         text += f"\n{START}\n{END}\n"
     head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    OUT.write_text(head + "\n".join(body) + tail)
+    inside, _, tail = rest.partition(END)
+    old = inside.partition("Per round (simgen):")[2].strip().splitlines()[2:]
+    per_round = rounds_table(rows, SWEEP)
+    per_round[2:] = kept_round_lines(old, per_round[2:], rows)
+    body = [START, "", *table(rows, baseline_of), "", "Per round (simgen):", "", *per_round]
+    OUT.write_text(head + "\n".join([*body, "", END]) + tail)
     keys = ("task", "method", "observation", "seed", "budget", "rounds", "c2st", "cpu_s", "code")
     keys += ("method_as_run", "flow")
     runs = [{k: r.get(k) for k in keys} for r in rows]
-    OUT.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    listed = {tuple(r[k] for k in RUN_KEY) for r in runs}
+    path = OUT.with_suffix(".jsonl")
+    old_runs = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    runs += [r for r in old_runs if tuple(r[k] for k in RUN_KEY) not in listed]
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
 def main() -> None:
@@ -446,7 +407,17 @@ def main() -> None:
         help="family[-mixing]:simulations[:option=json;...],...",
     )
     parser.add_argument("--pairs", default="", help="print the per-run table of two specs a,b")
+    parser.add_argument("--final-refits", default="", help="warm|scratch|oracle[:opt=json;...] ...")
     args = parser.parse_args()
+    if args.final_refits:
+        torch.set_num_threads(1)
+        settings = [s.partition(":")[::2] for s in args.final_refits.split()]
+        settings = [(start, evaluation.parse_options(opts)) for start, opts in settings]
+        task, seed = args.tasks.split(",")[0], int(args.seeds.split(",")[0])
+        observations = list(range(args.first_observation, args.observations))
+        lines = final_round_refits(task, observations, seed, args.budget, args.rounds, settings)
+        print("\n".join(lines))
+        return
     if args.true_regions:
         print("\n".join(true_regions(args.observations, tasks=tuple(args.tasks.split(",")))))
         return

@@ -18,15 +18,20 @@ per flow, round-1 size and batch size, against its exact region (what sets the r
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 import simgen
 from benchmarks import harness, warm_up_torch
-from simgen.sequential import HPDRegion
+from simgen.diagnostics.c2st import c2st
+from simgen.sequential import HPDRegion, TruncatedPrior
 from simgen.sequential.rounds import round_seed
 
 EPSILONS = (1e-4, 1e-3, 1e-2)
+#: ε values of the per-round region sweep of :class:`Scorer` (the default 1e-4 and larger).
+SWEEP = EPSILONS
+REGION_DRAWS = 20_000
 
 
 def _seeded_region(posterior, x_o):
@@ -50,6 +55,53 @@ def _prior_masses(log_q, q_prior, eps: float):
     return masses, tau, float((q_prior >= tau).float().mean())
 
 
+class Scorer:
+    """Per-round diagnostics of a simgen run against the reference (the callback)."""
+
+    def __init__(self, reference: torch.Tensor, x_o, num_samples: int, per_round: bool):
+        self.reference, self.x_o = reference, x_o
+        self.num_samples, self.per_round = num_samples, per_round
+        self.rows: list[dict] = []
+        self.cpu = 0.0
+        self.flow: str | None = None
+
+    def __call__(self, record, posterior, proposal) -> None:
+        start = time.process_time()
+        row: dict = {"round": record.index, "acceptance": record.acceptance}
+        row["energy"] = record.energy_distance
+        if isinstance(proposal, TruncatedPrior):
+            inside = proposal.region.contains(self.reference.float())
+            row["next_mass"] = proposal.mass
+            row["reference_outside"] = 1 - float(inside.float().mean())
+        if isinstance(proposal, TruncatedPrior) and isinstance(proposal.region, HPDRegion):
+            row["epsilons"] = self.region_sweep(posterior)
+        if self.per_round:
+            draws = posterior.sample((self.num_samples,), x=self.x_o, seed=record.index)
+            row["c2st"] = float(c2st(self.reference, draws.reshape(self.num_samples, -1)))
+        self.rows.append(row)
+        self.cpu += time.process_time() - start
+
+    def region_sweep(self, posterior) -> dict:
+        """For each ε of :data:`SWEEP`: the prior mass of the HPD region at ε of this round's
+        posterior and the reference mass outside it (the same fit, no retraining)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            draws = posterior.sample((REGION_DRAWS,), x=self.x_o).reshape(REGION_DRAWS, -1)
+            prior = posterior.prior.sample((REGION_DRAWS,)).float()
+        region = HPDRegion(posterior, self.x_o, draws=draws)
+        log_q = region.log_q(draws)
+        log_q = torch.sort(log_q[torch.isfinite(log_q)]).values
+        at_prior, at_reference = region.log_q(prior), region.log_q(self.reference.float())
+        out = {}
+        for eps in SWEEP:
+            tau = log_q[int(eps * len(log_q))]
+            out[f"{eps:g}"] = {
+                "mass": float((at_prior >= tau).float().mean()),
+                "reference_outside": float((at_reference < tau).float().mean()),
+            }
+        return out
+
+
 def _log_likelihood(task, name: str, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The closed-form log-likelihood of the two tasks :func:`true_regions` covers."""
     d2 = ((x - theta) ** 2).sum(-1)
@@ -69,7 +121,8 @@ def true_regions(
     threshold, 2·10⁵ prior draws the mass. bernoulli_glm's log-posterior is its
     log-likelihood plus the Gaussian prior's log-density; its reference is MCMC, so the
     threshold comes from the harness's cached 10⁴ reference draws (at ε = 1e-4 their lowest
-    value: an estimate of the region's size, not a precise one)."""
+    value: an estimate of the region's size, not a precise one). two_moons: the same with
+    its closed-form likelihood (:func:`two_moons_regions`)."""
     lines = ["| task | observation | prior mass of the exact 1e-4 HPD region |", "|---|---|---|"]
     for name in [t for t in ("gaussian_linear_uniform", "gaussian_mixture") if t in tasks]:
         task = harness.load_task(name)
@@ -85,6 +138,8 @@ def true_regions(
             lines.append(f"| {name} | {i} | {mass:.3f} |")
     if "bernoulli_glm" in tasks:
         lines += _glm_regions(num_observations, epsilon)
+    if "two_moons" in tasks:
+        lines += two_moons_regions(num_observations, epsilon)
     return lines
 
 
@@ -242,6 +297,137 @@ def glm_round_one(
                 f"{', '.join(f'{m:.3f}' for m in masses)} | {mass:.3f} | {out20:.4f}, "
                 f"{out200:.4f} | {gauss_prior:.3f}, {gauss_ref:.4f} | {ell_prior:.3f}, "
                 f"{ell_ref:.4f} | {exact:.4f} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def _two_moons_log_likelihood(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """two_moons' closed-form log-likelihood (up to a constant): ``x - shift(θ) - (0.25, 0)``
+    is ``r (cos a, sin a)`` with r ~ N(0.1, 0.01²), a ~ U(-π/2, π/2), and the polar map's
+    Jacobian is 1/r; -inf where the offset points left (a outside (-π/2, π/2))."""
+    s = 1 / math.sqrt(2)
+    theta, x = theta.double(), x.double()
+    shift = torch.stack(
+        [-(theta[:, 0] + theta[:, 1]).abs() * s, (-theta[:, 0] + theta[:, 1]) * s], dim=-1
+    )
+    v = x - shift - torch.tensor([0.25, 0.0], dtype=torch.float64)
+    r = v.norm(dim=-1)
+    log_p = -0.5 * ((r - 0.1) / 0.01) ** 2 - torch.log(r)
+    return torch.where(v[:, 0] > 0, log_p, torch.full_like(log_p, -math.inf))
+
+
+def two_moons_regions(num_observations: int, epsilon: float = 1e-4) -> list[str]:
+    """Prior mass of two_moons' exact ε-HPD region (the uniform prior makes the posterior
+    density the likelihood inside the box): τ from 10⁵ exact posterior draws, the mass from
+    2·10⁵ prior draws."""
+    task = harness.load_task("two_moons")
+    _, xs = harness.observations("two_moons", "report", num_observations)
+    lines = []
+    for i, x in enumerate(xs):
+        draws = task.reference_posterior(x, 100_000, seed=1)
+        tau = torch.sort(_two_moons_log_likelihood(draws, x)).values[int(epsilon * 100_000)]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(i)
+            prior = task.prior.sample((200_000,))
+        mass = float((_two_moons_log_likelihood(prior, x) >= tau).float().mean())
+        lines.append(f"| two_moons | {i} | {mass:.4f} |")
+    return lines
+
+
+#: Flow options of a refit setting (the rest are training options).
+FLOW_KEYS = ("transforms", "hidden_features", "bins", "mixing", "gaussian_baseline")
+
+
+def _exact_region_sims(task, x_o, n: int, seed: int, epsilon: float = 1e-4):
+    """``n`` simulations from two_moons' prior truncated to the exact ε-HPD region at x_o
+    (rejection from the prior; the region of a perfect posterior fit)."""
+    draws = task.reference_posterior(x_o, 100_000, seed=1)
+    tau = torch.sort(_two_moons_log_likelihood(draws, x_o)).values[int(epsilon * 100_000)]
+    g = torch.Generator().manual_seed(seed)
+    kept = []
+    while sum(len(k) for k in kept) < n:
+        theta = torch.rand(200_000, 2, generator=g) * 2 - 1
+        kept.append(theta[_two_moons_log_likelihood(theta, x_o) >= tau])
+    theta = torch.cat(kept)[:n]
+    return theta, task.simulator(theta, generator=torch.Generator().manual_seed(seed + 1))
+
+
+def final_round_refits(
+    task_name: str,
+    observations: list[int],
+    seed: int,
+    budget: int,
+    rounds: int,
+    settings: list[tuple[str, dict]],
+    num_samples: int = 2000,
+) -> list[str]:
+    """What limits the last round (``--final-refits``): one ``simgen.sequential`` run with
+    NPE's defaults and a bank (``benchmarks/.cache/sequential_banks/``, so a rerun reads it
+    back), its C2ST after every round, then the last round refitted on the same pooled
+    simulations per setting: ``warm`` (from round r-1's weights, as the run) or ``scratch``
+    (fresh initialisation), with flow options (:data:`FLOW_KEYS`) and training options;
+    ``seed=k`` shifts the training seed by k (the fit's own noise); ``oracle`` trains from
+    scratch on ``budget`` simulations from the prior truncated to the exact 1e-4 region
+    (two_moons only: the fit when the proposals are perfect). C2ST: ``num_samples`` draws
+    (``sample(seed=seed)``, as the benchmark scores a run) against as many reference draws;
+    the first line scores reference draws against other reference draws (the floor)."""
+    from simgen.serialization import load
+
+    warm_up_torch()
+    task = harness.load_task(task_name)
+    _, xs = harness.observations(task_name, "report", max(observations) + 1)
+    lines = [
+        "| obs | fit of the last round | epochs (best) | best validation loss | CPU s | C2ST |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def score(posterior, x_o, reference):
+        draws = posterior.sample((num_samples,), x=x_o, seed=seed).reshape(num_samples, -1)
+        return float(c2st(reference, draws))
+
+    for i in observations:
+        x_o, samples = xs[i], harness.reference(task_name, "report", i)["samples"]
+        reference = samples[:num_samples]
+        floor = float(c2st(reference, samples[num_samples : 2 * num_samples]))
+        lines.append(f"| {i} | reference draws (the floor) | - | - | - | {floor:.3f} |")
+        per_round, cpu = [], 0.0
+
+        def callback(record, posterior, proposal, x_o=x_o, reference=reference, out=per_round):
+            mass = getattr(proposal, "mass", None) if record.index < rounds else None
+            out.append((record.index, score(posterior, x_o, reference), mass))
+
+        folder = harness.CACHE / "sequential_banks" / f"{task_name}-n{budget}-o{i}-s{seed}"
+        start = time.process_time()
+        posterior = simgen.sequential(
+            simgen.NPE(task.prior), task.simulator, x_o, num_simulations=budget,
+            num_rounds=rounds, seed=seed, bank=folder, callback=callback,
+        )  # fmt: skip
+        cpu = time.process_time() - start
+        for r, value, mass in per_round:
+            region = f", next region {mass:.3f} of the prior" if mass is not None else ""
+            lines.append(f"| {i} | round {r} as run{region} | - | - | - | {value:.3f} |")
+        lines.append(f"| {i} | the run (CPU with scoring) | - | - | {cpu:.0f} | - |")
+        print("\n".join(lines[-len(per_round) - 2 :]), flush=True)
+        theta, x = posterior.rounds.theta, posterior.rounds.x
+        init = load(folder / f"round_{rounds - 1}.simgen", prior=task.prior)
+        for start_from, options in settings:
+            options = dict(options)
+            flow = {k: options.pop(k) for k in FLOW_KEYS if k in options}
+            fit_seed = round_seed(seed, rounds) + options.pop("seed", 0)
+            data = (theta, x)
+            if start_from == "oracle":
+                data = _exact_region_sims(task, x_o, budget, fit_seed)
+            npe = simgen.NPE(task.prior, **flow)
+            start = time.process_time()
+            warm = {"init": init} if start_from == "warm" else {}
+            fitted = npe.fit(*data, seed=fit_seed, **warm, **options)
+            cpu = time.process_time() - start
+            h = npe.history
+            label = ", ".join([start_from, *(f"{k}={v}" for k, v in {**flow, **options}.items())])
+            lines.append(
+                f"| {i} | {label} | {h.epochs} ({h.best_epoch}) | {h.best_validation_loss:.4f} "
+                f"| {cpu:.0f} | {score(fitted, x_o, reference):.3f} |"
             )
             print(lines[-1], flush=True)
     return lines

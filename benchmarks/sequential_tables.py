@@ -234,3 +234,40 @@ def pairs_table(rows: list[dict], first: str, second: str, budget: int) -> list[
             f"{a['cpu_s']:.1f}, {b['cpu_s']:.1f} |"
         )
     return lines
+
+
+RUN_KEY = ("task", "budget", "method", "observation", "seed")
+
+
+def recorded_runs(path) -> list[dict]:
+    """The runs a results ``.jsonl`` lists (one JSON object a line; [] without the file),
+    each under the spec it ran as (``method_as_run``, else ``method``), so they are labelled
+    as cells are. They stand for runs whose cell is not at hand: a cell of the same run
+    supersedes its line. A recorded run has no per-round figures."""
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        row["method"] = row.pop("method_as_run", None) or row["method"]
+        runs.append({k: v for k, v in row.items() if v is not None})
+    return runs
+
+
+def kept_round_lines(old: list[str], new: list[str], rows: list[dict]) -> list[str]:
+    """``new`` per-round lines, plus the ``old`` table's lines of the (task, budget, method)
+    rows whose runs have no per-round figures here (runs known only from the ``.jsonl``),
+    sorted as :func:`rounds_table` sorts."""
+    covered = {(r["task"], r["budget"], r["method"]) for r in rows if r.get("per_round")}
+    listed = {(r["task"], r["budget"], r["method"]) for r in rows}
+
+    def key(line: str) -> tuple:
+        task, budget, method, r = (c.strip() for c in line.strip("|").split("|")[:4])
+        return task, int(budget), method, int(r)
+
+    kept = [
+        line
+        for line in old
+        if key(line)[:3] in listed - covered and key(line) not in {key(n) for n in new}
+    ]
+    return sorted(new + kept, key=key)
