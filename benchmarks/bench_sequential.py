@@ -46,8 +46,10 @@ reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds
 round's C2ST (not timed). ``--first-observation k`` skips the observations before k;
 ``--pairs a,b`` prints, per run both specs finished, their C2ST beside sbi SNPE-C's;
 ``--round-one``, ``--glm-round-one`` and ``--true-regions`` print the region tables of
-:mod:`benchmarks.sequential_regions`. Each simgen run records ``flow``, the ``mixing`` of the
-flow it trained (:func:`flow_of`).
+:mod:`benchmarks.sequential_regions`; ``--bank`` keeps each simgen run's rounds
+(:func:`~benchmarks.sequential_regions.bank_folder`) and ``--final-refits`` refits a run's
+last round on them (:func:`~benchmarks.sequential_regions.final_round_refits`). Each simgen
+run records ``flow``, the ``mixing`` of the flow it trained (:func:`flow_of`).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -70,6 +72,7 @@ from benchmarks import cell_files, evaluation, harness, warm_up_torch
 from benchmarks.sequential_regions import (
     SWEEP,
     Scorer,
+    bank_folder,
     final_round_refits,
     glm_round_one,
     round_one_regions,
@@ -297,6 +300,8 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     reference = harness.reference(task_name, "report", index)["samples"][: args.num_samples]
     scorer = Scorer(reference, x_o, args.num_samples, args.per_round)
     runner = run_sbi if name.startswith("sbi") else run_simgen
+    if args.bank and not name.startswith("sbi"):  # the rounds kept for --final-refits
+        options = {**options, "bank": str(bank_folder(task_name, budget, spec, index, seed))}
     torch.manual_seed(seed)
     row = {"task": task_name, "budget": budget, "method": spec, "observation": index}
     row.update(seed=seed, rounds=rounds_of(spec, args))
@@ -395,6 +400,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--per-round", action="store_true", help="C2ST of every round")
+    parser.add_argument("--bank", action="store_true", help="keep simgen runs' rounds (banks)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
     parser.add_argument("--any-code", action="store_true", help="table: runs of any code")
     parser.add_argument("--codes", default="", help="table: runs of these simgen codes (a,b)")
@@ -415,7 +421,9 @@ def main() -> None:
         settings = [(start, evaluation.parse_options(opts)) for start, opts in settings]
         task, seed = args.tasks.split(",")[0], int(args.seeds.split(",")[0])
         observations = list(range(args.first_observation, args.observations))
-        lines = final_round_refits(task, observations, seed, args.budget, args.rounds, settings)
+        spec = as_run("simgen_tsnpe", (task, args.budget, args.rounds, seed))
+        banks = {i: bank_folder(task, args.budget, spec, i, seed) for i in observations}
+        lines = final_round_refits(task, banks, seed, args.budget, args.rounds, settings)
         print("\n".join(lines))
         return
     if args.true_regions:

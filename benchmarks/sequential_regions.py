@@ -353,30 +353,37 @@ def _exact_region_sims(task, x_o, n: int, seed: int, epsilon: float = 1e-4):
     return theta, task.simulator(theta, generator=torch.Generator().manual_seed(seed + 1))
 
 
+def bank_folder(task: str, budget: int, spec: str, observation: int, seed: int):
+    """Where ``bench_sequential --bank`` keeps a simgen run's rounds (gitignored: bulky)."""
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
+    return harness.CACHE / "sequential_banks" / f"{task}-n{budget}-{safe}-o{observation}-s{seed}"
+
+
 def final_round_refits(
     task_name: str,
-    observations: list[int],
+    banks: dict,
     seed: int,
     budget: int,
     rounds: int,
     settings: list[tuple[str, dict]],
     num_samples: int = 2000,
 ) -> list[str]:
-    """What limits the last round (``--final-refits``): one ``simgen.sequential`` run with
-    NPE's defaults and a bank (``benchmarks/.cache/sequential_banks/``, so a rerun reads it
-    back), its C2ST after every round, then the last round refitted on the same pooled
-    simulations per setting: ``warm`` (from round r-1's weights, as the run) or ``scratch``
-    (fresh initialisation), with flow options (:data:`FLOW_KEYS`) and training options;
-    ``seed=k`` shifts the training seed by k (the fit's own noise); ``oracle`` trains from
-    scratch on ``budget`` simulations from the prior truncated to the exact 1e-4 region
-    (two_moons only: the fit when the proposals are perfect). C2ST: ``num_samples`` draws
-    (``sample(seed=seed)``, as the benchmark scores a run) against as many reference draws;
-    the first line scores reference draws against other reference draws (the floor)."""
+    """What limits the last round (``--final-refits``). Per observation: the
+    ``simgen.sequential`` run with NPE's defaults banked in ``banks[observation]`` (read
+    back where ``bench_sequential --bank`` ran it, else run), its C2ST after every round,
+    then the last round refitted on the same pooled simulations per setting: ``warm`` (from
+    round r-1's weights, as the run) or ``scratch`` (fresh initialisation), with flow
+    options (:data:`FLOW_KEYS`) and training options; ``seed=k`` shifts the training seed
+    by k (the fit's own noise); ``oracle`` trains from scratch on ``budget`` simulations
+    from the prior truncated to the exact 1e-4 region (two_moons only: the fit when the
+    proposals are perfect). C2ST: ``num_samples`` draws (``sample(seed=seed)``, as the
+    benchmark scores a run) against as many reference draws; the first line scores
+    reference draws against other reference draws (the floor)."""
     from simgen.serialization import load
 
     warm_up_torch()
     task = harness.load_task(task_name)
-    _, xs = harness.observations(task_name, "report", max(observations) + 1)
+    _, xs = harness.observations(task_name, "report", max(banks) + 1)
     lines = [
         "| obs | fit of the last round | epochs (best) | best validation loss | CPU s | C2ST |",
         "|---|---|---|---|---|---|",
@@ -386,7 +393,7 @@ def final_round_refits(
         draws = posterior.sample((num_samples,), x=x_o, seed=seed).reshape(num_samples, -1)
         return float(c2st(reference, draws))
 
-    for i in observations:
+    for i, folder in banks.items():
         x_o, samples = xs[i], harness.reference(task_name, "report", i)["samples"]
         reference = samples[:num_samples]
         floor = float(c2st(reference, samples[num_samples : 2 * num_samples]))
@@ -397,7 +404,6 @@ def final_round_refits(
             mass = getattr(proposal, "mass", None) if record.index < rounds else None
             out.append((record.index, score(posterior, x_o, reference), mass))
 
-        folder = harness.CACHE / "sequential_banks" / f"{task_name}-n{budget}-o{i}-s{seed}"
         start = time.process_time()
         posterior = simgen.sequential(
             simgen.NPE(task.prior), task.simulator, x_o, num_simulations=budget,
