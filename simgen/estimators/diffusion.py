@@ -114,13 +114,8 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
-from .compose import (
-    ResidualFloor,
-    check_trial_precision,
-    compose_trial_denoisers,
-    floor_ratio,
-    sampled_precisions,
-)
+from .compose import check_trial_precision, floor_ratio
+from .compose_sampler import CORRECTOR_STEP, TrialComposition, check_corrector
 from .ode import SolverConfig, ode_log_prob, odeint, sdeint
 
 __all__ = ["Diffusion", "DiffusionDistribution"]
@@ -148,6 +143,9 @@ class Diffusion(BaselineEstimator):
             covariance) or ``"per_trial"`` (each trial's, from draws of its own posterior;
             :mod:`simgen.estimators.compose`, where ``benchmarks/results_iid.md`` shows why
             the default is shared). Single observations ignore it.
+        corrector_steps, corrector_step: Composing i.i.d. trials, the Langevin moves after the
+            ODE and their step :math:`\epsilon` (:mod:`simgen.estimators.compose_sampler`;
+            0 moves, off, by default: ``benchmarks/results_iid.md``).
         net_config: A :class:`~simgen.estimators._nets.NetConfig`; its fields
             (``hidden_features``, ``time_features``, ``architecture``, ``time_embedding``,
             ``context_dropout``) may also be passed as keywords, which override it.
@@ -192,6 +190,8 @@ class Diffusion(BaselineEstimator):
         repeats: int = 1,
         control_variate: float = 0.0,
         trial_precision: str = "shared",
+        corrector_steps: int = 0,
+        corrector_step: float = CORRECTOR_STEP,
         net_config: NetConfig | None = None,
         solver_config: SolverConfig | None = None,
         **options: Any,
@@ -221,12 +221,19 @@ class Diffusion(BaselineEstimator):
             "control_variate": float(control_variate),
             "trial_precision": check_trial_precision(trial_precision),
         }
+        family["corrector_steps"], family["corrector_step"] = check_corrector(
+            corrector_steps, corrector_step
+        )
         super().__init__(target_dim, context_shape, embedding_net)
         with_baseline = bool(gaussian_baseline) or bool(precondition)
         self._configure(family, net_config, solver_config, options, with_baseline)
         self.sde, self.sampler, self.eps = sde, sampler, float(eps)
         self.control_variate = float(control_variate)
         self.trial_precision = trial_precision
+        self.corrector_steps, self.corrector_step = (
+            family["corrector_steps"],
+            family["corrector_step"],
+        )
         self.precondition = bool(precondition)
         self.beta = (float(beta_min), float(beta_max))
         self.sigma_range = (float(sigma_min), float(sigma_max))
@@ -344,36 +351,24 @@ class Diffusion(BaselineEstimator):
         r"""The sampler of the module docstring on the composed noise prediction
         :math:`(y - \alpha_t\mu)/\sigma_t` (:mod:`simgen.estimators.compose`), the per-trial
         denoisers below the residual floor :math:`r_c` taken from the network's at
-        :math:`r_c`."""
-        n = mask.shape[1]
-        cs = c.expand(num, *c.shape)
-        ms = m.expand(num, *m.shape)
+        :math:`r_c`, then the Langevin corrector at the last time
+        (:mod:`simgen.estimators.compose_sampler`)."""
         assert self.baseline is not None  # trial_covariances checked it
-        lam, vecs = self.baseline.eigvals, self.baseline.eigvecs
-        t_c = self.time_of_ratio(torch.tensor(floor_ratio(lam))).clamp(self.eps, 1.0)
+        t_c = self.time_of_ratio(torch.tensor(floor_ratio(self.baseline.eigvals)))
+        t_c = t_c.clamp(self.eps, 1.0)
         a_c, s_c = self.marginal(t_c)
-        floor = ResidualFloor(float(s_c / a_c), t_c, a_c, ms, lam, vecs)
-
-        if self.trial_precision == "per_trial":
-            single = lambda f: DiffusionDistribution(self, f).sample_standard(f)  # noqa: E731
-            trial_inv = sampled_precisions(single, torch.cat([c, m], -1), precisions[1])
+        single = lambda f: DiffusionDistribution(self, f).sample_standard(f)  # noqa: E731
+        comp = TrialComposition(
+            self, num, c, m, mask, precisions, float(s_c / a_c), t_c, a_c, single
+        )
 
         def denoise(y: Tensor, t: Tensor) -> Tensor:
             alpha, sigma = self.marginal(t)
-            return (y - sigma * self.noise(y, t, cs, ms)) / alpha
+            return (y - sigma * self.noise(y, t, comp.cs, comp.ms)) / alpha
 
         def noise(y: Tensor, t: Tensor) -> Tensor:
             alpha, sigma = self.marginal(t)
-            yy = y[:, :, None, :].expand(-1, -1, n, -1)
-            mu_i = floor(denoise, yy, t, alpha, float(sigma / alpha))
-            if self.trial_precision == "shared":
-                mu = self.composed_denoiser(y, alpha, sigma, mu_i, mask, precisions)
-            else:
-                mu_0, extra = self._trial_prior.denoiser(y, alpha, sigma)
-                extra = precisions[1] if extra is None else extra
-                r = float((alpha / sigma) ** 2)
-                mu = compose_trial_denoisers(mu_i, mask, mu_0, trial_inv, extra, r)
-            return (y - alpha * mu) / sigma
+            return (y - alpha * comp.denoiser(denoise, y, t, alpha, sigma)) / sigma
 
         def drift(y: Tensor, t: Tensor, weight: float) -> Tensor:
             f, g2 = self.drift_and_g2(y, t)
@@ -382,9 +377,11 @@ class Diffusion(BaselineEstimator):
         ts = self.times(torch.linspace(1, 0, self.solver.steps + 1, device=c.device))
         y = self.terminal_scale() * torch.randn(num, len(c), self.target_dim, device=c.device)
         if self.sampler == "ode":
-            return odeint(lambda y, t: drift(y, t, 0.5), y, ts, self.solver.solver)
-        g = lambda t: self.drift_and_g2(torch.zeros(()), t)[1].sqrt()  # noqa: E731
-        return sdeint(lambda y, t: drift(y, t, 1.0), g, y, ts)
+            y = odeint(lambda y, t: drift(y, t, 0.5), y, ts, self.solver.solver)
+        else:
+            g = lambda t: self.drift_and_g2(torch.zeros(()), t)[1].sqrt()  # noqa: E731
+            y = sdeint(lambda y, t: drift(y, t, 1.0), g, y, ts)
+        return comp.correct(denoise, y, ts[-1], *self.marginal(ts[-1]))
 
 
 class DiffusionDistribution(BaselineDistribution):

@@ -68,13 +68,8 @@ from torch.distributions import Distribution
 from ..errors import ConfigError
 from ._nets import LossNoise, NetConfig, standard_normal_log_prob
 from .baseline import BaselineDistribution, BaselineEstimator
-from .compose import (
-    ResidualFloor,
-    check_trial_precision,
-    compose_trial_denoisers,
-    floor_ratio,
-    sampled_precisions,
-)
+from .compose import check_trial_precision, floor_ratio
+from .compose_sampler import CORRECTOR_STEP, TrialComposition, check_corrector
 from .ode import SolverConfig, ode_log_prob, odeint
 
 __all__ = ["FlowMatching", "FlowMatchingDistribution"]
@@ -111,6 +106,9 @@ class FlowMatching(BaselineEstimator):
             covariance) or ``"per_trial"`` (each trial's, from draws of its own posterior;
             :mod:`simgen.estimators.compose`, where ``benchmarks/results_iid.md`` shows why
             the default is shared). Single observations ignore it.
+        corrector_steps, corrector_step: Composing i.i.d. trials, the Langevin moves after the
+            ODE and their step :math:`\epsilon` (:mod:`simgen.estimators.compose_sampler`;
+            0 moves, off, by default: ``benchmarks/results_iid.md``).
         net_config: A :class:`~simgen.estimators._nets.NetConfig`; its fields
             (``hidden_features``, ``time_features``, ``architecture``, ``time_embedding``,
             ``context_dropout``) may also be passed as keywords, which override it.
@@ -149,6 +147,8 @@ class FlowMatching(BaselineEstimator):
         gaussian_baseline: bool | str = "auto",
         grid_power: float = 2.0,
         trial_precision: str = "shared",
+        corrector_steps: int = 0,
+        corrector_step: float = CORRECTOR_STEP,
         net_config: NetConfig | None = None,
         solver_config: SolverConfig | None = None,
         **options: Any,
@@ -162,6 +162,9 @@ class FlowMatching(BaselineEstimator):
             "grid_power": grid_power,
             "trial_precision": check_trial_precision(trial_precision),
         }
+        family["corrector_steps"], family["corrector_step"] = check_corrector(
+            corrector_steps, corrector_step
+        )
         super().__init__(target_dim, context_shape, embedding_net)
         self._configure(
             family, net_config, solver_config, options, build_baseline=bool(gaussian_baseline)
@@ -170,6 +173,10 @@ class FlowMatching(BaselineEstimator):
         self.sigma_min = float(sigma_min)
         self.time_power = float(time_power)
         self.trial_precision = trial_precision
+        self.corrector_steps, self.corrector_step = (
+            family["corrector_steps"],
+            family["corrector_step"],
+        )
 
     def time_grid(self, device: torch.device | str | None = None) -> Tensor:
         """The solver's times :math:`t_k = 1 - (1 - k/K)^p`, ``k = 0..K`` (``K = steps``,
@@ -215,41 +222,32 @@ class FlowMatching(BaselineEstimator):
     def _sample_trials(
         self, num: int, c: Tensor, m: Tensor, mask: Tensor, precisions: tuple[Tensor, Tensor]
     ) -> Tensor:
-        r"""The ODE sampler on the composed velocity. The path has :math:`\alpha_t = t`,
-        :math:`\sigma_t = a_t = 1 - (1 - \sigma_{\min})t`, and the denoiser is
-        :math:`\mu = a_t v + (1 - \sigma_{\min})y` (:mod:`simgen.estimators.compose`)."""
-        n, k = mask.shape[1], 1 - self.sigma_min
-        cs = c.expand(num, *c.shape)
-        ms = m.expand(num, *m.shape)
+        r"""The ODE sampler on the composed velocity, then the Langevin corrector at
+        :math:`t = 1` (:mod:`simgen.estimators.compose_sampler`). The path has
+        :math:`\alpha_t = t`, :math:`\sigma_t = a_t = 1 - (1 - \sigma_{\min})t`, and the
+        denoiser is :math:`\mu = a_t v + (1 - \sigma_{\min})y`
+        (:mod:`simgen.estimators.compose`)."""
+        k = 1 - self.sigma_min
         assert self.baseline is not None  # trial_covariances checked it
-        lam, vecs = self.baseline.eigvals, self.baseline.eigvecs
-        r_c = floor_ratio(lam)  # residual floor; its time solves (1 - k t) / t = r_c
+        r_c = floor_ratio(
+            self.baseline.eigvals
+        )  # residual floor; its time solves (1 - k t) / t = r_c
         t_c = torch.tensor(1 / (k + r_c), device=c.device)
-        floor = ResidualFloor(r_c, t_c, t_c, ms, lam, vecs)
-
-        if self.trial_precision == "per_trial":
-            single = lambda f: FlowMatchingDistribution(self, f).sample_standard(f)  # noqa: E731
-            trial_inv = sampled_precisions(single, torch.cat([c, m], -1), precisions[1])
+        single = lambda f: FlowMatchingDistribution(self, f).sample_standard(f)  # noqa: E731
+        comp = TrialComposition(self, num, c, m, mask, precisions, r_c, t_c, t_c, single)
 
         def denoise(y: Tensor, t: Tensor) -> Tensor:
-            return (1 - k * t) * self.velocity(y, t, cs, ms) + k * y
+            return (1 - k * t) * self.velocity(y, t, comp.cs, comp.ms) + k * y
 
         def velocity(y: Tensor, t: Tensor) -> Tensor:
             a = 1 - k * t
-            yy = y[:, :, None, :].expand(-1, -1, n, -1)
-            r = float(a / t) if float(t) > 0 else float("inf")
-            mu_i = floor(denoise, yy, t, t, r)
-            if self.trial_precision == "shared":
-                mu = self.composed_denoiser(y, t, a, mu_i, mask, precisions)
-            else:
-                mu_0, extra = self._trial_prior.denoiser(y, t, a)
-                extra = precisions[1] if extra is None else extra
-                r2 = float((t / a) ** 2)
-                mu = compose_trial_denoisers(mu_i, mask, mu_0, trial_inv, extra, r2)
+            mu = comp.denoiser(denoise, y, t, t, a)
             return mu - k * (y - t * mu) / a
 
         y = torch.randn(num, len(c), self.target_dim, device=c.device)
-        return odeint(velocity, y, self.time_grid(c.device), self.solver.solver)
+        ts = self.time_grid(c.device)
+        y = odeint(velocity, y, ts, self.solver.solver)
+        return comp.correct(denoise, y, ts[-1], ts[-1], 1 - k * ts[-1])
 
 
 class FlowMatchingDistribution(BaselineDistribution):

@@ -1,0 +1,242 @@
+r"""The trial-set sampler of the diffusion and flow-matching families: its composed denoiser
+(:class:`TrialComposition`) and a Langevin corrector (``corrector_steps``).
+
+The GAUSS rule of :mod:`simgen.estimators.compose` replaces each denoising posterior by a
+Gaussian; where the per-trial posteriors are skewed or cut by a box, the probability-flow
+ODE on the composed field ends on a posterior of the wrong width (2-4 times too wide at 100
+trials of the exponential-rate model, ``benchmarks/results_iid.md``). At the sampler's last
+time, whose noise-to-signal ratio :math:`r_\epsilon` is far below every posterior width, the
+composed score needs no Gaussian stand-in: by Tweedie's formula
+:math:`\nabla_y\log p_t(y\mid x_i) = (\alpha_t\mu_i - y)/\sigma_t^2`, so
+
+.. math::
+    s(y) = \sum_i\nabla\log p_t(y\mid x_i) - (n-1)\nabla\log p_t(y)
+         = \frac{\alpha_t}{\sigma_t^2}\sum_i(\mu_i - \mu_\lambda)
+           + \frac{\alpha_t\mu_\lambda - y}{\sigma_t^2},
+
+with :math:`\mu_i` the per-trial denoisers and :math:`\mu_\lambda` the prior's. Each term
+:math:`\alpha_t(\mu_i - \mu_\lambda)/\sigma_t^2` tends to the smooth per-trial likelihood
+score :math:`\nabla_\theta\log p(x_i\mid\theta)/\alpha_t`, so the sum is exact as
+:math:`t\to 0` whatever the shape of the factors. After the ODE, ``corrector_steps`` :math:`M`
+unadjusted Langevin moves on :math:`s` pull the draws onto that posterior:
+
+.. math::
+    y \leftarrow y + \epsilon\,C\,s(y) + \sqrt{\epsilon(2 - \epsilon)}\;C^{1/2}\xi,
+    \qquad \xi\sim\mathcal N(0, I),
+
+(``corrector_step`` :math:`\epsilon`). The noise is :math:`\sqrt{\epsilon(2-\epsilon)}`
+rather than Langevin's :math:`\sqrt{2\epsilon}`: for a Gaussian target of covariance
+:math:`C` the move is then the exact autoregression
+:math:`y - m \leftarrow (1-\epsilon)(y - m) + \sqrt{1 - (1-\epsilon)^2}\,C^{1/2}\xi`, which
+leaves the target invariant at any :math:`\epsilon < 2`, where the plain step inflates the
+variance by :math:`1/(1 - \epsilon/2)`.
+
+**Preconditioner.** :math:`C` is estimated per trial set from the current draws (an
+ensemble of the set's ``S`` draws; the draws are therefore weakly dependent). By Stein's
+identity :math:`\mathbb E_\pi[s(y)(y - m)^\top] = -I`, so for a Gaussian target the
+regression of the score on the draws, :math:`A = -\operatorname{Cov}(s, y)
+\operatorname{Cov}(y)^{-1}`, is its precision whatever the draws' own spread; in the
+draws' whitened coordinates :math:`u = L^{-1}(y - \bar y)` (:math:`LL^\top =
+\operatorname{Cov}(y)`), :math:`A_u = -\operatorname{Cov}(L^\top s, u)`, symmetrised, with its
+eigenvalues raised to at least 1: :math:`C_u = A_u^{-1} \preceq I`, i.e. :math:`C` never
+exceeds the draws' own covariance. The floor matters at a box's face, where Stein's identity
+gains a boundary term and the curvature alone overstates the width of a truncated posterior;
+a set with fewer than :math:`2(D + 1)` draws uses the GAUSS rule's composed covariance
+:math:`\Lambda^{-1}` instead.
+
+**The box.** For a box prior the prior's score term is left out (inside the box the prior
+is flat) and the draws are reflected at the box's faces :math:`\alpha_t[a, b]` before and
+after every move: reflected Langevin on the smooth likelihood score samples the posterior
+truncated to the box, where the noised box score, steep within :math:`\sigma_t` of a face,
+would throw draws far inside it. So every corrected draw lies in the prior's support.
+
+**Measured** (``benchmarks/results_iid.md``): with exact per-trial denoisers (the quadrature
+oracle of ``benchmarks/iid_floor_checks.py``) ten moves at :math:`\epsilon = 0.5` brought
+the exponential-rate posteriors from 2-3 times too wide at 100 trials to within 0.82-1.07
+of the exact sd and 0.14 sds of its mean; each move costs one composed-score evaluation
+(one network pass per trial and draw), against two per Heun step of the ODE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .compose import ResidualFloor, compose_trial_denoisers, sampled_precisions
+
+__all__ = [
+    "CORRECTOR_STEP",
+    "check_corrector",
+    "reflect",
+    "ensemble_preconditioner",
+    "correct",
+    "TrialComposition",
+]
+
+#: Default :math:`\epsilon` of a corrector move (module docstring).
+CORRECTOR_STEP = 0.5
+
+
+def check_corrector(steps: object, step: object) -> tuple[int, float]:
+    """``(steps, step)`` if they are a whole number >= 0 and a number in (0, 1], else a
+    :class:`~simgen.errors.ConfigError` naming what was wrong."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(
+            f"corrector_steps must be a whole number >= 0 (0: no Langevin corrector), got "
+            f"{steps!r}."
+        )
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 1:
+        raise ConfigError(
+            f"corrector_step must be a number in (0, 1] (the Langevin move's fraction of the "
+            f"posterior covariance; {CORRECTOR_STEP} by default), got {step!r}."
+        )
+    return steps, float(step)
+
+
+def reflect(y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``y`` folded into ``[lo, hi]`` per coordinate (mirror at the faces, then clamped)."""
+    y = torch.where(y < lo, 2 * lo - y, y)
+    y = torch.where(y > hi, 2 * hi - y, y)
+    return torch.minimum(torch.maximum(y, lo), hi)
+
+
+def ensemble_preconditioner(y: Tensor, s: Tensor, fallback: Tensor) -> tuple[Tensor, Tensor]:
+    r""":math:`C` and a square root of it ``(B, D, D)`` from the draws ``y`` and their scores
+    ``s`` ``(S, B, D)`` (module docstring); ``fallback`` ``(B, D, D)`` where ``S < 2(D + 1)``."""
+    num, dim = y.shape[0], y.shape[-1]
+    if num < 2 * (dim + 1):
+        return fallback, torch.linalg.cholesky(fallback)
+    y64, s64 = y.double(), s.double()
+    yc, sc = y64 - y64.mean(0), s64 - s64.mean(0)
+    eye = torch.eye(dim, dtype=torch.float64, device=y.device)
+    cov = torch.einsum("sbi,sbj->bij", yc, yc) / (num - 1)
+    chol = torch.linalg.cholesky(
+        cov + 1e-12 * cov.diagonal(0, -2, -1).amax(-1)[:, None, None] * eye
+    )
+    u = torch.linalg.solve_triangular(chol, yc.permute(1, 2, 0), upper=False)  # (B, D, S)
+    su = chol.transpose(-1, -2) @ sc.permute(1, 2, 0)  # scores in u, (B, D, S)
+    a = -(su @ u.transpose(-1, -2)) / (num - 1)
+    vals, vecs = torch.linalg.eigh(0.5 * (a + a.transpose(-1, -2)))
+    inv = 1 / vals.clamp_min(1.0)  # C_u <= I: never wider than the draws
+    root_u = vecs * inv.sqrt()[:, None, :]
+    root = chol @ root_u
+    return root @ root.transpose(-1, -2), root
+
+
+def correct(
+    y: Tensor, score: Callable[[Tensor], Tensor], steps: int, step: float, fallback: Tensor,
+    box: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:  # fmt: skip
+    r"""``steps`` corrector moves of the module docstring on draws ``y`` ``(S, B, D)``.
+
+    Args:
+        score: The composed score :math:`s(y)` ``(S, B, D)`` (without the prior's term for a
+            box).
+        step: :math:`\epsilon`.
+        fallback: The GAUSS rule's composed covariance of ``y`` ``(B, D, D)`` (float64).
+        box: The faces ``(lo, hi)`` ``(D,)`` in the coordinates of ``y``, or ``None``.
+    """
+    if box is not None:
+        y = reflect(y, *box)
+    amp = math.sqrt(step * (2 - step))
+    for _ in range(steps):
+        s = score(y)
+        cov, root = ensemble_preconditioner(y, s, fallback)
+        drift = step * (cov @ s.double()[..., None])[..., 0]
+        noise = (root @ torch.randn_like(y, dtype=torch.float64)[..., None])[..., 0]
+        y = y + (drift + amp * noise).to(y.dtype)
+        if box is not None:
+            y = reflect(y, *box)
+    return y
+
+
+class TrialComposition:
+    r"""The composed denoiser and corrector of one trial-set sampler call, shared by the
+    diffusion and flow-matching families (the module docstring and
+    the module docstring).
+
+    Args:
+        est: The :class:`~simgen.estimators.baseline.BaselineEstimator` (its baseline, prior
+            and options ``trial_precision``, ``corrector_steps``, ``corrector_step``).
+        num: Draws per set; ``c``, ``m``, ``mask``: the sets' features ``(B, n, F)``, baseline
+            means ``(B, n, D)`` and trials present ``(B, n)``.
+        precisions: The clipped per-trial precision and the prior's ``(D, D)``.
+        r_c, t_c, alpha_c: The residual floor's ratio, its time and :math:`\alpha_{t_c}`.
+        single: One standardised draw of a single trial's posterior per feature row (for
+            ``trial_precision="per_trial"``).
+    """
+
+    def __init__(
+        self, est: Any, num: int, c: Tensor, m: Tensor, mask: Tensor,
+        precisions: tuple[Tensor, Tensor], r_c: float, t_c: Tensor, alpha_c: Tensor,
+        single: Callable[[Tensor], Tensor],
+    ):  # fmt: skip
+        self.est, self.mask, self.precisions, self.prior = est, mask, precisions, est._trial_prior
+        self.cs, self.ms = c.expand(num, *c.shape), m.expand(num, *m.shape)
+        lam, vecs = est.baseline.eigvals, est.baseline.eigvecs
+        self.floor = ResidualFloor(r_c, t_c, alpha_c, self.ms, lam, vecs)
+        self.trial_inv = None
+        if est.trial_precision == "per_trial":
+            self.trial_inv = sampled_precisions(single, torch.cat([c, m], -1), precisions[1])
+
+    def per_trial(self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor):
+        """Floored per-trial denoisers ``(S, B, n, D)`` at the points ``y`` ``(S, B, D)``."""
+        yy = y[:, :, None, :].expand(-1, -1, self.mask.shape[1], -1)
+        return self.floor(denoise, yy, t, alpha, float(sigma / alpha))
+
+    def denoiser(
+        self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor
+    ) -> Tensor:
+        r"""The composed denoiser :math:`\mu` ``(S, B, D)`` by the GAUSS rule (shared or
+        per-trial precisions); ``denoise(y, t)`` is the network's per-trial one."""
+        mu_i = self.per_trial(denoise, y, t, alpha, sigma)
+        if self.trial_inv is None:
+            return self.est.composed_denoiser(y, alpha, sigma, mu_i, self.mask, self.precisions)
+        mu_0, extra = self.prior.denoiser(y, alpha, sigma)
+        extra = self.precisions[1] if extra is None else extra
+        r = float((alpha / sigma) ** 2)
+        return compose_trial_denoisers(mu_i, self.mask, mu_0, self.trial_inv, extra, r)
+
+    def covariance(self, alpha: Tensor, sigma: Tensor) -> Tensor:
+        r"""The GAUSS rule's composed covariance of :math:`y_t`, :math:`\alpha_t^2
+        (\Lambda - r_tI)^{-1} + \sigma_t^2 I` ``(B, D, D)`` (float64)."""
+        sigma_inv, prior_inv = self.precisions
+        n = self.mask.sum(-1).double()[:, None, None]
+        if self.trial_inv is None:
+            lam = n * sigma_inv - (n - 1) * prior_inv
+        else:
+            keep = self.mask.double()[..., None, None]
+            lam = (self.trial_inv * keep).sum(1) - (n - 1) * prior_inv
+        eye = torch.eye(lam.shape[-1], dtype=lam.dtype, device=lam.device)
+        return float(alpha) ** 2 * torch.linalg.inv(lam) + float(sigma) ** 2 * eye
+
+    def correct(
+        self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor
+    ) -> Tensor:
+        """``corrector_steps`` Langevin moves at time ``t`` on the exact small-noise composed
+        score (module docstring); ``y`` itself when off."""
+        steps = self.est.corrector_steps
+        if steps == 0:
+            return y
+        a2 = float(alpha / sigma**2)
+        keep = self.mask[None, :, :, None]
+
+        def score(z: Tensor) -> Tensor:
+            mu_i = self.per_trial(denoise, z, t, alpha, sigma)
+            mu_0, _ = self.prior.denoiser(z, alpha, sigma)
+            lik = torch.where(keep, mu_i - mu_0[:, :, None, :], torch.zeros_like(mu_i)).sum(-2)
+            if self.prior.kind == "box":
+                return a2 * lik
+            return a2 * lik + (alpha * mu_0 - z) / sigma**2
+
+        box = None
+        if self.prior.kind == "box":
+            lo, hi = (float(alpha) * b.to(y) for b in (self.prior.a, self.prior.b))
+            box = (lo, hi)
+        fallback = self.covariance(alpha, sigma)
+        return correct(y, score, steps, self.est.corrector_step, fallback, box)
