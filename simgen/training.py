@@ -50,7 +50,8 @@ class TrainConfig:
         learning_rate: Adam's step size.
         max_epochs: Upper bound on passes over the training set.
         patience: Training stops after exactly this many epochs in a row without a new best
-            validation loss (once ``min_epochs``/``min_steps`` are done). The default 20 counts
+            validation loss that ``min_gain_se`` counts (once ``min_epochs``/``min_steps``
+            are done). The default 20 counts
             as sbi's ``stop_after_epochs=20`` does (sbi stops when its epochs-since-
             improvement counter, reset to 0 on an improvement, reaches 20), so the two
             libraries stop alike in the bake-off (``benchmarks/RESULTS.md``).
