@@ -61,6 +61,7 @@ import argparse
 import ast
 import hashlib
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -454,7 +455,7 @@ def main() -> None:
             for index in range(args.first_observation, args.observations):
                 for task_name in args.tasks.split(","):
                     x_o = harness.observations(task_name, "report", index + 1)[1][index]
-                    for spec in args.methods.split(","):
+                    for spec in re.split(r",(?![^\[]*\])", args.methods):  # not in [..]
                         run = (task_name, args.budget, rounds_of(spec, args), seed)
                         spec = as_run(spec, run)
                         path = cell_path(task_name, args.budget, spec, index, seed, args)

@@ -18,6 +18,7 @@ per flow, round-1 size and batch size, against its exact region (what sets the r
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -374,11 +375,12 @@ def final_round_refits(
     then the last round refitted on the same pooled simulations per setting: ``warm`` (from
     round r-1's weights, as the run) or ``scratch`` (fresh initialisation), with flow
     options (:data:`FLOW_KEYS`) and training options; ``seed=k`` shifts the training seed
-    by k (the fit's own noise); ``oracle`` trains from scratch on ``budget`` simulations
-    from the prior truncated to the exact 1e-4 region (two_moons only: the fit when the
-    proposals are perfect). C2ST: ``num_samples`` draws (``sample(seed=seed)``, as the
-    benchmark scores a run) against as many reference draws; the first line scores
-    reference draws against other reference draws (the floor)."""
+    by k (the fit's own noise); ``draws`` (``draws=k``, 4) scores the run's own posterior
+    on k other sets of draws (the score's own noise); ``oracle`` trains from scratch on
+    ``budget`` simulations from the prior truncated to the exact 1e-4 region (two_moons
+    only: the fit when the proposals are perfect). C2ST: ``num_samples`` draws
+    (``sample(seed=seed)``, as the benchmark scores a run) against as many reference draws;
+    the first line scores reference draws against other reference draws (the floor)."""
     from simgen.serialization import load
 
     warm_up_torch()
@@ -389,8 +391,8 @@ def final_round_refits(
         "|---|---|---|---|---|---|",
     ]
 
-    def score(posterior, x_o, reference):
-        draws = posterior.sample((num_samples,), x=x_o, seed=seed).reshape(num_samples, -1)
+    def score(posterior, x_o, reference, draw_seed=seed):
+        draws = posterior.sample((num_samples,), x=x_o, seed=draw_seed).reshape(num_samples, -1)
         return float(c2st(reference, draws))
 
     for i, folder in banks.items():
@@ -418,6 +420,15 @@ def final_round_refits(
         theta, x = posterior.rounds.theta, posterior.rounds.x
         init = load(folder / f"round_{rounds - 1}.simgen", prior=task.prior)
         for start_from, options in settings:
+            label = ", ".join([start_from, *(f"{k}={v}" for k, v in options.items())])
+            if start_from == "draws":  # the run's own posterior, scored on other draws
+                values = [
+                    score(posterior, x_o, reference, seed + k)
+                    for k in range(1, options.get("draws", 4) + 1)
+                ]
+                spread = f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+                lines.append(f"| {i} | round {rounds} as run, other draws | - | - | - | {spread} |")
+                continue
             options = dict(options)
             flow = {k: options.pop(k) for k in FLOW_KEYS if k in options}
             fit_seed = round_seed(seed, rounds) + options.pop("seed", 0)
@@ -430,7 +441,6 @@ def final_round_refits(
             fitted = npe.fit(*data, seed=fit_seed, **warm, **options)
             cpu = time.process_time() - start
             h = npe.history
-            label = ", ".join([start_from, *(f"{k}={v}" for k, v in {**flow, **options}.items())])
             lines.append(
                 f"| {i} | {label} | {h.epochs} ({h.best_epoch}) | {h.best_validation_loss:.4f} "
                 f"| {cpu:.0f} | {score(fitted, x_o, reference):.3f} |"
