@@ -87,6 +87,7 @@ CONFIGS = {
     "PM-G": ("PM with 3 blocks", _jt(3e-3, 34, "mix07", _PM + ";layers=3")),
     "PM-W": ("PM with width 128", _jt(3e-3, 34, "mix07", _PM + ";width=128")),
     "fm": ("simgen flow matching (its defaults)", "fm"),
+    "fm-nb": ("fm without its linear-Gaussian baseline", "fm:gaussian_baseline=false"),
 }
 #: Sampling steps tried on configuration C's trained model (no retraining).
 STEP_VARIANTS = {"C": (8, 32)}
