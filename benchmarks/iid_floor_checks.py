@@ -43,11 +43,18 @@ from benchmarks import warm_up_torch
 from benchmarks.bench_iid import ROUTE_OPTIONS, TRIALS, training_data
 from benchmarks.iid_models import HIGH, LOW, MODELS
 from simgen.diagnostics.c2st import c2st
-from simgen.estimators import compose
+from simgen.estimators import compose, compose_sampler
 from simgen.priors import in_support
 
-#: (floor c, ODE steps, trial_precision); the first is the default.
-SETTINGS = ((0.3, 50, "shared"), (1.0, 50, "shared"), (3.0, 50, "shared"), (0.3, 50, "per_trial"))
+#: (floor c, ODE steps, trial_precision, corrector moves); the first is the default.
+SETTINGS = (
+    (0.3, 50, "shared", 0),
+    (1.0, 50, "shared", 0),
+    (3.0, 50, "shared", 0),
+    (0.3, 50, "per_trial", 0),
+    (0.3, 50, "shared", 10),
+    (0.3, 50, "per_trial", 10),
+)
 
 
 def main() -> None:
@@ -68,9 +75,10 @@ def main() -> None:
     warm_up_torch()
     default = compose.RESIDUAL_FLOOR
     print(
-        "| model | c | steps | precisions | n | inside | C2ST | mean error (sds) | sample CPU s |"
+        "| model | c | steps | precisions | moves | n | inside | C2ST | mean error (sds) "
+        "| sd ratio | sample CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         model = MODELS[name]
         theta, x = training_data(model, 1000, args.seed)
@@ -81,12 +89,12 @@ def main() -> None:
         est = posterior.estimator
         posterior._draw_rejected = est.draw  # every draw, inside the support or not
         solver = est.solver
-        for c, steps, precisions in (SETTINGS[i] for i in args.settings):
+        for c, steps, precisions, moves in (SETTINGS[i] for i in args.settings):
             compose.RESIDUAL_FLOOR = c
             est.solver = dataclasses.replace(solver, steps=steps)
-            est.trial_precision = precisions
+            est.trial_precision, est.corrector_steps = precisions, moves
             for n in TRIALS:
-                scores, errors, cpu, inside = [], [], [], []
+                scores, errors, cpu, inside, ratios = [], [], [], [], []
                 for k, full in enumerate(model.observations()):
                     xo = full[:n]
                     start = time.process_time()
@@ -101,110 +109,127 @@ def main() -> None:
                     scores.append(float(c2st(kept, ref)))
                     big = model.reference(xo, 20_000, 99)
                     errors.append(float(((kept.mean(0) - big.mean(0)) / big.std(0)).abs().max()))
+                    ratio = kept.std(0) / big.std(0)
+                    ratios.append(float(ratio[ratio.log().abs().argmax()]))  # the worst
                 print(
-                    f"| {name} | {c} | {steps} | {precisions} | {n} | "
+                    f"| {name} | {c} | {steps} | {precisions} | {moves} | {n} | "
                     f"{statistics.mean(inside):.3f} | "
                     f"{statistics.mean(scores) if scores else float('nan'):.3f} | "
                     f"{statistics.mean(errors) if errors else float('nan'):.2f} | "
+                    f"{statistics.mean(ratios) if ratios else float('nan'):.2f} | "
                     f"{statistics.mean(cpu):.1f} |",
                     flush=True,
                 )
         compose.RESIDUAL_FLOOR = default
         est.solver = solver
-        est.trial_precision = "shared"
+        est.trial_precision, est.corrector_steps = "shared", 0
 
 
-#: The oracle's grid size, ODE steps, and per n: (draws, rates, rules).
-GRID, ORACLE_STEPS = 200, 60
-ORACLE = {
-    10: (300, (0, 1), ("exact", "shared", "per_trial")),
-    100: (150, (0,), ("shared", "per_trial")),
-}
+#: The oracle's ODE steps, draws, and Langevin corrector moves compared (0: none).
+ORACLE_STEPS, ORACLE_DRAWS, ORACLE_MOVES = 60, 200, (0, 10)
 F64 = torch.float64
 
 
-def _grid_weights(grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-trial posteriors of one rate on the grid ``(n, G)`` (flat prior on the box)."""
-    logw = grid.log()[None] - grid[None] * x[:, None]
-    return (logw - logw.logsumexp(-1, keepdim=True)).exp()
+def _denoise(x: torch.Tensor | None, y: torch.Tensor, s: float):
+    r"""Exact mean and variance ``(S, K)`` of the per-trial laws :math:`\theta e^{-\theta x_k}`
+    (``x`` ``(K,)``; the flat prior for ``None``) on the box given :math:`y = \theta + s
+    \varepsilon`: the factor times :math:`N(y; \theta, s^2)` is :math:`\theta\,
+    N(\theta; y - x s^2, s^2)`, so truncated-normal moments give them at any ``s``."""
+    x = torch.zeros(1, dtype=F64) if x is None else x
+    m = y[:, None] - x[None] * s**2
+    lo, hi = (LOW - m) / s, (HIGH - m) / s
+    log_z = compose._log_diff_ndtr(hi, lo)
+    pa, pb = (compose._log_phi(lo) - log_z).exp(), (compose._log_phi(hi) - log_z).exp()
+    u1, u2 = pa - pb, 1 + lo * pa - hi * pb
+    u3 = 2 * u1 + lo**2 * pa - hi**2 * pb
+    e1 = m + s * u1
+    if x.abs().sum() == 0:
+        return e1, (s**2 * (u2 - u1**2)).clamp_min(1e-16)
+    e2 = m**2 + 2 * m * s * u1 + s**2 * u2
+    e3 = m**3 + 3 * m**2 * s * u1 + 3 * m * s**2 * u2 + s**3 * u3
+    return e2 / e1, (e3 / e1 - (e2 / e1) ** 2).clamp_min(1e-16)
 
 
-def _grid_denoise(grid, w, y, s):
-    """Mean and variance ``(S, K)`` of K grid laws ``w`` ``(K, G)`` given y = θ + s ε."""
-    logk = -0.5 * ((y[:, None] - grid[None]) / s) ** 2
-    lw = w.clamp_min(1e-300).log()[None] + logk[:, None, :]
-    p = (lw - lw.logsumexp(-1, keepdim=True)).exp()
-    m = (p * grid).sum(-1)
-    return m, ((p * grid**2).sum(-1) - m**2).clamp_min(1e-12)
+def _composed(x, prec, y, s):
+    """The GAUSS rule's composed denoiser ``(S,)`` (the module docstring of compose)."""
+    n = len(x)
+    mu_i, _ = _denoise(x, y, s)
+    mu_0, v_0 = _denoise(None, y, s)
+    lam_i = prec[None] + 1 / s**2
+    lam_0 = (1 / v_0[:, 0]).clamp_max(float(prec.min()) + 1 / s**2)  # the box's cap
+    num = (lam_i * mu_i).sum(-1) - (n - 1) * lam_0 * mu_0[:, 0]
+    return num / (lam_i.sum(-1) - (n - 1) * lam_0)
 
 
-def _grid_composed(grid, w_i, w_0, y, s, rule, shared_var, box_var):
-    """The composed denoiser ``(S,)`` by ``rule`` (the module docstring of compose)."""
-    mu_i, _ = _grid_denoise(grid, w_i, y, s)
-    mu_0, v_0 = _grid_denoise(grid, w_0, y, s)
-    n = len(w_i)
-    if rule == "exact":
-        lw = w_i.clamp_min(1e-300).log().sum(0) - (n - 1) * w_0.clamp_min(1e-300).log()[0]
-        return _grid_denoise(grid, (lw - lw.logsumexp(-1)).exp()[None], y, s)[0][:, 0]
+def _oracle_draws(x, rule, moves, shared_var, box_var, seed):
+    """One rate's composed draws ``(ORACLE_DRAWS,)``: the VE probability-flow ODE (Heun), then
+    ``moves`` corrector moves of ``compose_sampler.correct`` at the last noise level."""
+    n = len(x)
     if rule == "shared":
         prec = torch.full((n,), 1 / shared_var, dtype=F64)
     else:
-        m = (w_i * grid).sum(-1)
-        prec = 1 / ((w_i * grid**2).sum(-1) - m**2)
+        grid = torch.linspace(LOW, HIGH, 2000, dtype=F64)
+        w = torch.softmax(grid.log()[None] - grid[None] * x[:, None], -1)
+        mean = (w * grid).sum(-1)
+        prec = 1 / ((w * grid**2).sum(-1) - mean**2)
     prec = prec.clamp_min(1 / box_var)
-    lam_i = prec[None] + 1 / s**2
-    lam_0 = (1 / v_0).clamp_max(prec.min() + 1 / s**2)  # the box's cap below the trials'
-    num = (lam_i * mu_i).sum(-1) - (n - 1) * (lam_0 * mu_0)[:, 0]
-    return num / (lam_i.sum(-1) - (n - 1) * lam_0[:, 0])
+    s_min, s_max = 0.01 * box_var**0.5, 10 * box_var**0.5
+    sig = torch.logspace(math.log10(s_max), math.log10(s_min), ORACLE_STEPS + 1, dtype=F64)
+    gen = torch.Generator().manual_seed(seed)
+    y = 0.5 * (LOW + HIGH) + (s_max**2 + box_var) ** 0.5 * torch.randn(
+        ORACLE_DRAWS, generator=gen, dtype=F64
+    )
+    field = lambda y, s: (y - _composed(x, prec, y, s)) / s  # noqa: E731
+    for a, b in zip(sig[:-1].tolist(), sig[1:].tolist()):
+        k1 = field(y, a)
+        y = y + (b - a) * 0.5 * (k1 + field(y + (b - a) * k1, b))
+    s = float(sig[-1])
+    if moves:
+        torch.manual_seed(seed)
+
+        def score(z):  # the likelihood score sum_i (mu_i - mu_0) / s^2 (the prior is flat)
+            z1 = z[:, 0, 0]
+            lik = (_denoise(x, z1, s)[0] - _denoise(None, z1, s)[0]).sum(-1) / s**2
+            return lik[:, None, None]
+
+        fallback = torch.tensor([[[1 / float(prec.sum() - (n - 1) / box_var) + s**2]]])
+        box = (torch.tensor([LOW], dtype=F64), torch.tensor([HIGH], dtype=F64))
+        y = compose_sampler.correct(y[:, None, None], score, moves, 0.5, fallback, box)[:, 0, 0]
+    return _composed(x, prec, y, s)
 
 
 def oracle() -> None:
     """The quadrature oracle of the module docstring, printed as a table."""
     model = MODELS["exp"]
-    grid = torch.linspace(LOW, HIGH, GRID, dtype=F64)
+    grid = torch.linspace(LOW, HIGH, 20_001, dtype=F64)
     box_var = (HIGH - LOW) ** 2 / 12
     g = torch.Generator().manual_seed(5)
-    theta = model.draw_theta(4000, g)
-    wp = _grid_weights(grid, model.simulator(theta, g).double()[:, 0])
-    mp = (wp * grid).sum(-1)
-    shared_var = float(((wp * grid**2).sum(-1) - mp**2).mean())
-    w_0 = torch.full((1, GRID), 1.0 / GRID, dtype=F64)
-    s_min, s_max = 0.01 * box_var**0.5, 10 * box_var**0.5
-    sig = torch.logspace(math.log10(s_max), math.log10(s_min), ORACLE_STEPS + 1, dtype=F64)
+    x_prior = model.simulator(model.draw_theta(4000, g), g).double()[:, 0]
+    wp = torch.softmax(grid[::10].log()[None] - grid[::10][None] * x_prior[:, None], -1)
+    mp = (wp * grid[::10]).sum(-1)
+    shared_var = float(((wp * grid[::10] ** 2).sum(-1) - mp**2).mean())
     print(f"shared per-trial variance {shared_var:.4f} (the box's {box_var:.4f})")
-    print("| n | rule | mean error (sds), per obs. and rate | sd ratio | CPU s |")
-    print("|---|---|---|---|---|")
-    for n, (num, rates, rules) in ORACLE.items():
-        for rule in rules:
-            errors, ratios, start = [], [], time.process_time()
-            for k, full in enumerate(model.observations()):
-                for j in rates:
-                    w_i = _grid_weights(grid, full[:n, j].double())
-                    lw = w_i.log().sum(0)
-                    w = (lw - lw.logsumexp(-1)).exp()
-                    mean = (w * grid).sum()
-                    sd = ((w * grid**2).sum() - mean**2).sqrt()
-
-                    def field(y, s, w_i=w_i, rule=rule):
-                        mu = _grid_composed(grid, w_i, w_0, y, s, rule, shared_var, box_var)
-                        return (y - mu) / s
-
-                    gen = torch.Generator().manual_seed(k)
-                    y = 0.5 * (LOW + HIGH) + (s_max**2 + box_var) ** 0.5 * torch.randn(
-                        num, generator=gen, dtype=F64
-                    )
-                    for a, b in zip(sig[:-1], sig[1:]):
-                        k1 = field(y, a)
-                        y1 = y + (b - a) * k1
-                        y = y + (b - a) * 0.5 * (k1 + field(y1, b))
-                    draws = _grid_composed(grid, w_i, w_0, y, sig[-1], rule, shared_var, box_var)
-                    errors.append(float((draws.mean() - mean).abs() / sd))
-                    ratios.append(float(draws.std() / sd))
-            print(
-                f"| {n} | {rule} | {' '.join(f'{e:.2f}' for e in errors)} | "
-                f"{' '.join(f'{r:.2f}' for r in ratios)} | {time.process_time() - start:.1f} |",
-                flush=True,
-            )
+    print("| n | rule | moves | mean error (sds), per obs. and rate | sd ratio | CPU s |")
+    print("|---|---|---|---|---|---|")
+    for n in TRIALS:
+        for rule in ("shared", "per_trial"):
+            for moves in ORACLE_MOVES:
+                errors, ratios, start = [], [], time.process_time()
+                for k, full in enumerate(model.observations()):
+                    for j in range(2):
+                        x = full[:n, j].double()
+                        w = torch.softmax(n * grid.log() - grid * x.sum(), -1)
+                        mean = (w * grid).sum()
+                        sd = ((w * grid**2).sum() - mean**2).sqrt()
+                        draws = _oracle_draws(x, rule, moves, shared_var, box_var, k)
+                        errors.append(float((draws.mean() - mean).abs() / sd))
+                        ratios.append(float(draws.std() / sd))
+                print(
+                    f"| {n} | {rule} | {moves} | {' '.join(f'{e:.2f}' for e in errors)} | "
+                    f"{' '.join(f'{r:.2f}' for r in ratios)} | "
+                    f"{time.process_time() - start:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

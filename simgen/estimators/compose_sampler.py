@@ -48,7 +48,10 @@ a set with fewer than :math:`2(D + 1)` draws uses the GAUSS rule's composed cova
 is flat) and the draws are reflected at the box's faces :math:`\alpha_t[a, b]` before and
 after every move: reflected Langevin on the smooth likelihood score samples the posterior
 truncated to the box, where the noised box score, steep within :math:`\sigma_t` of a face,
-would throw draws far inside it. So every corrected draw lies in the prior's support.
+would throw draws far inside it. So every corrected draw lies in the prior's support. A
+predictor draw that is not finite (the GAUSS rule's ODE can diverge where a face cuts the
+posterior, :mod:`simgen.estimators.compose`) restarts from a finite draw of its set, chosen
+at random, which the moves then decorrelate.
 
 **Measured** (``benchmarks/results_iid.md``): with exact per-trial denoisers (the quadrature
 oracle of ``benchmarks/iid_floor_checks.py``) ten moves at :math:`\epsilon = 0.5` brought
@@ -67,7 +70,12 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .compose import ResidualFloor, compose_trial_denoisers, sampled_precisions
+from .compose import (
+    ResidualFloor,
+    compose_trial_denoisers,
+    gaussian_denoiser,
+    sampled_precisions,
+)
 
 __all__ = [
     "CORRECTOR_STEP",
@@ -75,6 +83,7 @@ __all__ = [
     "reflect",
     "ensemble_preconditioner",
     "correct",
+    "restart_non_finite",
     "TrialComposition",
 ]
 
@@ -109,23 +118,35 @@ def ensemble_preconditioner(y: Tensor, s: Tensor, fallback: Tensor) -> tuple[Ten
     r""":math:`C` and a square root of it ``(B, D, D)`` from the draws ``y`` and their scores
     ``s`` ``(S, B, D)`` (module docstring); ``fallback`` ``(B, D, D)`` where ``S < 2(D + 1)``."""
     num, dim = y.shape[0], y.shape[-1]
+    fallback_root = torch.linalg.cholesky(fallback)
     if num < 2 * (dim + 1):
-        return fallback, torch.linalg.cholesky(fallback)
+        return fallback, fallback_root
     y64, s64 = y.double(), s.double()
     yc, sc = y64 - y64.mean(0), s64 - s64.mean(0)
     eye = torch.eye(dim, dtype=torch.float64, device=y.device)
     cov = torch.einsum("sbi,sbj->bij", yc, yc) / (num - 1)
-    chol = torch.linalg.cholesky(
-        cov + 1e-12 * cov.diagonal(0, -2, -1).amax(-1)[:, None, None] * eye
-    )
+    jitter = 1e-12 * cov.diagonal(0, -2, -1).amax(-1)[:, None, None] * eye
+    chol, info = torch.linalg.cholesky_ex(cov + jitter)
     u = torch.linalg.solve_triangular(chol, yc.permute(1, 2, 0), upper=False)  # (B, D, S)
     su = chol.transpose(-1, -2) @ sc.permute(1, 2, 0)  # scores in u, (B, D, S)
     a = -(su @ u.transpose(-1, -2)) / (num - 1)
-    vals, vecs = torch.linalg.eigh(0.5 * (a + a.transpose(-1, -2)))
+    a = 0.5 * (a + a.transpose(-1, -2))
+    bad = (info != 0) | ~a.isfinite().all(-1).all(-1)  # a collapsed or non-finite set
+    vals, vecs = torch.linalg.eigh(torch.where(bad[:, None, None], eye, a))
     inv = 1 / vals.clamp_min(1.0)  # C_u <= I: never wider than the draws
-    root_u = vecs * inv.sqrt()[:, None, :]
-    root = chol @ root_u
+    root = torch.where(bad[:, None, None], fallback_root, chol @ (vecs * inv.sqrt()[:, None, :]))
     return root @ root.transpose(-1, -2), root
+
+
+def restart_non_finite(y: Tensor) -> Tensor:
+    """``y`` ``(S, B, D)`` with each non-finite draw replaced by a finite draw of its set,
+    chosen at random (a set without one is left as it is)."""
+    ok = y.isfinite().all(-1)  # (S, B)
+    if bool(ok.all()):
+        return y
+    pick = torch.multinomial(ok.T.double() + (~ok.any(0)).double()[:, None], len(y), True)
+    donors = y.gather(0, pick.T[..., None].expand_as(y))  # (S, B, D)
+    return torch.where(ok[..., None], y, donors)
 
 
 def correct(
@@ -141,6 +162,7 @@ def correct(
         fallback: The GAUSS rule's composed covariance of ``y`` ``(B, D, D)`` (float64).
         box: The faces ``(lo, hi)`` ``(D,)`` in the coordinates of ``y``, or ``None``.
     """
+    y = restart_non_finite(y)
     if box is not None:
         y = reflect(y, *box)
     amp = math.sqrt(step * (2 - step))
@@ -153,6 +175,12 @@ def correct(
         if box is not None:
             y = reflect(y, *box)
     return y
+
+
+def _gauss_score(y: Tensor, r: float, m: Tensor, vals: Tensor, vecs: Tensor) -> Tensor:
+    r""":math:`\nabla_y\log\mathcal N(y; m, V(\Lambda + r^2)V^\top)` for ``y``, ``m``
+    broadcasting to ``(..., D)``."""
+    return -(((y - m) @ vecs) / (vals + r * r)) @ vecs.T
 
 
 class TrialComposition:
@@ -202,6 +230,38 @@ class TrialComposition:
         r = float((alpha / sigma) ** 2)
         return compose_trial_denoisers(mu_i, self.mask, mu_0, self.trial_inv, extra, r)
 
+    def scores(self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor):
+        r"""The per-trial scores less the prior's, :math:`\nabla_{\tilde y}\log p_t(\tilde y
+        \mid x_i) - \nabla_{\tilde y}\log p_t(\tilde y)` ``(S, B, n, D)``, and the prior's
+        ``(S, B, D)``, in :math:`\tilde y = y/\alpha_t` (float64). Below the floor both are
+        floored alike (module docstring): the Gaussian part in closed form, the rest held at
+        :math:`r_c`, which also keeps the difference free of round-off at small noise."""
+        r, fl = float(sigma / alpha), self.floor
+        yt = y.double() / float(alpha)
+        if self.prior.kind == "gauss":
+            m0, cov = self.prior.a, self.prior.b
+        else:
+            m0, cov = 0.5 * (self.prior.a + self.prior.b), self.prior.covariance()
+        vals0, vecs0 = torch.linalg.eigh(cov.to(yt.device))
+        m0 = m0.to(yt.device)
+        if r >= fl.r_c:  # no floor: Tweedie's formula as it stands
+            yy = y[:, :, None, :].expand(-1, -1, self.mask.shape[1], -1)
+            s_i = (fl(denoise, yy, t, alpha, r).double() - yt[:, :, None]) / r**2
+            s_0 = (self.prior.denoiser(y, alpha, sigma)[0].double() - yt) / r**2
+            return s_i - s_0[:, :, None], s_0
+        lam, vecs = fl.eigvals.double(), fl.eigvecs.double()
+        yc = yt[:, :, None, :].expand(-1, -1, self.mask.shape[1], -1)
+        mu_c = denoise((fl.alpha_c * yc).to(y.dtype), fl.t_c).double()
+        m = fl.m.double()
+        s_i = _gauss_score(yc, r, m, lam, vecs)
+        s_i = s_i + (mu_c - gaussian_denoiser(yc, fl.r_c, m, lam, vecs)) / fl.r_c**2
+        s_0 = _gauss_score(yt, r, m0, vals0, vecs0)
+        if self.prior.kind == "box":
+            a_c = fl.alpha_c
+            mu0_c = self.prior.denoiser((a_c * yt).to(y.dtype), a_c, a_c * fl.r_c)[0].double()
+            s_0 = s_0 + (mu0_c - gaussian_denoiser(yt, fl.r_c, m0, vals0, vecs0)) / fl.r_c**2
+        return s_i - s_0[:, :, None], s_0
+
     def covariance(self, alpha: Tensor, sigma: Tensor) -> Tensor:
         r"""The GAUSS rule's composed covariance of :math:`y_t`, :math:`\alpha_t^2
         (\Lambda - r_tI)^{-1} + \sigma_t^2 I` ``(B, D, D)`` (float64)."""
@@ -223,16 +283,14 @@ class TrialComposition:
         steps = self.est.corrector_steps
         if steps == 0:
             return y
-        a2 = float(alpha / sigma**2)
         keep = self.mask[None, :, :, None]
 
-        def score(z: Tensor) -> Tensor:
-            mu_i = self.per_trial(denoise, z, t, alpha, sigma)
-            mu_0, _ = self.prior.denoiser(z, alpha, sigma)
-            lik = torch.where(keep, mu_i - mu_0[:, :, None, :], torch.zeros_like(mu_i)).sum(-2)
-            if self.prior.kind == "box":
-                return a2 * lik
-            return a2 * lik + (alpha * mu_0 - z) / sigma**2
+        def score(z: Tensor) -> Tensor:  # in y = alpha y~: the scores in y~ over alpha
+            lik, prior = self.scores(denoise, z, t, alpha, sigma)
+            total = torch.where(keep, lik, torch.zeros_like(lik)).sum(-2)
+            if self.prior.kind == "gauss":
+                total = total + prior
+            return total / float(alpha)
 
         box = None
         if self.prior.kind == "box":
