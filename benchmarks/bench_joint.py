@@ -57,6 +57,7 @@ def _jt(lr: float, patience: int, mix: str, extra: str = "") -> str:
     return f"{spec};{extra}"
 
 
+_ID1 = "layers=3;identity_scale=1.0"  # token identities drawn at std 1, not 0.02
 _PM = "x_token_size=2;x_blocks=4"  # slcp: one token per i.i.d. point, the dependency mask
 #: Every joint-transformer spec here names its depth, so a label keeps its meaning whatever
 #: the family's default; the cache key leaves out ``layers=2``, the depth of the cells cached
@@ -78,6 +79,7 @@ CONFIGS = {
     "G-D": ("G, posterior only", _jt(3e-3, 34, "post", "layers=3")),
     "G-L": ("G with patience 68", _jt(3e-3, 68, "mix07", "layers=3")),
     "G-W": ("G with width 128", _jt(3e-3, 34, "mix07", "layers=3;width=128")),
+    "G-I": ("G with token identities drawn at std 1", _jt(3e-3, 34, "mix07", _ID1)),
     # slcp only: x is four i.i.d. 2-D points
     "M": ("C with the dependency mask (x_blocks=4)", _jt(3e-3, 34, "mix07", "x_blocks=4")),
     "P": ("C with one token per point (x_token_size=2)", _jt(3e-3, 34, "mix07", "x_token_size=2")),

@@ -155,11 +155,27 @@ def test_save_load_round_trip(tmp_path):
         {"layers": 0},
         {"x_blocks": 3},
         {"x_blocks": 0},
+        {"identity_scale": 0.0},
+        {"identity_scale": float("inf")},
+        {"identity_scale": "1"},
     ],
 )
 def test_bad_options_raise(options):
     with pytest.raises(ConfigError):
         JointTransformer(2, (4,), **{**TINY, **options})
+
+
+def test_identity_scale_sets_the_spread_of_the_token_identities():
+    # seeded; 6 tokens x 64 widths = 384 draws: the sample std is within 10% of its scale
+    # with probability > 0.99; the default's 0.02 is the control a scale of 1 must not match
+    torch.manual_seed(0)
+    default = JointTransformer(2, (4,), width=64, heads=4)
+    wide = JointTransformer(2, (4,), width=64, heads=4, identity_scale=1.0)
+    assert abs(default.net.identity.std().item() / 0.02 - 1) < 0.1
+    assert abs(wide.net.identity.std().item() - 1) < 0.1
+    rebuilt = from_spec(wide.spec)
+    assert rebuilt.options["identity_scale"] == 1.0
+    assert abs(rebuilt.net.identity.std().item() - 1) < 0.1
 
 
 def test_embedding_net_is_refused():

@@ -78,6 +78,9 @@ __all__ = ["JointTransformer", "MASK_KINDS"]
 #: The training mixture's components, in the order of ``mask_weights``.
 MASK_KINDS = ("posterior", "likelihood", "joint", "posterior_subset", "random")
 DEFAULT_MASK_WEIGHTS = (0.7, 0.1, 0.05, 0.1, 0.05)
+#: The standard deviation :class:`~simgen.estimators._tokens.TokenTransformer` draws the
+#: token identities with; ``identity_scale`` rescales them to its own.
+_IDENTITY_STD = 0.02
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -101,6 +104,9 @@ class JointTransformer(DensityEstimator):
             :mod:`~simgen.estimators._tokens` (e.g. 4 for slcp's four i.i.d. points); must
             divide the number of x tokens (default 1, full attention).
         time_features: Size of the Fourier time embedding.
+        identity_scale: Standard deviation of the learned token identities at
+            initialisation, :math:`e^{\text{id}}_k \sim \mathcal N(0, s^2 I)` (default
+            0.02; module docstring, "Token identities").
         sigma_min: Width of the path at the data end.
         time_power: Train times have density :math:`\propto t^{a}` (default 1, as flow matching).
         grid_power: Exponent of the solver grid :math:`t_k = 1 - (1 - k/K)^p`.
@@ -131,6 +137,7 @@ class JointTransformer(DensityEstimator):
         x_token_size: int = 1,
         x_blocks: int = 1,
         time_features: int = 32,
+        identity_scale: float = 0.02,
         sigma_min: float = 1e-3,
         time_power: float = 1.0,
         grid_power: float = 2.0,
@@ -164,6 +171,14 @@ class JointTransformer(DensityEstimator):
                 f"(x's {self.x_dim} entries in groups of x_token_size={x_token_size})."
             )
         check_path_options(sigma_min, time_power, grid_power)
+        if (
+            isinstance(identity_scale, bool)
+            or not isinstance(identity_scale, (int, float))
+            or not 0 < identity_scale < math.inf
+        ):
+            raise ConfigError(
+                f"identity_scale must be a finite number > 0, got {identity_scale!r}."
+            )
         weights = list(mask_weights) if isinstance(mask_weights, (list, tuple)) else None
         if (
             weights is None
@@ -200,6 +215,8 @@ class JointTransformer(DensityEstimator):
             time_features,
             x_blocks,
         )
+        with torch.no_grad():  # N(0, 0.02^2) identities rescaled: no extra draw
+            self.net.identity.mul_(float(identity_scale) / _IDENTITY_STD)
         self.options = {
             "width": width,
             "layers": layers,
@@ -207,6 +224,7 @@ class JointTransformer(DensityEstimator):
             "x_token_size": x_token_size,
             "x_blocks": x_blocks,
             "time_features": time_features,
+            "identity_scale": float(identity_scale),
             "sigma_min": self.sigma_min,
             "time_power": self.time_power,
             "grid_power": self.grid_power,
