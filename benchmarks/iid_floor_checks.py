@@ -125,8 +125,18 @@ def main() -> None:
         est.trial_precision, est.corrector_steps = "shared", 0
 
 
-#: The oracle's ODE steps, draws, and Langevin corrector moves compared (0: none).
-ORACLE_STEPS, ORACLE_DRAWS, ORACLE_MOVES = 60, 200, (0, 10)
+#: The oracle's ODE steps and draws, and its runs: (rule, corrector moves, step).
+ORACLE_STEPS, ORACLE_DRAWS = 60, 200
+ORACLE_RUNS = (
+    ("shared", 0, 0.5),
+    ("shared", 3, 0.5),
+    ("shared", 10, 0.5),
+    ("shared", 30, 0.5),
+    ("shared", 10, 0.25),
+    ("shared", 10, 1.0),
+    ("per_trial", 0, 0.5),
+    ("per_trial", 10, 0.5),
+)
 F64 = torch.float64
 
 
@@ -161,7 +171,7 @@ def _composed(x, prec, y, s):
     return num / (lam_i.sum(-1) - (n - 1) * lam_0)
 
 
-def _oracle_draws(x, rule, moves, shared_var, box_var, seed):
+def _oracle_draws(x, rule, moves, step, shared_var, box_var, seed):
     """One rate's composed draws ``(ORACLE_DRAWS,)``: the VE probability-flow ODE (Heun), then
     ``moves`` corrector moves of ``compose_sampler.correct`` at the last noise level."""
     n = len(x)
@@ -194,7 +204,7 @@ def _oracle_draws(x, rule, moves, shared_var, box_var, seed):
 
         fallback = torch.tensor([[[1 / float(prec.sum() - (n - 1) / box_var) + s**2]]])
         box = (torch.tensor([LOW], dtype=F64), torch.tensor([HIGH], dtype=F64))
-        y = compose_sampler.correct(y[:, None, None], score, moves, 0.5, fallback, box)[:, 0, 0]
+        y = compose_sampler.correct(y[:, None, None], score, moves, step, fallback, box)[:, 0, 0]
     return _composed(x, prec, y, s)
 
 
@@ -209,27 +219,26 @@ def oracle() -> None:
     mp = (wp * grid[::10]).sum(-1)
     shared_var = float(((wp * grid[::10] ** 2).sum(-1) - mp**2).mean())
     print(f"shared per-trial variance {shared_var:.4f} (the box's {box_var:.4f})")
-    print("| n | rule | moves | mean error (sds), per obs. and rate | sd ratio | CPU s |")
-    print("|---|---|---|---|---|---|")
+    print("| n | rule | moves | step | mean error (sds), per obs. and rate | sd ratio | CPU s |")
+    print("|---|---|---|---|---|---|---|")
     for n in TRIALS:
-        for rule in ("shared", "per_trial"):
-            for moves in ORACLE_MOVES:
-                errors, ratios, start = [], [], time.process_time()
-                for k, full in enumerate(model.observations()):
-                    for j in range(2):
-                        x = full[:n, j].double()
-                        w = torch.softmax(n * grid.log() - grid * x.sum(), -1)
-                        mean = (w * grid).sum()
-                        sd = ((w * grid**2).sum() - mean**2).sqrt()
-                        draws = _oracle_draws(x, rule, moves, shared_var, box_var, k)
-                        errors.append(float((draws.mean() - mean).abs() / sd))
-                        ratios.append(float(draws.std() / sd))
-                print(
-                    f"| {n} | {rule} | {moves} | {' '.join(f'{e:.2f}' for e in errors)} | "
-                    f"{' '.join(f'{r:.2f}' for r in ratios)} | "
-                    f"{time.process_time() - start:.1f} |",
-                    flush=True,
-                )
+        for rule, moves, step in ORACLE_RUNS:
+            errors, ratios, start = [], [], time.process_time()
+            for k, full in enumerate(model.observations()):
+                for j in range(2):
+                    x = full[:n, j].double()
+                    w = torch.softmax(n * grid.log() - grid * x.sum(), -1)
+                    mean = (w * grid).sum()
+                    sd = ((w * grid**2).sum() - mean**2).sqrt()
+                    draws = _oracle_draws(x, rule, moves, step, shared_var, box_var, k)
+                    errors.append(float((draws.mean() - mean).abs() / sd))
+                    ratios.append(float(draws.std() / sd))
+            print(
+                f"| {n} | {rule} | {moves} | {step} | {' '.join(f'{e:.2f}' for e in errors)} | "
+                f"{' '.join(f'{r:.2f}' for r in ratios)} | "
+                f"{time.process_time() - start:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
