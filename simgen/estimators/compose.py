@@ -129,10 +129,12 @@ composed diffusion left 59-84% of its draws outside the box or non-finite and mi
 rest's mean by 5.7 and 23 posterior sds at n = 10 and 100, with any floor c in
 {0.3, 1, 3}; per-trial precisions kept 39% at n = 10 with a 2.3-sd miss
 (``results_iid.md``). With the exact per-trial denoisers and covariances in place of the
-network (a quadrature oracle, same file) the rule itself misses by up to 0.9 sds at n = 10
-(0.5 with per-trial precisions) and 1.6 (1.4) at n = 100, where its draws are 2-4 times too
-wide: each factor :math:`\theta e^{-\theta x_i}` on a box is skewed and truncated, and the
-product of n Gaussian stand-ins compounds their errors. Use NLE for such models.
+network (an oracle, same file) the rule itself misses by up to 0.85 sds at n = 10 and 1.4
+at n = 100, where its draws are about 2 times too wide (1.8-3.1 with per-trial precisions):
+each factor :math:`\theta e^{-\theta x_i}` on a box is skewed and truncated, and the
+product of n Gaussian stand-ins compounds their errors. The Langevin corrector of
+:mod:`simgen.estimators.compose_sampler` (``corrector_steps``) repairs that part, not the
+network's error. Use NLE for such models.
 """
 
 from __future__ import annotations
