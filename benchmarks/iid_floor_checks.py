@@ -1,28 +1,30 @@
-r"""What limits composed diffusion at 1,000 simulations: the residual floor and the precisions.
+r"""What limits composed diffusion at 1,000 simulations: the floor, the precisions, the corrector.
 
-One composed-diffusion fit (``control_variate=1.0``) per model of
-:mod:`benchmarks.iid_models` on ``bench_iid``'s 1k training data (seed ``--seed``), sampled
-at n = 10 and 100 trials of the three observations with the residual floor's
-:math:`c` (``simgen.estimators.compose.RESIDUAL_FLOOR``) and the per-trial precisions
-(``trial_precision``: the baseline's one covariance, or each trial's from draws of its own
-posterior) varied. Per
-setting: the share of the sampler's draws that are finite and inside the prior's support
-(``exp``'s box; NPE rejects the rest), and on those kept draws C2ST against as many exact
-ones and the largest coordinate's mean error in exact posterior sds. A large :math:`c` leans on the
-linear-Gaussian baseline at small noise: exact for ``gauss``, not for ``exp``, so the two
-models bound the choice.
+One composed-diffusion fit (``control_variate=1.0``; ``--estimator flow_matching`` for that
+family, which keeps its own ODE steps) per model of :mod:`benchmarks.iid_models` on
+``bench_iid``'s 1k training data (seed ``--seed``), sampled at n = 10 and 100 trials of the
+three observations with the residual floor's :math:`c`
+(``simgen.estimators.compose.RESIDUAL_FLOOR``), the per-trial precisions (``trial_precision``:
+the baseline's one covariance, or each trial's from draws of its own posterior) and the
+Langevin corrector's moves (``corrector_steps``, :mod:`simgen.estimators.compose_sampler`)
+varied (``SETTINGS``). Per setting: the share of the sampler's draws that are finite and
+inside the prior's support (``exp``'s box; NPE rejects the rest), and on those kept draws
+C2ST against as many exact ones, the largest coordinate's mean error in exact posterior sds
+and the sd ratio farthest from 1. A large :math:`c` leans on the linear-Gaussian baseline at
+small noise: exact for ``gauss``, not for ``exp``, so the two models bound the choice.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.iid_floor_checks --seed 1 --draws 200 \
-        [--settings 0 3]
+        [--settings 0 3] [--estimator flow_matching]
 
-``--oracle`` takes the network out on ``exp``: each rate's per-trial posterior
-:math:`\propto \theta e^{-\theta x_i}` on a grid of 200 points over the box gives exact
-per-trial denoisers, denoising variances and covariances (quadrature), composed by the
-GAUSS rule with one shared per-trial variance (the prior-predictive mean of the per-trial
-posterior variances, from 4,000 simulations), with per-trial variances, or exactly (the
-grid product), and sampled by 60 Heun steps of the VE probability-flow ODE (noise 0.01 to
-10 box sds). Mean error in exact sds and sd ratio per observation and rate (n = 10: 300
-draws, both rates; n = 100: 150 draws, the first rate, without the exact rule: CPU).
+``--oracle`` takes the network out on ``exp``: each rate's per-trial factor
+:math:`\theta e^{-\theta x_i}` on the box times the noise kernel is :math:`\theta` times a
+normal, so truncated-normal moments give exact per-trial denoisers and denoising variances
+at any noise; composed by the GAUSS rule with one shared per-trial variance (the
+prior-predictive mean of the per-trial posterior variances, from 4,000 simulations) or with
+per-trial variances, sampled by 60 Heun steps of the VE probability-flow ODE (noise 0.01 to
+10 box sds), then ``moves`` corrector moves of step ``step`` through
+``compose_sampler.correct`` (``ORACLE_RUNS``). Mean error in exact sds and sd ratio per
+observation and rate, 200 draws each, against the exact truncated-Gamma posterior.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.iid_floor_checks --oracle
 """
@@ -63,6 +65,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--models", nargs="+", default=["gauss", "exp"])
     parser.add_argument(
+        "--estimator", default="diffusion", choices=["diffusion", "flow_matching"],
+        help="the composed family (flow matching keeps its own ODE steps)",
+    )  # fmt: skip
+    parser.add_argument(
         "--settings", type=int, nargs="+", default=list(range(len(SETTINGS))),
         help="indices into SETTINGS",
     )  # fmt: skip
@@ -82,7 +88,8 @@ def main() -> None:
     for name in args.models:
         model = MODELS[name]
         theta, x = training_data(model, 1000, args.seed)
-        front = simgen.NPE(model.prior, estimator="diffusion", **ROUTE_OPTIONS["diffusion"])
+        options = ROUTE_OPTIONS.get(args.estimator, {})
+        front = simgen.NPE(model.prior, estimator=args.estimator, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             posterior = front.fit(theta, x, progress=False, seed=args.seed)
@@ -91,6 +98,8 @@ def main() -> None:
         solver = est.solver
         for c, steps, precisions, moves in (SETTINGS[i] for i in args.settings):
             compose.RESIDUAL_FLOOR = c
+            if args.estimator == "flow_matching":
+                steps = solver.steps
             est.solver = dataclasses.replace(solver, steps=steps)
             est.trial_precision, est.corrector_steps = precisions, moves
             for n in TRIALS:

@@ -67,8 +67,9 @@ gained little) brought the exponential-rate posteriors at 100 trials from about 
 wide and 1.4 sds off to within 0.14 sds of the mean and 0.92-1.03 of the sd (0.72 for one
 posterior against the box's face). With the network (1,000 simulations) they bring the sd
 ratio to 0.98-1.02 on the Gaussian model but neither the mean error (0.2-1.7 sds) nor
-C2ST, which the network's per-trial score error sets; on the exponential model every draw
-is in the box, but as far off as before. So ``corrector_steps`` is 0 (off) by default. A
+C2ST, which the network's per-trial score error sets (composed flow matching got worse:
+0.73-2.92 sds against 0.28-2.50); on the exponential model every draw is in the box, but as
+far off as before. So ``corrector_steps`` is 0 (off) by default. A
 move costs one composed-score evaluation (one network pass per trial and draw), against
 two per Heun step of the ODE: ten add 10% to diffusion's default 50 steps and 31% to flow
 matching's 16.
