@@ -39,7 +39,8 @@ table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) and
 ``results_sequential.jsonl`` (one line per run) from every cached run of the current code
 and of the codes :data:`EQUIVALENT` declares to compute the same under stated options
 (listed under the spec the current code gives them, ``method_as_run`` keeping the one
-they ran as), or of the simgen codes ``--codes`` lists. The code key hashes
+they ran as), or of the simgen codes ``--codes`` lists; a run without a cell is read from
+its line of ``results_sequential.jsonl``. The code key hashes
 ``simgen/sequential/`` without docstrings, so editing the text relabels no run. simgen
 runs also record, per round, the prior mass of the next proposal region and the share of
 reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
