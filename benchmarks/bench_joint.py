@@ -77,8 +77,6 @@ CONFIGS = {
     "W": ("C with width 128", _jt(3e-3, 34, "mix07", "width=128")),
     "L": ("C with patience 68", _jt(3e-3, 68, "mix07")),
     "G-D": ("G, posterior only", _jt(3e-3, 34, "post", "layers=3")),
-    "G-L": ("G with patience 68", _jt(3e-3, 68, "mix07", "layers=3")),
-    "G-W": ("G with width 128", _jt(3e-3, 34, "mix07", "layers=3;width=128")),
     "G-I": ("G with token identities drawn at std 1", _jt(3e-3, 34, "mix07", _ID1)),
     # slcp only: x is four i.i.d. 2-D points
     "M": ("C with the dependency mask (x_blocks=4)", _jt(3e-3, 34, "mix07", "x_blocks=4")),
