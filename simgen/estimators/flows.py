@@ -21,7 +21,10 @@ Families:
 * ``"nsf"``: rational-quadratic neural spline flow (Durkan et al., 2019); coupling layers by
   default (``passes=2``, as sbi's ``"nsf"``), so sampling costs 2 network passes per transform
   instead of D; ``passes=None`` makes it fully autoregressive; an LU layer after each
-  transform by default (``mixing="lu"``, below).
+  transform by default (``mixing="lu"``, below). Each spline maps :math:`[-B, B]` onto itself
+  with ``bins`` = K bins and is the identity outside (``bound`` = B, 5 by default as zuko's;
+  sbi's ``"nsf"`` uses 3 with 10 bins), so a standardised feature reaches
+  :math:`K / 2B` knots per unit.
 * ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
 * ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
 
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -72,14 +76,14 @@ from torch import Tensor, nn
 from torch.distributions import AffineTransform, Distribution, Transform, constraints
 from zuko.distributions import NormalizingFlow
 from zuko.lazy import UnconditionalTransform
-from zuko.transforms import ComposedTransform, LULinearTransform
+from zuko.transforms import ComposedTransform, LULinearTransform, MonotonicRQSTransform
 
 from ..errors import ConfigError
 from .base import DensityEstimator
 from .baseline import GaussianBaseline, fit_baseline, flat_context
 from .fast_inverse import sample_flow, supports_fast_inverse
 
-__all__ = ["Flow", "NSF", "MAF", "RealNVP", "ACTIVATIONS", "MIXINGS", "lu_linear"]
+__all__ = ["Flow", "NSF", "MAF", "RealNVP", "SplineFlow", "ACTIVATIONS", "MIXINGS", "lu_linear"]
 
 #: Conditioner nonlinearities by name (stored by name in model files).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -157,8 +161,8 @@ class Flow(DensityEstimator):
             :data:`FLOW_BASELINE_THRESHOLD` and its support check); each family's default
             is :attr:`default_baseline`, ``False`` behind a set embedding (its padded sets
             are no vector to regress on).
-        **options: The family's own options (:attr:`family_options`: ``bins`` and ``passes``
-            for :class:`NSF`, none for the others); any other name raises
+        **options: The family's own options (:attr:`family_options`: ``bins``, ``passes``
+            and ``bound`` for :class:`NSF`, none for the others); any other name raises
             :class:`~simgen.errors.ConfigError` listing the valid ones.
 
     Example:
@@ -290,6 +294,43 @@ class Flow(DensityEstimator):
         return y * s.scale + s.loc
 
 
+class SplineFlow(zuko.flows.MAF):
+    r"""zuko's NSF with the spline's bound :math:`B` as an argument (zuko fixes it at 5).
+
+    Args:
+        features, context, bins, slope: As :class:`zuko.flows.NSF`.
+        bound: The spline's (co)domain :math:`[-B, B]`; a positive, finite number.
+        **kwargs: Passed to :class:`zuko.flows.MAF` (``transforms``, ``passes``, ...).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int = 0,
+        bins: int = 8,
+        bound: float = 5.0,
+        slope: float = 1e-3,
+        **kwargs: Any,
+    ):
+        if (
+            isinstance(bound, bool)
+            or not isinstance(bound, (int, float))
+            or not math.isfinite(bound)
+            or bound <= 0
+        ):
+            raise ConfigError(
+                f"bound must be a positive, finite number (the spline's half-width in "
+                f"standardised units, e.g. 3.0 or 5.0), got {bound!r}."
+            )
+        super().__init__(
+            features=features,
+            context=context,
+            univariate=partial(MonotonicRQSTransform, bound=float(bound), slope=slope),
+            shapes=[(bins,), (bins,), (bins - 1,)],
+            **kwargs,
+        )
+
+
 class NSF(Flow):
     """Rational-quadratic spline flow: coupling (``passes=2``) or autoregressive (``None``),
     with ``bins`` spline bins per transformed feature and an LU layer after each transform
@@ -318,8 +359,8 @@ class NSF(Flow):
 
     name = "nsf"
     npe_support = "reject"
-    zuko_flow = zuko.flows.NSF
-    family_options = {"bins": 8, "passes": 2}
+    zuko_flow = SplineFlow
+    family_options = {"bins": 8, "passes": 2, "bound": 5.0}
     default_mixing = "lu"
     default_baseline = "auto"
 
