@@ -1,6 +1,8 @@
 """NSF's spline ``bound``: the default builds zuko's NSF bit for bit, a bad value raises
 naming the option, the spline is the identity outside ``[-B, B]`` and the map inside it, and
-the fast sampler inverts the flow at the bound it was built with."""
+the fast sampler inverts the flow at the bound it was built with. The flows' ``log_context``:
+the context is z-scored on the log scale, a non-positive x raises naming the option, the
+option survives a spec round trip, and off it changes nothing."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import pytest
 import torch
 import zuko
 
-from simgen.errors import ConfigError
+from simgen.errors import ConfigError, SupportError
+from simgen.estimators.base import Standardizer
 from simgen.estimators.fast_inverse import sample_flow, supports_fast_inverse
-from simgen.estimators.flows import NSF, SplineFlow
+from simgen.estimators.flows import NSF, LogStandardizer, SplineFlow
 from simgen.estimators.registry import build_estimator
 
 
@@ -78,3 +81,58 @@ def test_fast_sampler_uses_the_flows_bound():
     assert 0.2 < inside < 0.98
     back = flow(c).transform(draws)
     torch.testing.assert_close(back, noise, rtol=0, atol=1e-8)
+
+
+def _positive_context(n: int = 400) -> torch.Tensor:
+    torch.manual_seed(2)
+    return torch.exp(3.0 * torch.randn(n, 3))  # five orders of magnitude, as lotka_volterra
+
+
+def test_log_context_standardises_log_x():
+    x = _positive_context()
+    theta = torch.randn(len(x), 2)
+    flow = build_estimator("nsf", 2, (3,), log_context=True)
+    assert isinstance(flow.context_standardizer, LogStandardizer)
+    flow.fit_standardization(theta, x)
+    log_x = x.log()
+    z = flow.embed(x)
+    torch.testing.assert_close(z, (log_x - log_x.mean(0)) / log_x.std(0), rtol=0, atol=1e-4)
+    torch.testing.assert_close(z.mean(0), torch.zeros(3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(z.std(0), torch.ones(3), rtol=0, atol=1e-4)
+    torch.testing.assert_close(flow.context_standardizer.inverse(z), x, rtol=1e-4, atol=0)
+    # Control: z-scoring x itself leaves most of these contexts in a sliver near its minimum.
+    plain = build_estimator("nsf", 2, (3,))
+    plain.fit_standardization(theta, x)
+    raw = plain.embed(x)
+    assert float((raw < raw.min(0).values + 0.1).double().mean()) > 0.5
+    assert float((z < z.min(0).values + 0.1).double().mean()) < 0.05
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_log_context_refuses_non_positive_x(bad):
+    x = _positive_context(50)
+    flow = build_estimator("nsf", 2, (3,), log_context=True)
+    with pytest.raises(SupportError, match="log_context"):
+        flow.fit_standardization(torch.randn(50, 2), torch.cat([x, torch.full((1, 3), bad)]))
+    flow.fit_standardization(torch.randn(50, 2), x)
+    with pytest.raises(SupportError, match="log_context"):
+        flow(torch.tensor([1.0, bad, 2.0]))
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_log_context_must_be_a_bool(bad):
+    with pytest.raises(ConfigError, match="log_context"):
+        build_estimator("maf", 2, (3,), log_context=bad)
+
+
+def test_log_context_survives_the_spec_and_off_changes_nothing():
+    x = _positive_context(100)
+    theta = torch.randn(100, 2)
+    flow = build_estimator("nsf", 2, (3,), log_context=True)
+    flow.fit_standardization(theta, x)
+    again = NSF.from_spec(flow.spec)
+    again.load_state_dict(flow.state_dict())
+    assert again.options["log_context"] is True
+    torch.testing.assert_close(again(x[:5]).log_prob(theta[:5]), flow(x[:5]).log_prob(theta[:5]))
+    off = build_estimator("nsf", 2, (3,))
+    assert type(off.context_standardizer) is Standardizer and not off.options["log_context"]

@@ -42,6 +42,14 @@ other half; correlated, near-Gaussian posteriors need several transforms to be e
   \log(\operatorname{softplus}(d_i) + \epsilon)`, exact and :math:`O(D)`; it costs
   :math:`D^2` parameters per transform and one triangular solve per transform when sampling.
 
+A log context (``log_context``, every family). With ``log_context=True`` the context is
+z-scored on the log scale, :math:`c = \mathrm{embed}\big((\log x - \mu_{\log x}) /
+\sigma_{\log x}\big)`, for positive summaries spread over orders of magnitude (counts,
+populations with log-normal noise), where z-scoring x itself leaves the small values in a
+sliver near :math:`-\mu_x/\sigma_x` and the large ones many sds out; every x must be
+positive (:class:`~simgen.errors.SupportError` otherwise). Off by default: a log suits
+positive, multiplicative summaries only.
+
 A linear-Gaussian base (``gaussian_baseline``, every family). The ridge regression of
 :mod:`simgen.estimators.baseline`, fitted with the z-scoring before training, gives
 :math:`q_0(\tilde\theta\mid x) = \mathcal N(m(x), \Sigma)`; the flow then models the
@@ -78,8 +86,8 @@ from zuko.distributions import NormalizingFlow
 from zuko.lazy import UnconditionalTransform
 from zuko.transforms import ComposedTransform, LULinearTransform, MonotonicRQSTransform
 
-from ..errors import ConfigError
-from .base import DensityEstimator
+from ..errors import ConfigError, SupportError
+from .base import DensityEstimator, Standardizer
 from .baseline import GaussianBaseline, fit_baseline, flat_context
 from .fast_inverse import sample_flow, supports_fast_inverse
 
@@ -142,6 +150,28 @@ class Whitening(Transform):
         return (-self.log_det_root).expand(shape)
 
 
+class LogStandardizer(Standardizer):
+    r""":math:`x \mapsto (\log x - \mu)/\sigma`, its statistics those of :math:`\log x`
+    (fitted from :func:`log_context_of` of the training contexts)."""
+
+    def forward(self, data: Tensor) -> Tensor:
+        return (log_context_of(data) - self.loc) / self.scale
+
+    def inverse(self, data: Tensor) -> Tensor:
+        return (data * self.scale + self.loc).exp()
+
+
+def log_context_of(context: Tensor) -> Tensor:
+    """``log(context)``; a context entry that is not positive raises naming the option."""
+    if not bool((context > 0).all()):
+        bad = context[~(context > 0)].flatten()[0].item()
+        raise SupportError(
+            f"log_context=True takes the log of x, which needs every entry of x > 0; found "
+            f"{bad!r}. Use log_context=False, or simulate a positive summary."
+        )
+    return context.log()
+
+
 class Flow(DensityEstimator):
     r"""A conditional flow :math:`q_\phi(\theta \mid x)`; see the module docstring.
 
@@ -155,6 +185,9 @@ class Flow(DensityEstimator):
             ``"tanh"`` (sbi's choice for MAF), ``"elu"`` or ``"silu"``.
         mixing: What mixes the features between transforms: ``"none"``, ``"permutation"``
             or ``"lu"`` (module docstring); each family's default is :attr:`default_mixing`.
+        log_context: Whether the context is z-scored on the log scale (module docstring);
+            ``False`` by default, as a log suits positive, multiplicative summaries only
+            (lotka_volterra: ``benchmarks/results_report_settings.md``).
         gaussian_baseline: Whether the flow models the residual of the linear-Gaussian
             baseline (module docstring): ``True``, ``False`` or ``"auto"`` (the rule of
             :mod:`simgen.estimators.baseline`, with :math:`\tau` =
@@ -198,9 +231,14 @@ class Flow(DensityEstimator):
         activation: str = "relu",
         mixing: str | None = None,
         gaussian_baseline: bool | str | None = None,
+        log_context: bool = False,
         **options: Any,
     ):
         super().__init__(target_dim, context_shape, embedding_net)
+        if not isinstance(log_context, bool):
+            raise ConfigError(f"log_context must be True or False, got {log_context!r}.")
+        if log_context:
+            self.context_standardizer = LogStandardizer(self.context_shape)
         self.check_options(options)
         if activation not in ACTIVATIONS:
             raise ConfigError(
@@ -222,10 +260,11 @@ class Flow(DensityEstimator):
             "activation": activation,
             "mixing": mixing,
             "gaussian_baseline": gaussian_baseline,
+            "log_context": log_context,
             **self.family_options,
             **options,
         }
-        ours = ("mixing", "gaussian_baseline")
+        ours = ("mixing", "gaussian_baseline", "log_context")
         zuko_options = {k: v for k, v in self.options.items() if k not in ours}
         self.flow = self.zuko_flow(
             self.target_dim,
@@ -251,7 +290,15 @@ class Flow(DensityEstimator):
             )
 
     def fit_standardization_chunks(self, chunks) -> None:
-        super().fit_standardization_chunks(chunks)
+        if isinstance(self.context_standardizer, LogStandardizer):
+
+            def logged():
+                for target, context in chunks():
+                    yield target, log_context_of(context)
+
+            super().fit_standardization_chunks(logged)
+        else:
+            super().fit_standardization_chunks(chunks)
         if self.baseline is not None:
             fit_baseline(self.baseline, self, chunks)
 
