@@ -44,6 +44,7 @@ BASE: dict[str, object] = {
     "patience": 20,
     "mixing": "none",
     "gaussian_baseline": False,
+    "min_gain_se": 0.0,
 }
 
 #: simgen's code versions in which every flow had ``mixing="none"`` (before the option, or
@@ -78,9 +79,14 @@ PRE_MIXING_CODE = frozenset(
 )
 
 
-#: BASE's last option, absent from the specs of cells cached before NSF's default became
+#: BASE's option absent from the specs of cells cached before NSF's default became
 #: ``gaussian_baseline="auto"`` (all of them ran without a baseline).
 NO_BASELINE = ";gaussian_baseline=false"
+
+#: BASE's last option, absent from the specs of cells cached before NPE's NSF trained with
+#: ``min_gain_se=0.5`` by default (all of them ran with the loop's 0: every spec written
+#: since names the option, so no cell under the shorter spec ran with 0.5).
+NO_MIN_GAIN = ";min_gain_se=0.0"
 
 #: A value of :func:`spec_of` that leaves the option out (one the family lacks: MAF's bins).
 DROP = object()
@@ -173,7 +179,7 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     **{
         f"min_gain_{k:g}": (
             spec_of(support="reject", mixing="lu", gaussian_baseline="auto", min_gain_se=k),
-            f"lu_gb_auto (the default) whose new bests restart patience only if they gain "
+            f"lu_gb_auto whose new bests restart patience only if they gain "
             f"more than {k:g} paired standard errors of the per-row validation losses "
             "(simgen.stopping): at 1k, 100 validation rows make late gains of 0.0001-0.005 "
             "nats noise that keeps training 60-90 epochs longer",
@@ -267,6 +273,9 @@ def cached(key: tuple, num_obs: int, fresh: bool = False) -> dict | None:
     its cell cached without the option by a :data:`PRE_MIXING_CODE` version."""
     cell = evaluation.cached_cell(*key, num_obs, any_code=not fresh)
     spec = key[3]
+    if cell is None and not fresh and spec.endswith(NO_MIN_GAIN):
+        # Cached before the option joined BASE, when NPE trained with min_gain_se=0.
+        return cached((*key[:3], spec[: -len(NO_MIN_GAIN)], *key[4:]), num_obs)
     if cell is None and not fresh and spec.endswith(NO_BASELINE):
         # Cached before the option joined BASE, when every flow had no baseline.
         return cached((*key[:3], spec[: -len(NO_BASELINE)], *key[4:]), num_obs)
@@ -310,9 +319,10 @@ def auto_decisions(tasks: list[str], budgets: list[int], seeds: list[int]) -> li
 
 
 def curves(tasks: list[str], budget: int, seeds: list[int]) -> list[str]:
-    """The default NPE's validation curve on each (task, budget, seed)'s training
-    simulations: epochs run, best epoch, the loss at a few epochs, and every new best after
-    epoch 40 with its gain (nats), which is what keeps early stopping from ending a run."""
+    """The default NPE's validation curve with every new best counted (``min_gain_se=0``)
+    on each (task, budget, seed)'s training simulations: epochs run, best epoch, the loss
+    at a few epochs, and every new best after epoch 40 with its gain (nats), which is what
+    keeps early stopping from ending a run without the minimum gain."""
     import warnings
 
     import simgen
@@ -324,7 +334,7 @@ def curves(tasks: list[str], budget: int, seeds: list[int]) -> list[str]:
             theta, x = evaluation.training_data(task, budget, seed)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                h = simgen.NPE(task.prior).fit(theta, x, seed=seed).history
+                h = simgen.NPE(task.prior).fit(theta, x, seed=seed, min_gain_se=0.0).history
             v = h.validation_loss
             marks = [e for e in (1, 10, 20, 40, 60, 100, 150) if e <= len(v)] + [len(v)]
             best, gains = float("inf"), []

@@ -1,12 +1,14 @@
-"""Where ``TrainConfig.min_gain_se`` would stop the default NPE, from one run with it off.
+"""Where ``TrainConfig.min_gain_se`` stops NPE's default NSF, from one run with it off.
 
 With the rule on, training follows the path of the rule off exactly and only stops sooner
 (:mod:`simgen.stopping`), so one run that records every epoch's per-row validation losses
 gives the stopping epoch of every threshold. For each (task, budget, seed) this fits the
-default ``simgen.NPE`` on the benchmark's training simulations (those of
+default ``simgen.NPE`` with the rule off (``min_gain_se=0``; its default is 0.5) on the
+benchmark's training simulations (those of
 ``benchmarks/evaluation.py``'s cells) and prints, per rule, the epoch it stops at and the
-validation loss of the weights it keeps, for the paired standard error the option uses and,
-as the contrast, the unpaired one (the sd of the per-row losses over sqrt(n)):
+validation loss of the weights it keeps, for the paired test the option uses
+(:class:`simgen.stopping.GainTest`) and, as the contrast, the unpaired one (the sd of the
+per-row losses over sqrt(n)):
 
     OMP_NUM_THREADS=1 python -m benchmarks.min_gain_study --tasks gaussian_mixture --seeds 0 1 2
 """
@@ -22,10 +24,12 @@ import torch
 import simgen
 import simgen.training as training
 from benchmarks import evaluation, harness
+from simgen.stopping import GainTest
 
 
 def per_row_curve(task_name: str, budget: int, seed: int) -> tuple[torch.Tensor, int]:
-    """``(epochs, n_val)`` per-row validation losses of the default NPE, and its epochs."""
+    """``(epochs, n_val)`` per-row validation losses of the default NPE with the rule off,
+    and its epochs."""
     recorded: list[torch.Tensor] = []
     plain = training._mean_loss
 
@@ -41,26 +45,32 @@ def per_row_curve(task_name: str, budget: int, seed: int) -> tuple[torch.Tensor,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            history = simgen.NPE(task.prior).fit(theta, x, seed=seed, progress=False).history
+            posterior = simgen.NPE(task.prior).fit(
+                theta, x, seed=seed, progress=False, min_gain_se=0.0
+            )
     finally:
         training._mean_loss = plain
-    return torch.stack(recorded), history.epochs
+    return torch.stack(recorded), posterior.history.epochs
 
 
 def stop(rows: torch.Tensor, k: float, patience: int = 20, paired: bool = True) -> int:
-    """The epochs a run of these per-row losses lasts under the rule (see simgen.stopping)."""
+    """The epochs a run of these per-row losses lasts under the rule: the loop's paired
+    :class:`~simgen.stopping.GainTest`, or the unpaired bar ``k`` sd(rows) / sqrt(n)."""
     means = rows.mean(1)
     n = rows.shape[1]
+    paired_test, ones = GainTest(k), torch.ones(n, dtype=torch.float64)
+    paired_test(rows[0], ones)  # the first epoch is the first reference, as in the loop
     reference, best, since = rows[0], float(means[0]), 0
     for epoch in range(1, len(rows)):
         new = float(means[epoch]) < best
         best = min(best, float(means[epoch]))
-        d = reference - rows[epoch]
-        se = float((d if paired else rows[epoch]).std()) / math.sqrt(n)
-        if new and float(d.mean()) > k * se:
-            reference, since = rows[epoch], 0
+        if paired:
+            counted = new and paired_test(rows[epoch], ones)
         else:
-            since += 1
+            bar = k * float(rows[epoch].std()) / math.sqrt(n)
+            counted = new and float((reference - rows[epoch]).mean()) > bar
+            reference = rows[epoch] if counted else reference
+        since = 0 if counted else since + 1
         if since >= patience:
             return epoch + 1
     return len(rows)
