@@ -10,7 +10,8 @@ The observations (with their true θ and the seeds that drew them) are stored in
 ``benchmarks/observations/<task>.pt`` and made by ``python -m benchmarks.harness
 --make-observations``. Reference posterior samples come from each task's own
 ``reference_posterior`` (closed form, grid or MCMC) and are cached in
-``benchmarks/.cache/references/`` (gitignored), keyed by task, set, index, sample count, seed
+``benchmarks/.cache/references/`` (gitignored; a costly task's, in :data:`REFERENCE_CAPS`, in
+the tracked ``benchmarks/cells/references/``), keyed by task, set, index, sample count, seed
 and a hash of the task's source and of the observation, so a changed simulator or reference
 sampler is recomputed rather than reused; on a fresh checkout ``python -m benchmarks.harness
 --references <set>`` computes them. Each cached reference stores its CPU cost and the result
@@ -86,6 +87,9 @@ CACHE = Path(__file__).with_name(".cache")
 #: Tracked home of every benchmark's result cells, ``benchmarks/cells/<kind>/``: committed
 #: with the tables they produce (:mod:`benchmarks.cell_files`); references stay in ``CACHE``.
 CELLS = Path(__file__).with_name("cells")
+#: The references of a task in :data:`REFERENCE_CAPS` (costly, and small: 1,000 draws) are kept
+#: tracked, in ``CELLS / "references"``, so a fresh checkout does not recompute them; every other
+#: task's references are cheap to rebuild and large (10,000 draws) and stay in ``CACHE``.
 
 #: Chains run by each MCMC reference for ``n`` samples (the rule in the task's module), so
 #: the samples can be cut back into chains for split-R̂.
@@ -177,7 +181,8 @@ def _reference_path(
     digest.update(x.detach().double().contiguous().numpy().tobytes())
     key = f"{set_name}-{index:02d}-n{num}-s{seed}-{digest.hexdigest()[:16]}"
     key += "".join(f"-{k}{v}" for k, v in sorted((options or {}).items()))
-    return CACHE / "references" / name / f"{key}.pt"
+    home = CELLS if name in REFERENCE_CAPS else CACHE
+    return home / "references" / name / f"{key}.pt"
 
 
 def reference_is_cached(
@@ -212,7 +217,7 @@ def reference(
     x = xs[index]
     path = _reference_path(name, set_name, index, x, num, seed, options)
     if path.exists():
-        return {**torch.load(path, weights_only=False), "cached": True}
+        return {**torch.load(path, weights_only=True), "cached": True}
     task = load_task(name)
     start = time.process_time()
     samples = task.reference_posterior(x, num, seed=seed, **(options or {}))
@@ -400,7 +405,12 @@ def main() -> None:
         default="",
         help="compute references of this set (with the task's REFERENCE_OPTIONS, as a table)",
     )
-    parser.add_argument("--samples", type=int, default=REFERENCE_SAMPLES)
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="draws per reference (default: what a table reads, reference_samples(task))",
+    )
     parser.add_argument(
         "--agreement",
         type=int,
@@ -416,6 +426,7 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.tasks.split(","):
         options = None if args.sampler_defaults else REFERENCE_OPTIONS.get(name)
+        num = reference_samples(name) if args.samples is None else args.samples
         if args.make_observations:
             OBSERVATIONS.mkdir(exist_ok=True)
             torch.save(make_observations(name), OBSERVATIONS / f"{name}.pt")
@@ -426,17 +437,17 @@ def main() -> None:
                   "ESS | repeats |\n|---|---|---|---|---|---|---|---|", flush=True)  # fmt: skip
             for i in indices:
                 a = reference_agreement(
-                    name, args.references, i, args.samples, args.agreement, options=options
+                    name, args.references, i, num, args.agreement, options=options
                 )  # fmt: skip
                 extra = f"{a['ess']:.0f} | {a['repeats']:.2f}" if "ess" in a else "iid | 0"
                 print(
-                    f"| {name} | {args.references} #{i} | {args.samples} | {args.agreement} | "
+                    f"| {name} | {args.references} #{i} | {num} | {args.agreement} | "
                     f"{a['c2st']:.3f} | {a['shifted']:.3f} | {extra} |",
                     flush=True,
                 )
         elif args.references:
             for i in range(len(observations(name, args.references)[1])):
-                ref = reference(name, args.references, i, args.samples, options=options)
+                ref = reference(name, args.references, i, num, options=options)
                 print(
                     f"{name} {args.references}[{i}] {ref['cpu_seconds']:.1f} CPU s {ref['check']}",
                     flush=True,
