@@ -77,7 +77,7 @@ REFERENCE_SAMPLES = 10_000
 #: their sampler gets there. particle_shower's pseudo-marginal chains stick where the
 #: likelihood estimate is noisy: at its default ``thin=4``, the 1,000 draws a C2ST reads have a
 #: bulk ESS below 350 on 6 of the 10 report observations and two halves of one reference are
-#: told apart (C2ST up to 0.61); ``thin=16`` costs about 80 CPU s per reference and holds
+#: told apart (C2ST up to 0.61); ``thin=16`` costs 48-63 CPU s per reference (report set) and holds
 #: 1,000 draws as well mixed as the C2ST needs (:func:`reference_agreement`;
 #: docs/decisions.md, 2026-12-01).
 REFERENCE_CAPS = {"particle_shower": 1_000}
