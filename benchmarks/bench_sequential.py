@@ -123,12 +123,14 @@ NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline", "hidden_f
 #: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
 CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
 #: simgen codes whose sequential NPE computes as the current code's given these option
-#: values (they differ from it in those defaults and in text only); :func:`as_current`
+#: values (they differ from it in those defaults and in text, ``seq-6f3d47c6d00f`` in
+#: setting an MCMC posterior's ``proposal``, which NPE runs never have); :func:`as_current`
 #: lists their runs under the spec the current code gives them.
 EQUIVALENT = {
     "seq-0c573491ed2f": {"warm_start": False, "nested": True},
     "seq-a48a993219de": {"warm_start": False, "nested": False},
     "seq-36db8813a67e": {"warm_start": False, "nested": False},
+    "seq-6f3d47c6d00f": {},
 }
 START, END = "<!-- table -->", "<!-- /table -->"
 
@@ -201,10 +203,36 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
     posterior = simgen.sequential(
-        front, task.simulator, x_o, num_simulations=budget, seed=seed, callback=scorer, **options
-    )
+        front, task.simulator, x_o, num_simulations=budget, seed=seed,
+        callback=lambda *a: _with_mcmc(scorer, *a), **options,
+    )  # fmt: skip
     scorer.flow = flow_of(posterior)
-    return lambda n: posterior.sample((n,), x=x_o, seed=seed)
+
+    def draw(n: int):
+        samples = posterior.sample((n,), x=x_o, seed=seed)
+        scorer.mcmc = mcmc_summary(posterior)
+        return samples
+
+    return draw
+
+
+def mcmc_summary(posterior) -> dict | None:
+    """R-hat, bulk ESS and acceptance of an MCMC posterior's last run (``None`` for
+    posteriors that draw without MCMC), so a run shows whether its chains mixed."""
+    last = getattr(posterior, "last_mcmc", None)
+    if last is None:
+        return None
+    info = last.to_dict()
+    return {k: info[k] for k in ("chains", "draws", "rhat", "ess", "acceptance_rate")}
+
+
+def _with_mcmc(scorer, record, posterior, proposal) -> None:
+    """The scorer's per-round row, with :func:`mcmc_summary` of the round's posterior
+    draws (those behind the convergence figure) for SNLE."""
+    scorer(record, posterior, proposal)
+    summary = mcmc_summary(posterior)
+    if summary is not None:
+        scorer.rows[-1]["mcmc"] = summary
 
 
 def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
@@ -323,6 +351,8 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     row["per_round"] = scorer.rows
     if scorer.flow is not None:
         row["flow"] = scorer.flow
+    if getattr(scorer, "mcmc", None) is not None:
+        row["mcmc"] = scorer.mcmc
     row["code"], row["num_samples"] = (
         _code_key("sbi" if name.startswith("sbi") else ""),
         args.num_samples,

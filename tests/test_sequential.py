@@ -186,6 +186,32 @@ def test_sequential_npe_beats_amortised_npe_at_the_same_budget():
     assert all(0 < r.acceptance < 1 and r.energy_distance >= 0 for r in rounds[1:])
     assert rounds.theta.shape == (400, 2) and "| round |" in rounds.table()
     assert isinstance(posterior.proposal, TruncatedPrior)
+    assert posterior.rounds.proposal is posterior.proposal
+
+
+def test_snle_posterior_samples_after_the_run_and_keeps_its_chain_start():
+    # An MCMC posterior's ``proposal`` is what starts its chains (simgen.importance): the
+    # run leaves it alone and keeps the last proposal on the history, so the returned SNLE
+    # posterior samples (the control: setting the posterior proposal there, which has no
+    # batched draws, breaks sampling).
+    from simgen.sequential.rounds import _PosteriorProposal
+
+    posterior = simgen.sequential(
+        simgen.NLE(PRIOR, warmup=20),
+        gaussian_simulator,
+        X_O,
+        num_simulations=200,
+        num_rounds=2,
+        seed=0,
+        max_epochs=20,
+    )
+    assert posterior.proposal is None
+    assert isinstance(posterior.rounds.proposal, _PosteriorProposal)
+    draws = posterior.sample((40,), x=X_O, seed=0)
+    assert draws.shape == (40, 2) and bool(torch.isfinite(draws).all())
+    posterior.proposal = posterior.rounds.proposal
+    with pytest.raises(AttributeError):
+        posterior.sample((40,), x=X_O, seed=0)
 
 
 def test_split_budget_and_early_stop():

@@ -57,11 +57,13 @@ class RoundHistory(list):
     Attributes:
         theta, x: The pooled simulations of every round.
         stopped_early: Whether ``stop_tol`` ended the run before ``num_rounds``.
+        proposal: The proposal after the last round (the next round's, had there been one).
     """
 
     theta: Tensor
     x: Tensor
     stopped_early: bool = False
+    proposal: Any = None
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self]

@@ -75,6 +75,7 @@ from torch.distributions import Distribution
 
 from ..errors import ConfigError, ShapeError, SimulationError
 from ..inference import NLE, NPE, NRE
+from ..mcmc_posterior import MCMCPosterior
 from ..posterior import as_tensor
 from ..priors import prior_home
 from ..serialization import load
@@ -235,9 +236,12 @@ def sequential(
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
-        The last round's posterior, with ``.rounds``, a :class:`RoundHistory`, and
-        ``.proposal``, the last proposal. An error or Ctrl-C mid-run carries the finished
-        rounds as ``exc.rounds`` (their simulations pooled in ``.theta`` and ``.x``).
+        The last round's posterior, with ``.rounds``, a :class:`RoundHistory` whose
+        ``.proposal`` is the last proposal; an NPE posterior carries it as ``.proposal``
+        too (an MCMC posterior's ``proposal`` is what starts its chains,
+        :mod:`simgen.importance`, so it is left alone there). An error or Ctrl-C mid-run
+        carries the finished rounds as ``exc.rounds`` (their simulations pooled in
+        ``.theta`` and ``.x``).
 
     Example:
         >>> posterior = sequential(NPE(prior), simulator, x_o, num_simulations=2000,
@@ -321,8 +325,10 @@ def sequential(
         _attach_finished(exc, history, thetas, xs)
         raise
     history.theta, history.x = torch.cat(thetas), torch.cat(xs)
+    history.proposal = current
     posterior.rounds = history
-    posterior.proposal = current
+    if not isinstance(posterior, MCMCPosterior):  # there ``proposal`` starts the chains
+        posterior.proposal = current
     posterior.set_default_x(x_obs)
     return posterior
 
