@@ -87,6 +87,8 @@ from benchmarks.sequential_tables import (
     flow_spec,
     format_spec,
     kept_round_lines,
+    mcmc_summary,
+    mcmc_table,
     pairs_table,
     recorded_runs,
     refused_here,
@@ -214,16 +216,6 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
         return samples
 
     return draw
-
-
-def mcmc_summary(posterior) -> dict | None:
-    """R-hat, bulk ESS and acceptance of an MCMC posterior's last run (``None`` for
-    posteriors that draw without MCMC), so a run shows whether its chains mixed."""
-    last = getattr(posterior, "last_mcmc", None)
-    if last is None:
-        return None
-    info = last.to_dict()
-    return {k: info[k] for k in ("chains", "draws", "rhat", "ess", "acceptance_rate")}
 
 
 def _with_mcmc(scorer, record, posterior, proposal) -> None:
@@ -409,7 +401,10 @@ def write_markdown(rows: list[dict]) -> None:
     old = inside.partition("Per round (simgen):")[2].strip().splitlines()[2:]
     per_round = rounds_table(rows, SWEEP)
     per_round[2:] = kept_round_lines(old, per_round[2:], rows)
-    body = [START, "", *table(rows, baseline_of), "", "Per round (simgen):", "", *per_round]
+    chains = mcmc_table(rows)
+    chains = ["MCMC of the SNLE runs (random-walk Metropolis):", "", *chains, ""] if chains else []
+    body = [START, "", *table(rows, baseline_of), "", *chains, "Per round (simgen):", ""]
+    body += per_round
     OUT.write_text(head + "\n".join([*body, "", END]) + tail)
     keys = ("task", "method", "observation", "seed", "budget", "rounds", "c2st", "cpu_s", "code")
     keys += ("method_as_run", "flow")

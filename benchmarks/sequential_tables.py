@@ -2,11 +2,11 @@
 
 Each run is a dict as ``benchmarks.bench_sequential`` caches it (task, budget, method,
 observation, seed, c2st, cpu_s, per_round). :func:`table` summarises runs per (task, budget,
-method), :func:`rounds_table` per round of the simgen runs, :func:`pairs_table` two methods
-run by run. :func:`flow_spec` names, in a simgen spec, the flow options (the family's
-``LEGACY_OPTIONS``: ``mixing``, ``gaussian_baseline``) whose value differs from a reference:
-the flows before each option existed, for the cache key, or the current defaults, for the
-table's rows.
+method), :func:`rounds_table` per round of the simgen runs, :func:`mcmc_table` the chains
+of the SNLE runs, :func:`pairs_table` two methods run by run. :func:`flow_spec` names, in a
+simgen spec, the flow options (the family's ``LEGACY_OPTIONS``: ``mixing``,
+``gaussian_baseline``) whose value differs from a reference: the flows before each option
+existed, for the cache key, or the current defaults, for the table's rows.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def rounds_table(rows: list[dict], sweep_epsilons: tuple[float, ...]) -> list[st
     for r in rows:
         last = max((pr["round"] for pr in r.get("per_round", [])), default=0)
         for pr in r.get("per_round", []):
-            if pr["round"] < last or "c2st" in pr:
+            if "c2st" in pr or (pr["round"] < last and "next_mass" in pr):
                 key = (r["task"], r["budget"], r["method"], pr["round"])
                 groups.setdefault(key, []).append({**pr, "last": pr["round"] == last})
     sweep = [f"{e:g}" for e in sweep_epsilons[1:]]
@@ -208,6 +208,49 @@ def rounds_table(rows: list[dict], sweep_epsilons: tuple[float, ...]) -> list[st
             )
         lines.append(
             f"| {task} | {budget} | {spec} | {r} | {len(prs)} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def mcmc_summary(posterior) -> dict | None:
+    """R-hat, bulk ESS and acceptance of an MCMC posterior's last run (``None`` for
+    posteriors that draw without MCMC), so a run shows whether its chains mixed."""
+    last = getattr(posterior, "last_mcmc", None)
+    if last is None:
+        return None
+    info = last.to_dict()
+    return {k: info[k] for k in ("chains", "draws", "rhat", "ess", "acceptance_rate")}
+
+
+def mcmc_table(rows: list[dict]) -> list[str]:
+    """Per round of the runs whose posterior draws by MCMC (SNLE), over runs: the worst
+    split-R-hat, the smallest bulk ESS and the mean acceptance rate of the round's posterior
+    draws (those behind the convergence figure), and the mean energy distance to the
+    previous round's; round "final" is the scored draws. Empty without such runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        for pr in r.get("per_round", []):
+            if "mcmc" in pr:
+                key = (r["task"], r["budget"], r["method"], pr["round"])
+                groups.setdefault(key, []).append({**pr["mcmc"], "energy": pr.get("energy")})
+        if "mcmc" in r:
+            key = (r["task"], r["budget"], r["method"], 10**6)
+            groups.setdefault(key, []).append(r["mcmc"])
+    if not groups:
+        return []
+    lines = [
+        "| task | sims | method | round | runs | chains x draws | worst R-hat | min ESS | "
+        "acceptance | energy distance to previous |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (task, budget, spec, r), ms in sorted(groups.items()):
+        energies = [m["energy"] for m in ms if m.get("energy") is not None]
+        energy = f"{statistics.mean(energies):.3g}" if energies else "-"
+        lines.append(
+            f"| {task} | {budget} | {spec} | {'final' if r == 10**6 else r} | {len(ms)} | "
+            f"{ms[0]['chains']} x {ms[0]['draws']} | {max(m['rhat'] for m in ms):.3f} | "
+            f"{min(m['ess'] for m in ms):.0f} | "
+            f"{statistics.mean(m['acceptance_rate'] for m in ms):.2f} | {energy} |"
         )
     return lines
 

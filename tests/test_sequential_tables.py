@@ -2,7 +2,7 @@
 
 import json
 
-from benchmarks.sequential_tables import kept_round_lines, recorded_runs
+from benchmarks.sequential_tables import kept_round_lines, mcmc_table, recorded_runs, rounds_table
 
 
 def _run(method, obs, c2st, **extra):
@@ -35,3 +35,19 @@ def test_per_round_lines_stay_only_for_runs_without_per_round_figures():
     kept = kept_round_lines(old, new, rows)
     # a: known only from the jsonl, its line stays; b: recomputed; gone: no run any more
     assert kept == [old[0], new[0]]
+
+
+def test_snle_runs_get_chain_diagnostics_and_no_empty_region_lines():
+    chains = {"chains": 10, "draws": 25, "rhat": 1.02, "ess": 180.0, "acceptance_rate": 0.3}
+    per_round = [{"round": 1, "energy": None, "mcmc": chains}]
+    per_round.append({"round": 2, "energy": 0.2, "mcmc": {**chains, "rhat": 1.2}})
+    rows = [_run("simgen_snle", 0, 0.6, per_round=per_round, mcmc={**chains, "ess": 90.0})]
+    rows.append(_run("simgen_snle", 1, 0.7, per_round=per_round[:1]))
+    lines = mcmc_table(rows)
+    assert (
+        lines[2] == "| two_moons | 1000 | simgen_snle | 1 | 2 | 10 x 25 | 1.020 | 180 | 0.30 | - |"
+    )
+    assert lines[3].split(" | ")[6:8] == ["1.200", "180"] and lines[3].endswith("| 0.2 |")
+    assert lines[4].startswith("| two_moons | 1000 | simgen_snle | final | 1 |")
+    assert mcmc_table([_run("simgen_tsnpe", 0, 0.6)]) == []
+    assert rounds_table(rows, (1e-4,))[2:] == []  # no region, no per-round C2ST: no line
