@@ -12,6 +12,8 @@ and the moves without reflection fail.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_iid import exact_field, moments_ok, trials
@@ -20,6 +22,7 @@ from simgen.errors import ConfigError
 from simgen.estimators import compose_sampler
 from simgen.estimators.diffusion import Diffusion
 from simgen.estimators.flow_matching import FlowMatching
+from simgen.iid import RejectionWarning
 from simgen.posterior import DirectPosterior
 from simgen.priors import BoxUniform, in_support
 
@@ -108,15 +111,19 @@ def test_corrector_options_are_checked_and_saved_in_the_spec(cls: type) -> None:
 def test_corrected_draws_stay_in_a_box_prior() -> None:
     """Under a box prior whose face lies 2.4 posterior sds above the composed mean, every
     corrected draw is finite and in the box (no draw is lost to NPE's rejection); the
-    uncorrected sampler, the control, diverges for some (the GAUSS rule at a face). Only the
-    support is checked: the exact field's per-trial posteriors ignore the box."""
+    uncorrected sampler, the control, leaves 43% outside and warns (RejectionWarning). Only
+    the support is checked: the exact field's per-trial posteriors ignore the box."""
     prior = BoxUniform(torch.tensor([-3.0, -3.0]), torch.tensor([1.2, 3.0]))
     x = trials(10)
-    inside = []
+    inside, warned = [], []
     for moves in (5, 0):
         est = exact_field(Diffusion, steps=25, corrector_steps=moves).estimator
         posterior = DirectPosterior(est, prior, support="reject")
         posterior._draw_rejected = est.draw  # every draw, inside the support or not
-        draws = posterior.sample((1000,), x=x, seed=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            draws = posterior.sample((1000,), x=x, seed=0)
         inside.append(float(in_support(prior, draws).float().mean()))
+        warned.append(any(issubclass(w.category, RejectionWarning) for w in caught))
     assert inside[0] == 1.0 and inside[1] < 0.99, inside
+    assert warned == [False, True]

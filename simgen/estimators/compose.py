@@ -52,6 +52,25 @@ extra precision would exceed the smallest eigenvalue of :math:`\Sigma^{-1}` (poi
 outside the box at large noise) it is clipped there, which keeps :math:`\Lambda` positive
 definite.
 
+**Projection onto the box.** :math:`\mu` is the mean of :math:`p(\tilde\theta\mid y_t,
+x_{1:n})`, a law on the box :math:`[a, b]`, so it lies in the box; the Gaussian product does
+not know that. Where a face cuts the posterior the box's extra precision reaches the clip,
+the likelihood part of :math:`\Lambda` vanishes in that direction
+(:math:`\Lambda \to \Lambda_\Sigma`) and the rule extrapolates,
+:math:`\mu \to n\bar\mu_i - (n - 1)\mu_\lambda`, out of the box; the sampler's field
+:math:`(y - \alpha_t\mu)/\sigma_t` then pushes :math:`y` outwards, the next :math:`\mu`
+lies further out, and the ODE overflows to non-finite draws. :math:`\Lambda` itself stays
+positive definite throughout, so no precision floor helps. The sampler therefore uses the
+Euclidean projection :math:`\Pi_{[a, b]}(\mu) = \min(\max(\mu, a), b)` per coordinate
+(:meth:`StandardPrior.project`), the nearest point of the set in which the exact denoiser
+lies; it changes nothing where the rule's :math:`\mu` is inside the box, and bounds the
+field everywhere, so the ODE cannot diverge. On a Gaussian likelihood cut by a box face
+(exact per-trial denoisers, ``tests/test_compose_box.py``) the unprojected rule left 3% (n
+= 10) and 91% (n = 100) of 1,000 draws non-finite, the projected one none; at n = 10 its
+draws match the truncated closed form within 0.2 posterior sds and 6% of the sd, at n = 100
+the face coordinate's draws are 2.9 times too wide and 47% fall outside the box, which the
+sampler reports (:class:`~simgen.iid.RejectionWarning`).
+
 **Where the error comes from, and the two remedies.** With GAUSS exact (a linear-Gaussian
 model), what is left is the network's per-trial error, and the composition sums it over
 the trials: a per-trial denoiser error :math:`\delta\mu = r^2\delta\rho`
@@ -187,6 +206,13 @@ class StandardPrior:
 
     def __init__(self, kind: str, a: Tensor, b: Tensor):
         self.kind, self.a, self.b = kind, a.double(), b.double()
+
+    def project(self, mu: Tensor) -> Tensor:
+        """``mu`` ``(..., D)`` projected onto the box (identity for a Gaussian): the exact
+        composed denoiser is a mean over the box, so it lies in it (module docstring)."""
+        if self.kind == "gauss":
+            return mu
+        return torch.minimum(torch.maximum(mu, self.a.to(mu)), self.b.to(mu))
 
     def covariance(self) -> Tensor:
         if self.kind == "gauss":

@@ -49,9 +49,16 @@ is flat) and the draws are reflected at the box's faces :math:`\alpha_t[a, b]` b
 after every move: reflected Langevin on the smooth likelihood score samples the posterior
 truncated to the box, where the noised box score, steep within :math:`\sigma_t` of a face,
 would throw draws far inside it. So every corrected draw lies in the prior's support. A
-predictor draw that is not finite (the GAUSS rule's ODE can diverge where a face cuts the
-posterior, :mod:`simgen.estimators.compose`) restarts from a finite draw of its set, chosen
-at random, which the moves then decorrelate.
+predictor draw that is not finite (the composed denoiser is projected onto the box, which
+bounds the ODE's field, :mod:`simgen.estimators.compose`; a network's non-finite output
+remains possible) restarts from a finite draw of its set, chosen at random, which the
+moves then decorrelate.
+
+**The account.** Every sampler call ends in :func:`account`, which counts the draws that
+NPE's rejection will remove (not finite, or outside a box prior) and warns
+(:class:`~simgen.iid.RejectionWarning`) when they exceed
+:data:`~simgen.iid.HIGH_REJECTION`; under a Gaussian prior, where rejection cannot remove a
+non-finite draw, such a draw raises :class:`~simgen.errors.SimgenError`.
 
 **The residual floor.** Below the floor :math:`r_c` of :mod:`simgen.estimators.compose` the
 per-trial scores are the baseline Gaussian's in closed form plus the network's non-Gaussian
@@ -84,9 +91,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SimgenError
+from ..iid import warn_if_rejecting
 from .compose import (
     ResidualFloor,
+    StandardPrior,
     compose_trial_denoisers,
     gaussian_denoiser,
     sampled_precisions,
@@ -100,6 +109,7 @@ __all__ = [
     "correct",
     "restart_non_finite",
     "TrialComposition",
+    "account",
 ]
 
 #: Default :math:`\epsilon` of a corrector move (module docstring).
@@ -235,8 +245,16 @@ class TrialComposition:
     def denoiser(
         self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor
     ) -> Tensor:
-        r"""The composed denoiser :math:`\mu` ``(S, B, D)`` by the GAUSS rule (shared or
-        per-trial precisions); ``denoise(y, t)`` is the network's per-trial one."""
+        r"""The composed denoiser :math:`\mu` ``(S, B, D)``: :meth:`gauss_denoiser`
+        projected onto a box prior (:meth:`~simgen.estimators.compose.StandardPrior.project`,
+        which keeps the sampler's field bounded where a face cuts the posterior)."""
+        return self.prior.project(self.gauss_denoiser(denoise, y, t, alpha, sigma))
+
+    def gauss_denoiser(
+        self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor
+    ) -> Tensor:
+        r"""The GAUSS rule's composed denoiser ``(S, B, D)`` (shared or per-trial
+        precisions), unprojected; ``denoise(y, t)`` is the network's per-trial one."""
         mu_i = self.per_trial(denoise, y, t, alpha, sigma)
         if self.trial_inv is None:
             return self.est.composed_denoiser(y, alpha, sigma, mu_i, self.mask, self.precisions)
@@ -294,10 +312,11 @@ class TrialComposition:
         self, denoise: Callable, y: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor
     ) -> Tensor:
         """``corrector_steps`` Langevin moves at time ``t`` on the exact small-noise composed
-        score (module docstring); ``y`` itself when off."""
+        score (module docstring; ``y`` itself when off), then the draws' account
+        (:func:`account`)."""
         steps = self.est.corrector_steps
         if steps == 0:
-            return y
+            return account(y, self.prior, len(self.mask[0]))
         keep = self.mask[None, :, :, None]
 
         def score(z: Tensor) -> Tensor:  # in y = alpha y~: the scores in y~ over alpha
@@ -312,4 +331,29 @@ class TrialComposition:
             lo, hi = (float(alpha) * b.to(y) for b in (self.prior.a, self.prior.b))
             box = (lo, hi)
         fallback = self.covariance(alpha, sigma)
-        return correct(y, score, steps, self.est.corrector_step, fallback, box)
+        y = correct(y, score, steps, self.est.corrector_step, fallback, box)
+        return account(y, self.prior, len(self.mask[0]))
+
+
+def account(y: Tensor, prior: StandardPrior, n: int) -> Tensor:
+    r"""The sampler's final draws ``y`` ``(S, B, D)`` (standardised), counted before NPE's
+    rejection sees them: draws that are not finite or lie outside a box prior are rejected
+    there, and :func:`~simgen.iid.warn_if_rejecting` warns when they are more than
+    :data:`~simgen.iid.HIGH_REJECTION` of them. Under a Gaussian prior rejection cannot remove
+    a non-finite draw, so one raises :class:`~simgen.errors.SimgenError` instead of being
+    returned. ``n`` is the largest set's number of trials (for the message)."""
+    finite = y.isfinite().all(-1)
+    non_finite = int((~finite).sum())
+    if prior.kind == "gauss":
+        if non_finite:
+            raise SimgenError(
+                f"The composed posterior of {n} i.i.d. trials diverged for {non_finite} of "
+                f"{finite.numel()} draws (not finite), which cannot be returned. Sample with "
+                "corrector_steps=10, train on more simulations, or use NLE or NRE, whose "
+                "sums over trials are exact."
+            )
+        return y
+    lo, hi = prior.a.to(y), prior.b.to(y)
+    inside = finite & ((y >= lo) & (y <= hi)).all(-1)
+    warn_if_rejecting(int((~inside).sum()), inside.numel(), non_finite, n)
+    return y
