@@ -59,7 +59,6 @@ run records ``flow``, the ``mixing`` of the flow it trained (:func:`flow_of`).
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import re
@@ -93,6 +92,7 @@ from benchmarks.sequential_tables import (
     recorded_runs,
     refused_here,
     rounds_table,
+    source_key,
     table,
 )
 from simgen.diagnostics.c2st import c2st
@@ -137,29 +137,8 @@ EQUIVALENT = {
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
-def _without_docstrings(source: str) -> str:
-    """The syntax tree of ``source`` with every docstring dropped (comments never reach it)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        first = body[0] if isinstance(body, list) and body else None
-        text = getattr(first, "value", None) if isinstance(first, ast.Expr) else None
-        if isinstance(text, ast.Constant) and isinstance(text.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree)
-
-
-def _source_key() -> str:
-    """A hash of ``simgen/sequential/``'s code as imported, docstrings and comments left out:
-    what these runs compute. Edits elsewhere in simgen (other helpers' modules) and edits of
-    the text alone do not relabel the runs."""
-    digest = hashlib.sha256()
-    for path in sorted((Path(simgen.__file__).parent / "sequential").glob("*.py")):
-        digest.update(_without_docstrings(path.read_text()).encode())
-    return f"seq-{digest.hexdigest()[:12]}"
-
-
-SOURCE_KEY = _source_key()
+#: The code SNLE runs compute: simgen/sequential/ and the MCMC that samples each round.
+SOURCE_KEY, SNLE_KEY = source_key(), source_key(("sequential", "mcmc", "mcmc_posterior.py"))
 
 
 def flow_of(posterior) -> str:
@@ -172,12 +151,14 @@ def flow_of(posterior) -> str:
     return f"mixing={options.get('mixing', 'none')}"
 
 
-def _code_key(library: str) -> str:
-    if library == "sbi":
+def _code_key(name: str) -> str:
+    """The code key of a method's runs: sbi's version, or :func:`source_key` of the simgen
+    sources it computes through (SNLE's include the MCMC samplers)."""
+    if name.startswith("sbi"):
         import sbi
 
         return f"sbi-{sbi.__version__}"
-    return SOURCE_KEY
+    return SNLE_KEY if name == "simgen_snle" else SOURCE_KEY
 
 
 def parse(spec: str) -> tuple[str, dict]:
@@ -311,7 +292,7 @@ def cell_path(task: str, budget: int, spec: str, index: int, seed: int, args) ->
         ).encode()
     )
     digest.update(xs[index].double().contiguous().numpy().tobytes())
-    code = _code_key("sbi" if name.startswith("sbi") else "simgen")
+    code = _code_key(name)
     safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in spec)[:60]
     return CACHE / task / f"n{budget}-{safe}-o{index}-s{seed}-{digest.hexdigest()[:12]}-{code}.json"
 
@@ -346,7 +327,7 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     if getattr(scorer, "mcmc", None) is not None:
         row["mcmc"] = scorer.mcmc
     row["code"], row["num_samples"] = (
-        _code_key("sbi" if name.startswith("sbi") else ""),
+        _code_key(name),
         args.num_samples,
     )
     return row
@@ -365,17 +346,25 @@ def as_current(row: dict) -> dict:
     return {**row, "method": format_spec(name, options), "method_as_run": row["method"]}
 
 
+def is_current(row: dict, codes: set | None = None) -> bool:
+    """Whether a run is of its method's current code (:func:`_code_key`; an
+    :data:`EQUIVALENT` code for sequential NPE), or of a simgen code in ``codes``."""
+    name = parse(row["method"])[0]
+    if codes is not None and not name.startswith("sbi"):
+        return row["code"] in codes
+    equivalent = row["code"] in EQUIVALENT and name.startswith("simgen_tsnpe")
+    return equivalent or row["code"] == _code_key(name)
+
+
 def cached_rows(args) -> list[dict]:
     """Every run of the current code (simgen's source hash, sbi's version) and of the
     :data:`EQUIVALENT` codes, or of the simgen source hashes listed in ``--codes``: its cell,
     else its line of ``results_sequential.jsonl`` (:func:`recorded_runs`)."""
-    codes = {_code_key("sbi"), _code_key("simgen"), *EQUIVALENT}
-    if args.codes:
-        codes = {_code_key("sbi"), *args.codes.split(",")}
+    codes = set(args.codes.split(",")) if args.codes else None
     rows, seen = [], set()
     cells = filter(None, map(cell_files.read_cell, sorted(CACHE.glob("*/*.json"))))
     for row in [*cells, *recorded_runs(OUT.with_suffix(".jsonl"))]:
-        if row["code"] in codes or args.any_code:
+        if args.any_code or is_current(row, codes):
             row = flow_label(as_current(row))
             run = tuple(row[k] for k in RUN_KEY)
             if run not in seen:  # one run per row and (observation, seed); cells first

@@ -11,13 +11,17 @@ existed, for the cache key, or the current defaults, for the table's rows.
 
 from __future__ import annotations
 
+import ast
 import functools
+import hashlib
 import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+import simgen
 from simgen.estimators.registry import estimator_class
 
 
@@ -277,6 +281,32 @@ def pairs_table(rows: list[dict], first: str, second: str, budget: int) -> list[
             f"{a['cpu_s']:.1f}, {b['cpu_s']:.1f} |"
         )
     return lines
+
+
+def without_docstrings(source: str) -> str:
+    """The syntax tree of ``source`` with every docstring dropped (comments never reach it)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        text = getattr(first, "value", None) if isinstance(first, ast.Expr) else None
+        if isinstance(text, ast.Constant) and isinstance(text.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def source_key(parts: tuple[str, ...] = ("sequential",)) -> str:
+    """A hash of the code of ``parts`` of simgen (folders or modules) as imported,
+    docstrings and comments left out: what the runs compute. Edits elsewhere in simgen
+    (other helpers' modules) and edits of the text alone do not relabel the runs. The
+    default, ``simgen/sequential/`` alone, keeps the key its runs have always had."""
+    digest = hashlib.sha256()
+    root = Path(simgen.__file__).parent
+    for part in parts:
+        paths = sorted((root / part).glob("*.py")) if (root / part).is_dir() else [root / part]
+        for path in paths:
+            digest.update(without_docstrings(path.read_text()).encode())
+    return f"seq-{digest.hexdigest()[:12]}"
 
 
 RUN_KEY = ("task", "budget", "method", "observation", "seed")

@@ -354,7 +354,8 @@ def test_benchmark_code_key_and_equivalent_codes():
     # bench_sequential's cache key hashes the code without docstrings: a text edit keeps it,
     # a code edit changes it. Runs of a code that refit from scratch by default are listed
     # under the spec that computes the same with the current warm-start default.
-    from benchmarks.bench_sequential import _without_docstrings, as_current
+    from benchmarks.bench_sequential import SNLE_KEY, SOURCE_KEY, as_current, is_current
+    from benchmarks.sequential_tables import without_docstrings as _without_docstrings
 
     src = 'def f():\n    """Text."""\n    return 1  # note\n'
     assert _without_docstrings(src) == _without_docstrings(src.replace("Text", "Other text"))
@@ -368,6 +369,14 @@ def test_benchmark_code_key_and_equivalent_codes():
     assert warm["method_as_run"] == "simgen_tsnpe:warm_start=true"
     current = {"code": "seq-current", "method": "simgen_tsnpe"}
     assert as_current(current) == current
+    # SNLE's key also hashes the MCMC it samples with: a run of the sequential code alone,
+    # or of an EQUIVALENT code (declared for sequential NPE only), is not current SNLE.
+    assert SNLE_KEY != SOURCE_KEY
+    assert is_current({"code": SNLE_KEY, "method": "simgen_snle"})
+    assert not is_current({"code": SOURCE_KEY, "method": "simgen_snle"})
+    assert not is_current({"code": old, "method": "simgen_snle"})
+    assert is_current({"code": old, "method": "simgen_tsnpe"})
+    assert is_current({"code": SOURCE_KEY, "method": "simgen_tsnpe"})
 
 
 def test_benchmark_records_the_flow_a_run_trained(linear2_posterior):
