@@ -49,10 +49,11 @@ of a sampler call's draws are rejected, :func:`warn_if_rejecting` issues a
 GAUSS rule's Gaussian stand-ins fail where a face cuts a skewed per-trial posterior
 (:mod:`simgen.estimators.compose`); ``corrector_steps=10`` keeps every draw in the box
 (:mod:`simgen.estimators.compose_sampler`), more training simulations shrink the network's
-per-trial error, and NLE or NRE sum over trials exactly. 10% lies between the exact
-per-trial oracle at a face with 10 trials (2-3% rejected) and the failing cases
-(``tests/test_compose_box.py``: 47% at 100 trials; ``benchmarks/results_iid.md``: 4-63%
-on the exponential-rate model). Under a Gaussian prior rejection removes nothing; a
+per-trial error, and NLE or NRE sum over trials exactly. 10% lies above what the exact
+per-trial oracle at a face rejects with 10 trials (2-3%, ``tests/test_compose_box.py``) and
+below the failing cases: 47% there at 100 trials, 12-44% for five of the six
+exponential-rate observations of ``benchmarks/results_iid.md`` (the sixth rejects 4%: a
+low rate does not prove a good posterior). Under a Gaussian prior rejection removes nothing; a
 non-finite draw raises :class:`~simgen.errors.SimgenError` instead.
 """
 

@@ -65,9 +65,9 @@ Euclidean projection :math:`\Pi_{[a, b]}(\mu) = \min(\max(\mu, a), b)` per coord
 (:meth:`StandardPrior.project`), the nearest point of the set in which the exact denoiser
 lies; it changes nothing where the rule's :math:`\mu` is inside the box, and bounds the
 field everywhere, so the ODE cannot diverge. On a Gaussian likelihood cut by a box face
-(exact per-trial denoisers, ``tests/test_compose_box.py``) the unprojected rule left 3% (n
+(exact per-trial denoisers, ``tests/test_compose_box.py``) the unprojected rule left 1-3% (n
 = 10) and 91% (n = 100) of 1,000 draws non-finite, the projected one none; at n = 10 its
-draws match the truncated closed form within 0.2 posterior sds and 6% of the sd, at n = 100
+draws match the truncated closed form within 0.23 posterior sds and 6% of the sd, at n = 100
 the face coordinate's draws are 2.9 times too wide and 47% fall outside the box, which the
 sampler reports (:class:`~simgen.iid.RejectionWarning`).
 
@@ -144,11 +144,11 @@ sampler diverged (a scratch probe).
 
 **Where the rule fails.** A model whose per-trial posteriors are far from Gaussian: on two
 exponential rates with a box prior (``benchmarks/iid_models.py``, 1,000 simulations)
-composed diffusion left 59-84% of its draws outside the box or non-finite and missed the
-rest's mean by 5.7 and 23 posterior sds at n = 10 and 100, with any floor c in
-{0.3, 1, 3}; per-trial precisions kept 39% at n = 10 with a 2.3-sd miss
-(``results_iid.md``). With the exact per-trial denoisers and covariances in place of the
-network (an oracle, same file) the rule itself misses by up to 0.85 sds at n = 10 and 1.4
+composed diffusion left 8-44% of its draws outside the box (all finite) and missed the
+rest's mean by 2.6-19 posterior sds at n = 10 and 100, with any floor c in {0.3, 1, 3};
+per-trial precisions kept 69% at n = 10 with a 3.2-sd miss (``results_iid.md``). With
+the exact per-trial denoisers and covariances in place of the network (an oracle, same
+file) the rule itself misses by up to 0.85 sds at n = 10 and 1.4
 at n = 100, where its draws are about 2 times too wide (1.8-3.1 with per-trial precisions):
 each factor :math:`\theta e^{-\theta x_i}` on a box is skewed and truncated, and the
 product of n Gaussian stand-ins compounds their errors. The Langevin corrector of
