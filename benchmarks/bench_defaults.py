@@ -83,9 +83,8 @@ PRE_MIXING_CODE = frozenset(
 #: ``gaussian_baseline="auto"`` (all of them ran without a baseline).
 NO_BASELINE = ";gaussian_baseline=false"
 
-#: BASE's last option, absent from the specs of cells cached before NPE's NSF trained with
-#: ``min_gain_se=0.5`` by default (all of them ran with the loop's 0: every spec written
-#: since names the option, so no cell under the shorter spec ran with 0.5).
+#: BASE's last option, absent from the specs of cells cached before it joined BASE (all of
+#: them ran with the loop's ``min_gain_se=0``, the default).
 NO_MIN_GAIN = ";min_gain_se=0.0"
 
 #: A value of :func:`spec_of` that leaves the option out (one the family lacks: MAF's bins).
@@ -274,7 +273,7 @@ def cached(key: tuple, num_obs: int, fresh: bool = False) -> dict | None:
     cell = evaluation.cached_cell(*key, num_obs, any_code=not fresh)
     spec = key[3]
     if cell is None and not fresh and spec.endswith(NO_MIN_GAIN):
-        # Cached before the option joined BASE, when NPE trained with min_gain_se=0.
+        # Cached before the option joined BASE; they ran with min_gain_se=0.
         return cached((*key[:3], spec[: -len(NO_MIN_GAIN)], *key[4:]), num_obs)
     if cell is None and not fresh and spec.endswith(NO_BASELINE):
         # Cached before the option joined BASE, when every flow had no baseline.

@@ -14,7 +14,6 @@ interrupted run resumes where it stopped; the table is rewritten after every fin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -25,97 +24,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import evaluation, harness, warm_up_torch
-from simgen.estimators.registry import estimator_class
-from simgen.training import TrainConfig
 
 OUT = Path(__file__).with_name("results_report.md")
-
-#: The simgen methods that train an NPE, and the family each trains when none is named.
-NPE_METHODS = {"npe": "nsf", "fm": "flow_matching", "diffusion": "diffusion"}
-
-
-def cell_spec(spec: str) -> str:
-    """The spec whose cells compute ``spec`` with the current code: ``spec`` with the NPE
-    family's ``npe_train_defaults`` it does not name appended (``npe`` ->
-    ``npe:min_gain_se=0.5``), so a cell is keyed by the options it trained with, not by
-    what a default was when it ran (a cell of ``npe`` from code whose NSF trained with
-    ``min_gain_se=0`` is never read as the default's)."""
-    name, _, opts = spec.partition(":")
-    if name not in NPE_METHODS:
-        return spec
-    options = evaluation.parse_options(opts)
-    family = estimator_class(options.get("estimator", NPE_METHODS[name]))
-    added = {k: v for k, v in getattr(family, "npe_train_defaults", {}).items() if k not in options}
-    if not added:
-        return spec
-    return f"{name}:" + ";".join([*filter(None, opts.split(";")), *_items(added)])
-
-
-def _items(options: dict) -> list[str]:
-    """``key=json`` items of a method spec (:func:`benchmarks.evaluation.parse_options`)."""
-    return [f"{k}={json.dumps(v)}" for k, v in options.items()]
-
-
-#: simgen's code versions whose NSF trained with the loop's ``min_gain_se=0`` as NPE (before
-#: its ``npe_train_defaults``): every evaluation cell of theirs in ``benchmarks/cells``.
-RULE_OFF_CODE = frozenset(
-    "simgen-" + key
-    for key in [
-        "21254bf41ca8",
-        "23e7cac2fd9b",
-        "3f5736f95c55",
-        "566fa81a44f0",
-        "6123729b5091",
-        "94da5dcbb347",
-        "9b03d7d502b4",
-    ]
-)
-
-
-def rule_off_spec(spec: str) -> str | None:
-    """For a spec that sets each of its family's ``npe_train_defaults`` back to
-    ``TrainConfig``'s default (``npe:min_gain_se=0``), the spec without them (``npe``),
-    whose cells from :data:`RULE_OFF_CODE` are that computation; otherwise ``None``."""
-    name, _, opts = spec.partition(":")
-    if name not in NPE_METHODS:
-        return None
-    options = evaluation.parse_options(opts)
-    family = estimator_class(options.get("estimator", NPE_METHODS[name]))
-    own = getattr(family, "npe_train_defaults", {})
-    loop = TrainConfig()
-    if not own or any(options.get(k, None) != getattr(loop, k) for k in own):
-        return None
-    kept = [item for item in filter(None, opts.split(";")) if item.partition("=")[0] not in own]
-    return name + (":" + ";".join(kept) if kept else "")
-
-
-def cached(key: tuple, num_obs: int, samples: int, any_code: bool, options) -> dict | None:
-    """The cached cell of ``key`` (task, set, budget, spec, seed, C2ST samples) under
-    :func:`cell_spec`. With ``any_code``, a rule-off spec reads its cell cached under
-    :func:`rule_off_spec` by a :data:`RULE_OFF_CODE` version first (the computation the
-    tables that named it were written from), its own cell only where there is none."""
-    name, set_name, budget, spec, seed, c2st = key
-    args = (num_obs, samples, any_code, options)
-    legacy = rule_off_spec(spec) if any_code else None
-    if legacy is not None:
-        cell = evaluation.cached_cell(name, set_name, budget, legacy, seed, c2st, *args)
-        if cell is not None and cell.get("code") in RULE_OFF_CODE:
-            return cell
-    return evaluation.cached_cell(name, set_name, budget, cell_spec(spec), seed, c2st, *args)
-
-
-def _equivalence_note(methods: list[str]) -> str:
-    """A sentence naming the specs whose cells are read under another name."""
-    mapped = [f"`{m}` as `{cell_spec(m)}`" for m in methods if cell_spec(m) != m]
-    mapped += [f"`{m}` also as `{rule_off_spec(m)}`" for m in methods if rule_off_spec(m)]
-    if not mapped:
-        return ""
-    return (
-        " Cells are keyed by the options they trained with (`bench_report.cell_spec`): "
-        + ", ".join(mapped)
-        + " (from code whose NSF trained with `min_gain_se=0` as NPE, `RULE_OFF_CODE`): "
-        "the same computation, an option set to its default changing nothing."
-    )
 
 
 def _samples(name: str, args) -> int:
@@ -341,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {}
     done: list[str] = []
     start = time.process_time()
-    note = args.note + _equivalence_note(methods)
+    note = args.note
     not_run: list[str] = []
     for name in tasks:
         task = harness.load_task(name)
@@ -359,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
                     key = (name, args.set, budget, spec, seed, args.c2st_samples)
                     # Past the CPU budget, cached cells are still read; no new one starts.
                     cached_only = args.cached_only or _spent(args, start)
-                    cell = cached(key, args.observations, samples, cached_only, options)
+                    cell = evaluation.cached_cell(
+                        *key, args.observations, samples, cached_only, options
+                    )
                     if cell is None and cached_only:
                         if not args.cached_only:
                             not_run.append(f"{name} n={budget} {spec} seed {seed}")
@@ -368,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                         if data is None:
                             data = evaluation.training_data(task, budget, seed)
                         cell = evaluation.evaluate_cell(
-                            name, args.set, budget, cell_spec(spec), seed, data=data,
+                            name, args.set, budget, spec, seed, data=data,
                             num_samples=args.c2st_samples, num_obs=args.observations,
                             reference_samples=samples, reference_options=options,
                         )  # fmt: skip

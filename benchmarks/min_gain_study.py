@@ -3,7 +3,7 @@
 With the rule on, training follows the path of the rule off exactly and only stops sooner
 (:mod:`simgen.stopping`), so one run that records every epoch's per-row validation losses
 gives the stopping epoch of every threshold. For each (task, budget, seed) this fits the
-default ``simgen.NPE`` with the rule off (``min_gain_se=0``; its default is 0.5) on the
+default ``simgen.NPE`` with the rule off (``min_gain_se=0``, named so whatever the default) on the
 benchmark's training simulations (those of
 ``benchmarks/evaluation.py``'s cells) and prints, per rule, the epoch it stops at and the
 validation loss of the weights it keeps, for the paired test the option uses

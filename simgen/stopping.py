@@ -24,6 +24,10 @@ are the same at every epoch, so the sd of the mean itself (:math:`s_\ell/\sqrt n
 nats for gaussian_mixture's 100 rows) measures which rows were drawn, not whether the weights
 got better: as the bar it stops that task at epoch 39-64, 0.3-0.5 nats above the loss
 training still reaches (``benchmarks/results_defaults.md``, "A minimum gain for a new best").
+The default is ``k = 0`` (every new best counts): on the report observations ``k = 0.5``
+(a test at level :math:`1 - \Phi(0.5) = 0.31`) holds C2ST within the seed spread on nine
+tasks at 1,000 simulations and on eight of nine at 10,000, where it stops gaussian_mixture
+at C2ST 0.551 against 0.536 (seed spread 0.012) for 29% less CPU.
 
 Only the patience count uses the rule: the learning rate still decays after epochs without
 a new lowest loss and the weights kept are the lowest loss's, so training follows the path

@@ -71,7 +71,8 @@ def _gauss_fit(**options):
 @pytest.mark.parametrize("options", [{}, {"min_gain_se": 0.0}])
 def test_rule_off_is_bit_identical_to_the_plain_loop(options):
     """With the rule off the loop gives the validation losses and weights it gave before the
-    option existed: digest recorded from that loop on this seeded fit (65 epochs, best 60)."""
+    option existed: digests recorded from that loop (``git show 5663b57^``) on this seeded
+    fit (65 epochs, best 60), one per CPU it was recorded on (their float arithmetic differs)."""
     history, loss = _gauss_fit(**options)
     digest = hashlib.sha256(
         torch.tensor(history.validation_loss, dtype=torch.float64).numpy().tobytes()
@@ -79,7 +80,7 @@ def test_rule_off_is_bit_identical_to_the_plain_loop(options):
     for p in loss.parameters():
         digest.update(p.detach().numpy().tobytes())
     assert (history.epochs, history.best_epoch) == (65, 60)
-    assert digest.hexdigest()[:16] == "17b6563fea925602"
+    assert digest.hexdigest()[:16] in {"17b6563fea925602", "cdaff73fc8492457"}
 
 
 def test_loss_without_rows_is_tested_on_groups():
