@@ -151,27 +151,33 @@ def test_truncated_prior_is_a_prior_for_simulate():
 
 # -- the rounds driver ----------------------------------------------------------------------
 def test_sequential_npe_beats_amortised_npe_at_the_same_budget():
-    # Wide prior (sd 2), narrow likelihood (sd 0.1): 400 simulations, MAF, seed 0. Check:
-    # the KL of a Gaussian fitted to 5,000 posterior draws from the exact posterior is at
-    # most 0.1 nats. Sequential (4 rounds of 100, warm-started: at 100 simulations a round a
-    # from-scratch refit is the noisiest step and fails on seed 1) passes; amortised
-    # (1 round) fails; the control, whose regions hold a tenth of the posterior's mass
-    # (epsilon = 0.9, cutting true posterior mass), fails the same check.
-    # Measured on seeds 0-4 (benchmarks/results_sequential.md, "The fast test"): sequential
-    # 0.010, 0.041, 0.032, 0.005, 0.020; amortised 0.56, 0.13, 0.16, 0.38, 0.21; the
-    # control 0.18, 0.36, 0.13, 0.03, 0.20. The slow test checks seeds 1-4.
+    # Wide prior (sd 2), narrow likelihood (sd 0.1): 400 simulations, MAF, seeds 0 and 1.
+    # Check: the KL of a Gaussian fitted to 5,000 posterior draws from the exact posterior,
+    # averaged over the two seeds, is at most 0.1 nats. Sequential (4 rounds of 100,
+    # warm-started: at 100 simulations a round a from-scratch refit is the noisiest step)
+    # passes; amortised (1 round) fails; the control, whose regions hold a tenth of the
+    # posterior's mass (epsilon = 0.9, cutting true posterior mass), fails the same check.
+    # Measured on seeds 0-4 (benchmarks/results_sequential.md, "The fast test"; the last bits
+    # differ between CPUs, these are an AMD EPYC's): sequential 0.007, 0.042, 0.032, 0.006,
+    # 0.033; amortised 0.56, 0.22, 0.14, 0.38, 0.21; the control 0.053, 0.48, 0.13, 0.056,
+    # 0.27, so one seed alone cannot separate the control and the mean of two is checked.
+    # The slow test checks seeds 1-4 one at a time.
     def run(num_rounds, epsilon=1e-4):
-        posterior = simgen.sequential(
-            simgen.NPE(PRIOR, estimator="maf"),
-            gaussian_simulator,
-            X_O,
-            num_simulations=400,
-            num_rounds=num_rounds,
-            seed=0,
-            epsilon=epsilon,
-            warm_start=True,
-        )
-        return posterior, gaussian_fit_kl(posterior.sample((5000,), x=X_O, seed=0))
+        runs = [
+            simgen.sequential(
+                simgen.NPE(PRIOR, estimator="maf"),
+                gaussian_simulator,
+                X_O,
+                num_simulations=400,
+                num_rounds=num_rounds,
+                seed=seed,
+                epsilon=epsilon,
+                warm_start=True,
+            )
+            for seed in (0, 1)
+        ]
+        kls = [gaussian_fit_kl(p.sample((5000,), x=X_O, seed=0)) for p in runs]
+        return runs[0], sum(kls) / len(kls)
 
     posterior, kl_sequential = run(4)
     _, kl_amortised = run(1)
@@ -373,7 +379,8 @@ def test_benchmark_code_key_and_equivalent_codes():
     # or of an EQUIVALENT code (declared for sequential NPE only), is not current SNLE.
     assert SNLE_KEY != SOURCE_KEY
     assert is_current({"code": SNLE_KEY, "method": "simgen_snle"})
-    assert not is_current({"code": SOURCE_KEY, "method": "simgen_snle"})
+    assert not is_current({"code": "seq-31c26da381b8", "method": "simgen_snle"})
+    assert is_current({"code": "seq-8aa9e8c5177b", "method": "simgen_snle"})  # SNLE_EQUIVALENT
     assert not is_current({"code": old, "method": "simgen_snle"})
     assert is_current({"code": old, "method": "simgen_tsnpe"})
     assert is_current({"code": SOURCE_KEY, "method": "simgen_tsnpe"})
