@@ -41,7 +41,9 @@ and of the codes :data:`EQUIVALENT` declares to compute the same under stated op
 (listed under the spec the current code gives them, ``method_as_run`` keeping the one
 they ran as), or of the simgen codes ``--codes`` lists; a run without a cell is read from
 its line of ``results_sequential.jsonl``. The code key hashes
-``simgen/sequential/`` without docstrings, so editing the text relabels no run. simgen
+``simgen/sequential/`` without docstrings (SNLE's also ``simgen/mcmc/`` and
+``simgen/mcmc_posterior.py``), so editing the text relabels no run. SNLE runs record the
+MCMC's R-hat, ESS and acceptance per round and of the scored draws. simgen
 runs also record, per round, the prior mass of the next proposal region and the share of
 reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
 round's C2ST (not timed). ``--first-observation k`` skips the observations before k;
@@ -134,6 +136,9 @@ EQUIVALENT = {
     "seq-36db8813a67e": {"warm_start": False, "nested": False},
     "seq-6f3d47c6d00f": {},
 }
+#: SNLE runs keyed by ``simgen/sequential/`` alone, whose MCMC (random-walk Metropolis,
+#: pooled covariance) draws bit for bit as the current default does.
+SNLE_EQUIVALENT = ("seq-8aa9e8c5177b",)
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
@@ -353,6 +358,7 @@ def is_current(row: dict, codes: set | None = None) -> bool:
     if codes is not None and not name.startswith("sbi"):
         return row["code"] in codes
     equivalent = row["code"] in EQUIVALENT and name.startswith("simgen_tsnpe")
+    equivalent |= row["code"] in SNLE_EQUIVALENT and name == "simgen_snle"
     return equivalent or row["code"] == _code_key(name)
 
 
