@@ -1,5 +1,6 @@
-"""Random-walk Metropolis on a posterior with separated modes (SNLE's slcp at 10k): the
-warm-up covariance centres each chain on its own mean, so proposals keep one mode's scale."""
+"""Random-walk Metropolis on a posterior with separated modes (as slcp's): with
+``covariance="within"`` the warm-up covariance centres each chain on its own mean, so
+proposals keep one mode's scale; the pooled default spans the gap between the modes."""
 
 from __future__ import annotations
 
