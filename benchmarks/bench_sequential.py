@@ -15,7 +15,8 @@ its budget (proposals, simulations, training), not the scoring.
 Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
 ``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
-``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``; for sbi
+``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``, and
+SNLE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), its MCMC's; for sbi
 ``num_rounds`` only). A run is keyed and recorded under :func:`as_run` (the spec naming the
 flow options whose value differs from the flows' before the option existed) and listed
 under :func:`flow_label` (naming those that differ from the current defaults):
@@ -186,7 +187,8 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     options = dict(options)
     estimator = family_of(name, options)
     options.pop("estimator", None)
-    front = simgen.NLE(task.prior) if name == "simgen_snle" else None
+    mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}))
+    front = simgen.NLE(task.prior, mcmc=mcmc) if name == "simgen_snle" else None
     npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
     front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
