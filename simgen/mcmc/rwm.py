@@ -21,10 +21,11 @@ chains and :math:`a^*_D` the optimal acceptance for a Gaussian target in D dimen
 underestimates the target's. It is for chains that sit in separate modes, where the pooled
 covariance spans the gaps between modes and nearly every proposal is rejected (two modes
 120 sds apart, ``tests/test_sequential_mcmc.py``: per-mode sd within 2% against 47% off
-pooled). It is not the default: on slcp's four modes (SNLE at 10,000 simulations, one
-run) it raised the acceptance from 0.02-0.04 to 0.11-0.17 but not the C2ST (0.753 against
-0.666), and with an NLE fitted once on 10,000 prior simulations both gave 0.87
-(``benchmarks/results_sequential.md``, "SNLE").
+pooled). It is not the default: in SNLE at 10,000 simulations it raised the acceptance
+(0.11-0.33 against 0.01-0.05) but scored worse on all three runs measured (C2ST 0.753
+against 0.666 on slcp's observation 0, 0.956 against 0.938 on its observation 1, 0.725
+against 0.605 on two_moons' observation 2), and with an NLE fitted once on 10,000 prior
+simulations of slcp both gave 0.87 (``benchmarks/results_sequential.md``, "SNLE").
 
 Everything is frozen after warm-up, so the sampling phase is a valid Markov chain. Draws
 decorrelate in :math:`O(D)` steps, which is why MCMC posteriors thin random-walk chains by
