@@ -50,6 +50,13 @@ def gaussian_fit_kl(samples):
     return float(torch.distributions.kl_divergence(q, p))
 
 
+def small_run(front, **options):
+    """``simgen.sequential`` on the Gaussian task at x_o: 200 simulations in 2 rounds, seed 0,
+    20 epochs a fit, unless ``options`` say otherwise."""
+    options = {"num_simulations": 200, "num_rounds": 2, "seed": 0, "max_epochs": 20, **options}
+    return simgen.sequential(front, gaussian_simulator, X_O, **options)
+
+
 def grid_integral(log_prob, low=-1.0, high=1.0, n=400):
     """∫ exp(log_prob) over the square [low, high]² by the midpoint rule."""
     h = (high - low) / n
@@ -202,15 +209,7 @@ def test_snle_posterior_samples_after_the_run_and_keeps_its_chain_start():
     # batched draws, breaks sampling).
     from simgen.sequential.rounds import _PosteriorProposal
 
-    posterior = simgen.sequential(
-        simgen.NLE(PRIOR, warmup=20),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        max_epochs=20,
-    )
+    posterior = small_run(simgen.NLE(PRIOR, warmup=20))
     assert posterior.proposal is None
     assert isinstance(posterior.rounds.proposal, _PosteriorProposal)
     draws = posterior.sample((40,), x=X_O, seed=0)
@@ -225,30 +224,15 @@ def test_split_budget_and_early_stop():
 
     assert split_budget(1003, 4) == [253, 250, 250, 250]
     # stop_tol larger than any energy distance: stops after round 2, 200 of 400 simulated.
-    posterior = simgen.sequential(
-        simgen.NPE(PRIOR, estimator="maf"),
-        gaussian_simulator,
-        X_O,
-        num_simulations=400,
-        num_rounds=4,
-        seed=0,
-        stop_tol=1e9,
-        max_epochs=20,
+    posterior = small_run(
+        simgen.NPE(PRIOR, estimator="maf"), num_simulations=400, num_rounds=4, stop_tol=1e9
     )
     assert len(posterior.rounds) == 2 and posterior.rounds.stopped_early
 
 
 @pytest.mark.parametrize("estimator", ["consistency"])
 def test_sample_only_families_truncate_with_the_ellipsoid(estimator):
-    posterior = simgen.sequential(
-        simgen.NPE(PRIOR, estimator=estimator),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        max_epochs=20,
-    )
+    posterior = small_run(simgen.NPE(PRIOR, estimator=estimator))
     assert "ellipsoid" in posterior.rounds[1].proposal
     assert posterior.sample((10,)).shape == (10, 2)
 

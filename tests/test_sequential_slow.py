@@ -4,7 +4,7 @@ seeds (``-m slow``)."""
 from __future__ import annotations
 
 import pytest
-from test_sequential import PRIOR, X_O, gaussian_fit_kl, gaussian_simulator
+from test_sequential import PRIOR, X_O, gaussian_fit_kl, gaussian_simulator, small_run
 
 import simgen
 
@@ -12,27 +12,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_snle_and_snre_rounds():
-    nle = simgen.sequential(
-        simgen.NLE(PRIOR, warmup=20),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        max_epochs=20,
-    )
+    nle = small_run(simgen.NLE(PRIOR, warmup=20))
     assert nle.rounds[1].proposal.startswith("posterior") and nle.rounds[1].acceptance is None
-    nre = simgen.sequential(
-        simgen.NRE(PRIOR, warmup=20),
-        gaussian_simulator,
-        X_O,
-        num_simulations=200,
-        num_rounds=2,
-        seed=0,
-        proposal="truncated",
-        num_region_draws=2000,
-        max_epochs=20,
-    )
+    nre = small_run(simgen.NRE(PRIOR, warmup=20), proposal="truncated", num_region_draws=2000)
     assert "HPD region" in nre.rounds[1].proposal
     assert nre.sample((20,)).shape == (20, 2)
 
