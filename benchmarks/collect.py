@@ -28,6 +28,13 @@ SECTIONS = [
         " --out benchmarks/results_report_generative.md",
     ),
     (
+        "results_report_settings.md",
+        "Named NPE settings for the tasks the default loses (issue 24)",
+        "python -m benchmarks.bench_report --tasks lotka_volterra --budgets 10000 --seeds 0 1 2"
+        " --set report --methods 'npe:log_context=true' --c2st-samples 1000"
+        " --out benchmarks/results_report_settings.md",
+    ),
+    (
         "results_defaults.md",
         "NPE default chosen on the tuning observations (issue 24)",
         "python -m benchmarks.bench_defaults --seeds 0 1 --c2st-samples 1000",
