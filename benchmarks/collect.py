@@ -30,9 +30,8 @@ SECTIONS = [
     (
         "results_report_settings.md",
         "Named NPE settings for the tasks the default loses (issue 24)",
-        "python -m benchmarks.bench_report --tasks lotka_volterra --budgets 10000 --seeds 0 1 2"
-        " --set report --methods 'npe:log_context=true' --c2st-samples 1000"
-        " --out benchmarks/results_report_settings.md",
+        "python -m benchmarks.bench_report --set report --methods 'npe:log_context=true'"
+        " (and 'npe:bound=3.0;bins=16'), each table's command in the file",
     ),
     (
         "results_defaults.md",
