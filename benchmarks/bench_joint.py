@@ -99,6 +99,7 @@ REPORT = {
     # slcp: one token per i.i.d. point and the dependency mask (tuning set, configs P/PM)
     "joint_transformer (point tokens + mask)": f"{_JT};layers=3;{_PM}",
     "joint_transformer (point tokens + mask; 2 blocks)": f"{_JT};layers=2;{_PM}",
+    "joint_transformer (point tokens + mask; identities at std 1)": f"{_JT};{_PM};{_ID1}",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
@@ -107,6 +108,7 @@ REPORT = {
 REPORT_TASKS = {
     "joint_transformer (point tokens + mask)": ("slcp",),
     "joint_transformer (point tokens + mask; 2 blocks)": ("slcp",),
+    "joint_transformer (point tokens + mask; identities at std 1)": ("slcp",),
 }
 
 
@@ -329,6 +331,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--configs", default=None, help="comma-separated labels")
     parser.add_argument("--no-write", action="store_true", help="print, do not write")
+    parser.add_argument(
+        "--section",
+        default="",
+        help="words appended to the section title, so a run of some labels keeps the "
+        "section of a run of others on the same task and budget",
+    )
     args = parser.parse_args(sys.argv[1:])
     torch.set_num_threads(1)
     warm_up_torch()
@@ -354,12 +362,14 @@ def main() -> None:
         f"{' '.join(args.tasks)} --budget {args.budget} --observations {args.observations} "
         f"--seeds {' '.join(map(str, args.seeds))}"
         + (f" --configs {shlex.quote(args.configs)}" if args.configs else "")
+        + (f" --section {shlex.quote(args.section)}" if args.section else "")
     )
     print(body)
     print(f"CPU s in this process: {time.process_time() - start:.0f}")
     if not args.no_write:
         what = "Tuning set" if args.set == "tuning" else "Report set"
         title = f"{what}: {', '.join(args.tasks)}, {args.budget} simulations"
+        title += f", {args.section}" if args.section else ""
         write_section(title, f"`{command}`\n\n{body}")
 
 
