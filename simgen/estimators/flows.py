@@ -27,6 +27,16 @@ Families:
   :math:`K / 2B` knots per unit. The defaults stay 5 and 8 because no finer grid wins on
   both budgets: ``bound=3.0, bins=16`` gains 0.019 C2ST on gaussian_linear_uniform at 10,000
   simulations and loses 0.020 at 1,000 (``benchmarks/results_report_settings.md``).
+  The bin widths and heights of a feature's spline are :math:`\mathrm{softmax}(u_w / T)` and
+  :math:`\mathrm{softmax}(u_h / T)` of the conditioner's outputs :math:`u`
+  (``bin_temperature`` = T, applied as a fixed scale on those rows of the conditioner's last
+  layer; the knot derivatives are not scaled). :math:`T = \sqrt{H}`, with H the last hidden
+  width (8 for the default (64, 64)), is the scaling of nflows' spline couplings, which sbi's
+  ``"nsf"`` trains: the flow starts closer to the identity (near-uniform bins) and Adam's
+  steps, about the learning rate per weight, move the bin logits T times less, while the
+  knot derivatives keep the full step. The default stays 1, zuko's, because the setting is
+  measured on gaussian_linear_uniform and two_moons only, not on every task
+  (``benchmarks/results_report_settings.md``).
 * ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
 * ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
 
@@ -196,9 +206,9 @@ class Flow(DensityEstimator):
             :data:`FLOW_BASELINE_THRESHOLD` and its support check); each family's default
             is :attr:`default_baseline`, ``False`` behind a set embedding (its padded sets
             are no vector to regress on).
-        **options: The family's own options (:attr:`family_options`: ``bins``, ``passes``
-            and ``bound`` for :class:`NSF`, none for the others); any other name raises
-            :class:`~simgen.errors.ConfigError` listing the valid ones.
+        **options: The family's own options (:attr:`family_options`: ``bins``, ``passes``,
+            ``bound`` and ``bin_temperature`` for :class:`NSF`, none for the others); any
+            other name raises :class:`~simgen.errors.ConfigError` listing the valid ones.
 
     Example:
         >>> flow = NSF(2, (3,))
@@ -343,12 +353,39 @@ class Flow(DensityEstimator):
         return y * s.scale + s.loc
 
 
+class RowScale(nn.Module):
+    r"""The parametrization :math:`p \mapsto s \odot p` along a layer's output rows, ``s`` a
+    fixed buffer: the optimiser steps on :math:`p`, the layer computes with :math:`s \odot p`."""
+
+    def __init__(self, scale: Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+    def forward(self, p: Tensor) -> Tensor:
+        return p * self.scale.reshape(-1, *[1] * (p.dim() - 1))
+
+
+def _positive(value: Any, name: str, example: str) -> float:
+    """``value`` as a float if it is a positive, finite number; otherwise raise naming it."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(f"{name} must be a positive, finite number ({example}), got {value!r}.")
+    return float(value)
+
+
 class SplineFlow(zuko.flows.MAF):
-    r"""zuko's NSF with the spline's bound :math:`B` as an argument (zuko fixes it at 5).
+    r"""zuko's NSF with the spline's bound :math:`B` and its bin temperature :math:`T` as
+    arguments (zuko fixes :math:`B = 5` and :math:`T = 1`).
 
     Args:
         features, context, bins, slope: As :class:`zuko.flows.NSF`.
         bound: The spline's (co)domain :math:`[-B, B]`; a positive, finite number.
+        bin_temperature: :math:`T`: the bin widths and heights are :math:`\mathrm{softmax}
+            (u / T)` of the conditioner's outputs :math:`u` (module docstring); 1 is zuko's.
         **kwargs: Passed to :class:`zuko.flows.MAF` (``transforms``, ``passes``, ...).
     """
 
@@ -359,25 +396,41 @@ class SplineFlow(zuko.flows.MAF):
         bins: int = 8,
         bound: float = 5.0,
         slope: float = 1e-3,
+        bin_temperature: float = 1.0,
         **kwargs: Any,
     ):
-        if (
-            isinstance(bound, bool)
-            or not isinstance(bound, (int, float))
-            or not math.isfinite(bound)
-            or bound <= 0
-        ):
-            raise ConfigError(
-                f"bound must be a positive, finite number (the spline's half-width in "
-                f"standardised units, e.g. 3.0 or 5.0), got {bound!r}."
-            )
+        bound = _positive(bound, "bound", "the spline's half-width in standardised units, "
+                          "e.g. 3.0 or 5.0")  # fmt: skip
+        temperature = _positive(bin_temperature, "bin_temperature", "1.0 for zuko's spline, "
+                                "8.0 = sqrt(64) for nflows' scaling at width 64")  # fmt: skip
         super().__init__(
             features=features,
             context=context,
-            univariate=partial(MonotonicRQSTransform, bound=float(bound), slope=slope),
+            univariate=partial(MonotonicRQSTransform, bound=bound, slope=slope),
             shapes=[(bins,), (bins,), (bins - 1,)],
             **kwargs,
         )
+        if temperature != 1.0:
+            for t in self.transform.transforms:
+                if getattr(t, "hyper", None) is None:
+                    raise ConfigError(
+                        "bin_temperature scales the conditioner's outputs, and an "
+                        "unconditional one-feature spline has none; use bin_temperature=1.0."
+                    )
+                _temper(t.hyper[-1], t.total, 2 * bins, temperature)
+
+
+def _temper(last: nn.Linear, total: int, logits: int, temperature: float) -> None:
+    """Divide the first ``logits`` of every ``total`` outputs of ``last`` (zuko's layout: the
+    parameters of one feature's spline are adjacent, widths and heights first) by
+    ``temperature``, as a parametrization of its weight and bias."""
+    from torch.nn.utils import parametrize
+
+    per_feature = torch.ones(total)
+    per_feature[:logits] = 1 / temperature
+    scale = per_feature.repeat(last.out_features // total)
+    for name in ("weight", "bias"):
+        parametrize.register_parametrization(last, name, RowScale(scale.clone()))
 
 
 class NSF(Flow):
@@ -409,7 +462,7 @@ class NSF(Flow):
     name = "nsf"
     npe_support = "reject"
     zuko_flow = SplineFlow
-    family_options = {"bins": 8, "passes": 2, "bound": 5.0}
+    family_options = {"bins": 8, "passes": 2, "bound": 5.0, "bin_temperature": 1.0}
     default_mixing = "lu"
     default_baseline = "auto"
 
