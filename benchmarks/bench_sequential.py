@@ -65,6 +65,7 @@ import argparse
 import hashlib
 import json
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -129,17 +130,21 @@ NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline", "hidden_f
 CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
 #: simgen codes whose sequential NPE computes as the current code's given these option
 #: values (they differ from it in those defaults and in text, ``seq-6f3d47c6d00f`` in
-#: setting an MCMC posterior's ``proposal``, which NPE runs never have); :func:`as_current`
-#: lists their runs under the spec the current code gives them.
+#: setting an MCMC posterior's ``proposal``, which NPE runs never have, ``seq-8aa9e8c5177b``
+#: in lacking ``chain_init``, which NPE refuses); :func:`as_current` lists their runs under
+#: the spec the current code gives them.
 EQUIVALENT = {
     "seq-0c573491ed2f": {"warm_start": False, "nested": True},
     "seq-a48a993219de": {"warm_start": False, "nested": False},
     "seq-36db8813a67e": {"warm_start": False, "nested": False},
     "seq-6f3d47c6d00f": {},
+    "seq-8aa9e8c5177b": {},
 }
-#: SNLE runs keyed by ``simgen/sequential/`` alone, whose MCMC (random-walk Metropolis,
-#: pooled covariance) draws bit for bit as the current default does.
-SNLE_EQUIVALENT = ("seq-8aa9e8c5177b",)
+#: SNLE runs of codes whose MCMC (random-walk Metropolis, pooled covariance, chains started
+#: from prior draws) draws bit for bit as the current default (``chain_init="prior"``) does:
+#: ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369`` the
+#: SNLE key before ``chain_init`` existed.
+SNLE_EQUIVALENT = ("seq-8aa9e8c5177b", "seq-075c03c39369")
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
@@ -241,6 +246,11 @@ def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed:
         else:
             inference.append_simulations(theta, x).train()
         posterior = inference.build_posterior().set_default_x(x_o)
+        print(
+            f"{name} round {r}: {len(theta)} sims, {time.process_time():.0f} CPU s",
+            file=sys.stderr,
+            flush=True,
+        )
         if r == len(sizes):
             break
         if name == "sbi_tsnpe":

@@ -219,6 +219,22 @@ def test_snle_posterior_samples_after_the_run_and_keeps_its_chain_start():
         posterior.sample((40,), x=X_O, seed=0)
 
 
+def test_snle_chain_init_pool_starts_chains_from_the_pooled_simulations():
+    # chain_init="pool": every round's MCMC posterior, and the returned one, starts its
+    # chains from the θ pooled so far; NPE (no MCMC) and unknown values are refused.
+    from simgen.sequential.starts import PooledStart
+
+    posterior = small_run(simgen.NLE(PRIOR, warmup=20), chain_init="pool")
+    assert isinstance(posterior.proposal, PooledStart)
+    assert torch.equal(posterior.proposal.theta, posterior.rounds.theta.float())
+    draws = posterior.sample((40,), x=X_O, seed=0)
+    assert draws.shape == (40, 2) and bool(torch.isfinite(draws).all())
+    with pytest.raises(ConfigError, match="chain_init"):
+        small_run(simgen.NPE(PRIOR, estimator="maf"), chain_init="pool")
+    with pytest.raises(ConfigError, match="chain_init"):
+        small_run(simgen.NLE(PRIOR), chain_init="posterior")
+
+
 def test_split_budget_and_early_stop():
     from simgen.sequential.rounds import split_budget
 
@@ -365,6 +381,7 @@ def test_benchmark_code_key_and_equivalent_codes():
     assert is_current({"code": SNLE_KEY, "method": "simgen_snle"})
     assert not is_current({"code": "seq-31c26da381b8", "method": "simgen_snle"})
     assert is_current({"code": "seq-8aa9e8c5177b", "method": "simgen_snle"})  # SNLE_EQUIVALENT
+    assert is_current({"code": "seq-075c03c39369", "method": "simgen_snle"})  # before chain_init
     assert not is_current({"code": old, "method": "simgen_snle"})
     assert is_current({"code": old, "method": "simgen_tsnpe"})
     assert is_current({"code": SOURCE_KEY, "method": "simgen_tsnpe"})

@@ -41,7 +41,9 @@ rounds are:
   minimised by the likelihood whatever θ's distribution. NRE-C's classifier learns
   :math:`p(x\mid\theta)/\bar p(x)`, which is the likelihood up to a factor in x alone, so
   :math:`p(\theta)\,\hat r(\theta, x_o)` stays the posterior. ``proposal="truncated"``
-  uses the truncated prior of the MCMC posterior instead.
+  uses the truncated prior of the MCMC posterior instead. ``chain_init="pool"`` starts
+  each round's MCMC chains from the pooled simulations' θ rather than from prior draws
+  (:mod:`simgen.sequential.starts`).
 
 **Banks and resuming.** With ``bank="run"``, a directory holds ``round_<r>.zarr`` (that
 round's simulations, through :func:`simgen.simulate`'s bank), ``round_<r>.simgen`` (the
@@ -88,6 +90,7 @@ from .history import (
     load_record,
     save_record,
 )
+from .starts import PooledStart, check_chain_init
 from .truncation import (
     EPSILON,
     REGION_DRAWS,
@@ -201,6 +204,7 @@ def sequential(
     callback: Any = None,
     warm_start: bool = True,
     nested: bool = False,
+    chain_init: str = "prior",
     **fit_options: Any,
 ) -> Any:
     """Spend ``num_simulations`` over ``num_rounds`` rounds focused on ``x_o``.
@@ -233,6 +237,9 @@ def sequential(
         nested: Truncated proposals: round r draws from the intersection of the regions of
             rounds 1..r-1 rather than from round r-1's region alone (off by default; see the
             module docstring).
+        chain_init: NLE / NRE: where each round's MCMC chains start, ``"prior"`` (SIR from
+            prior draws, the posterior's own) or ``"pool"`` (SIR from the pooled
+            simulations' θ; :mod:`simgen.sequential.starts`).
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
@@ -251,12 +258,14 @@ def sequential(
     if proposal is None:
         proposal = "truncated" if isinstance(method, NPE) else "posterior"
     _check_arguments(method, num_simulations, num_rounds, proposal)
+    check_chain_init(chain_init, not isinstance(method, NPE))
     x_o = _as_observation(x_o)
     prior = method.prior
     folder = None if bank is None else Path(bank)
     if folder is not None:
         settings = [num_simulations, num_rounds, seed, proposal, epsilon]
         settings += ["warm"] * warm_start + ["nested"] * nested
+        settings += ["pool"] * (chain_init == "pool")
         check_fingerprint(folder, method, *settings)
     history = RoundHistory()
     thetas, xs = [], []
@@ -275,6 +284,8 @@ def sequential(
             init = posterior if warm_start and isinstance(method, NPE) else None
             options = fit_options if init is None else {**fit_options, "init": init}
             posterior = _fit_round(method, theta_all, x_all, r, seed, folder, progress, options)
+            if chain_init == "pool":
+                posterior.proposal = PooledStart(theta_all)
             record = load_record(folder, r)
             wide = proposal == "truncated" and r < num_rounds
             n_draws = num_region_draws if wide else ENERGY_DRAWS
