@@ -50,11 +50,11 @@ one token per coordinate. The cost per row grows as :math:`O(L(T^2 W + T W^2))` 
 :math:`T`; at these sizes the per-token MLP dominates and a training epoch costs about
 linearly more per token (``benchmarks/results_joint.md``, "Cost per token"). Sampling with
 8 or 32 steps gave the same C2ST as 16 on the tuning set, so 16 stays, as flow matching.
-**Token identities** (``identity_scale``): the learned identities start at std 0.02. On
-gaussian_linear, where each θ entry's posterior depends on one x entry, a start at std 1
-gave 0.706 against 0.954 at 1k (seed 0), and changed little on two_moons, gaussian_mixture
-and bernoulli_glm (``benchmarks/results_joint.md``, "What the tables show"); slcp and a
-second seed are not measured, so the default stays.
+**Token identities** (``identity_scale``): the learned identities start at std 0.02,
+because a start at std 1 is not better on every task measured (``benchmarks/results_joint.md``,
+"What the tables show"): on gaussian_linear, where each θ entry's posterior depends on one
+x entry, it gives 0.684 against 0.953 at 1k (2 seeds), but slcp at 10k 0.812 against 0.790
+and gaussian_mixture at 1k 0.738 against 0.728 (seed 0), so it stays an option.
 **MAP** (:meth:`JointTransformer.field_map`) climbs by denoising steps, one network call
 each, since the ODE density's gradient needs second derivatives through every step.
 """
