@@ -140,11 +140,18 @@ EQUIVALENT = {
     "seq-6f3d47c6d00f": {},
     "seq-8aa9e8c5177b": {},
 }
-#: SNLE runs of codes whose MCMC (random-walk Metropolis, pooled covariance, chains started
-#: from prior draws) draws bit for bit as the current default (``chain_init="prior"``) does:
-#: ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369`` the
-#: SNLE key before ``chain_init`` existed.
-SNLE_EQUIVALENT = ("seq-8aa9e8c5177b", "seq-075c03c39369")
+#: The default of SNLE's ``chain_init`` (``simgen.sequential``'s for NLE).
+SNLE_DEFAULTS = {"chain_init": "pool"}
+#: SNLE codes that compute as the current code given these option values (random-walk
+#: Metropolis, the pooled covariance, chains started from prior draws by default, bit for
+#: bit): ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369``
+#: before ``chain_init`` existed, ``seq-122afbf21379`` with ``chain_init="prior"`` the
+#: default; :func:`as_current` lists their runs under the spec the current code gives them.
+SNLE_EQUIVALENT = {
+    "seq-8aa9e8c5177b": {"chain_init": "prior"},
+    "seq-075c03c39369": {"chain_init": "prior"},
+    "seq-122afbf21379": {"chain_init": "prior"},
+}
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
@@ -351,11 +358,19 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
 
 
 def as_current(row: dict) -> dict:
-    """A run of an :data:`EQUIVALENT` code under the spec that computes the same with the
-    current code: its omitted options take that code's defaults, and options equal to the
-    current defaults are dropped (``method_as_run`` keeps the spec it ran as)."""
-    defaults = EQUIVALENT.get(row["code"])
+    """A run of an :data:`EQUIVALENT` (sequential NPE) or :data:`SNLE_EQUIVALENT` code under
+    the spec that computes the same with the current code: its omitted options take that
+    code's defaults, and options equal to the current defaults are dropped (``method_as_run``
+    keeps the spec it ran as)."""
     name, options = parse(row["method"])
+    if name == "simgen_snle":
+        options = {**SNLE_EQUIVALENT.get(row["code"], {}), **options}
+        options = {k: v for k, v in options.items() if SNLE_DEFAULTS.get(k) != v}
+        spec = format_spec(name, options)
+        if spec == row["method"]:
+            return row
+        return {**row, "method": spec, "method_as_run": row.get("method_as_run", row["method"])}
+    defaults = EQUIVALENT.get(row["code"])
     if defaults is None or not name.startswith("simgen_tsnpe"):
         return row
     options = {**defaults, **options}

@@ -203,13 +203,13 @@ def test_sequential_npe_beats_amortised_npe_at_the_same_budget():
 
 
 def test_snle_posterior_samples_after_the_run_and_keeps_its_chain_start():
-    # An MCMC posterior's ``proposal`` is what starts its chains (simgen.importance): the
-    # run leaves it alone and keeps the last proposal on the history, so the returned SNLE
-    # posterior samples (the control: setting the posterior proposal there, which has no
-    # batched draws, breaks sampling).
+    # An MCMC posterior's ``proposal`` is what starts its chains (simgen.importance): with
+    # chain_init="prior" the run leaves it alone and keeps the last proposal on the history,
+    # so the returned SNLE posterior samples (the control: setting the posterior proposal
+    # there, which has no batched draws, breaks sampling).
     from simgen.sequential.rounds import _PosteriorProposal
 
-    posterior = small_run(simgen.NLE(PRIOR, warmup=20))
+    posterior = small_run(simgen.NLE(PRIOR, warmup=20), chain_init="prior")
     assert posterior.proposal is None
     assert isinstance(posterior.rounds.proposal, _PosteriorProposal)
     draws = posterior.sample((40,), x=X_O, seed=0)
@@ -220,11 +220,11 @@ def test_snle_posterior_samples_after_the_run_and_keeps_its_chain_start():
 
 
 def test_snle_chain_init_pool_starts_chains_from_the_pooled_simulations():
-    # chain_init="pool": every round's MCMC posterior, and the returned one, starts its
-    # chains from the θ pooled so far; NPE (no MCMC) and unknown values are refused.
+    # chain_init="pool" (NLE's default): every round's MCMC posterior, and the returned one,
+    # starts its chains from the θ pooled so far; NPE (no MCMC) and unknown values are refused.
     from simgen.sequential.starts import PooledStart
 
-    posterior = small_run(simgen.NLE(PRIOR, warmup=20), chain_init="pool")
+    posterior = small_run(simgen.NLE(PRIOR, warmup=20))
     assert isinstance(posterior.proposal, PooledStart)
     assert torch.equal(posterior.proposal.theta, posterior.rounds.theta.float())
     draws = posterior.sample((40,), x=X_O, seed=0)
@@ -382,6 +382,13 @@ def test_benchmark_code_key_and_equivalent_codes():
     assert not is_current({"code": "seq-31c26da381b8", "method": "simgen_snle"})
     assert is_current({"code": "seq-8aa9e8c5177b", "method": "simgen_snle"})  # SNLE_EQUIVALENT
     assert is_current({"code": "seq-075c03c39369", "method": "simgen_snle"})  # before chain_init
+    # SNLE runs started from prior draws are listed as chain_init="prior" (the default is
+    # "pool"); a run that named the default is listed under the plain name.
+    prior = as_current({"code": "seq-075c03c39369", "method": "simgen_snle"})
+    assert prior["method"] == 'simgen_snle:chain_init="prior"'
+    pool = as_current({"code": "seq-122afbf21379", "method": 'simgen_snle:chain_init="pool"'})
+    assert pool["method"] == "simgen_snle"
+    assert as_current({"code": SNLE_KEY, "method": "simgen_snle"})["method"] == "simgen_snle"
     assert not is_current({"code": old, "method": "simgen_snle"})
     assert is_current({"code": old, "method": "simgen_tsnpe"})
     assert is_current({"code": SOURCE_KEY, "method": "simgen_tsnpe"})

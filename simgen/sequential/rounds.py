@@ -41,8 +41,10 @@ rounds are:
   minimised by the likelihood whatever θ's distribution. NRE-C's classifier learns
   :math:`p(x\mid\theta)/\bar p(x)`, which is the likelihood up to a factor in x alone, so
   :math:`p(\theta)\,\hat r(\theta, x_o)` stays the posterior. ``proposal="truncated"``
-  uses the truncated prior of the MCMC posterior instead. ``chain_init="pool"`` starts
-  each round's MCMC chains from the pooled simulations' θ rather than from prior draws
+  uses the truncated prior of the MCMC posterior instead. Each round's MCMC chains start
+  by SIR from the pooled simulations' θ (``chain_init="pool"``, the default for both;
+  ``"prior"`` starts them from prior draws): on slcp at 10,000 simulations prior
+  candidates put every chain in one of the posterior's four modes
   (:mod:`simgen.sequential.starts`).
 
 **Banks and resuming.** With ``bank="run"``, a directory holds ``round_<r>.zarr`` (that
@@ -204,7 +206,7 @@ def sequential(
     callback: Any = None,
     warm_start: bool = True,
     nested: bool = False,
-    chain_init: str = "prior",
+    chain_init: str | None = None,
     **fit_options: Any,
 ) -> Any:
     """Spend ``num_simulations`` over ``num_rounds`` rounds focused on ``x_o``.
@@ -237,16 +239,18 @@ def sequential(
         nested: Truncated proposals: round r draws from the intersection of the regions of
             rounds 1..r-1 rather than from round r-1's region alone (off by default; see the
             module docstring).
-        chain_init: NLE / NRE: where each round's MCMC chains start, ``"prior"`` (SIR from
-            prior draws, the posterior's own) or ``"pool"`` (SIR from the pooled
-            simulations' θ; :mod:`simgen.sequential.starts`).
+        chain_init: NLE / NRE: where each round's MCMC chains start, ``"pool"`` (SIR
+            from the pooled simulations' θ, the default) or ``"prior"`` (SIR from prior
+            draws, the posterior's own; :mod:`simgen.sequential.starts`). NPE: ``None``.
         **fit_options: Passed to ``method.fit`` every round (e.g. ``max_epochs=200``).
 
     Returns:
         The last round's posterior, with ``.rounds``, a :class:`RoundHistory` whose
         ``.proposal`` is the last proposal; an NPE posterior carries it as ``.proposal``
         too (an MCMC posterior's ``proposal`` is what starts its chains,
-        :mod:`simgen.importance`, so it is left alone there). An error or Ctrl-C mid-run
+        :mod:`simgen.importance`: with ``chain_init="pool"`` it is the
+        :class:`~simgen.sequential.starts.PooledStart` of every round's θ, with
+        ``"prior"`` it is left ``None``). An error or Ctrl-C mid-run
         carries the finished rounds as ``exc.rounds`` (their simulations pooled in
         ``.theta`` and ``.x``).
 
@@ -258,7 +262,7 @@ def sequential(
     if proposal is None:
         proposal = "truncated" if isinstance(method, NPE) else "posterior"
     _check_arguments(method, num_simulations, num_rounds, proposal)
-    check_chain_init(chain_init, not isinstance(method, NPE))
+    chain_init = check_chain_init(chain_init, not isinstance(method, NPE))
     x_o = _as_observation(x_o)
     prior = method.prior
     folder = None if bank is None else Path(bank)
