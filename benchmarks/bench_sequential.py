@@ -32,6 +32,9 @@ under :func:`flow_label` (naming those that differ from the current defaults):
 - ``sbi_snpec``: sbi's SNPE-C (APT), the previous round's posterior as the proposal.
 - ``sbi_snle``: sbi's SNLE, the previous round's MCMC posterior as the proposal.
 
+sbi runs print each finished round's process CPU seconds to stderr (a stopped run keeps no
+cell, so that line is what measures its rounds).
+
 Every sequential method splits the budget equally over ``--rounds`` (4) rounds. Each run is
 kept as JSON in ``benchmarks/cells/sequential/<task>/`` (tracked) keyed by the run, the spec, the
 sample count, the observation and the code (sbi's version or a hash of simgen's source), so

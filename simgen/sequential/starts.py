@@ -18,9 +18,11 @@ candidates fall in the modes those reached. The pool's density is not known, so 
 not importance weights: the starts follow :math:`q_\text{pool}\,\exp\psi` rather than the
 posterior, which matters only as far as the chains fail to mix after warm-up. The returned
 posterior keeps the start (``posterior.proposal``), so later ``sample`` calls at
-:math:`x_o` start from the pool too. It is the default because it scored better on every
-run measured: slcp at 10,000 simulations 0.620 against 0.666 (observation 0, seed 0),
-0.717 and 0.668 against 0.938 and 0.836 (observation 1, seeds 0-1), two_moons
+:math:`x_o` start from the pool too. It is the default because it lowered C2ST at
+10,000 simulations where prior starts left chains in one mode and did not raise it on
+average elsewhere: slcp's observation 1 0.692 against 0.887 (seeds 0-1), observation 0
+0.682 against 0.668, all six slcp runs 0.691 against 0.747, two_moons 0.519 against 0.551
+(seed 0, three observations); it is higher on 2 of the 9 runs compared
 (``benchmarks/results_sequential.md``, "SNLE").
 """
 
