@@ -32,8 +32,7 @@ under :func:`flow_label` (naming those that differ from the current defaults):
 - ``sbi_snpec``: sbi's SNPE-C (APT), the previous round's posterior as the proposal.
 - ``sbi_snle``: sbi's SNLE, the previous round's MCMC posterior as the proposal.
 
-sbi runs print each finished round's process CPU seconds to stderr (a stopped run keeps no
-cell, so that line is what measures its rounds).
+sbi runs print each round's process CPU seconds to stderr (a stopped run keeps no cell).
 
 Every sequential method splits the budget equally over ``--rounds`` (4) rounds. Each run is
 kept as JSON in ``benchmarks/cells/sequential/<task>/`` (tracked) keyed by the run, the spec, the
@@ -87,7 +86,11 @@ from benchmarks.sequential_regions import (
     true_regions,
 )
 from benchmarks.sequential_tables import (
+    CURRENT_DEFAULTS,
+    EQUIVALENT,
     RUN_KEY,
+    SNLE_DEFAULTS,
+    SNLE_EQUIVALENT,
     family_of,
     flow_had,
     flow_spec,
@@ -129,32 +132,6 @@ BASELINES = {
 }
 #: Options of a simgen spec that go to ``simgen.NPE`` (the rest go to ``simgen.sequential``).
 NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline", "hidden_features", "bins")
-#: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
-CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
-#: simgen codes whose sequential NPE computes as the current code's given these option
-#: values (they differ from it in those defaults and in text, ``seq-6f3d47c6d00f`` in
-#: setting an MCMC posterior's ``proposal``, which NPE runs never have, ``seq-8aa9e8c5177b``
-#: in lacking ``chain_init``, which NPE refuses); :func:`as_current` lists their runs under
-#: the spec the current code gives them.
-EQUIVALENT = {
-    "seq-0c573491ed2f": {"warm_start": False, "nested": True},
-    "seq-a48a993219de": {"warm_start": False, "nested": False},
-    "seq-36db8813a67e": {"warm_start": False, "nested": False},
-    "seq-6f3d47c6d00f": {},
-    "seq-8aa9e8c5177b": {},
-}
-#: The default of SNLE's ``chain_init`` (``simgen.sequential``'s for NLE).
-SNLE_DEFAULTS = {"chain_init": "pool"}
-#: SNLE codes that compute as the current code given these option values (random-walk
-#: Metropolis, the pooled covariance, chains started from prior draws by default, bit for
-#: bit): ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369``
-#: before ``chain_init`` existed, ``seq-122afbf21379`` with ``chain_init="prior"`` the
-#: default; :func:`as_current` lists their runs under the spec the current code gives them.
-SNLE_EQUIVALENT = {
-    "seq-8aa9e8c5177b": {"chain_init": "prior"},
-    "seq-075c03c39369": {"chain_init": "prior"},
-    "seq-122afbf21379": {"chain_init": "prior"},
-}
 START, END = "<!-- table -->", "<!-- /table -->"
 
 

@@ -311,6 +311,33 @@ def source_key(parts: tuple[str, ...] = ("sequential",)) -> str:
 
 RUN_KEY = ("task", "budget", "method", "observation", "seed")
 
+#: The defaults of ``simgen.sequential``'s options that earlier codes had otherwise.
+CURRENT_DEFAULTS = {"warm_start": True, "nested": False}
+#: simgen codes whose sequential NPE computes as the current code's given these option
+#: values (they differ from it in those defaults and in text, ``seq-6f3d47c6d00f`` in
+#: setting an MCMC posterior's ``proposal``, which NPE runs never have, ``seq-8aa9e8c5177b``
+#: in lacking ``chain_init``, which NPE refuses); :func:`as_current` lists their runs under
+#: the spec the current code gives them.
+EQUIVALENT = {
+    "seq-0c573491ed2f": {"warm_start": False, "nested": True},
+    "seq-a48a993219de": {"warm_start": False, "nested": False},
+    "seq-36db8813a67e": {"warm_start": False, "nested": False},
+    "seq-6f3d47c6d00f": {},
+    "seq-8aa9e8c5177b": {},
+}
+#: The default of SNLE's ``chain_init`` (``simgen.sequential``'s for NLE).
+SNLE_DEFAULTS = {"chain_init": "pool"}
+#: SNLE codes that compute as the current code given these option values (random-walk
+#: Metropolis, the pooled covariance, chains started from prior draws by default, bit for
+#: bit): ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369``
+#: before ``chain_init`` existed, ``seq-122afbf21379`` with ``chain_init="prior"`` the
+#: default; :func:`as_current` lists their runs under the spec the current code gives them.
+SNLE_EQUIVALENT = {
+    "seq-8aa9e8c5177b": {"chain_init": "prior"},
+    "seq-075c03c39369": {"chain_init": "prior"},
+    "seq-122afbf21379": {"chain_init": "prior"},
+}
+
 
 def recorded_runs(path) -> list[dict]:
     """The runs a results ``.jsonl`` lists (one JSON object a line; [] without the file),
