@@ -84,12 +84,13 @@ matching's 16.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError, SimgenError
 from ..iid import warn_if_rejecting
@@ -110,6 +111,8 @@ __all__ = [
     "restart_non_finite",
     "TrialComposition",
     "account",
+    "AveragedNet",
+    "average_scores",
 ]
 
 #: Default :math:`\epsilon` of a corrector move (module docstring).
@@ -357,3 +360,65 @@ def account(y: Tensor, prior: StandardPrior, n: int) -> Tensor:
     inside = finite & ((y >= lo) & (y <= hi)).all(-1)
     warn_if_rejecting(int((~inside).sum()), inside.numel(), non_finite, n)
     return y
+
+
+class AveragedNet(nn.Module):
+    """The mean of the outputs of ``nets``, called as each of them is."""
+
+    def __init__(self, nets: Sequence[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.stack([net(*args, **kwargs) for net in self.nets]).mean(0)
+
+
+def average_scores(estimators: Sequence[Any]) -> Any:
+    r"""One estimator whose network is the mean of the members' networks, so that a trial
+    set's composed score sums per-trial scores averaged over the K members:
+    :math:`\mu_i = \tfrac1K\sum_k\mu_i^{(k)}` (the family's field is affine in its network's
+    output, hence so are the denoisers). Averaging the scores, not mixing the composed
+    posteriors, is what removes the part of the per-trial score error that differs between
+    the members, before the composition adds it over the n trials; the part they share stays
+    (``benchmarks/results_iid.md``, "Ensembles of score networks").
+
+    Args:
+        estimators: Two or more diffusion or flow-matching estimators of one class whose
+            state outside the network (standardisers, baseline, embedding) is equal: members
+            trained on the same simulations with the same options, without ``bootstrap``.
+
+    Raises:
+        ConfigError: Fewer than two members, mixed classes or options, or members whose
+            standardisers, baselines or embeddings differ.
+    """
+    ests = list(estimators)
+    if len(ests) < 2:
+        raise ConfigError(f"average_scores needs at least 2 estimators, got {len(ests)}.")
+    first = ests[0]
+    for k, est in enumerate(ests[1:], start=1):
+        if type(est) is not type(first) or est.options != first.options:
+            raise ConfigError(
+                f"average_scores: member {k} is a {type(est).__name__} with options "
+                f"{est.options}, member 0 a {type(first).__name__} with {first.options}; "
+                "train every member with the same estimator and options."
+            )
+        mine, theirs = _outside_net(est), _outside_net(first)
+        same = mine.keys() == theirs.keys() and all(
+            mine[key].shape == theirs[key].shape and torch.equal(mine[key], theirs[key])
+            for key in mine
+        )
+        if not same:
+            raise ConfigError(
+                f"average_scores: member {k}'s standardisers, baseline or embedding differ "
+                "from member 0's, so its network sees other inputs; train every member on the "
+                "same simulations (NPE(..., ensemble=K) without bootstrap) with a fixed "
+                "embedding."
+            )
+    out = copy.copy(first)
+    out._modules = dict(first._modules)  # the copy's own module table, then its own net
+    out.net = AveragedNet([est.net for est in ests])
+    return out.eval()
+
+
+def _outside_net(est: nn.Module) -> dict[str, Tensor]:
+    return {k: v for k, v in est.state_dict().items() if not k.startswith("net.")}
