@@ -25,6 +25,8 @@ with :math:`\mu_i^\ast`:
   :math:`\int \operatorname{diag} J(r)\,d\log r`: the integrands (columns ``mean/dlog r``
   and ``sd/dlog r``) say which noise levels the end point's error comes from.
 
+``--train ema=0.999`` (any :class:`simgen.TrainConfig` field) and ``--option
+time_power=3`` (any estimator option) train every member so.
 ``--members K`` trains K networks per data seed (seeds from
 :func:`simgen.ensemble.member_seed`) and also scores their averaged per-trial denoisers,
 the composed score of an ensemble that averages its members' scores
@@ -32,7 +34,7 @@ the composed score of an ensemble that averages its members' scores
 part the members share does not.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.iid_score_error --budgets 1000 10000 \
-        --seeds 0 1 2 --members 4 [--estimator diffusion|flow_matching]
+        --seeds 0 1 2 --members 4 [--estimator diffusion|flow_matching] [--train ema=0.999]
 """
 
 from __future__ import annotations
@@ -58,16 +60,19 @@ POINTS = 64
 RATIOS = torch.logspace(-2, 1, 25, dtype=torch.float64)  # r in standardised units
 
 
-def fit(estimator: str, budget: int, seed: int, member: int) -> torch.nn.Module:
-    """One trained estimator on ``bench_iid``'s data of ``(budget, seed)``, with the prior
-    attached for composing."""
+def fit(
+    estimator: str, budget: int, seed: int, member: int, train: dict, options: dict
+) -> torch.nn.Module:
+    """One trained estimator on ``bench_iid``'s data of ``(budget, seed)`` (``train``: extra
+    :class:`simgen.TrainConfig` fields), with the prior attached for composing."""
     model = MODELS["gauss"]
     theta, x = training_data(model, budget, seed)
-    front = simgen.NPE(model.prior, estimator=estimator, **ROUTE_OPTIONS.get(estimator, {}))
+    options = {**ROUTE_OPTIONS.get(estimator, {}), **options}
+    front = simgen.NPE(model.prior, estimator=estimator, **options)
     run_seed = seed if member == 0 else member_seed(seed, member)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        posterior = front.fit(theta, x, progress=False, seed=run_seed)
+        posterior = front.fit(theta, x, progress=False, seed=run_seed, **train)
     est = posterior.estimator
     est.compose_with_prior(model.prior, "reject")
     return est.eval()
@@ -207,7 +212,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--members", type=int, default=1)
     parser.add_argument("--estimator", default="diffusion", choices=["diffusion", "flow_matching"])
+    parser.add_argument("--train", nargs="*", default=[], help="TrainConfig fields, e.g. ema=0.999")
+    parser.add_argument(
+        "--option", nargs="*", default=[], help="estimator options, e.g. time_power=3"
+    )
     args = parser.parse_args()
+    train = {k: float(v) for k, v in (kv.split("=") for kv in args.train)}
+    options = {k: float(v) for k, v in (kv.split("=") for kv in args.option)}
     torch.set_num_threads(1)
     warm_up_torch()
     obs = [o[:N_TRIALS] for o in MODELS["gauss"].observations()]
@@ -215,7 +226,9 @@ def main() -> None:
         summary = []
         for seed in args.seeds:
             start = time.process_time()
-            ests = [fit(args.estimator, budget, seed, k) for k in range(args.members)]
+            ests = [
+                fit(args.estimator, budget, seed, k, train, options) for k in range(args.members)
+            ]
             train_s = time.process_time() - start
             profs = [profile(ests, xo, 50 + k) for k, xo in enumerate(obs)]
             prof = [  # mean over the observations and members, per ratio
@@ -230,7 +243,8 @@ def main() -> None:
                 for p in zip(*profs)
             ]
             print(
-                f"\n{args.estimator} N={budget} seed={seed} members={args.members} "
+                f"\n{args.estimator} {train} {options} N={budget} seed={seed} "
+                f"members={args.members} "
                 f"train {train_s:.0f} CPU-s; mean over 3 observations, n = {N_TRIALS}"
             )
             print(
