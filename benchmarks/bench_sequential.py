@@ -16,10 +16,11 @@ Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.e
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
 ``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
 ``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``, and
-SNLE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), its MCMC's; for sbi
-``num_rounds`` only). A run is keyed and recorded under :func:`as_run` (the spec naming the
-flow options whose value differs from the flows' before the option existed) and listed
-under :func:`flow_label` (naming those that differ from the current defaults):
+SNLE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), ``mcmc_method`` (e.g.
+``"smc"``, all draws) and ``final_method`` (the scored draws alone); sbi: ``num_rounds``).
+A run is keyed and recorded under :func:`as_run` (the spec naming the flow options whose
+value differs from the flows' before the option existed) and listed under
+:func:`flow_label` (naming those that differ from the current defaults):
 
 - ``simgen_npe``: simgen NPE (nsf) trained once on the prior (amortised, 1 round).
 - ``simgen_tsnpe``: ``simgen.sequential(simgen.NPE(prior), ...)``, nsf, truncated proposals.
@@ -41,21 +42,19 @@ the script can be stopped at any time and rerun: it skips finished runs and rewr
 table of ``results_sequential.md`` (between its ``<!-- table -->`` markers) and
 ``results_sequential.jsonl`` (one line per run) from every cached run of the current code
 and of the codes :data:`EQUIVALENT` declares to compute the same under stated options
-(listed under the spec the current code gives them, ``method_as_run`` keeping the one
-they ran as), or of the simgen codes ``--codes`` lists; a run without a cell is read from
-its line of ``results_sequential.jsonl``. The code key hashes
-``simgen/sequential/`` without docstrings (SNLE's also ``simgen/mcmc/`` and
+(listed under the spec the current code gives them, ``method_as_run`` the one they ran as),
+or of the simgen codes ``--codes`` lists; a run without a cell is read from its line of
+``results_sequential.jsonl``. ``draw_cpu_s``: the scored draws' CPU, not in ``cpu_s``. The
+code key hashes ``simgen/sequential/`` without docstrings (SNLE's also ``simgen/mcmc/`` and
 ``simgen/mcmc_posterior.py``), so editing the text relabels no run. SNLE runs record the
-MCMC's R-hat, ESS and acceptance per round and of the scored draws. simgen
-runs also record, per round, the prior mass of the next proposal region and the share of
-reference draws outside it (what a too-narrow region cuts); ``--per-round`` adds each
-round's C2ST (not timed). ``--first-observation k`` skips the observations before k;
-``--pairs a,b`` prints, per run both specs finished, their C2ST beside sbi SNPE-C's;
-``--round-one``, ``--glm-round-one`` and ``--true-regions`` print the region tables of
-:mod:`benchmarks.sequential_regions`; ``--bank`` keeps each simgen run's rounds
-(:func:`~benchmarks.sequential_regions.bank_folder`) and ``--final-refits`` refits a run's
-last round on them (:func:`~benchmarks.sequential_regions.final_round_refits`). Each simgen
-run records ``flow``, the ``mixing`` of the flow it trained (:func:`flow_of`).
+MCMC's R-hat, ESS and acceptance per round and of the scored draws. simgen runs also
+record, per round, the prior mass of the next proposal region and the share of reference
+draws outside it (what a too-narrow region cuts); ``--per-round`` adds each round's C2ST
+(not timed); ``--first-observation k`` skips the observations before k; ``--pairs a,b``
+prints, per run both specs finished, their C2ST beside sbi SNPE-C's; ``--round-one``,
+``--glm-round-one`` and ``--true-regions`` print the region tables of
+:mod:`benchmarks.sequential_regions`; ``--bank`` keeps each simgen run's rounds, which
+``--final-refits`` refits; each simgen run records its flow's ``mixing`` (:func:`flow_of`).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -179,7 +178,9 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     options = dict(options)
     estimator = family_of(name, options)
     options.pop("estimator", None)
-    mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}))
+    method = options.pop("mcmc_method", "rwm")
+    mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}), method=method)
+    final = {"method": options.pop("final_method")} if "final_method" in options else {}
     front = simgen.NLE(task.prior, mcmc=mcmc) if name == "simgen_snle" else None
     npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
     front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
@@ -191,7 +192,7 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     scorer.flow = flow_of(posterior)
 
     def draw(n: int):
-        samples = posterior.sample((n,), x=x_o, seed=seed)
+        samples = posterior.sample((n,), x=x_o, seed=seed, **final)
         scorer.mcmc = mcmc_summary(posterior)
         return samples
 
@@ -320,7 +321,9 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
             row["cpu_s"] = time.process_time() - start_cpu - scorer.cpu
             row["wall_s"] = time.perf_counter() - start_wall
             with torch.no_grad():
+                draw_cpu = time.process_time()
                 samples = draw(args.num_samples).reshape(args.num_samples, -1)
+                row["draw_cpu_s"] = time.process_time() - draw_cpu  # the scored draws
         finite = torch.isfinite(samples).all(-1)
         row["c2st"] = 1.0 if int(finite.sum()) < 10 else float(c2st(reference, samples[finite]))
     except Exception as exc:  # a failing method is a result to report, not a crash
@@ -330,10 +333,7 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
         row["flow"] = scorer.flow
     if getattr(scorer, "mcmc", None) is not None:
         row["mcmc"] = scorer.mcmc
-    row["code"], row["num_samples"] = (
-        _code_key(name),
-        args.num_samples,
-    )
+    row["code"], row["num_samples"] = _code_key(name), args.num_samples
     return row
 
 

@@ -331,11 +331,13 @@ SNLE_DEFAULTS = {"chain_init": "pool"}
 #: Metropolis, the pooled covariance, chains started from prior draws by default, bit for
 #: bit): ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369``
 #: before ``chain_init`` existed, ``seq-122afbf21379`` with ``chain_init="prior"`` the
-#: default; :func:`as_current` lists their runs under the spec the current code gives them.
+#: default, ``seq-8cf09c411c4b`` before ``method="smc"`` (its random-walk path unchanged);
+#: :func:`as_current` lists their runs under the spec the current code gives them.
 SNLE_EQUIVALENT = {
     "seq-8aa9e8c5177b": {"chain_init": "prior"},
     "seq-075c03c39369": {"chain_init": "prior"},
     "seq-122afbf21379": {"chain_init": "prior"},
+    "seq-8cf09c411c4b": {},
 }
 
 

@@ -37,12 +37,14 @@ from .estimators.base import ConditionalEstimator
 from .estimators.classifier import RatioClassifier
 from .estimators.registry import from_spec
 from .mcmc import MCMCConfig, MCMCResult, run_mcmc
+from .mcmc.config import POPULATION_METHODS
 from .mcmc.potentials import (
     PosteriorPotential,
     likelihood_potential,
     ratio_potential,
     unconstrained,
 )
+from .mcmc.smc import prior_reference
 from .posterior import Posterior, as_tensor
 from .posterior_args import check_options, check_seed
 from .priors import prior_dim
@@ -194,6 +196,10 @@ class MCMCPosterior(Posterior):
         chains = config.chains_for(n, explicit="num_chains" in options)
         draws = max(math.ceil(n / chains), 1)
         init = self._init_chains(x, chains, seed)
+        reference = None
+        if config.method in POPULATION_METHODS:  # "smc" tempers from the prior
+            draw = lambda n: self._home(self.prior.sample((n, len(x))).cpu())  # noqa: E731
+            reference = prior_reference(draw, self.placed.prior, self._transform)
         result = run_mcmc(
             unconstrained(self.potential, self._transform, x),
             init,
@@ -204,6 +210,7 @@ class MCMCPosterior(Posterior):
             seed=seed,
             rhat_threshold=config.rhat_threshold,
             sampler_options=dict(config.sampler_options),
+            reference=reference,
         )
         result.samples = self._transform(result.samples)
         self.last_mcmc = result

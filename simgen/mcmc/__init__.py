@@ -14,6 +14,7 @@ module                 contents
 ``slice``              ``"slice"``: coordinate-wise slice sampling
 ``hmc``                ``"hmc"``: Hamiltonian Monte Carlo, dense mass matrix
 ``nuts``               ``"nuts"``: pyro's No-U-Turn sampler, one pyro kernel per chain
+``smc``                ``"smc"``: tempered sequential Monte Carlo from the prior (particles)
 ``adaptation``         covariance estimation and dual averaging, used in warm-up
 ``config``             :class:`MCMCConfig` and the posteriors' thinning and chain rules
 ``convergence``        R-hat, ESS (arviz) and when a run warns
@@ -29,16 +30,18 @@ Each kernel's file derives its transition. Example:
 """
 
 from .base import Potential, Sampler, State, StepInfo
-from .config import METHODS, MCMCConfig
+from .config import METHODS, POPULATION_METHODS, MCMCConfig
 from .driver import SAMPLERS, MCMCResult, run_mcmc
 from .hmc import HamiltonianMonteCarlo
 from .nuts import PyroNUTS
 from .potentials import likelihood_potential, ratio_potential, unconstrained
 from .rwm import RandomWalkMetropolis
 from .slice import SliceSampler
+from .smc import Reference, SMCOptions, prior_reference
 
 __all__ = [
     "METHODS",
+    "POPULATION_METHODS",
     "SAMPLERS",
     "MCMCConfig",
     "MCMCResult",
@@ -50,6 +53,9 @@ __all__ = [
     "SliceSampler",
     "HamiltonianMonteCarlo",
     "PyroNUTS",
+    "Reference",
+    "SMCOptions",
+    "prior_reference",
     "run_mcmc",
     "likelihood_potential",
     "ratio_potential",

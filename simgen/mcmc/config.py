@@ -27,10 +27,20 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["METHODS", "MCMCConfig", "MIN_CHAINS", "MIN_DRAWS_PER_CHAIN", "NUTS_CHAINS"]
+__all__ = [
+    "METHODS",
+    "MCMCConfig",
+    "MIN_CHAINS",
+    "MIN_DRAWS_PER_CHAIN",
+    "NUTS_CHAINS",
+    "POPULATION_METHODS",
+]
 
-#: Sampler names, in :mod:`simgen.mcmc`'s registry order.
+#: Markov-kernel sampler names, in :mod:`simgen.mcmc`'s registry order.
 METHODS = ("rwm", "slice", "hmc", "nuts")
+#: Population samplers: ``"smc"``, tempered sequential Monte Carlo from the prior
+#: (:mod:`simgen.mcmc.smc`), which takes no chain starts, warm-up or thinning.
+POPULATION_METHODS = ("smc",)
 #: The chain-count rule of the module docstring.
 MIN_DRAWS_PER_CHAIN = 25
 MIN_CHAINS = 4
@@ -52,9 +62,11 @@ class MCMCConfig:
         warmup: Adaptation steps per chain, discarded.
         thin: Keep every ``thin``-th step; ``None`` picks :math:`\\max(10, 5D)` for
             ``"rwm"`` and 1 otherwise.
-        method: ``"rwm"``, ``"slice"``, ``"hmc"`` or ``"nuts"`` (:mod:`simgen.mcmc`).
+        method: ``"rwm"``, ``"slice"``, ``"hmc"``, ``"nuts"`` or ``"smc"``
+            (:mod:`simgen.mcmc`); ``"smc"`` ignores ``warmup`` and ``thin``.
         sampler_options: Passed to the sampler, e.g. ``{"num_steps": 16}`` for ``"hmc"``,
-            ``{"max_tree_depth": 8}`` for ``"nuts"``.
+            ``{"max_tree_depth": 8}`` for ``"nuts"``, ``{"num_moves": 10}`` for ``"smc"``
+            (:class:`~simgen.mcmc.smc.SMCOptions`).
         rhat_threshold: A :class:`~simgen.errors.ConvergenceWarning` is issued above it
             (1.1, the usual threshold for the short chains run here; 1.01 is the strict one
             for long runs).
@@ -76,8 +88,9 @@ class MCMCConfig:
         _check_int("warmup", self.warmup, 0)
         if self.thin is not None:
             _check_int("thin", self.thin, 1)
-        if self.method not in METHODS:
-            raise ConfigError(f"MCMC: unknown method {self.method!r}; choose one of {METHODS}.")
+        known = (*METHODS, *POPULATION_METHODS)
+        if self.method not in known:
+            raise ConfigError(f"MCMC: unknown method {self.method!r}; choose one of {known}.")
         options = self.sampler_options
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise ConfigError(
@@ -104,7 +117,7 @@ class MCMCConfig:
         """The thinning used for ``theta_dim`` parameters (``thin``, or the default rule)."""
         if self.thin is not None:
             return self.thin
-        return max(10, 5 * theta_dim) if self.method == "rwm" else 1
+        return max(10, 5 * theta_dim) if self.method == "rwm" else 1  # smc: 1, unused
 
     def chains_for(self, num_draws: int, explicit: bool = False) -> int:
         """Chains for a request of ``num_draws`` draws; ``explicit``: the call named

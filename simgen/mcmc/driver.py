@@ -5,7 +5,9 @@ which the sampler adapts — :meth:`~simgen.mcmc.Sampler.adapt` on the recent ha
 pooled over chains, ten times over the warm-up; :meth:`~simgen.mcmc.Sampler.tune` after every
 step; :meth:`~simgen.mcmc.Sampler.end_warmup` at its end — then ``num_draws × thin`` steps
 of which every ``thin``-th is kept, and reports R-hat and ESS
-(:mod:`simgen.mcmc.convergence`).
+(:mod:`simgen.mcmc.convergence`). ``method="smc"`` instead runs tempered sequential Monte
+Carlo from a :class:`~simgen.mcmc.smc.Reference` (:mod:`simgen.mcmc.smc`): ``chains ×
+num_draws`` particles, the result shaped as chains × draws, with no warm-up or thinning.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from torch import Tensor
 
 from ..errors import ConfigError, MCMCError
 from .base import Potential, Sampler, evaluate
-from .config import METHODS, MCMCConfig
+from .config import METHODS, POPULATION_METHODS, MCMCConfig
 from .convergence import rhat_ess, unconverged, warn_if_unconverged
 from .hmc import HamiltonianMonteCarlo
 from .nuts import PyroNUTS
 from .rwm import RandomWalkMetropolis
 from .slice import SliceSampler
+from .smc import Reference, SMCOptions, run_smc
 
 __all__ = ["MCMCResult", "SAMPLERS", "run_mcmc"]
 
@@ -102,6 +105,7 @@ def run_mcmc(
     rhat_threshold: float = 1.1,
     warn: bool = True,
     sampler_options: dict[str, Any] | None = None,
+    reference: Reference | None = None,
 ) -> MCMCResult:
     """Run ``init.shape[0]`` chains (per batch element) on ``potential``.
 
@@ -119,7 +123,11 @@ def run_mcmc(
             (policy: :mod:`simgen.mcmc.convergence`).
         warn: Issue that warning (the result records ``rhat`` either way).
         sampler_options: Passed to the sampler, e.g. ``{"num_steps": 16}`` for ``"hmc"``,
-            ``{"max_tree_depth": 8}`` for ``"nuts"`` (any ``pyro.infer.NUTS`` option).
+            ``{"max_tree_depth": 8}`` for ``"nuts"`` (any ``pyro.infer.NUTS`` option),
+            :class:`~simgen.mcmc.smc.SMCOptions` fields for ``"smc"``.
+        reference: ``"smc"`` only (required there): the distribution tempering starts from,
+            :func:`~simgen.mcmc.smc.prior_reference` for a posterior; ``init`` then sets
+            only the number of chains and the batch shape.
 
     Returns:
         An :class:`MCMCResult`.
@@ -151,6 +159,8 @@ def run_mcmc(
             "Some chains start where the potential is -inf or inf; start them inside the "
             "support, where the density is positive."
         )
+    if method in POPULATION_METHODS:
+        return _population(potential, init, num_draws, config, generator, reference, start)
     sampler = SAMPLERS[method].from_options(potential, warmup, dict(config.sampler_options))
     samples, log_density, acceptance, divergences = _sample(
         sampler, init, num_draws, warmup, thin, generator
@@ -179,6 +189,45 @@ def run_mcmc(
     if warn:
         warn_if_unconverged(rhat, ess, above, elements, rhat_threshold, method)
     return result
+
+
+def _population(
+    potential: Potential,
+    init: Tensor,
+    num_draws: int,
+    config: MCMCConfig,
+    generator: torch.Generator | None,
+    reference: Reference | None,
+    start: float,
+) -> MCMCResult:
+    """``method="smc"``: the final particles as ``(chains, draws, *batch, D)``; R-hat ``nan``
+    (particles are not chains), ``ess`` the last stage's weights' (:mod:`simgen.mcmc.smc`)."""
+    if reference is None:
+        raise ConfigError(
+            "MCMC: method='smc' tempers from a reference distribution; pass "
+            "reference=simgen.mcmc.smc.prior_reference(...), or sample through an NLE/NRE "
+            "posterior, which passes its prior."
+        )
+    options = SMCOptions.from_options(dict(config.sampler_options))
+    chains = init.shape[0]
+    wanted = chains * num_draws
+    particles, log_density, info = run_smc(potential, reference, wanted, options, generator)
+    shape = (num_draws, chains, *particles.shape[1:])
+    samples = particles[:wanted].reshape(shape).transpose(0, 1)
+    log_density = log_density[:wanted].reshape(shape[:-1]).transpose(0, 1)
+    extra = {"rhat_threshold": config.rhat_threshold, "unconverged_observations": 0, **info}
+    return MCMCResult(
+        samples=samples,
+        log_density=log_density,
+        acceptance_rate=float(info.pop("acceptance_rate")),
+        rhat=float("nan"),
+        ess=float(info["ess"]),
+        method=config.method,
+        warmup=0,
+        thin=1,
+        seconds=time.perf_counter() - start,
+        extra=extra,
+    )
 
 
 def _sample(
