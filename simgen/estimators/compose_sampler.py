@@ -380,7 +380,10 @@ def average_scores(estimators: Sequence[Any]) -> Any:
     output, hence so are the denoisers). Averaging the scores, not mixing the composed
     posteriors, is what removes the part of the per-trial score error that differs between
     the members, before the composition adds it over the n trials; the part they share stays
-    (``benchmarks/results_iid.md``, "Ensembles of score networks").
+    (``benchmarks/results_iid.md``, "The per-trial score error at n = 100": four flow-matching
+    networks at 1,000 simulations lowered the n = 100 C2ST from 0.809 to 0.728 over three
+    seeds but lost on one of them, and at 10,000 simulations, where the members share
+    their error, the implied error barely moves; so it is an opt-in helper, not a default).
 
     Args:
         estimators: Two or more diffusion or flow-matching estimators of one class whose
