@@ -34,10 +34,13 @@ Families:
   width (8 for the default (64, 64)), is the scaling of nflows' spline couplings, which sbi's
   ``"nsf"`` trains: the flow starts closer to the identity (near-uniform bins) and Adam's
   steps, about the learning rate per weight, move the bin logits T times less, while the
-  knot derivatives keep the full step. The default stays 1, zuko's, because the setting is
-  measured on three seeds on gaussian_linear_uniform only (C2ST 0.592 against 0.628 at 10,000
-  simulations, 0.683 against 0.720 at 1,000), and on one seed at 1,000 it is worse on
-  gaussian_mixture and bernoulli_glm (``benchmarks/results_report_settings.md``).
+  knot derivatives keep the full step. The default stays 1, zuko's: the report set over three
+  seeds exists for gaussian_linear_uniform only (C2ST 0.592 against 0.628 at 10,000
+  simulations, 0.683 against 0.720 at 1,000, ``benchmarks/results_report_settings.md``); on
+  the tuning set at 1,000 it is better on 7 of 10 tasks and within the seed spread on the
+  others (``benchmarks/results_bin_temperature.md``), but on the report set at 1,000 it is
+  behind on bernoulli_glm on both seeds run. Use it for near-Gaussian, box-cut or linear
+  posteriors (gaussian_linear_uniform, gaussian_linear).
 * ``"maf"``: masked autoregressive flow with affine transforms (Papamakarios et al., 2017).
 * ``"realnvp"``: affine coupling flow (Dinh et al., 2017).
 
