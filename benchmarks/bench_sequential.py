@@ -54,7 +54,11 @@ draws outside it (what a too-narrow region cuts); ``--per-round`` adds each roun
 prints, per run both specs finished, their C2ST beside sbi SNPE-C's; ``--round-one``,
 ``--glm-round-one`` and ``--true-regions`` print the region tables of
 :mod:`benchmarks.sequential_regions`; ``--bank`` keeps each simgen run's rounds, which
-``--final-refits`` refits; each simgen run records its flow's ``mixing`` (:func:`flow_of`).
+``--final-refits`` refits; each simgen run records its flow's ``mixing`` (:func:`flow_of`);
+``--finals smc`` (SNLE) also scores each run's final posterior drawn by the listed MCMC
+methods, recorded as that run with ``final_method`` (the same computation: the rounds once,
+then each method's draws with the run's seed). The runners are in
+:mod:`benchmarks.sequential_runs`.
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_sequential --tasks two_moons \\
         --observations 3 --seeds 0,1 --budget 1000 --methods simgen_tsnpe,sbi_snpec
@@ -66,14 +70,12 @@ import argparse
 import hashlib
 import json
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-import simgen
 from benchmarks import cell_files, evaluation, harness, warm_up_torch
 from benchmarks.sequential_regions import (
     SWEEP,
@@ -84,18 +86,17 @@ from benchmarks.sequential_regions import (
     round_one_regions,
     true_regions,
 )
+from benchmarks.sequential_runs import NPE_OPTIONS, flow_of, run_sbi, run_simgen  # noqa: F401
 from benchmarks.sequential_tables import (
     CURRENT_DEFAULTS,
     EQUIVALENT,
     RUN_KEY,
     SNLE_DEFAULTS,
     SNLE_EQUIVALENT,
-    family_of,
     flow_had,
     flow_spec,
     format_spec,
     kept_round_lines,
-    mcmc_summary,
     mcmc_table,
     pairs_table,
     recorded_runs,
@@ -106,13 +107,9 @@ from benchmarks.sequential_tables import (
 )
 from simgen.diagnostics.c2st import c2st
 from simgen.errors import ConfigError
-from simgen.sequential.rounds import round_seed, split_budget
 
 OUT = Path(__file__).with_name("results_sequential.md")
 CACHE = cell_files.cells("sequential")
-#: Posterior draws behind sbi's TSNPE threshold: simgen's ``REGION_DRAWS``, not sbi's default
-#: 10⁶ (10⁶ leakage-rejected draws of a 10-D posterior took ~25 minutes a round).
-THRESHOLD_DRAWS = 20_000
 METHODS = [
     "simgen_npe",
     "simgen_tsnpe",
@@ -129,23 +126,11 @@ BASELINES = {
     "simgen_tsnpe_fm": "sbi_snpec",
     "simgen_snle": "sbi_snle",
 }
-#: Options of a simgen spec that go to ``simgen.NPE`` (the rest go to ``simgen.sequential``).
-NPE_OPTIONS = ("support", "mixing", "transforms", "gaussian_baseline", "hidden_features", "bins")
 START, END = "<!-- table -->", "<!-- /table -->"
 
 
 #: The code SNLE runs compute: simgen/sequential/ and the MCMC that samples each round.
 SOURCE_KEY, SNLE_KEY = source_key(), source_key(("sequential", "mcmc", "mcmc_posterior.py"))
-
-
-def flow_of(posterior) -> str:
-    """The flow a simgen posterior trained: its family options' ``mixing`` (``"none"`` for
-    flows built before the option existed; ``"-"`` for estimators that are not flows), so
-    the table can say which flow definition each run used."""
-    options = getattr(getattr(posterior, "estimator", None), "options", None)
-    if not isinstance(options, dict):
-        return "-"
-    return f"mixing={options.get('mixing', 'none')}"
 
 
 def _code_key(name: str) -> str:
@@ -164,91 +149,6 @@ def parse(spec: str) -> tuple[str, dict]:
     if name not in METHODS:
         raise ConfigError(f"Unknown method {name!r}; choose from {METHODS}.")
     return name, evaluation.parse_options(opts)
-
-
-def sbi_prior(prior):
-    if isinstance(prior, simgen.BoxUniform):
-        from sbi.utils import BoxUniform as SbiBox
-
-        return SbiBox(prior.low, prior.high)
-    return prior
-
-
-def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
-    options = dict(options)
-    estimator = family_of(name, options)
-    options.pop("estimator", None)
-    method = options.pop("mcmc_method", "rwm")
-    mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}), method=method)
-    final = {"method": options.pop("final_method")} if "final_method" in options else {}
-    front = simgen.NLE(task.prior, mcmc=mcmc) if name == "simgen_snle" else None
-    npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
-    front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
-    options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
-    posterior = simgen.sequential(
-        front, task.simulator, x_o, num_simulations=budget, seed=seed,
-        callback=lambda *a: _with_mcmc(scorer, *a), **options,
-    )  # fmt: skip
-    scorer.flow = flow_of(posterior)
-
-    def draw(n: int):
-        samples = posterior.sample((n,), x=x_o, seed=seed, **final)
-        scorer.mcmc = mcmc_summary(posterior)
-        return samples
-
-    return draw
-
-
-def _with_mcmc(scorer, record, posterior, proposal) -> None:
-    """The scorer's per-round row, with :func:`mcmc_summary` of the round's posterior
-    draws (those behind the convergence figure) for SNLE."""
-    scorer(record, posterior, proposal)
-    summary = mcmc_summary(posterior)
-    if summary is not None:
-        scorer.rows[-1]["mcmc"] = summary
-
-
-def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
-    from sbi.inference import NLE, NPE_C
-    from sbi.utils import RestrictedPrior, get_density_thresholder
-
-    torch.manual_seed(seed)
-    prior = sbi_prior(task.prior)
-    sizes = split_budget(budget, options.get("num_rounds", rounds))
-    inference = (NLE if name == "sbi_snle" else NPE_C)(prior=prior, show_progress_bars=False)
-    proposal, posterior = prior, None
-    for r, n in enumerate(sizes, start=1):
-        if r == 1:  # the same first round as simgen.sequential's
-            sims = simgen.simulate(task.simulator, task.prior, n, seed=round_seed(seed, 1))
-            theta, x = sims.theta, sims.x
-        else:
-            torch.manual_seed(round_seed(seed, r))
-            theta = proposal.sample((n,)).float()
-            x = task.simulator(theta, generator=torch.Generator().manual_seed(round_seed(seed, r)))
-            keep = torch.isfinite(x.reshape(n, -1)).all(-1)
-            theta, x = theta[keep], x[keep]
-        if name == "sbi_tsnpe":
-            inference.append_simulations(theta, x).train(force_first_round_loss=True)
-        elif name == "sbi_snpec":
-            inference.append_simulations(theta, x, proposal=proposal).train()
-        else:
-            inference.append_simulations(theta, x).train()
-        posterior = inference.build_posterior().set_default_x(x_o)
-        print(
-            f"{name} round {r}: {len(theta)} sims, {time.process_time():.0f} CPU s",
-            file=sys.stderr,
-            flush=True,
-        )
-        if r == len(sizes):
-            break
-        if name == "sbi_tsnpe":
-            threshold = get_density_thresholder(
-                posterior, quantile=1e-4, num_samples_to_estimate_support=THRESHOLD_DRAWS
-            )
-            proposal = RestrictedPrior(prior, threshold, sample_with="rejection")
-        else:
-            proposal = posterior
-    return lambda k: posterior.sample((k,), show_progress_bars=False)
 
 
 def as_run(spec: str, run: tuple | None = None) -> str:
@@ -302,7 +202,11 @@ def cell_path(task: str, budget: int, spec: str, index: int, seed: int, args) ->
     return CACHE / task / f"n{budget}-{safe}-o{index}-s{seed}-{digest.hexdigest()[:12]}-{code}.json"
 
 
-def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args) -> dict:
+def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args, finals=()):
+    """The run's row, then one row per MCMC method of ``finals`` (SNLE, ``--finals``): the
+    same rounds (``cpu_s``, ``per_round``), the scored draws redrawn by that method from the
+    final posterior with the same seed, under the spec with ``final_method`` (which computes
+    exactly this); ``same_rounds_as`` names the run they share."""
     name, options = parse(spec)
     task = harness.load_task(task_name)
     reference = harness.reference(task_name, "report", index)["samples"][: args.num_samples]
@@ -324,8 +228,8 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
                 draw_cpu = time.process_time()
                 samples = draw(args.num_samples).reshape(args.num_samples, -1)
                 row["draw_cpu_s"] = time.process_time() - draw_cpu  # the scored draws
-        finite = torch.isfinite(samples).all(-1)
-        row["c2st"] = 1.0 if int(finite.sum()) < 10 else float(c2st(reference, samples[finite]))
+        row["c2st"] = _score(reference, samples)
+        extras = [_redraw(row, draw, method, reference, scorer, args) for method in finals]
     except Exception as exc:  # a failing method is a result to report, not a crash
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["per_round"] = scorer.rows
@@ -334,7 +238,29 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
     if getattr(scorer, "mcmc", None) is not None:
         row["mcmc"] = scorer.mcmc
     row["code"], row["num_samples"] = _code_key(name), args.num_samples
-    return row
+    if "error" in row:
+        return [row]
+    return [row, *({**row, **extra} for extra in extras)]
+
+
+def _score(reference, samples) -> float:
+    finite = torch.isfinite(samples).all(-1)
+    return 1.0 if int(finite.sum()) < 10 else float(c2st(reference, samples[finite]))
+
+
+def _redraw(row: dict, draw, method: str, reference, scorer, args) -> dict:
+    """The fields of ``row`` that scored draws by MCMC ``method`` change (see :func:`one`)."""
+    name, options = parse(row["method"])
+    spec = format_spec(name, {**options, "final_method": method})
+    with torch.no_grad():
+        start = time.process_time()
+        samples = draw(args.num_samples, method).reshape(args.num_samples, -1)
+        cpu = time.process_time() - start
+    extra = {"method": spec, "draw_cpu_s": cpu, "same_rounds_as": row["method"]}
+    extra["c2st"] = _score(reference, samples)
+    if getattr(scorer, "mcmc", None) is not None:
+        extra["mcmc"] = scorer.mcmc
+    return extra
 
 
 def as_current(row: dict) -> dict:
@@ -418,6 +344,28 @@ def write_markdown(rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in runs))
 
 
+def run_cells(task_name: str, spec: str, index: int, x_o, seed: int, args) -> None:
+    """Run ``spec`` (and, for SNLE, its ``--finals`` draws on the same rounds) unless every
+    cell is there; write the missing cells (an existing cell is kept: the run recomputes it
+    bit for bit, and a different C2ST is reported)."""
+    finals = [m for m in args.finals.split(",") if m] if parse(spec)[0] == "simgen_snle" else []
+    specs = [spec]
+    for method in finals:
+        name, options = parse(spec)
+        specs.append(format_spec(name, {**options, "final_method": method}))
+    paths = [cell_path(task_name, args.budget, s, index, seed, args) for s in specs]
+    old = [cell_files.read_cell(path) for path in paths]
+    if all(cell is not None for cell in old):
+        return
+    rows = one(task_name, args.budget, spec, index, x_o, seed, args, finals)
+    for row, path, cell in zip(rows, paths, old, strict=False):
+        print(json.dumps(row), flush=True)
+        if cell is None:
+            cell_files.write_cell(path, row, indent=1)
+        elif cell.get("c2st") != row.get("c2st"):
+            print(f"{path.name}: cell C2ST {cell.get('c2st')} kept, rerun {row.get('c2st')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="two_moons,gaussian_linear_uniform")
@@ -441,6 +389,7 @@ def main() -> None:
         default="nsf-none:250,maf:250,nsf-none:500,nsf-lu:250",
         help="family[-mixing]:simulations[:option=json;...],...",
     )
+    parser.add_argument("--finals", default="", help="SNLE: also score these MCMC methods")
     parser.add_argument("--pairs", default="", help="print the per-run table of two specs a,b")
     parser.add_argument("--final-refits", default="", help="warm|scratch|oracle[:opt=json;...] ...")
     args = parser.parse_args()
@@ -486,12 +435,7 @@ def main() -> None:
                     for spec in re.split(r",(?![^\[]*\])", args.methods):  # not in [..]
                         run = (task_name, args.budget, rounds_of(spec, args), seed)
                         spec = as_run(spec, run)
-                        path = cell_path(task_name, args.budget, spec, index, seed, args)
-                        if cell_files.read_cell(path) is not None:
-                            continue
-                        row = one(task_name, args.budget, spec, index, x_o, seed, args)
-                        print(json.dumps(row), flush=True)
-                        cell_files.write_cell(path, row, indent=1)
+                        run_cells(task_name, spec, index, x_o, seed, args)
     write_markdown(cached_rows(args))
 
 
