@@ -38,6 +38,18 @@ SECTIONS = [
         "NPE default chosen on the tuning observations (issue 24)",
         "python -m benchmarks.bench_defaults --seeds 0 1 --c2st-samples 1000",
     ),
+    (
+        "results_bin_temperature.md",
+        "NSF bin_temperature=8.0 as NPE's default, tuning and report sets (issue 24)",
+        "python -m benchmarks.bench_report --set tuning --methods 'npe,npe:bin_temperature=8.0'"
+        " (each table's command in the file)",
+    ),
+    (
+        "results_ema.md",
+        "Weight averaging (ema=0.99) for diffusion and flow matching, tuning set (issues 19, 24)",
+        "python -m benchmarks.bench_report --tasks all --budgets 1000 --set tuning"
+        " --methods 'diffusion,diffusion:ema=0.99' --c2st-samples 1000",
+    ),
     ("results_npe.md", "NPE vs sbi (issue 3)", "python -m benchmarks.bench_npe"),
     ("results_step.md", "Where sbi's training time goes", "python -m benchmarks.bench_step"),
     (
