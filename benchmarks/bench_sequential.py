@@ -229,7 +229,9 @@ def one(task_name: str, budget: int, spec: str, index: int, x_o, seed: int, args
                 samples = draw(args.num_samples).reshape(args.num_samples, -1)
                 row["draw_cpu_s"] = time.process_time() - draw_cpu  # the scored draws
         row["c2st"] = _score(reference, samples)
+        mcmc = getattr(scorer, "mcmc", None)  # the scored draws' chains, before any redraw
         extras = [_redraw(row, draw, method, reference, scorer, args) for method in finals]
+        scorer.mcmc = mcmc
     except Exception as exc:  # a failing method is a result to report, not a crash
         row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     row["per_round"] = scorer.rows
