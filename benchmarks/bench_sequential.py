@@ -272,7 +272,10 @@ def as_current(row: dict) -> dict:
     keeps the spec it ran as)."""
     name, options = parse(row["method"])
     if name == "simgen_snle":
-        options = {**SNLE_EQUIVALENT.get(row["code"], {}), **options}
+        equivalent = dict(SNLE_EQUIVALENT.get(row["code"], {}))
+        if options.get("mcmc_method", "rwm") != "rwm":  # its final draws took that method
+            equivalent.pop("final_method", None)
+        options = {**equivalent, **options}
         options = {k: v for k, v in options.items() if SNLE_DEFAULTS.get(k) != v}
         spec = format_spec(name, options)
         if spec == row["method"]:

@@ -325,19 +325,22 @@ EQUIVALENT = {
     "seq-6f3d47c6d00f": {},
     "seq-8aa9e8c5177b": {},
 }
-#: The default of SNLE's ``chain_init`` (``simgen.sequential``'s for NLE).
-SNLE_DEFAULTS = {"chain_init": "pool"}
+#: The defaults of SNLE's ``chain_init`` and ``final_method`` (``simgen.sequential``'s for
+#: NLE: pooled chain starts, the returned posterior drawn by SMC).
+SNLE_DEFAULTS = {"chain_init": "pool", "final_method": "smc"}
 #: SNLE codes that compute as the current code given these option values (random-walk
 #: Metropolis, the pooled covariance, chains started from prior draws by default, bit for
 #: bit): ``seq-8aa9e8c5177b`` keyed by ``simgen/sequential/`` alone, ``seq-075c03c39369``
 #: before ``chain_init`` existed, ``seq-122afbf21379`` with ``chain_init="prior"`` the
-#: default, ``seq-8cf09c411c4b`` before ``method="smc"`` (its random-walk path unchanged);
+#: default, ``seq-8cf09c411c4b`` before ``method="smc"`` (its random-walk path unchanged),
+#: ``seq-c84afcdd1cfb`` with random-walk final draws the default;
 #: :func:`as_current` lists their runs under the spec the current code gives them.
 SNLE_EQUIVALENT = {
-    "seq-8aa9e8c5177b": {"chain_init": "prior"},
-    "seq-075c03c39369": {"chain_init": "prior"},
-    "seq-122afbf21379": {"chain_init": "prior"},
-    "seq-8cf09c411c4b": {},
+    "seq-8aa9e8c5177b": {"chain_init": "prior", "final_method": "rwm"},
+    "seq-075c03c39369": {"chain_init": "prior", "final_method": "rwm"},
+    "seq-122afbf21379": {"chain_init": "prior", "final_method": "rwm"},
+    "seq-8cf09c411c4b": {"final_method": "rwm"},
+    "seq-c84afcdd1cfb": {"final_method": "rwm"},
 }
 
 

@@ -235,6 +235,30 @@ def test_snle_chain_init_pool_starts_chains_from_the_pooled_simulations():
         small_run(simgen.NLE(PRIOR), chain_init="posterior")
 
 
+def test_snle_returned_posterior_draws_by_smc_and_rounds_keep_the_config():
+    # final_method=None: the returned NLE posterior draws by tempered SMC (its R-hat is nan,
+    # random-walk chains report a finite one), while every round's proposal draws kept the
+    # NLE's random-walk config; an explicit method wins; NPE and unknown methods are refused.
+    from simgen.sequential.rounds import _final_mcmc
+
+    seen = []
+    posterior = small_run(
+        simgen.NLE(PRIOR, warmup=20), callback=lambda r, post, prop: seen.append(post.mcmc.method)
+    )
+    assert seen == ["rwm", "rwm"] and posterior.mcmc.method == "smc"
+    draws = posterior.sample((40,), x=X_O, seed=0)
+    assert draws.shape == (40, 2) and math.isnan(posterior.last_mcmc.rhat)
+    rwm = posterior.sample((40,), x=X_O, seed=0, method="rwm")
+    assert rwm.shape == (40, 2) and math.isfinite(posterior.last_mcmc.rhat)
+    assert _final_mcmc(simgen.NLE(PRIOR), "rwm").method == "rwm"
+    assert _final_mcmc(simgen.NRE(PRIOR), None).method == "smc"
+    assert _final_mcmc(simgen.NLE(PRIOR, mcmc_method="slice"), None).method == "slice"
+    with pytest.raises(ConfigError, match="final_method"):
+        small_run(simgen.NPE(PRIOR, estimator="maf"), final_method="smc")
+    with pytest.raises(ConfigError, match="unknown method"):
+        _final_mcmc(simgen.NLE(PRIOR), "gibbs")
+
+
 def test_split_budget_and_early_stop():
     from simgen.sequential.rounds import split_budget
 
@@ -384,10 +408,16 @@ def test_benchmark_code_key_and_equivalent_codes():
     assert is_current({"code": "seq-075c03c39369", "method": "simgen_snle"})  # before chain_init
     # SNLE runs started from prior draws are listed as chain_init="prior" (the default is
     # "pool"); a run that named the default is listed under the plain name.
+    # Runs of codes whose final draws were random-walk are listed as final_method="rwm"
+    # (the default is "smc"), and a run that asked for SMC draws under the plain name.
     prior = as_current({"code": "seq-075c03c39369", "method": "simgen_snle"})
-    assert prior["method"] == 'simgen_snle:chain_init="prior"'
+    assert prior["method"] == 'simgen_snle:chain_init="prior";final_method="rwm"'
     pool = as_current({"code": "seq-122afbf21379", "method": 'simgen_snle:chain_init="pool"'})
-    assert pool["method"] == "simgen_snle"
+    assert pool["method"] == 'simgen_snle:final_method="rwm"'
+    smc = as_current({"code": "seq-c84afcdd1cfb", "method": 'simgen_snle:final_method="smc"'})
+    assert smc["method"] == "simgen_snle"
+    every = as_current({"code": "seq-c84afcdd1cfb", "method": 'simgen_snle:mcmc_method="smc"'})
+    assert every["method"] == 'simgen_snle:mcmc_method="smc"'
     assert as_current({"code": SNLE_KEY, "method": "simgen_snle"})["method"] == "simgen_snle"
     assert not is_current({"code": old, "method": "simgen_snle"})
     assert is_current({"code": old, "method": "simgen_tsnpe"})
