@@ -39,8 +39,9 @@ Per cell: CPU seconds (``time.process_time``, ``OMP_NUM_THREADS=1``) to train, a
 1,000 posterior samples at each observation (one ``sample`` call per observation, for
 simgen and sbi alike); C2ST of those 1,000 draws against 1,000 exact draws. Cells are kept
 in ``benchmarks/cells/iid/`` (tracked, :mod:`benchmarks.cell_files`; keyed by route, budget,
-seed and the library's code), so a rerun resumes; the table is rewritten from whatever cells
-exist.
+seed and the library's code), so a rerun resumes; the table is rewritten from the cells that
+exist for the routes asked for (``--routes``) and sbi NLE's, under the model's marker in
+``results_iid.md`` or ``--section``'s.
 
     OMP_NUM_THREADS=1 nice -n 5 python -m benchmarks.bench_iid --model gauss \
         --budgets 1000 10000 --seeds 0 1 [--routes nle,nre,...] [--quick] [--table]
@@ -314,6 +315,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=list(TRIALS))
     parser.add_argument("--quick", action="store_true", help="20 epochs, not written out")
     parser.add_argument("--table", action="store_true", help="only rewrite the table")
+    parser.add_argument(
+        "--section",
+        help="write the table under <!-- table SECTION --> instead of the model's own (for "
+        "runs of some routes on a checkout without the other routes' cells)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warm_up_torch()
@@ -329,8 +335,11 @@ def main() -> None:
         f"--budgets {budgets} --seeds {seeds}"
         + ("" if args.routes == ",".join(ROUTES) else f" --routes {args.routes}")
     )
+    if args.section:
+        command += f" --section {args.section}"
+    section = args.section or model.name
     if args.table:
-        write(model, table(model, cached(model, args.budgets, args.seeds), command))
+        write(section, table(model, cached(model, args.budgets, args.seeds, routes), command))
         return
     cells = []
     for budget in args.budgets:
@@ -339,18 +348,23 @@ def main() -> None:
                 cells.append(run_cell(model, route, budget, seed, args.quick, tuple(args.trials)))
     if args.quick:
         print("\n".join(table(model, cells, "(quick)")))
-    else:  # the table from every cached cell of these budgets and seeds
-        write(model, table(model, cached(model, args.budgets, args.seeds), command))
+    else:  # the table from the cached cells of these budgets and seeds
+        write(section, table(model, cached(model, args.budgets, args.seeds, routes), command))
 
 
-def cached(model: Model, budgets: list[int], seeds: list[int]) -> list[dict]:
-    """The newest cached cell of each (route, budget, seed), whichever code version ran it
-    (other work edits simgen during a long run; each cell's code is in its file name)."""
+def cached(
+    model: Model, budgets: list[int], seeds: list[int], routes: list[str] | tuple[str, ...] = ROUTES
+) -> list[dict]:
+    """The newest cached cell of each (route, budget, seed) of ``routes``, whichever code
+    version ran it (other work edits simgen during a long run; each cell's code is in its
+    file name). sbi NLE's cells join any route list: they are the ratio's denominator."""
     tag = "" if model.name == "gauss" else f"{model.name}-"
     cells = []
     for b in budgets:
         for s in seeds:
             for r in ROUTES:
+                if r not in routes and r != "sbi_nle":
+                    continue
                 found = sorted(
                     CACHE.glob(f"{tag}{r}-n{b}-s{s}-*.json"), key=lambda p: p.stat().st_mtime
                 )
@@ -360,10 +374,10 @@ def cached(model: Model, budgets: list[int], seeds: list[int]) -> list[dict]:
     return cells
 
 
-def write(model: Model, lines: list[str]) -> None:
-    """Replace the model's table (between ``<!-- table MODEL -->`` and ``<!-- end -->``),
-    or append it."""
-    start, end = f"<!-- table {model.name} -->\n", "<!-- end -->\n"
+def write(section: str, lines: list[str]) -> None:
+    """Replace the table between ``<!-- table SECTION -->`` and ``<!-- end -->`` (the model's
+    name, or ``--section``), or append it."""
+    start, end = f"<!-- table {section} -->\n", "<!-- end -->\n"
     text = OUT.read_text() if OUT.exists() else "# I.i.d. trials\n"
     block = start + "\n".join(lines) + "\n" + end
     if start in text:
