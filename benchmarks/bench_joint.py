@@ -86,6 +86,10 @@ CONFIGS = {
     "PM-L": ("PM with patience 68", _jt(3e-3, 68, "mix07", _PM)),
     "PM-G": ("PM with 3 blocks", _jt(3e-3, 34, "mix07", _PM + ";layers=3")),
     "PM-W": ("PM with width 128", _jt(3e-3, 34, "mix07", _PM + ";width=128")),
+    # weights averaged (TrainConfig.ema): G and PM-G are the family's defaults
+    "G-E": ("G with ema=0.99", _jt(3e-3, 34, "mix07", "layers=3;ema=0.99")),
+    "G-E0": ("G with ema=0 spelled out (G's own fit)", _jt(3e-3, 34, "mix07", "layers=3;ema=0")),
+    "PM-G-E": ("PM-G with ema=0.99", _jt(3e-3, 34, "mix07", _PM + ";layers=3;ema=0.99")),
     "fm": ("simgen flow matching (its defaults)", "fm"),
     "fm-nb": ("fm without its linear-Gaussian baseline", "fm:gaussian_baseline=false"),
 }
@@ -100,6 +104,7 @@ REPORT = {
     "joint_transformer (point tokens + mask)": f"{_JT};layers=3;{_PM}",
     "joint_transformer (point tokens + mask; 2 blocks)": f"{_JT};layers=2;{_PM}",
     "joint_transformer (point tokens + mask; identities at std 1)": f"{_JT};{_PM};{_ID1}",
+    "joint_transformer (ema=0.99)": f"{_JT};layers=3;ema=0.99",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
