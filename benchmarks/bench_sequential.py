@@ -16,7 +16,7 @@ Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.e
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
 ``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
 ``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``, and
-SNLE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), ``mcmc_method`` (e.g.
+SNLE's and SNRE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), ``mcmc_method`` (e.g.
 ``"smc"``, all draws) and ``final_method`` (the scored draws alone); sbi: ``num_rounds``).
 A run is keyed and recorded under :func:`as_run` (the spec naming the flow options whose
 value differs from the flows' before the option existed) and listed under
@@ -26,6 +26,8 @@ value differs from the flows' before the option existed) and listed under
 - ``simgen_tsnpe``: ``simgen.sequential(simgen.NPE(prior), ...)``, nsf, truncated proposals.
 - ``simgen_tsnpe_fm``: the same with ``estimator="flow_matching"``.
 - ``simgen_snle``: ``simgen.sequential(simgen.NLE(prior), ...)``, posterior proposals.
+- ``simgen_snre``: ``simgen.sequential(simgen.NRE(prior), ...)`` (NRE-C), the same rounds
+  and MCMC options as ``simgen_snle`` on the ratio potential.
 - ``sbi_tsnpe``: sbi's TSNPE recipe: ``NPE_C(prior)`` with ``force_first_round_loss``,
   ``get_density_thresholder(posterior, quantile=1e-4)`` from 20,000 draws (as simgen's;
   sbi's default 10⁶ took ~25 minutes a round on gaussian_linear_uniform) and
@@ -45,8 +47,9 @@ and of the codes :data:`EQUIVALENT` declares to compute the same under stated op
 (listed under the spec the current code gives them, ``method_as_run`` the one they ran as),
 or of the simgen codes ``--codes`` lists; a run without a cell is read from its line of
 ``results_sequential.jsonl``. ``draw_cpu_s``: the scored draws' CPU, not in ``cpu_s``. The
-code key hashes ``simgen/sequential/`` without docstrings (SNLE's also ``simgen/mcmc/`` and
-``simgen/mcmc_posterior.py``), so editing the text relabels no run. SNLE runs record the
+code key hashes ``simgen/sequential/`` without docstrings (SNLE's and SNRE's also
+``simgen/mcmc/`` and ``simgen/mcmc_posterior.py``), so editing the text relabels no run.
+SNLE and SNRE runs record the
 MCMC's R-hat, ESS and acceptance per round and of the scored draws. simgen runs also
 record, per round, the prior mass of the next proposal region and the share of reference
 draws outside it (what a too-narrow region cuts); ``--per-round`` adds each round's C2ST
@@ -55,7 +58,7 @@ prints, per run both specs finished, their C2ST beside sbi SNPE-C's; ``--round-o
 ``--glm-round-one`` and ``--true-regions`` print the region tables of
 :mod:`benchmarks.sequential_regions`; ``--bank`` keeps each simgen run's rounds, which
 ``--final-refits`` refits; each simgen run records its flow's ``mixing`` (:func:`flow_of`);
-``--finals smc`` (SNLE) also scores each run's final posterior drawn by the listed MCMC
+``--finals smc`` (SNLE, SNRE) also scores each run's final posterior drawn by the listed MCMC
 methods, recorded as that run with ``final_method`` (the same computation: the rounds once,
 then each method's draws with the run's seed). The runners are in
 :mod:`benchmarks.sequential_runs`.
@@ -115,6 +118,7 @@ METHODS = [
     "simgen_tsnpe",
     "simgen_tsnpe_fm",
     "simgen_snle",
+    "simgen_snre",
     "sbi_tsnpe",
     "sbi_snpec",
     "sbi_snle",
@@ -127,6 +131,8 @@ BASELINES = {
     "simgen_snle": "sbi_snle",
 }
 START, END = "<!-- table -->", "<!-- /table -->"
+#: The simgen methods whose posterior draws by MCMC (their code key includes the samplers).
+MCMC_METHODS = ("simgen_snle", "simgen_snre")
 
 
 #: The code SNLE runs compute: simgen/sequential/ and the MCMC that samples each round.
@@ -135,12 +141,12 @@ SOURCE_KEY, SNLE_KEY = source_key(), source_key(("sequential", "mcmc", "mcmc_pos
 
 def _code_key(name: str) -> str:
     """The code key of a method's runs: sbi's version, or :func:`source_key` of the simgen
-    sources it computes through (SNLE's include the MCMC samplers)."""
+    sources it computes through (SNLE's and SNRE's include the MCMC samplers)."""
     if name.startswith("sbi"):
         import sbi
 
         return f"sbi-{sbi.__version__}"
-    return SNLE_KEY if name == "simgen_snle" else SOURCE_KEY
+    return SNLE_KEY if name in MCMC_METHODS else SOURCE_KEY
 
 
 def parse(spec: str) -> tuple[str, dict]:
@@ -335,7 +341,7 @@ def write_markdown(rows: list[dict]) -> None:
     per_round = rounds_table(rows, SWEEP)
     per_round[2:] = kept_round_lines(old, per_round[2:], rows)
     chains = mcmc_table(rows)
-    chains = ["MCMC of the SNLE runs (random-walk Metropolis):", "", *chains, ""] if chains else []
+    chains = ["MCMC of the SNLE and SNRE runs:", "", *chains, ""] if chains else []
     body = [START, "", *table(rows, baseline_of), "", *chains, "Per round (simgen):", ""]
     body += per_round
     OUT.write_text(head + "\n".join([*body, "", END]) + tail)
@@ -350,10 +356,10 @@ def write_markdown(rows: list[dict]) -> None:
 
 
 def run_cells(task_name: str, spec: str, index: int, x_o, seed: int, args) -> None:
-    """Run ``spec`` (and, for SNLE, its ``--finals`` draws on the same rounds) unless every
+    """Run ``spec`` (and, for SNLE and SNRE, its ``--finals`` draws on the same rounds) unless every
     cell is there; write the missing cells (an existing cell is kept: the run recomputes it
     bit for bit, and a different C2ST is reported)."""
-    finals = [m for m in args.finals.split(",") if m] if parse(spec)[0] == "simgen_snle" else []
+    finals = [m for m in args.finals.split(",") if m] if parse(spec)[0] in MCMC_METHODS else []
     specs = [spec]
     for method in finals:
         name, options = parse(spec)

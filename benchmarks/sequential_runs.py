@@ -1,11 +1,11 @@
 """The runs behind :mod:`benchmarks.bench_sequential`: one method's rounds at a budget.
 
-:func:`run_simgen` runs ``simgen.sequential`` (TSNPE, SNLE, amortised NPE) and
+:func:`run_simgen` runs ``simgen.sequential`` (TSNPE, SNLE, SNRE, amortised NPE) and
 :func:`run_sbi` sbi's TSNPE, SNPE-C or SNLE on the same first round; each returns
-``draw(n)``, the ``n`` scored posterior draws for the run's observation. For SNLE,
-``draw(n, method)`` draws them with another MCMC method from the same final posterior and
-seed: the rounds are computed once and every method's draws are of the same likelihood
-(``bench_sequential --finals``).
+``draw(n)``, the ``n`` scored posterior draws for the run's observation. For SNLE and
+SNRE, ``draw(n, method)`` draws them with another MCMC method from the same final posterior
+and seed: the rounds are computed once and every method's draws are of the same likelihood
+(or ratio) potential (``bench_sequential --finals``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     method = options.pop("mcmc_method", "rwm")
     mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}), method=method)
     final = {"method": options.pop("final_method")} if "final_method" in options else {}
-    front = simgen.NLE(task.prior, mcmc=mcmc) if name == "simgen_snle" else None
+    front = {"simgen_snle": simgen.NLE, "simgen_snre": simgen.NRE}.get(name)
+    front = front and front(task.prior, mcmc=mcmc)
     npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
     front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
