@@ -135,7 +135,7 @@ START, END = "<!-- table -->", "<!-- /table -->"
 MCMC_METHODS = ("simgen_snle", "simgen_snre")
 
 
-#: The code SNLE runs compute: simgen/sequential/ and the MCMC that samples each round.
+#: The code SNLE and SNRE runs compute: simgen/sequential/ and the MCMC that samples each round.
 SOURCE_KEY, SNLE_KEY = source_key(), source_key(("sequential", "mcmc", "mcmc_posterior.py"))
 
 
