@@ -359,6 +359,8 @@ def test_family_min_epochs_is_capped_by_the_callers_max_epochs():
 
     defaults = Diffusion.train_defaults
     assert defaults["min_epochs"] > 5
+    assert Method._config(None, {}, Diffusion).ema == defaults["ema"] == 0.99
+    assert Method._config(None, {"ema": 0.0}, Diffusion).ema == 0.0
     assert Method._config(None, {}, Diffusion).min_epochs == defaults["min_epochs"]
     capped = Method._config(None, {"max_epochs": 5}, Diffusion)
     assert (capped.min_epochs, capped.max_epochs) == (5, 5)

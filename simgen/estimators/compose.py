@@ -121,11 +121,10 @@ width, peaking just below :math:`r_c`. The ridge baseline alone, fitted on the s
 simulations, errs by 0.069 (1k) and 0.022 (10k): that part is the data's, the rest the
 network's. An exponential moving average of the weights (``TrainConfig.ema``) removes most
 of the network's part for diffusion (implied mean error 1.35 to 0.91 sds at 1k, the ridge's
-0.87; composed C2ST at n = 100 from 0.80 to 0.70 on two seeds at 1k. Not a default, since it
-is a training option no single-observation task was measured with), so train trial-set
-diffusion with ``control_variate=1.0`` and ``ema=0.99``; averaging K networks' scores
-(:func:`~simgen.estimators.compose_sampler.average_scores`) removes the part that differs
-between them, little at 10,000.
+0.87; composed C2ST at n = 100 from 0.80 to 0.70 on two seeds at 1k); diffusion trains with
+``ema=0.99`` by default, and a trial-set model should add ``control_variate=1.0``;
+averaging K networks' scores (:func:`~simgen.estimators.compose_sampler.average_scores`)
+removes the part that differs between them, little at 10,000.
 
 **Per-trial precisions** (the families' ``trial_precision``, ``"shared"`` by default). Only
 each factor's precision enters the Gaussian product, so it takes one per trial as readily:
