@@ -106,6 +106,7 @@ REPORT = {
     "joint_transformer (point tokens + mask; 2 blocks)": f"{_JT};layers=2;{_PM}",
     "joint_transformer (point tokens + mask; identities at std 1)": f"{_JT};{_PM};{_ID1}",
     "joint_transformer (ema=0.99)": f"{_JT};layers=3;ema=0.99",
+    "joint_transformer (point tokens + mask; ema=0.99)": f"{_JT};layers=3;{_PM};ema=0.99",
     "flow_matching": "fm",
     "sbi FMPE": "sbi_fmpe",
     "sbi NPE (nsf)": "sbi_npe",
@@ -115,6 +116,7 @@ REPORT_TASKS = {
     "joint_transformer (point tokens + mask)": ("slcp",),
     "joint_transformer (point tokens + mask; 2 blocks)": ("slcp",),
     "joint_transformer (point tokens + mask; identities at std 1)": ("slcp",),
+    "joint_transformer (point tokens + mask; ema=0.99)": ("slcp",),
 }
 
 
