@@ -15,7 +15,8 @@ its budget (proposals, simulations, training), not the scoring.
 Methods (``--methods``; ``name:key=json;...`` adds options, as in ``benchmarks.evaluation``;
 for simgen they go to ``simgen.sequential`` (``epsilon``, ``num_rounds``, ``region``,
 ``max_epochs`` ...) except ``estimator`` and :data:`NPE_OPTIONS` (``support``, the flow's
-``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE``, and
+``mixing``, ``transforms`` and ``gaussian_baseline``), which go to ``simgen.NPE`` (for
+``simgen_snle`` to ``simgen.NLE``'s likelihood flow, e.g. ``gaussian_baseline=true``), and
 SNLE's and SNRE's ``sampler_options`` (e.g. ``{"covariance": "within"}``), ``mcmc_method`` (e.g.
 ``"smc"``, all draws) and ``final_method`` (the scored draws alone); sbi: ``num_rounds``).
 A run is keyed and recorded under :func:`as_run` (the spec naming the flow options whose

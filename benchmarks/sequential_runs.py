@@ -2,7 +2,10 @@
 
 :func:`run_simgen` runs ``simgen.sequential`` (TSNPE, SNLE, SNRE, amortised NPE) and
 :func:`run_sbi` sbi's TSNPE, SNPE-C or SNLE on the same first round; each returns
-``draw(n)``, the ``n`` scored posterior draws for the run's observation. For SNLE and
+``draw(n)``, the ``n`` scored posterior draws for the run's observation. A simgen spec's
+:data:`NPE_OPTIONS` go to the flow it trains: NPE's, or SNLE's likelihood flow (NLE's
+``**estimator_options``, e.g. ``gaussian_baseline``); SNRE refuses them. Each round's row
+records whether its flow used the linear-Gaussian base (``baseline``). For SNLE and
 SNRE, ``draw(n, method)`` draws them with another MCMC method from the same final posterior
 and seed: the rounds are computed once and every method's draws are of the same likelihood
 (or ratio) potential (``bench_sequential --finals``).
@@ -17,6 +20,7 @@ import torch
 
 import simgen
 from benchmarks.sequential_tables import family_of, mcmc_summary
+from simgen.errors import ConfigError
 from simgen.sequential.rounds import round_seed, split_budget
 
 #: Posterior draws behind sbi's TSNPE threshold: simgen's ``REGION_DRAWS``, not sbi's default
@@ -51,10 +55,15 @@ def run_simgen(name: str, options: dict, task, x_o, budget: int, rounds: int, se
     method = options.pop("mcmc_method", "rwm")
     mcmc = simgen.MCMCConfig(sampler_options=options.pop("sampler_options", {}), method=method)
     final = {"method": options.pop("final_method")} if "final_method" in options else {}
-    front = {"simgen_snle": simgen.NLE, "simgen_snre": simgen.NRE}.get(name)
-    front = front and front(task.prior, mcmc=mcmc)
     npe_options = {k: options.pop(k) for k in NPE_OPTIONS if k in options}
-    front = front or simgen.NPE(task.prior, estimator=estimator, **npe_options)
+    if name == "simgen_snre" and npe_options:
+        raise ConfigError(f"simgen_snre trains a classifier, not a flow: drop {npe_options}.")
+    if name == "simgen_snle":  # the flow options go to NLE's likelihood flow
+        front = simgen.NLE(task.prior, mcmc=mcmc, **npe_options)
+    elif name == "simgen_snre":
+        front = simgen.NRE(task.prior, mcmc=mcmc)
+    else:
+        front = simgen.NPE(task.prior, estimator=estimator, **npe_options)
     options.setdefault("num_rounds", 1 if name == "simgen_npe" else rounds)
     posterior = simgen.sequential(
         front, task.simulator, x_o, num_simulations=budget, seed=seed,
@@ -78,6 +87,19 @@ def _with_mcmc(scorer, record, posterior, proposal) -> None:
     summary = mcmc_summary(posterior)
     if summary is not None:
         scorer.rows[-1]["mcmc"] = summary
+    used = uses_baseline(posterior)
+    if used is not None:
+        scorer.rows[-1]["baseline"] = used
+
+
+def uses_baseline(posterior) -> bool | None:
+    """Whether a round's flow models the residual of its linear-Gaussian base (what
+    ``gaussian_baseline="auto"`` decided at that round's fit; the flow inside NLE's
+    dequantising wrapper); ``None`` where the estimator has no such base."""
+    estimator = getattr(posterior, "estimator", None)
+    estimator = getattr(estimator, "inner", estimator)
+    used = getattr(estimator, "uses_baseline", None)
+    return None if used is None else bool(used)
 
 
 def run_sbi(name: str, options: dict, task, x_o, budget: int, rounds: int, seed: int, scorer):
