@@ -20,6 +20,8 @@ With ``--banks`` it also loads each run's last-round NLE from
 ``bench_sequential --bank``'s folder and redraws it with the same seeds, so both sides of
 the comparison are drawn here, and scores the NLE's draws against the exact likelihood's
 (C2ST of two samplers' outputs: 0.5 when the fit is right where the posterior lies).
+``--auto`` prints what ``gaussian_baseline="auto"`` would decide for NLE's MAF in each round
+(:func:`auto_decisions`).
 
     OMP_NUM_THREADS=1 python -m benchmarks.sequential_exact --tasks bernoulli_glm \
         --observations 3 --seeds 0,1 --methods smc,rwm
@@ -146,6 +148,36 @@ def _mean_sd(group: list[dict], key: str) -> str:
     return f"{statistics.mean(values):.3f} ± {sd:.3f} ({len(values)})"
 
 
+def auto_decisions(task_name: str, index: int, per_round: int = 2500, rounds: int = 4) -> str:
+    """What ``gaussian_baseline="auto"`` decides for NLE's MAF on pooled data like an SNLE
+    run's: round 1's prior simulations (``round_seed(0, 1)``) plus, for round r, (r - 1) ×
+    ``per_round`` reference posterior draws at observation ``index`` simulated once (a stand-in
+    for the posterior proposals); per round on/off, the non-Gaussianity E and the edge mass M
+    against its bound (:mod:`simgen.estimators.baseline`)."""
+    from simgen.estimators.baseline import EDGE_MASS_FACTOR
+    from simgen.estimators.registry import build_estimator
+    from simgen.sequential.rounds import round_seed
+
+    task = harness.load_task(task_name)
+    posterior = harness.reference(task_name, "report", index)["samples"]
+    sims = simgen.simulate(task.simulator, task.prior, per_round, seed=round_seed(0, 1))
+    parts = []
+    for r in range(1, rounds + 1):
+        extra = posterior[: per_round * (r - 1)]
+        x_extra = task.simulator(extra, generator=torch.Generator().manual_seed(r))
+        theta = torch.cat([sims.theta, extra])
+        x = torch.cat([sims.x.flatten(1), x_extra.flatten(1)])
+        with torch.random.fork_rng(devices=[]):
+            flow = build_estimator(
+                "maf", x.shape[1], (theta.shape[1],), transforms=7, gaussian_baseline="auto"
+            )
+        flow.fit_standardization(x, theta)
+        b, bound = flow.baseline, EDGE_MASS_FACTOR * 2 / (len(theta) + 1)
+        state = "on" if flow.uses_baseline else "off"
+        parts.append(f"r{r} {state} (E {b.non_gaussianity:.3f}, M {b.edge_mass:.4f}/{bound:.4f})")
+    return f"| {task_name} | {index} | " + " | ".join(parts) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -156,8 +188,14 @@ def main() -> None:
     parser.add_argument("--banks", default="", help="the bench_sequential spec whose --bank")
     parser.add_argument("--budget", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--auto", action="store_true", help="gaussian_baseline='auto' per round")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.auto:
+        for task_name in args.tasks.split(","):
+            for index in range(args.observations):
+                print(auto_decisions(task_name, index), flush=True)
+        return
     methods = [m for m in args.methods.split(",") if m]
     rows = []
     for task_name in args.tasks.split(","):
