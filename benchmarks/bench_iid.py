@@ -21,7 +21,11 @@ with an exponential moving average of its weights (``TrainConfig.ema`` = 0.99).
 Set-NPE (``NPE(embedding_net=SetPooling(2))``)
 cannot train on single trials: it gets N *sets* of 1..100 trials
 (``simgen.simulate(..., trials=(1, 100), seed=s)``), about 50 N trials, so its row is
-not a same-data comparison and says so. Every other option is the library's default.
+not a same-data comparison and says so. The ``set_npe_calls*`` routes are set-NPE at equal
+simulator calls (:data:`SET_CALLS`): ``round(N / 50.5)`` sets of 1..100 trials, or
+``round(N / 10.5)`` sets of 1..20 (read at n = 10 only, ``--trials 10``), N trials in
+expectation (each cell records its ``simulator_calls``). The ``nle_*`` routes are NLE with
+one named setting (:data:`NLE_OPTIONS`). Every other option is the library's default.
 
 sbi's default NLE estimator is nflows' MAF, whose conditional MADE gives its first feature a
 shift and scale that do not depend on θ (nflows pull request 85); sbi draws a random
@@ -82,9 +86,31 @@ ROUTE_OPTIONS = {"diffusion": {"control_variate": 1.0}}
 AVERAGED = 4
 #: Training options beyond the defaults, per route (``*_ema``: the family's route trained with
 #: ``TrainConfig.ema``).
-ROUTE_TRAIN = {"diffusion_ema": {"ema": 0.99}, "flow_matching_ema": {"ema": 0.99}}
+ROUTE_TRAIN = {
+    "diffusion_ema": {"ema": 0.99},
+    "flow_matching_ema": {"ema": 0.99},
+    "nle_ema": {"ema": 0.99},
+}
+#: NLE with one named setting beyond the defaults (``nle_*``): the flow's linear-Gaussian base
+#: (``gaussian_baseline=True``, :mod:`simgen.estimators.flows`), tempered SMC instead of
+#: random-walk Metropolis (``MCMCConfig(method="smc")``), or both; ``nle_ema`` trains with
+#: ``ROUTE_TRAIN``'s weight average.
+NLE_OPTIONS = {
+    "nle": {},
+    "nle_baseline": {"gaussian_baseline": True},
+    "nle_smc": {"mcmc": {"method": "smc"}},
+    "nle_baseline_smc": {"gaussian_baseline": True, "mcmc": {"method": "smc"}},
+    "nle_ema": {},
+}
+#: Set-NPE at equal simulator calls (``set_npe_calls*``): sets of ``trials`` trials, as many
+#: as make N trials in expectation, ``round(N / mean trials)`` sets.
+SET_CALLS = {"set_npe_calls": (1, MAX_SET), "set_npe_calls20": (1, 20)}
 ROUTES = (
     "nle",
+    "nle_baseline",
+    "nle_smc",
+    "nle_baseline_smc",
+    "nle_ema",
     "nre",
     "diffusion",
     "diffusion_avg",
@@ -93,11 +119,17 @@ ROUTES = (
     "flow_matching_avg",
     "flow_matching_ema",
     "set_npe",
+    "set_npe_calls",
+    "set_npe_calls20",
     "sbi_nle",
     "sbi_npse",
 )
 LABELS = {
     "nle": "simgen NLE (summed)",
+    "nle_baseline": "simgen NLE (summed, gaussian_baseline=True)",
+    "nle_smc": "simgen NLE (summed, SMC sampler)",
+    "nle_baseline_smc": "simgen NLE (summed, gaussian_baseline=True, SMC sampler)",
+    "nle_ema": "simgen NLE (summed, ema=0.99)",
     "nre": "simgen NRE (summed)",
     "diffusion": "simgen diffusion (composed, control_variate=1)",
     "diffusion_avg": f"simgen diffusion (composed, control_variate=1, {AVERAGED} nets averaged)",
@@ -106,6 +138,8 @@ LABELS = {
     "flow_matching_ema": "simgen flow matching (composed, ema=0.99)",
     "flow_matching_avg": f"simgen flow matching (composed, {AVERAGED} nets averaged)",
     "set_npe": "simgen set-NPE (N sets, ~50N trials)",
+    "set_npe_calls": "simgen set-NPE (N/50.5 sets of 1..100: N trials)",
+    "set_npe_calls20": "simgen set-NPE (N/10.5 sets of 1..20: N trials)",
     "sbi_nle": "sbi NLE (i.i.d. MCMC)",
     "sbi_npse": "sbi NPSE (auto_gauss)",
 }
@@ -146,6 +180,24 @@ def sbi_unconditioned(model: Model, budget: int, seed: int) -> list[int]:
     return unconditioned(estimator)
 
 
+def nle_front(route: str, prior) -> simgen.NLE:
+    """The NLE of an ``nle*`` route: the defaults with the route's :data:`NLE_OPTIONS`."""
+    options = dict(NLE_OPTIONS[route])
+    if "mcmc" in options:
+        options["mcmc"] = simgen.MCMCConfig(**options["mcmc"])
+    return simgen.NLE(prior, **options)
+
+
+def set_count(route: str, budget: int) -> tuple[int, tuple[int, int]]:
+    """Sets and trials range of a set-NPE route: ``budget`` sets of 1..``MAX_SET`` for
+    ``set_npe``; for :data:`SET_CALLS` routes ``round(budget / mean trials)`` sets, so the
+    expected number of simulator calls is ``budget``."""
+    if route == "set_npe":
+        return budget, (1, MAX_SET)
+    low, high = SET_CALLS[route]
+    return round(budget / ((low + high) / 2)), (low, high)
+
+
 def train(model: Model, route: str, budget: int, seed: int, epochs: int | None):
     """``(sample(x, seed) -> (NUM_SAMPLES, D), train CPU seconds, extras)``."""
     theta, x = training_data(model, budget, seed)
@@ -174,13 +226,18 @@ def train(model: Model, route: str, budget: int, seed: int, epochs: int | None):
             return posterior.sample((NUM_SAMPLES,), x=xo, show_progress_bars=False)
 
         return sample, seconds, extras
-    if route == "set_npe":
-        sets = simgen.simulate(model.simulator, prior, budget, seed=seed, trials=(1, MAX_SET))
+    extras = {}
+    if route.startswith("set_npe"):
+        num_sets, trials = set_count(route, budget)
+        sets = simgen.simulate(model.simulator, prior, num_sets, seed=seed, trials=trials)
         theta, x = sets.theta, sets.x
+        if x.shape[1] < trials[1]:  # no set drew the largest size: pad, so n up to it is read
+            x = torch.cat([x, x.new_full((len(x), trials[1] - x.shape[1], D), torch.nan)], 1)
+        extras = {"sets": len(theta), "simulator_calls": int(sets.counts.sum())}
         start = time.process_time()  # simulation is not training
         front = simgen.NPE(prior, embedding_net=SetPooling(D))
-    elif route == "nle":
-        front = simgen.NLE(prior)
+    elif route in NLE_OPTIONS:
+        front = nle_front(route, prior)
     elif route == "nre":
         front = simgen.NRE(prior)
     elif route.endswith("_avg"):
@@ -198,7 +255,7 @@ def train(model: Model, route: str, budget: int, seed: int, epochs: int | None):
     limit = {**limit, **ROUTE_TRAIN.get(route, {})}
     posterior = front.fit(theta, x, progress=False, seed=seed, **limit)
     seconds = time.process_time() - start
-    return (lambda xo, s: posterior.sample((NUM_SAMPLES,), x=xo, seed=s)), seconds, {}
+    return (lambda xo, s: posterior.sample((NUM_SAMPLES,), x=xo, seed=s)), seconds, extras
 
 
 def cell_path(
